@@ -1,0 +1,231 @@
+"""``walrus``: the command-line program. Heavy imports happen inside each command."""
+
+from __future__ import annotations
+
+import functools
+import json
+import logging
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Annotated, Any, TypeVar
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+app = typer.Typer(help="walrus: hybrid WALS + text recommender.", no_args_is_help=True)
+data_app = typer.Typer(help="Prepare and check input data.", no_args_is_help=True)
+train_app = typer.Typer(help="Train models.", no_args_is_help=True)
+app.add_typer(data_app, name="data")
+app.add_typer(train_app, name="train")
+
+console = Console(stderr=True)
+F = TypeVar("F", bound=Callable[..., Any])
+
+ConfigOption = Annotated[Path, typer.Option("--config", "-c", help="Pipeline TOML config.")]
+SetOption = Annotated[
+    list[str] | None, typer.Option("--set", help="Override a config field: section.field=value.")
+]
+
+
+def user_errors(func: F) -> F:
+    """Turn input errors into one line on stderr and exit status 2: no traceback."""
+
+    @functools.wraps(func)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        from models.config import ConfigError
+        from models.data.errors import DataError
+
+        try:
+            return func(*args, **kwargs)
+        except (ConfigError, DataError, FileNotFoundError, ValueError) as exc:
+            console.print(f"[red]error:[/red] {exc}", highlight=False, soft_wrap=True)
+            raise typer.Exit(2) from None
+
+    return wrapper  # type: ignore[return-value]
+
+
+def progress() -> Progress:
+    return Progress(
+        SpinnerColumn(),
+        TextColumn("{task.description}"),
+        BarColumn(),
+        TextColumn("{task.completed}/{task.total}"),
+        TimeElapsedColumn(),
+        console=console,
+        transient=False,
+    )
+
+
+@app.callback()
+def main(verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False) -> None:
+    logging.basicConfig(
+        level=logging.INFO if verbose else logging.WARNING,
+        format="%(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+
+
+# ---------------------------------------------------------------- data
+@data_app.command("synthetic")
+@user_errors
+def data_synthetic(
+    out: Annotated[Path, typer.Option(help="Directory to write interactions.csv and catalog.csv.")],
+    size: Annotated[str, typer.Option(help="tiny, small, medium (5M) or large (10M).")] = "small",
+    seed: int = 0,
+) -> None:
+    """Generate a seeded synthetic data set with latent topics."""
+    from models.artifacts import atomic_directory
+    from models.data.synthetic import SIZES, generate
+
+    if size not in SIZES:
+        raise ValueError(f"--size {size!r} is unknown: use one of {', '.join(SIZES)}")
+    with progress() as bar:
+        task = bar.add_task(f"synthetic {size}", total=2)
+        interactions, catalog = generate(SIZES[size], seed)
+        bar.advance(task)
+        with atomic_directory(out) as tmp:
+            interactions.to_csv(tmp / "interactions.csv", index=False)
+            catalog.to_csv(tmp / "catalog.csv", index=False)
+        bar.advance(task)
+    console.print(f"wrote {len(interactions)} interactions, {len(catalog)} items to {out}")
+
+
+@data_app.command("movielens")
+@user_errors
+def data_movielens(
+    movielens_dir: Annotated[Path, typer.Option("--dir", help="ml-latest-small directory.")],
+    out: Annotated[Path, typer.Option(help="Directory to write walrus-format files.")],
+) -> None:
+    """Convert MovieLens ml-latest-small to interactions.csv, catalog.csv and queries.csv."""
+    from models.artifacts import atomic_directory
+    from models.data.movielens import load_movielens
+
+    interactions, catalog, queries = load_movielens(movielens_dir)
+    with atomic_directory(out) as tmp:
+        interactions.to_csv(tmp / "interactions.csv", index=False)
+        catalog.to_csv(tmp / "catalog.csv", index=False)
+        queries.to_csv(tmp / "queries.csv", index=False)
+    console.print(
+        f"wrote {len(interactions)} ratings, {len(catalog)} movies, "
+        f"{len(queries)} tag queries to {out}"
+    )
+
+
+@data_app.command("check")
+@user_errors
+def data_check(config: ConfigOption, set_: SetOption = None) -> None:
+    """Load and validate the configured data; print its size."""
+    from models.config import load_config
+    from models.pipeline import load_dataset
+
+    cfg = load_config(config, set_)
+    dataset = load_dataset(cfg.data)
+    counts = dataset.item_popularity
+    print(
+        json.dumps(
+            {
+                "users": len(dataset.users),
+                "items": len(dataset.items),
+                "interactions": int(dataset.matrix.nnz),
+                "items_without_interactions": int((counts == 0).sum()),
+                "has_weights": dataset.weights is not None,
+            }
+        )
+    )
+
+
+# ---------------------------------------------------------------- train
+@train_app.command("wals")
+@user_errors
+def train_wals(
+    config: ConfigOption,
+    set_: SetOption = None,
+    out: Annotated[Path | None, typer.Option(help="Default: OUTPUT_DIR/wals.")] = None,
+) -> None:
+    """Fit WALS on all interactions and save factors, Gramian and id maps."""
+    from models.artifacts import atomic_directory
+    from models.config import load_config
+    from models.pipeline import fit_wals, load_dataset, observed, save_wals
+
+    cfg = load_config(config, set_)
+    dataset = load_dataset(cfg.data)
+    out = out or cfg.output_dir / "wals"
+    with progress() as bar:
+        task = bar.add_task("WALS", total=cfg.wals.iterations)
+
+        def report(it: int, loss: float, recall: float | None) -> None:
+            bar.update(task, advance=1, description=f"WALS loss {loss:.5g}")
+
+        model = fit_wals(cfg, observed(dataset), dataset.weights is not None, callback=report)
+    with atomic_directory(out) as tmp:
+        save_wals(tmp, model, dataset)
+    console.print(
+        f"WALS dim={model.dim}: {len(dataset.users)} users x {len(dataset.items)} items, "
+        f"final loss {model.history.loss[-1] if model.history.loss else float('nan'):.6g}, "
+        f"{sum(model.history.seconds):.1f}s -> {out}"
+    )
+
+
+# ---------------------------------------------------------------- eval
+@app.command("eval")
+@user_errors
+def eval_(
+    config: ConfigOption,
+    set_: SetOption = None,
+    json_out: Annotated[Path | None, typer.Option("--json", help="Write results here.")] = None,
+    models: Annotated[
+        str | None, typer.Option(help="Comma-separated subset of models (default: all).")
+    ] = None,
+) -> None:
+    """Recall@K and NDCG@K of every model on every configured split."""
+    from models.config import load_config
+    from models.evaluation import MODELS, evaluate
+    from models.pipeline import load_dataset, make_split
+
+    cfg = load_config(config, set_)
+    chosen = MODELS
+    if models:
+        names = [m.strip() for m in models.split(",")]
+        unknown = [m for m in names if m not in MODELS]
+        if unknown:
+            raise ValueError(f"--models: unknown model {unknown[0]!r}; known: {', '.join(MODELS)}")
+        chosen = {m: MODELS[m] for m in names}
+    dataset = load_dataset(cfg.data)
+    splits = [make_split(dataset, name, cfg.split) for name in cfg.eval.splits]
+    with progress() as bar:
+        task = bar.add_task("evaluating", total=len(splits) * len(chosen))
+        results = evaluate(
+            cfg,
+            dataset,
+            splits,
+            chosen,
+            on_done=lambda s, m: bar.update(task, advance=1, description=f"{s}/{m}"),
+        )
+    print_results(results, cfg.eval.ks)
+    if json_out is not None:
+        json_out.parent.mkdir(parents=True, exist_ok=True)
+        json_out.write_text(
+            json.dumps({"config": cfg.model_dump(mode="json"), "results": results}, indent=2)
+        )
+        console.print(f"wrote {json_out}")
+
+
+def print_results(results: list[dict[str, Any]], ks: list[int]) -> None:
+    table = Table(title="walrus eval")
+    table.add_column("split")
+    table.add_column("model")
+    for k in ks:
+        table.add_column(f"R@{k}", justify="right")
+        table.add_column(f"N@{k}", justify="right")
+    table.add_column("users", justify="right")
+    for row in results:
+        cells = [f"{row[f'{m}@{k}']:.4f}" for k in ks for m in ("recall", "ndcg")]
+        table.add_row(str(row["split"]), str(row["model"]), *cells, str(int(row["users"])))
+    Console(width=max(100, 24 + 18 * len(ks))).print(table)
+
+
+if __name__ == "__main__":
+    app()

@@ -1,0 +1,171 @@
+"""Dense index maps, the item catalog and the interaction matrix they index."""
+
+from __future__ import annotations
+
+import json
+import re
+import string
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+import scipy.sparse as sp
+
+from models.data.errors import DataError
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+
+class IdMap:
+    """Arbitrary string ids <-> dense indices 0..n-1, saved as a JSON list."""
+
+    def __init__(self, ids: Iterable[str]) -> None:
+        self.ids: list[str] = [str(i) for i in ids]
+        self._index = {item: pos for pos, item in enumerate(self.ids)}
+        if len(self._index) != len(self.ids):
+            raise ValueError("ids must be unique")
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def __contains__(self, key: object) -> bool:
+        return key in self._index
+
+    def index(self, key: str) -> int:
+        """Index of one id; ``KeyError`` when unknown."""
+        return self._index[key]
+
+    def lookup(self, keys: Sequence[str]) -> tuple[np.ndarray, list[str]]:
+        """Indices (int64) of the known keys, in order, and the list of unknown keys."""
+        found, unknown = [], []
+        for key in keys:
+            pos = self._index.get(key)
+            if pos is None:
+                unknown.append(key)
+            else:
+                found.append(pos)
+        return np.asarray(found, dtype=np.int64), unknown
+
+    def save(self, path: str | Path) -> None:
+        Path(path).write_text(json.dumps(self.ids))
+
+    @classmethod
+    def load(cls, path: str | Path) -> IdMap:
+        return cls(json.loads(Path(path).read_text()))
+
+
+DEFAULT_SEPARATOR = ". "
+
+
+def item_text(row: dict[str, str], template: str | None, text_columns: Sequence[str]) -> str:
+    """The one text of an item.
+
+    With a ``template`` (``str.format`` syntax, e.g. ``"{title}. {genres}. Tags: {tags}"``) the
+    fields are substituted; without one, the non-empty ``text_columns`` are joined by ". ".
+    Runs of whitespace collapse to one space either way.
+    """
+    if template is not None:
+        text = template.format(**row)
+    else:
+        text = DEFAULT_SEPARATOR.join(
+            str(row[c]).strip() for c in text_columns if str(row[c]).strip()
+        )
+    return re.sub(r"\s+", " ", text).strip()
+
+
+@dataclass
+class Catalog:
+    """Items in index order: ``ids[i]``, ``titles[i]`` and ``texts[i]`` describe item i."""
+
+    ids: IdMap
+    titles: list[str]
+    texts: list[str]
+
+    @classmethod
+    def from_frame(
+        cls, frame: pd.DataFrame, template: str | None = None, path: str = "catalog"
+    ) -> Catalog:
+        """Build from a catalog table (``item_id`` plus text columns)."""
+        columns = [c for c in frame.columns if c != "item_id"]
+        if template is not None:
+            names = {f[1] for f in string.Formatter().parse(template) if f[1]}
+            missing = sorted(names - set(columns))
+            if missing:
+                raise DataError(
+                    path, f"text_template uses column '{missing[0]}', which the catalog lacks"
+                )
+        records = frame.astype(str).to_dict("records")
+        texts = [item_text(r, template, columns) for r in records]
+        titles = [r.get("title", r["item_id"]) for r in records]
+        return cls(IdMap(frame["item_id"]), titles, texts)
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+
+@dataclass
+class Dataset:
+    """Interactions as a users x items CSR, with the maps and catalog that index it.
+
+    ``matrix`` holds observed targets A_ij (1.0: implicit positives). ``weights`` holds
+    observed-entry weights W_ij when the interaction file gave them, else ``None`` (WALS then
+    uses ``w0 + r_i c_j``).
+    """
+
+    users: IdMap
+    catalog: Catalog
+    matrix: sp.csr_matrix
+    weights: sp.csr_matrix | None
+
+    @property
+    def items(self) -> IdMap:
+        return self.catalog.ids
+
+    @property
+    def item_popularity(self) -> np.ndarray:
+        """(n_items,) number of users with a positive on each item."""
+        return np.bincount(self.matrix.indices, minlength=self.matrix.shape[1]).astype(np.float64)
+
+
+def build_dataset(
+    interactions: pd.DataFrame, catalog: pd.DataFrame | None = None, template: str | None = None
+) -> Dataset:
+    """Map ids to indices and build the CSR.
+
+    Items come from the catalog in its order (items without interactions are cold items);
+    every interaction's item must be in the catalog, else ``DataError`` names the row.
+    Without a catalog, items are the interactions' items with empty texts.
+    """
+    path = interactions.attrs.get("path", "interactions")
+    if catalog is None:
+        import pandas as pd
+
+        item_ids = pd.unique(interactions["item_id"])
+        catalog = pd.DataFrame({"item_id": item_ids, "title": item_ids})
+    cat = Catalog.from_frame(catalog, template, catalog.attrs.get("path", "catalog"))
+    users = IdMap(interactions["user_id"].drop_duplicates())
+    user_idx = interactions["user_id"].map(users._index).to_numpy()
+    item_idx = interactions["item_id"].map(cat.ids._index)
+    unknown = item_idx.isna().to_numpy()
+    if unknown.any():
+        first = int(np.flatnonzero(unknown)[0])
+        raise DataError(
+            path,
+            f"unknown item id {interactions['item_id'].iloc[first]!r} (not in the catalog)",
+            row=int(interactions["line"].iloc[first]) if "line" in interactions else None,
+            column="item_id",
+        )
+    shape = (len(users), len(cat))
+    rows, cols = user_idx.astype(np.int64), item_idx.to_numpy().astype(np.int64)
+    ones = np.ones(len(rows), dtype=np.float32)
+    matrix = sp.csr_matrix((ones, (rows, cols)), shape=shape)
+    weights = None
+    if interactions.attrs.get("has_weight"):
+        w = interactions["weight"].to_numpy(dtype=np.float32)
+        weights = sp.csr_matrix((w, (rows, cols)), shape=shape)
+        weights.sort_indices()
+    matrix.sort_indices()
+    return Dataset(users, cat, matrix, weights)

@@ -1,0 +1,99 @@
+"""The ``walrus`` program as a user runs it: real subprocesses, exit codes, one-line errors."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+
+def walrus(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "models.cli", *args],
+        capture_output=True,
+        text=True,
+        cwd=cwd,
+        timeout=600,
+    )
+
+
+def test_train_and_eval_on_tiny(tiny_config, tmp_path):
+    run = walrus("train", "wals", "-c", str(tiny_config), "--out", str(tmp_path / "wals"))
+    assert run.returncode == 0, run.stderr
+    for name in (
+        "user_factors.npy",
+        "item_factors.npy",
+        "item_gramian.npy",
+        "user_ids.json",
+        "item_ids.json",
+        "wals.json",
+    ):
+        assert (tmp_path / "wals" / name).is_file()
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temp leftovers
+    run = walrus("eval", "-c", str(tiny_config), "--json", str(tmp_path / "e.json"))
+    assert run.returncode == 0, run.stderr
+    results = json.loads((tmp_path / "e.json").read_text())["results"]
+    assert {(r["split"], r["model"]) for r in results} >= {
+        ("holdout", "wals"),
+        ("users", "popularity"),
+        ("cold_items", "wals"),
+    }
+    holdout = {r["model"]: r for r in results if r["split"] == "holdout"}
+    assert holdout["wals"]["recall@20"] > holdout["popularity"]["recall@20"]
+    assert "recall" not in run.stdout or "R@20" in run.stdout
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["train", "wals", "-c", "nope.toml"], "config file not found"),
+        (["train", "wals", "-c", "{cfg}", "--set", "wals.dim=0"], "wals.dim"),
+        (["train", "wals", "-c", "{cfg}", "--set", "wals.solver=lu"], "wals.solver"),
+        (
+            ["train", "wals", "-c", "{cfg}", "--set", "data.interactions=/nonexistent.csv"],
+            "file not found",
+        ),
+        (["eval", "-c", "{cfg}", "--models", "magic"], "unknown model 'magic'"),
+        (["data", "synthetic", "--size", "huge", "--out", "{tmp}/x"], "--size 'huge'"),
+        (["data", "movielens", "--dir", "{tmp}", "--out", "{tmp}/y"], "ratings.csv: not found"),
+    ],
+)
+def test_bad_input_exits_2_with_one_line(tiny_config, tmp_path, args, message):
+    args = [a.format(cfg=tiny_config, tmp=tmp_path) for a in args]
+    run = walrus(*args)
+    assert run.returncode == 2
+    lines = [line for line in run.stderr.strip().splitlines() if line.strip()]
+    assert len(lines) == 1, run.stderr
+    assert message in lines[0]
+    assert "Traceback" not in run.stderr
+
+
+def test_bad_data_keeps_previous_artifact(tiny_config, tmp_path):
+    out = tmp_path / "wals"
+    assert walrus("train", "wals", "-c", str(tiny_config), "--out", str(out)).returncode == 0
+    before = (out / "item_factors.npy").read_bytes()
+    bad = tmp_path / "bad.csv"
+    bad.write_text("user_id,item_id,weight\nu,i0,nan\n")
+    run = walrus(
+        "train",
+        "wals",
+        "-c",
+        str(tiny_config),
+        "--out",
+        str(out),
+        "--set",
+        f"data.interactions={bad}",
+    )
+    assert run.returncode == 2 and "line 2, column 'weight'" in run.stderr
+    assert (out / "item_factors.npy").read_bytes() == before
+
+
+def test_data_synthetic_writes_files(tmp_path):
+    run = walrus("data", "synthetic", "--size", "tiny", "--out", str(tmp_path / "d"))
+    assert run.returncode == 0, run.stderr
+    assert (tmp_path / "d" / "interactions.csv").stat().st_size > 0
+    run = walrus("--help")
+    assert run.returncode == 0 and "train" in run.stdout
