@@ -35,12 +35,21 @@ def user_errors(func: F) -> F:
 
     @functools.wraps(func)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
+        from export.manifest import BundleError
+        from export.onnx import ParityError
         from models.config import ConfigError
         from models.data.errors import DataError
 
         try:
             return func(*args, **kwargs)
-        except (ConfigError, DataError, FileNotFoundError, ValueError) as exc:
+        except (
+            ConfigError,
+            DataError,
+            FileNotFoundError,
+            ValueError,
+            BundleError,
+            ParityError,
+        ) as exc:
             console.print(f"[red]error:[/red] {exc}", highlight=False, soft_wrap=True)
             raise typer.Exit(2) from None
 
@@ -169,6 +178,81 @@ def train_wals(
     )
 
 
+@train_app.command("hybrid")
+@user_errors
+def train_hybrid_cmd(
+    config: ConfigOption,
+    set_: SetOption = None,
+    out: Annotated[Path | None, typer.Option(help="Default: OUTPUT_DIR/hybrid.")] = None,
+) -> None:
+    """Train everything the bundle needs: encoder, WALS, cold-start map and score head."""
+    from models.artifacts import atomic_directory
+    from models.config import load_config
+    from models.pipeline import load_dataset, load_query_log
+    from models.training import train_all
+
+    cfg = load_config(config, set_)
+    dataset = load_dataset(cfg.data)
+    query_log = load_query_log(cfg.data.queries)
+    out = out or cfg.output_dir / "hybrid"
+    with atomic_directory(out) as tmp, progress() as bar:
+        task = bar.add_task("training", total=None)
+        trained = train_all(
+            cfg, dataset, query_log, tmp / "tiny-encoder", lambda m: bar.update(task, description=m)
+        )
+        trained.save(tmp)
+        bar.update(task, description="saved", completed=1, total=1)
+    head = trained.hybrid.head.history["validation_loss"]
+    console.print(
+        f"hybrid: {len(dataset.users)} users x {len(dataset.items)} items, "
+        f"{int(trained.hybrid.cold_items.sum())} cold items, head validation loss "
+        f"{min(head):.4f} after {len(head)} epochs -> {out}"
+    )
+
+
+@app.command("export")
+@user_errors
+def export_cmd(
+    config: Annotated[
+        Path | None, typer.Option("--config", "-c", help="Pipeline TOML config.")
+    ] = None,
+    set_: SetOption = None,
+    verify: Annotated[
+        Path | None, typer.Option(help="Re-check a bundle's checksums and parity instead.")
+    ] = None,
+) -> None:
+    """Build a bundle (FAISS, ONNX, manifest) from `walrus train hybrid`, or --verify one."""
+    if verify is not None:
+        from export.bundle import verify_bundle
+
+        report = verify_bundle(verify)
+        print(json.dumps(report, indent=2))
+        console.print(f"bundle {report['bundle_id']}: {report['files']} files and parity OK")
+        return
+    if config is None:
+        raise ValueError("give --config to build a bundle, or --verify BUNDLE to check one")
+    from export.bundle import build_bundle
+    from models.config import load_config
+    from models.training import TrainedArtifacts
+
+    cfg = load_config(config, set_)
+    trained = TrainedArtifacts.load(cfg.output_dir / "hybrid")
+    with progress() as bar:
+        task = bar.add_task("export", total=None)
+        path = build_bundle(
+            cfg, trained, cfg.bundles_dir, lambda m: bar.update(task, description=m)
+        )
+        bar.update(task, description="done", completed=1, total=1)
+    manifest = json.loads((path / "manifest.json").read_text())
+    console.print(
+        f"bundle {manifest['bundle_id']} -> {path} (current); "
+        f"recall@100 wals {manifest['indexes']['wals']['recall_at_100']:.3f} "
+        f"text {manifest['indexes']['text']['recall_at_100']:.3f}; "
+        f"encoder fp32 diff {manifest['parity']['encoder_fp32_max_abs_diff']:.1e}, "
+        f"int8 cosine {manifest['parity']['encoder_int8_min_cosine']}"
+    )
+
+
 # ---------------------------------------------------------------- eval
 @app.command("eval")
 @user_errors
@@ -182,8 +266,9 @@ def eval_(
 ) -> None:
     """Recall@K and NDCG@K of every model on every configured split."""
     from models.config import load_config
-    from models.evaluation import MODELS, evaluate
-    from models.pipeline import load_dataset, make_split
+    from models.data import read_catalog
+    from models.evaluation import MODELS, Shared, evaluate, evaluate_query_task
+    from models.pipeline import load_dataset, load_query_log, make_split
 
     cfg = load_config(config, set_)
     chosen = MODELS
@@ -194,22 +279,32 @@ def eval_(
             raise ValueError(f"--models: unknown model {unknown[0]!r}; known: {', '.join(MODELS)}")
         chosen = {m: MODELS[m] for m in names}
     dataset = load_dataset(cfg.data)
-    splits = [make_split(dataset, name, cfg.split) for name in cfg.eval.splits]
+    query_log = load_query_log(cfg.data.queries)
+    names = [s for s in cfg.eval.splits if s != "queries"]
+    splits = [make_split(dataset, name, cfg.split) for name in names]
+    with_queries = "queries" in cfg.eval.splits and query_log is not None
     with progress() as bar:
-        task = bar.add_task("evaluating", total=len(splits) * len(chosen))
+        task = bar.add_task("evaluating", total=len(splits) * len(chosen) + int(with_queries))
+        shared = Shared(cfg, dataset, query_log, lambda m: bar.update(task, description=m))
         results = evaluate(
-            cfg,
-            dataset,
+            shared,
             splits,
             chosen,
             on_done=lambda s, m: bar.update(task, advance=1, description=f"{s}/{m}"),
         )
+        if with_queries:
+            assert cfg.data.catalog is not None and query_log is not None
+            results += evaluate_query_task(
+                cfg, dataset, read_catalog(cfg.data.catalog), query_log, shared.progress
+            )
+            bar.advance(task)
+    if "queries" in cfg.eval.splits and query_log is None:
+        console.print("queries: skipped (no data.queries query log in the config)")
     print_results(results, cfg.eval.ks)
     if json_out is not None:
         json_out.parent.mkdir(parents=True, exist_ok=True)
-        json_out.write_text(
-            json.dumps({"config": cfg.model_dump(mode="json"), "results": results}, indent=2)
-        )
+        payload = {"config": cfg.model_dump(mode="json"), "results": results}
+        json_out.write_text(json.dumps(payload, indent=2))
         console.print(f"wrote {json_out}")
 
 

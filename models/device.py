@@ -49,3 +49,40 @@ def pick_torch_device(preference: DevicePreference = "auto") -> torch.device:
         device = torch.device("cpu")
     log.info("torch device: %s", device)
     return device
+
+
+@lru_cache(maxsize=1)
+def faiss_gpu_count() -> int:
+    """GPUs FAISS can use: 0 with the CPU wheel or without a device (warns if broken)."""
+    try:
+        import faiss
+    except ImportError:
+        return 0
+    get = getattr(faiss, "get_num_gpus", None)
+    if get is None:
+        return 0
+    try:
+        return int(get())
+    except Exception as exc:  # a GPU wheel without a driver
+        log.warning("FAISS GPU check failed (%s); FAISS runs on the CPU", exc)
+        return 0
+
+
+def onnx_providers(preference: DevicePreference = "auto") -> list[str]:
+    """onnxruntime execution providers to ask for, best first, CPU always last.
+
+    CUDA is asked for only when the installed onnxruntime offers it; a CUDA provider that
+    fails to initialise falls back to the CPU inside onnxruntime. Check
+    ``session.get_providers()`` for what was really picked (``ort.get_device()`` says "GPU"
+    for the GPU wheel even without a GPU).
+    """
+    import onnxruntime as ort
+
+    available = ort.get_available_providers()
+    providers = []
+    if preference != "cpu" and "CUDAExecutionProvider" in available:
+        providers.append("CUDAExecutionProvider")
+    elif preference == "cuda":
+        log.warning("device=cuda requested but onnxruntime has no CUDA provider; using the CPU")
+    providers.append("CPUExecutionProvider")
+    return providers

@@ -1,14 +1,18 @@
 """The offline evaluation protocol (docs/evaluation.md): every model on every split.
 
-Each model is a function from a split to a ``ScoreFn`` over the split's evaluated rows, so
-adding a model (text-only, hybrid) is adding one entry to ``MODELS``.
+Each model is a function from an ``EvalContext`` to a ``ScoreFn`` over the split's evaluated
+rows, so adding a model is adding one entry to ``MODELS``. The text encoder and the item text
+embeddings are computed once per run and shared by all splits.
 """
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from functools import cached_property
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import scipy.sparse as sp
@@ -16,21 +20,91 @@ import scipy.sparse as sp
 from models.config import PipelineConfig
 from models.data import Dataset
 from models.data.splits import Split
+from models.features import text_profile
+from models.hybrid import Request
 from models.metrics import ScoreFn, evaluate_scores
+from models.pipeline import observed
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+    from models.encoder import TextEncoder
+    from models.training import HybridModel
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class TextResources:
+    """The encoder, the item texts it embedded, and the query log by item."""
+
+    encoder: TextEncoder
+    texts: list[str]
+    embeddings: np.ndarray
+    logged: dict[int, list[str]]
+    batch_size: int = 64
+
+    def encode(self, texts: list[str]) -> np.ndarray:
+        return self.encoder.encode(texts, batch_size=self.batch_size)
+
+
+@dataclass
+class Shared:
+    """What every split reuses; built on first use."""
+
+    cfg: PipelineConfig
+    dataset: Dataset
+    query_log: pd.DataFrame | None = None
+    progress: Callable[[str], None] = field(default=lambda _m: None)
+
+    @cached_property
+    def text(self) -> TextResources:
+        from models.training import load_encoder, queries_by_item
+
+        self.progress("loading the encoder")
+        texts = self.dataset.catalog.texts
+        encoder = load_encoder(self.cfg.encoder, texts)
+        self.progress(f"encoding {len(texts)} item texts")
+        embeddings = encoder.encode(texts, batch_size=self.cfg.encoder.batch_size)
+        logged = queries_by_item(self.query_log, self.dataset.items._index)
+        return TextResources(encoder, list(texts), embeddings, logged, self.cfg.encoder.batch_size)
 
 
 @dataclass
 class EvalContext:
-    """What a model may use: the config, the dataset (for text) and the split."""
+    """What a model may use: the config, the dataset, the split and shared resources."""
 
-    cfg: PipelineConfig
-    dataset: Dataset
+    shared: Shared
     split: Split
+
+    @property
+    def cfg(self) -> PipelineConfig:
+        return self.shared.cfg
+
+    @property
+    def dataset(self) -> Dataset:
+        return self.shared.dataset
 
     @property
     def history(self) -> sp.csr_matrix:
         """Per-row items the model is told about and that are excluded from ranking."""
         return self.split.fold_in if self.split.fold_in is not None else self.split.train
+
+    @cached_property
+    def hybrid(self) -> HybridModel:
+        from models.training import train_hybrid
+
+        text = self.shared.text
+        return train_hybrid(
+            self.cfg,
+            self.split.train,
+            self.dataset.weights is not None,
+            text.texts,
+            text.embeddings,
+            text.encode,
+            text.logged,
+            self.shared.progress,
+        )
 
 
 ModelFactory = Callable[[EvalContext], ScoreFn]
@@ -54,24 +128,79 @@ def wals_model(ctx: EvalContext) -> ScoreFn:
     return lambda rows: user_factors[rows] @ model.item_factors.T
 
 
-MODELS: dict[str, ModelFactory] = {"popularity": popularity_model, "wals": wals_model}
+def text_model(ctx: EvalContext) -> ScoreFn:
+    """Text only: each user's text profile (mean embedding of their history) against items."""
+    emb = ctx.shared.text.embeddings
+    history = ctx.history
+
+    def score(rows: np.ndarray) -> np.ndarray:
+        profiles = np.stack(
+            [
+                text_profile(emb, history.indices[history.indptr[r] : history.indptr[r + 1]])
+                for r in rows
+            ]
+        )
+        return profiles @ emb.T
+
+    return score
+
+
+def ranked_scores(n_items: int, items: np.ndarray) -> np.ndarray:
+    """A score row that ranks ``items`` first, in order, and everything else last."""
+    row = np.full(n_items, -np.inf, dtype=np.float32)
+    row[items] = np.arange(len(items), 0, -1, dtype=np.float32)
+    return row
+
+
+def hybrid_model(ctx: EvalContext) -> ScoreFn:
+    """The served path: WALS + text candidates, reranked by the head (a user-only request)."""
+    hybrid = ctx.hybrid
+    history = ctx.history
+    k = max(ctx.cfg.eval.ks)
+    user_factors = hybrid.wals.user_factors
+    if ctx.split.fold_in is not None:
+        user_factors = hybrid.wals.fold_in_batch(ctx.split.fold_in)
+
+    def score(rows: np.ndarray) -> np.ndarray:
+        out = np.empty((len(rows), hybrid.tables.n_items), dtype=np.float32)
+        for b, row in enumerate(rows):
+            seen = history.indices[history.indptr[row] : history.indptr[row + 1]]
+            rec = hybrid.recommend(
+                Request(
+                    k=k,
+                    user_vector=user_factors[row],
+                    profile_vector=hybrid.profile(seen),
+                    exclude=seen,
+                )
+            )
+            out[b] = ranked_scores(hybrid.tables.n_items, rec.items)
+        return out
+
+    return score
+
+
+MODELS: dict[str, ModelFactory] = {
+    "popularity": popularity_model,
+    "wals": wals_model,
+    "text": text_model,
+    "hybrid": hybrid_model,
+}
 
 
 def evaluate(
-    cfg: PipelineConfig,
-    dataset: Dataset,
+    shared: Shared,
     splits: list[Split],
     models: dict[str, ModelFactory] | None = None,
     on_done: Callable[[str, str], None] | None = None,
-) -> list[dict[str, float | str]]:
+) -> list[dict[str, Any]]:
     """Rows ``{split, model, recall@K..., ndcg@K..., users, seconds}``, one per pair."""
-    results: list[dict[str, float | str]] = []
+    results: list[dict[str, Any]] = []
     for split in splits:
-        ctx = EvalContext(cfg, dataset, split)
+        ctx = EvalContext(shared, split)
         for name, factory in (models or MODELS).items():
             start = time.perf_counter()
             score_fn = factory(ctx)
-            metrics = evaluate_scores(score_fn, ctx.history, split.test, cfg.eval.ks)
+            metrics = evaluate_scores(score_fn, ctx.history, split.test, shared.cfg.eval.ks)
             results.append(
                 {
                     "split": split.name,
@@ -82,4 +211,120 @@ def evaluate(
             )
             if on_done is not None:
                 on_done(split.name, name)
+    return results
+
+
+# ---------------------------------------------------------------- the query task
+def hold_out_queries(
+    query_log: pd.DataFrame, fraction: float, seed: int
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Random ``fraction`` of query-log rows as the test set; the rest may be trained on."""
+    rng = np.random.default_rng(seed)
+    test = np.zeros(len(query_log), dtype=bool)
+    test[
+        rng.choice(len(query_log), size=max(1, round(fraction * len(query_log))), replace=False)
+    ] = True
+    return query_log[~test], query_log[test]
+
+
+def catalog_without_queries(
+    catalog: pd.DataFrame, train_log: pd.DataFrame, test_log: pd.DataFrame
+) -> pd.DataFrame:
+    """Remove held-out queries from the catalog's comma-separated ``tags`` column, unless a
+    training query put the same tag on the same item: item text must not leak test queries."""
+    if "tags" not in catalog.columns:
+        return catalog
+    kept = {
+        (str(i), str(q).strip().lower())
+        for i, q in zip(train_log["item_id"], train_log["query"], strict=True)
+    }
+    drop: dict[str, set[str]] = {}
+    for item, query in zip(
+        test_log["item_id"].astype(str), test_log["query"].astype(str), strict=True
+    ):
+        tag = query.strip().lower()
+        if (item, tag) not in kept:
+            drop.setdefault(item, set()).add(tag)
+    out = catalog.copy()
+
+    def strip(row: pd.Series) -> str:
+        tags = [t.strip() for t in str(row["tags"]).split(",") if t.strip()]
+        removed = drop.get(str(row["item_id"]), set())
+        return ", ".join(t for t in tags if t.lower() not in removed)
+
+    mask = out["item_id"].astype(str).isin(drop.keys())
+    out.loc[mask, "tags"] = out[mask].apply(strip, axis=1)
+    return out
+
+
+def evaluate_query_task(
+    cfg: PipelineConfig,
+    dataset: Dataset,
+    catalog_frame: pd.DataFrame,
+    query_log: pd.DataFrame,
+    progress: Callable[[str], None] = lambda _m: None,
+) -> list[dict[str, Any]]:
+    """For each held-out (user, query, item): the item's rank given the user and the query
+    text. Seen items are not excluded (users mostly tag what they rated)."""
+    from models.data.dataset import Catalog
+
+    train_log, test_log = hold_out_queries(query_log, cfg.eval.query_fraction, cfg.split.seed)
+    clean = Catalog.from_frame(
+        catalog_without_queries(catalog_frame, train_log, test_log), cfg.data.text_template
+    )
+    if clean.ids.ids != dataset.items.ids:
+        raise ValueError("the catalog changed while evaluating: item order differs")
+    query_dataset = Dataset(dataset.users, clean, dataset.matrix, dataset.weights)
+    shared = Shared(cfg, query_dataset, train_log, progress)
+    text = shared.text
+
+    item_idx = test_log["item_id"].astype(str).map(dataset.items._index)
+    keep = item_idx.notna().to_numpy()
+    test_log = test_log[keep]
+    items = item_idx[keep].to_numpy().astype(np.int64)
+    users = test_log["user_id"].astype(str).map(dataset.users._index).to_numpy()
+    known = ~np.isnan(users.astype(np.float64))
+    users = np.where(known, users, -1).astype(np.int64)
+    queries = text.encode(test_log["query"].astype(str).tolist())
+    n_q, n_items = len(items), len(dataset.items)
+    test = sp.csr_matrix((np.ones(n_q), (np.arange(n_q), items)), shape=(n_q, n_items))
+    nothing = sp.csr_matrix((n_q, n_items))
+    ctx = EvalContext(shared, Split("queries", observed(dataset), test))
+    hybrid = ctx.hybrid
+    k = max(cfg.eval.ks)
+
+    def text_scores(rows: np.ndarray) -> np.ndarray:
+        return queries[rows] @ text.embeddings.T
+
+    def wals_scores(rows: np.ndarray) -> np.ndarray:
+        vectors = np.where(
+            known[rows, None], hybrid.wals.user_factors[np.maximum(users[rows], 0)], 0.0
+        )
+        return vectors @ hybrid.wals.item_factors.T + hybrid.tables.item_log_popularity * 1e-6
+
+    def hybrid_scores(rows: np.ndarray) -> np.ndarray:
+        out = np.empty((len(rows), n_items), dtype=np.float32)
+        for b, row in enumerate(rows):
+            user = users[row]
+            seen = (
+                hybrid.seen.indices[hybrid.seen.indptr[user] : hybrid.seen.indptr[user + 1]]
+                if user >= 0
+                else []
+            )
+            request = Request(
+                k=k,
+                user_vector=hybrid.wals.user_factors[user] if user >= 0 else None,
+                query_vector=queries[row],
+                profile_vector=hybrid.profile(np.asarray(seen, dtype=np.int64)),
+            )
+            out[b] = ranked_scores(n_items, hybrid.recommend(request).items)
+        return out
+
+    results = []
+    for name, fn in (("text", text_scores), ("wals", wals_scores), ("hybrid", hybrid_scores)):
+        start = time.perf_counter()
+        metrics = evaluate_scores(fn, nothing, test, cfg.eval.ks)
+        results.append(
+            {"split": "queries", "model": name, **metrics, "seconds": time.perf_counter() - start}
+        )
     return results

@@ -6,7 +6,34 @@ same vector as offline. No torch here: the service imports this module.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from typing import Any, Literal
+
 import numpy as np
+
+WeightScheme = Literal["uniform", "linear", "power"]
+
+
+def weights_from_counts(
+    counts: np.ndarray, scheme: WeightScheme, scale: float = 1.0, exponent: float = 0.08
+) -> np.ndarray:
+    """Row or column weights from interaction counts, as in Google's WALS tutorial.
+
+    ``uniform``: ``scale`` everywhere. ``linear``: ``scale / count`` (the tutorial's
+    LINEAR_RATINGS). ``power``: ``scale * count ** -exponent`` (its LOG_RATINGS). Zero counts
+    get weight 0. Returns float64 of the same shape as ``counts``.
+    """
+    counts = np.asarray(counts, dtype=np.float64)
+    if scheme == "uniform":
+        return np.full(counts.shape, scale, dtype=np.float64)
+    safe = np.where(counts > 0, counts, 1.0)
+    if scheme == "linear":
+        out = scale / safe
+    elif scheme == "power":
+        out = scale * np.power(safe, -exponent)
+    else:
+        raise ValueError(f"unknown weight scheme {scheme!r}: use uniform, linear or power")
+    return np.where(counts > 0, out, 0.0)
 
 
 def row_regularization(
@@ -94,3 +121,45 @@ def fold_in_batch(
             float(regularization[row]),
         )
     return out
+
+
+def fold_in_user(
+    item_factors: np.ndarray,
+    gramian: np.ndarray,
+    col_weights: np.ndarray,
+    params: Mapping[str, Any],
+    item_indices: np.ndarray | list[int],
+    weights: np.ndarray | list[float] | None = None,
+    targets: np.ndarray | list[float] | None = None,
+) -> np.ndarray:
+    """A new user's vector (dim,) with the weights and regularization WALS trained with.
+
+    ``params`` holds WALS' ``get_params()`` (unobserved_weight, regularization,
+    regularization_exp, row_weights, weight_scale, weight_exponent); ``col_weights`` the
+    fitted c_j. Without weights or targets, duplicate indices count once. Raises
+    ``ValueError`` on indices out of range.
+    """
+    n_items = item_factors.shape[0]
+    idx = np.asarray(item_indices, dtype=np.int64).reshape(-1)
+    if weights is None and targets is None:
+        idx = np.unique(idx)  # a repeated item is one interaction, not a heavier one
+    if idx.size and (idx.min() < 0 or idx.max() >= n_items):
+        raise ValueError(f"item indices must lie in [0, {n_items}), got {idx.min()}..{idx.max()}")
+    w0 = float(params["unobserved_weight"])
+    if weights is None:
+        row_w = weights_from_counts(
+            np.array([len(idx)]),
+            params["row_weights"],
+            params["weight_scale"],
+            params["weight_exponent"],
+        )[0]
+        w = w0 + row_w * col_weights[idx]
+    else:
+        w = np.asarray(weights, dtype=np.float64).reshape(-1)
+    a = np.ones(len(idx)) if targets is None else np.asarray(targets, dtype=np.float64).reshape(-1)
+    if w.shape != idx.shape or a.shape != idx.shape:
+        raise ValueError("weights and targets must have one value per distinct item index")
+    reg = row_regularization(
+        float(params["regularization"]), float(params["regularization_exp"]), len(idx), n_items, w0
+    )
+    return fold_in(item_factors, gramian, idx, w, a, w0, float(reg))

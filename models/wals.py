@@ -28,38 +28,14 @@ from typing import TYPE_CHECKING, Any, Literal
 import numpy as np
 import scipy.sparse as sp
 
-from models.fold_in import fold_in as _fold_in_exact
-from models.fold_in import row_regularization
+from models.fold_in import WeightScheme, fold_in_user, row_regularization, weights_from_counts
 
 if TYPE_CHECKING:
     import torch
 
 log = logging.getLogger(__name__)
 
-WeightScheme = Literal["uniform", "linear", "power"]
 Solver = Literal["cg", "cholesky"]
-
-
-def weights_from_counts(
-    counts: np.ndarray, scheme: WeightScheme, scale: float = 1.0, exponent: float = 0.08
-) -> np.ndarray:
-    """Row or column weights from interaction counts, as in Google's WALS tutorial.
-
-    ``uniform``: ``scale`` everywhere. ``linear``: ``scale / count`` (the tutorial's
-    LINEAR_RATINGS). ``power``: ``scale * count ** -exponent`` (its LOG_RATINGS). Zero counts
-    get weight 0. Returns float64 of the same shape as ``counts``.
-    """
-    counts = np.asarray(counts, dtype=np.float64)
-    if scheme == "uniform":
-        return np.full(counts.shape, scale, dtype=np.float64)
-    safe = np.where(counts > 0, counts, 1.0)
-    if scheme == "linear":
-        out = scale / safe
-    elif scheme == "power":
-        out = scale * np.power(safe, -exponent)
-    else:
-        raise ValueError(f"unknown weight scheme {scheme!r}: use uniform, linear or power")
-    return np.where(counts > 0, out, 0.0)
 
 
 @dataclass
@@ -520,17 +496,16 @@ class WALS:
         and implicit's ``recalculate_user``. ``weights`` default to ``w0 + r c_j`` with the
         fitted schemes; ``targets`` to 1.0.
         """
-        idx = self._check_items(item_indices)
-        w, a = self._fold_in_values(idx, weights, targets)
-        reg = row_regularization(
-            self.regularization,
-            self.regularization_exp,
-            len(idx),
-            self.item_factors.shape[0],
-            self.unobserved_weight,
-        )
-        return _fold_in_exact(
-            self.item_factors, self.item_gramian, idx, w, a, self.unobserved_weight, float(reg)
+        if self.item_factors.shape[0] == 0:
+            raise RuntimeError("fit or load the model before fold_in")
+        return fold_in_user(
+            self.item_factors,
+            self.item_gramian,
+            self.col_weight_values,
+            self.get_params(),
+            item_indices,
+            weights,
+            targets,
         )
 
     def fold_in_batch(self, matrix: sp.spmatrix) -> np.ndarray:
@@ -542,35 +517,6 @@ class WALS:
             if sl.start != sl.stop:
                 out[row] = self.fold_in(matrix.indices[sl], targets=matrix.data[sl])
         return out
-
-    def _fold_in_values(
-        self,
-        idx: np.ndarray,
-        weights: np.ndarray | list[float] | None,
-        targets: np.ndarray | list[float] | None,
-    ) -> tuple[np.ndarray, np.ndarray]:
-        if weights is None:
-            row_w = weights_from_counts(
-                np.array([len(idx)]), self.row_weights, self.weight_scale, self.weight_exponent
-            )[0]
-            w = self.unobserved_weight + row_w * self.col_weight_values[idx]
-        else:
-            w = np.asarray(weights, dtype=np.float64)
-        a = np.ones(len(idx)) if targets is None else np.asarray(targets, dtype=np.float64)
-        if w.shape != idx.shape or a.shape != idx.shape:
-            raise ValueError("weights and targets must have one value per item index")
-        return w, a
-
-    def _check_items(self, item_indices: np.ndarray | list[int]) -> np.ndarray:
-        if self.item_factors.shape[0] == 0:
-            raise RuntimeError("fit or load the model before fold_in")
-        idx = np.asarray(item_indices, dtype=np.int64).reshape(-1)
-        n_items = self.item_factors.shape[0]
-        if idx.size and (idx.min() < 0 or idx.max() >= n_items):
-            raise ValueError(
-                f"item indices must lie in [0, {n_items}), got {idx.min()}..{idx.max()}"
-            )
-        return idx
 
     def recommend(
         self, user_vector: np.ndarray, k: int = 10, exclude: np.ndarray | None = None

@@ -62,3 +62,61 @@ def movielens_dir() -> Path:
     if not (path / "ratings.csv").is_file():
         pytest.skip(f"WALRUS_MOVIELENS_DIR={raw} holds no ratings.csv")
     return path
+
+
+TINY_TOML = """
+output_dir = "{out}"
+[data]
+interactions = "{data}/interactions.csv"
+catalog = "{data}/catalog.csv"
+[wals]
+dim = 8
+iterations = 6
+regularization = 0.1
+[encoder]
+name = "tiny-roberta"
+max_length = 32
+[head]
+epochs = 4
+max_examples = 400
+[candidates]
+n_wals = 20
+n_text = 20
+"""
+
+
+@pytest.fixture(scope="session")
+def tiny_pipeline_config(synthetic_files: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A full-pipeline TOML (tiny RoBERTa, small head) over the tiny synthetic files."""
+    out = tmp_path_factory.mktemp("pipeline")
+    path = out / "pipeline.toml"
+    path.write_text(TINY_TOML.format(out=out, data=synthetic_files))
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_trained(tiny_pipeline_config: Path):
+    """``TrainedArtifacts`` of the whole pipeline on tiny data, trained once per session."""
+    from models.config import load_config
+    from models.pipeline import load_dataset
+    from models.training import train_all
+
+    cfg = load_config(tiny_pipeline_config)
+    trained = train_all(cfg, load_dataset(cfg.data), None, cfg.output_dir / "tiny-encoder")
+    trained.save(_fresh(cfg.output_dir / "hybrid"))
+    return trained
+
+
+@pytest.fixture(scope="session")
+def tiny_bundle(tiny_pipeline_config: Path, tiny_trained) -> Path:
+    """A tiny exported bundle (FAISS, ONNX, manifest), built once per session."""
+    from export.bundle import build_bundle
+    from models.config import load_config
+
+    cfg = load_config(tiny_pipeline_config)
+    return build_bundle(cfg, tiny_trained, cfg.bundles_dir)
+
+
+def _fresh(path: Path) -> Path:
+    path.mkdir(parents=True, exist_ok=True)
+    return path

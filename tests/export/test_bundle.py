@@ -1,0 +1,137 @@
+"""The export bundle: contents, checksums, parity, atomic pointer, failure leaves nothing."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from export.bundle import build_bundle, verify_bundle
+from export.manifest import FORMAT_VERSION, BundleError, read_manifest, resolve_bundle
+from export.onnx import ParityError
+
+EXPECTED = {
+    "manifest.json", "user_ids.json", "item_ids.json", "items.json", "user_factors.npy",
+    "item_factors.npy", "wals_item_factors.npy", "item_gramian.npy", "col_weights.npy",
+    "seen_indptr.npy", "seen_indices.npy", "item_text_embeddings.npy", "item_log_popularity.npy",
+    "wals.faiss", "text.faiss", "encoder.onnx", "encoder.int8.onnx", "head.onnx",
+    "tokenizer.json", "tokenizer_config.json",
+}  # fmt: skip
+
+
+def test_bundle_contents_and_manifest(tiny_bundle):
+    names = {p.name for p in tiny_bundle.iterdir()}
+    assert EXPECTED <= names
+    manifest = read_manifest(tiny_bundle)
+    assert manifest["format_version"] == FORMAT_VERSION
+    assert set(manifest["files"]) >= EXPECTED - {"manifest.json"}
+    assert manifest["dims"]["wals"] == 8 and manifest["encoder"]["name"] == "tiny-roberta"
+    assert manifest["indexes"]["wals"]["recall_at_100"] == pytest.approx(1.0)
+    parity = manifest["parity"]
+    assert parity["encoder_fp32_max_abs_diff"] <= 1e-4
+    assert parity["encoder_int8_min_cosine"] >= 0.99
+    assert parity["head_max_abs_diff"] <= 1e-4
+    assert {"torch", "onnxruntime", "numpy"} <= set(manifest["packages"])
+    factors = np.load(tiny_bundle / "user_factors.npy", mmap_mode="r")
+    assert isinstance(factors, np.memmap)
+    for path in tiny_bundle.rglob("*.npy"):
+        np.load(path, allow_pickle=False)
+
+
+def test_current_pointer_resolves(tiny_bundle):
+    current = tiny_bundle.parent / "current"
+    assert current.is_symlink() and resolve_bundle(tiny_bundle.parent) == tiny_bundle.resolve()
+
+
+def test_onnx_encoder_matches_torch_on_new_texts(tiny_bundle, tiny_trained):
+    """Parity on texts the export never saw, through the service's runtime classes."""
+    from service.runtime import OnnxTextEncoder
+
+    texts = ["completely new words here", "x", "another unseen sentence " * 20]
+    cfg = json.loads((tiny_bundle / "tokenizer_config.json").read_text())
+    onnx = OnnxTextEncoder(
+        tiny_bundle / "encoder.onnx", tiny_bundle / "tokenizer.json", cfg["max_length"]
+    )
+    np.testing.assert_allclose(onnx.encode(texts), tiny_trained.encoder.encode(texts), atol=1e-4)
+
+
+def test_verify_passes_then_catches_corruption(tiny_bundle, tmp_path):
+    report = verify_bundle(tiny_bundle)
+    assert report["parity"]["encoder_fp32_max_abs_diff"] <= 1e-4
+    copy = tmp_path / "copy"
+    shutil.copytree(tiny_bundle, copy)
+    with open(copy / "item_factors.npy", "r+b") as f:
+        f.seek(-4, 2)
+        f.write(b"\x00\x00\x80\x7f")
+    with pytest.raises(BundleError, match="item_factors.npy is corrupt"):
+        verify_bundle(copy)
+    (copy / "item_factors.npy").unlink()
+    with pytest.raises(BundleError, match="item_factors.npy is missing"):
+        read_manifest(copy)
+
+
+def test_verify_catches_parity_drift(tiny_bundle, tmp_path):
+    """Reference outputs that no longer match the ONNX model fail the parity check."""
+    copy = tmp_path / "drift"
+    shutil.copytree(tiny_bundle, copy)
+    ref = np.load(copy / "parity" / "encoder_reference.npy")
+    np.save(copy / "parity" / "encoder_reference.npy", ref + 1e-2)
+    manifest = json.loads((copy / "manifest.json").read_text())
+    from export.manifest import sha256_file
+
+    manifest["files"]["parity/encoder_reference.npy"]["sha256"] = sha256_file(
+        copy / "parity" / "encoder_reference.npy"
+    )
+    (copy / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(ParityError, match="encoder fp32 max abs diff"):
+        verify_bundle(copy)
+
+
+def test_other_format_version_refused(tiny_bundle, tmp_path):
+    copy = tmp_path / "old"
+    shutil.copytree(tiny_bundle, copy)
+    manifest = json.loads((copy / "manifest.json").read_text())
+    manifest["format_version"] = 999
+    (copy / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(BundleError, match="format version 999"):
+        read_manifest(copy)
+
+
+def test_failed_export_leaves_nothing_and_keeps_current(
+    tiny_pipeline_config, tiny_trained, tiny_bundle, tmp_path
+):
+    from models.config import load_config
+
+    cfg = load_config(
+        tiny_pipeline_config, ["export.fp32_tolerance=1e-12", f"export.bundles_dir={tmp_path}"]
+    )
+    first = build_bundle(
+        load_config(tiny_pipeline_config, [f"export.bundles_dir={tmp_path}"]),
+        tiny_trained,
+        tmp_path,
+    )
+    with pytest.raises(ParityError, match="parity failed"):
+        build_bundle(cfg, tiny_trained, tmp_path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([first.name, "current"])
+    assert resolve_bundle(tmp_path) == first.resolve()
+
+
+def test_export_cli_verify_and_errors(tiny_bundle, tmp_path):
+    def walrus(*args):
+        return subprocess.run(
+            [sys.executable, "-m", "models.cli", *args], capture_output=True, text=True, timeout=300
+        )
+
+    ok = walrus("export", "--verify", str(tiny_bundle.parent))
+    assert ok.returncode == 0, ok.stderr
+    assert json.loads(ok.stdout)["bundle_id"] == tiny_bundle.name
+    bad = walrus("export", "--verify", str(tmp_path))
+    assert (
+        bad.returncode == 2 and "no manifest.json" in bad.stderr and "Traceback" not in bad.stderr
+    )
+    none = walrus("export")
+    assert none.returncode == 2 and "--config" in none.stderr
