@@ -253,6 +253,45 @@ def export_cmd(
     )
 
 
+@app.command("serve")
+def serve(
+    bundle: Annotated[
+        Path | None, typer.Option(help="Bundle or bundles directory (else WALRUS_BUNDLE).")
+    ] = None,
+    host: Annotated[str | None, typer.Option(help="Else WALRUS_HOST (127.0.0.1).")] = None,
+    port: Annotated[int | None, typer.Option(help="Else WALRUS_PORT (8000).")] = None,
+    workers: Annotated[int, typer.Option(help="uvicorn worker processes.")] = 1,
+) -> None:
+    """Start the HTTP service (uvicorn) with the WALRUS_* settings."""
+    import os
+
+    from pydantic import ValidationError
+
+    for name, value in (("BUNDLE", bundle), ("HOST", host), ("PORT", port)):
+        if value is not None:
+            os.environ[f"WALRUS_{name}"] = str(value)  # every worker builds its own Settings
+    try:
+        from service.settings import Settings
+
+        settings = Settings()
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        field = "WALRUS_" + ".".join(str(p) for p in err["loc"]).upper()
+        console.print(f"[red]error:[/red] {field}: {err['msg']}", highlight=False)
+        raise typer.Exit(2) from None
+    import uvicorn
+
+    logging.getLogger("walrus").setLevel(settings.log_level.upper())
+    uvicorn.run(
+        "service.app:create_app",
+        factory=True,
+        host=settings.host,
+        port=settings.port,
+        workers=workers,
+        log_level=settings.log_level,
+    )
+
+
 # ---------------------------------------------------------------- eval
 @app.command("eval")
 @user_errors

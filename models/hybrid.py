@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from models.features import build_features
+from models.features import build_features, text_profile
 
 SearchFn = Callable[[np.ndarray, int], tuple[np.ndarray, np.ndarray]]
 """(vector (dim,), k) -> (ids (<= k,), scores); ids < 0 (FAISS padding) are ignored."""
@@ -96,6 +96,14 @@ def recommend(
     text_vector = request.query_vector if _usable(request.query_vector) else request.profile_vector
     use_wals, use_text = _usable(request.user_vector), _usable(text_vector)
 
+    if not (use_wals or use_text or _usable(request.profile_vector)):
+        # Nothing known about the request: the most popular items, as they are.
+        order = tables.popular_order
+        popular = order[~excluded[order]][:k]
+        return Recommendation(
+            popular, tables.item_log_popularity[popular], [["popular"]] * len(popular)
+        )
+
     n_excluded = int(excluded.sum())
     fetch_wals, fetch_text = n_wals + n_excluded, n_text + n_excluded
     while True:
@@ -138,3 +146,36 @@ def recommend(
     order = np.lexsort((candidates, -scores))[:k]
     top = candidates[order]
     return Recommendation(top, scores[order], [sources[int(i)] for i in top])
+
+
+def build_request(
+    k: int,
+    *,
+    user_vector: np.ndarray | None,
+    seen: np.ndarray,
+    history: np.ndarray,
+    exclude: np.ndarray,
+    exclude_seen: bool,
+    query_vector: np.ndarray | None,
+    item_text_embeddings: np.ndarray,
+    fold_in: Callable[[np.ndarray], np.ndarray],
+) -> Request:
+    """Resolve one request's inputs into vectors and exclusions, the same way everywhere.
+
+    ``seen`` are the known user's training items (empty for unknown users), ``history`` the
+    request's fresh item indices. With a history the user vector is folded in from
+    seen + history (a known user's fresh interactions update their vector); the text profile
+    is built from the same items; with ``exclude_seen`` those items are excluded as well.
+    """
+    interactions = np.unique(np.concatenate([seen, history]).astype(np.int64))
+    if len(history):
+        user_vector = fold_in(interactions)
+    profile = text_profile(item_text_embeddings, interactions) if len(interactions) else None
+    blocked = np.concatenate([exclude, interactions]) if exclude_seen else exclude
+    return Request(
+        k=k,
+        user_vector=user_vector,
+        query_vector=query_vector,
+        profile_vector=profile,
+        exclude=np.unique(blocked.astype(np.int64)),
+    )

@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 import numpy as np
 import pytest
 import scipy.sparse as sp
+
+from tests.server import Server
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -120,3 +124,21 @@ def tiny_bundle(tiny_pipeline_config: Path, tiny_trained) -> Path:
 def _fresh(path: Path) -> Path:
     path.mkdir(parents=True, exist_ok=True)
     return path
+
+
+@pytest.fixture(scope="session")
+def server(tiny_bundle: Path) -> Iterator[Server]:
+    """The tiny bundle served by uvicorn; fp32 encoder, so results can be compared with
+    PyTorch to 1e-4."""
+    srv = Server(tiny_bundle.parent, WALRUS_ENCODER_PRECISION="fp32", WALRUS_MAX_HISTORY="50")
+    try:
+        srv.wait()
+        yield srv
+    finally:
+        srv.stop()
+
+
+@pytest.fixture
+def client(server: Server) -> Iterator[httpx.Client]:
+    with httpx.Client(base_url=server.url, timeout=30) as c:
+        yield c

@@ -1,0 +1,84 @@
+"""HTTP routes: thin; the work is in ``service.recommender``, run off the event loop."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, HTTPException, Query, Request, Response
+from fastapi.concurrency import run_in_threadpool
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from service.metrics import Metrics
+from service.recommender import Recommender, UnknownItem
+from service.schemas import Health, Readiness, RecommendRequest, RecommendResponse, SimilarResponse
+
+
+def get_recommender(request: Request) -> Recommender:
+    recommender = request.app.state.recommender
+    if recommender is None:
+        raise HTTPException(503, f"not ready: {request.app.state.reason}")
+    return recommender
+
+
+def get_metrics(request: Request) -> Metrics:
+    return request.app.state.metrics
+
+
+RecommenderDep = Annotated[Recommender, Depends(get_recommender)]
+MetricsDep = Annotated[Metrics, Depends(get_metrics)]
+
+router = APIRouter()
+
+
+@router.post("/v1/recommend", response_model=RecommendResponse)
+async def recommend(
+    body: RecommendRequest, recommender: RecommenderDep, metrics: MetricsDep
+) -> RecommendResponse:
+    """Recommendations for a user, a query, a history, any mix of them, or nothing (popular)."""
+    response = await run_in_threadpool(recommender.recommend, body)
+    metrics.observe_stages(response.timings_ms)
+    return response
+
+
+@router.get("/v1/items/{item_id}/similar", response_model=SimilarResponse)
+async def similar(
+    item_id: str,
+    recommender: RecommenderDep,
+    metrics: MetricsDep,
+    k: Annotated[int, Query(ge=1, le=1000, description="How many items.")] = 10,
+) -> SimilarResponse:
+    """Items similar to one item: WALS factors, or text for cold items."""
+    try:
+        response = await run_in_threadpool(recommender.similar, item_id, k)
+    except UnknownItem:
+        raise HTTPException(404, f"unknown item_id {item_id!r}") from None
+    metrics.observe_stages(response.timings_ms)
+    return response
+
+
+@router.get("/healthz", response_model=Health)
+async def healthz() -> Health:
+    """The process is alive (not necessarily ready)."""
+    return Health()
+
+
+@router.get("/readyz", response_model=Readiness, responses={503: {"model": Readiness}})
+async def readyz(request: Request, response: Response) -> Readiness:
+    """Bundle loaded and verified; says which devices serve."""
+    recommender: Recommender | None = request.app.state.recommender
+    if recommender is None:
+        response.status_code = 503
+        return Readiness(ready=False, reason=request.app.state.reason)
+    return Readiness(
+        ready=True,
+        bundle_id=recommender.bundle_id,
+        onnx_providers=recommender.onnx_providers,
+        faiss=recommender.faiss_device,
+        encoder_precision=recommender.encoder_precision,
+    )
+
+
+@router.get("/metrics")
+async def metrics_endpoint(metrics: MetricsDep) -> Response:
+    """Prometheus exposition."""
+    return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)

@@ -1,0 +1,95 @@
+"""The FastAPI app, composed in one place: ``create_app`` builds it, the lifespan loads the
+bundle (never at import), handlers turn input errors into 422 and bugs into a clean 500.
+
+Run: ``walrus serve`` or ``uvicorn service.app:create_app --factory``.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI, Request, Response
+from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import JSONResponse
+
+from service.api import router
+from service.metrics import Metrics
+from service.recommender import InputError, Recommender
+from service.settings import Settings
+
+log = logging.getLogger("walrus.service")
+
+
+def configure_logging(level: str) -> None:
+    """One stderr handler on the ``walrus`` logger: uvicorn configures only its own."""
+    root = logging.getLogger("walrus")
+    root.setLevel(level.upper())
+    if not root.handlers:
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("%(levelname)s:     %(name)s: %(message)s"))
+        root.addHandler(handler)
+        root.propagate = False
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    """A new app; settings default to the ``WALRUS_*`` environment."""
+    settings = settings or Settings()
+    configure_logging(settings.log_level)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        app.state.settings = settings
+        app.state.metrics = Metrics()
+        app.state.recommender = None
+        app.state.reason = "loading the bundle"
+        try:
+            app.state.recommender = await run_in_threadpool(Recommender, settings.bundle, settings)
+            app.state.reason = None
+            user = app.state.recommender.example_user()
+            log.info(
+                "ready: curl -s http://%s:%d/v1/recommend -H 'content-type: application/json' "
+                "-d '{\"user_id\": \"%s\", \"query\": \"something to watch\", \"k\": 5}'",
+                settings.host, settings.port, user,
+            )  # fmt: skip
+        except Exception as exc:  # anything that stops loading keeps the service un-ready
+            reason = f"{type(exc).__name__}: {exc}".splitlines()[0]
+            app.state.reason = reason
+            log.error("not ready: %s", reason)
+        yield
+
+    app = FastAPI(
+        title="walrus",
+        version="0.1.0",
+        summary="Hybrid recommender: WALS + text encoder + score head.",
+        lifespan=lifespan,
+    )
+    app.include_router(router)
+
+    @app.middleware("http")
+    async def count(
+        request: Request, call_next: Callable[[Request], Awaitable[Response]]
+    ) -> Response:
+        start = time.perf_counter()
+        response = await call_next(request)
+        route = request.scope.get("route")
+        endpoint = getattr(route, "path", "unmatched")
+        metrics: Metrics | None = getattr(request.app.state, "metrics", None)
+        if metrics is not None:
+            metrics.requests.labels(endpoint, str(response.status_code)).inc()
+            metrics.latency.labels(endpoint).observe(time.perf_counter() - start)
+        return response
+
+    @app.exception_handler(InputError)
+    async def input_error(_request: Request, exc: InputError) -> JSONResponse:
+        detail = [{"loc": ["body", exc.field], "msg": str(exc), "type": "value_error"}]
+        return JSONResponse({"detail": detail}, status_code=422)
+
+    @app.exception_handler(Exception)
+    async def bug(request: Request, exc: Exception) -> JSONResponse:
+        log.exception("unhandled error on %s %s", request.method, request.url.path)
+        return JSONResponse({"detail": "internal error"}, status_code=500)
+
+    return app

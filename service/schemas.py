@@ -1,0 +1,70 @@
+"""Request and response bodies. Strict types: a wrong-typed field is a 422, not a coercion."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr
+
+Source = Literal["wals", "text", "popular"]
+
+
+class RecommendRequest(BaseModel):
+    """What to recommend for. Every field is optional; with none, the most popular items."""
+
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "examples": [
+                {"user_id": "u1", "k": 5},
+                {"query": "space robots", "k": 5},
+                {"user_id": "u1", "query": "space robots", "k": 10, "exclude": ["i3"]},
+                {"history": ["i1", "i7"], "k": 5},
+            ]
+        },
+    )
+
+    user_id: StrictStr | None = Field(None, description="A user of the bundle, or unknown.")
+    query: StrictStr | None = Field(None, description="Free text; encoded by the ONNX encoder.")
+    history: list[StrictStr] | None = Field(
+        None, description="Item ids the user just interacted with: folded into the user vector."
+    )
+    k: StrictInt = Field(10, ge=1, description="How many items (at most WALRUS_MAX_K).")
+    exclude: list[StrictStr] | None = Field(None, description="Item ids never to return.")
+    exclude_seen: StrictBool = Field(True, description="Drop the user's known and history items.")
+
+
+class Item(BaseModel):
+    item_id: str
+    title: str
+    score: float
+    sources: list[Source]
+
+
+class RecommendResponse(BaseModel):
+    items: list[Item]
+    user_known: bool = Field(description="Whether user_id was found in the bundle.")
+    bundle_id: str
+    timings_ms: dict[str, float]
+    warnings: list[str] = Field(default_factory=list)
+
+
+class SimilarResponse(BaseModel):
+    item_id: str
+    source: Literal["wals", "text"] = Field(description="WALS factors, or text for cold items.")
+    items: list[Item]
+    bundle_id: str
+    timings_ms: dict[str, float]
+
+
+class Health(BaseModel):
+    status: Literal["ok"] = "ok"
+
+
+class Readiness(BaseModel):
+    ready: bool
+    reason: str | None = None
+    bundle_id: str | None = None
+    onnx_providers: list[str] = Field(default_factory=list)
+    faiss: Literal["cpu", "gpu"] | None = None
+    encoder_precision: str | None = None

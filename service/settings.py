@@ -1,0 +1,45 @@
+"""The service's settings: environment variables with the prefix ``WALRUS_``.
+
+Example: ``WALRUS_BUNDLE=artifacts/demo/bundles WALRUS_THREADS=2 walrus serve``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    """Validated on start; a bad value stops the process with the field named."""
+
+    model_config = SettingsConfigDict(env_prefix="WALRUS_", extra="ignore")
+
+    bundle: Path = Field(
+        Path("artifacts/demo/bundles"),
+        description="A bundle directory, or a bundles directory whose 'current' link is used.",
+    )
+    device: Literal["auto", "cpu", "cuda"] = Field(
+        "auto", description="GPU execution providers and FAISS GPU when present and allowed."
+    )
+    threads: int = Field(0, ge=0, description="Threads per ONNX session and for FAISS; 0: auto.")
+    encoder_precision: Literal["int8", "fp32"] = Field(
+        "int8", description="Which encoder of the bundle encodes queries."
+    )
+    n_wals: int | None = Field(None, ge=1, le=10_000, description="Default: the bundle's.")
+    n_text: int | None = Field(None, ge=1, le=10_000, description="Default: the bundle's.")
+    max_k: int = Field(100, ge=1, le=1000)
+    max_query_chars: int = Field(512, ge=1)
+    max_history: int = Field(1000, ge=0)
+    max_exclude: int = Field(1000, ge=0)
+    worker_threads: int = Field(
+        8, ge=1, description="Thread pool that runs ONNX and FAISS off the event loop."
+    )
+    verify_parity: bool = Field(
+        False, description="Also re-run the bundle's parity check on start (slower start)."
+    )
+    host: str = "127.0.0.1"
+    port: int = Field(8000, ge=1, le=65535)
+    log_level: Literal["debug", "info", "warning", "error"] = "info"

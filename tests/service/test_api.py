@@ -1,0 +1,188 @@
+"""The HTTP service against a real uvicorn process: every request kind, limits, errors."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+
+import httpx
+import numpy as np
+import pytest
+
+from tests.server import Server
+
+
+def bundle_users(bundle):
+    return json.loads((bundle / "user_ids.json").read_text())
+
+
+def seen_of(bundle, user: str) -> set[str]:
+    items = json.loads((bundle / "item_ids.json").read_text())
+    indptr = np.load(bundle / "seen_indptr.npy")
+    indices = np.load(bundle / "seen_indices.npy")
+    u = bundle_users(bundle).index(user)
+    return {items[i] for i in indices[indptr[u] : indptr[u + 1]]}
+
+
+def post(client, **body):
+    return client.post("/v1/recommend", json=body)
+
+
+def test_known_user(client, tiny_bundle):
+    user = bundle_users(tiny_bundle)[0]
+    r = post(client, user_id=user, k=5)
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["user_known"] is True and len(body["items"]) == 5
+    assert any("wals" in it["sources"] for it in body["items"])
+    assert not {it["item_id"] for it in body["items"]} & seen_of(tiny_bundle, user)
+    scores = [it["score"] for it in body["items"]]
+    assert scores == sorted(scores, reverse=True)
+    assert body["bundle_id"] == tiny_bundle.name
+    assert {"ann", "rerank", "total"} <= set(body["timings_ms"])
+
+
+def test_query_only_is_text(client):
+    body = post(client, query="space robots", k=4).json()
+    assert body["user_known"] is False and len(body["items"]) == 4
+    assert all(it["sources"] == ["text"] for it in body["items"])
+    assert "encode" in body["timings_ms"]
+
+
+def test_user_and_query(client, tiny_bundle):
+    user = bundle_users(tiny_bundle)[1]
+    body = post(client, user_id=user, query="space robots", k=10).json()
+    sources = {s for it in body["items"] for s in it["sources"]}
+    assert sources <= {"wals", "text"} and len(body["items"]) == 10
+
+
+def test_history_fold_in_for_unknown_user(client):
+    body = post(client, user_id="nobody", history=["i1", "i2", "i3"], k=6).json()
+    assert body["user_known"] is False and len(body["items"]) == 6
+    assert not {it["item_id"] for it in body["items"]} & {"i1", "i2", "i3"}
+    assert any("wals" in it["sources"] for it in body["items"])
+    assert "fold_in" in body["timings_ms"]
+    assert any("nobody" in w for w in body["warnings"])
+
+
+def test_nothing_is_popularity(client, tiny_bundle):
+    body = post(client, k=5).json()
+    items = json.loads((tiny_bundle / "items.json").read_text())
+    popular = sorted(items, key=lambda it: (-it["popularity"], items.index(it)))[:5]
+    assert [it["item_id"] for it in body["items"]] == [it["item_id"] for it in popular]
+    assert all(it["sources"] == ["popular"] for it in body["items"])
+
+
+def test_exclusions_still_give_exactly_k(client, tiny_bundle):
+    user = bundle_users(tiny_bundle)[0]
+    first = post(client, user_id=user, k=30).json()["items"]
+    exclude = [it["item_id"] for it in first[:25]]
+    body = post(client, user_id=user, k=10, exclude=exclude).json()
+    got = [it["item_id"] for it in body["items"]]
+    assert len(got) == 10 and not set(got) & set(exclude)
+
+
+def test_k_larger_than_catalog_returns_what_exists(client, tiny_bundle):
+    n_items = len(json.loads((tiny_bundle / "items.json").read_text()))
+    body = post(client, query="robots", k=100, exclude=["i0", "i1"]).json()
+    assert len(body["items"]) == n_items - 2
+
+
+def test_unknown_ids_are_warnings(client):
+    r = post(client, history=["i1", "zzz"], exclude=["nope"], k=3)
+    assert r.status_code == 200
+    warnings = " ".join(r.json()["warnings"])
+    assert "'zzz'" in warnings and "'nope'" in warnings
+
+
+@pytest.mark.parametrize(
+    "body, field",
+    [
+        ({"k": 0}, "k"),
+        ({"k": 101}, "k"),
+        ({"k": "5"}, "k"),
+        ({"k": 2.5}, "k"),
+        ({"query": ""}, "query"),
+        ({"query": "x" * 600}, "query"),
+        ({"query": 5}, "query"),
+        ({"history": "i1"}, "history"),
+        ({"history": ["i1"] * 51}, "history"),
+        ({"exclude": [1, 2]}, "exclude"),
+        ({"exclude_seen": "yes"}, "exclude_seen"),
+        ({"user": "typo"}, "user"),
+    ],
+)
+def test_bad_input_is_422_naming_the_field(client, body, field):
+    r = post(client, **body)
+    assert r.status_code == 422, r.text
+    locs = [d["loc"] for d in r.json()["detail"]]
+    assert any(field in loc for loc in locs), locs
+
+
+def test_malformed_json_is_422(client):
+    r = client.post(
+        "/v1/recommend", content=b"{not json", headers={"content-type": "application/json"}
+    )
+    assert r.status_code == 422
+
+
+def test_similar_items(client, tiny_bundle):
+    items = json.loads((tiny_bundle / "items.json").read_text())
+    warm = next(it["item_id"] for it in items if it["popularity"] > 0)
+    body = client.get(f"/v1/items/{warm}/similar", params={"k": 5}).json()
+    assert body["source"] == "wals" and len(body["items"]) == 5
+    assert warm not in [it["item_id"] for it in body["items"]]
+    assert client.get("/v1/items/nope/similar").status_code == 404
+    assert client.get(f"/v1/items/{warm}/similar", params={"k": 0}).status_code == 422
+
+
+def test_health_ready_metrics(client):
+    assert client.get("/healthz").json() == {"status": "ok"}
+    ready = client.get("/readyz").json()
+    assert ready["ready"] is True and ready["faiss"] == "cpu"
+    assert "CPUExecutionProvider" in ready["onnx_providers"]
+    assert ready["encoder_precision"] == "fp32"
+    post(client, query="robots", k=2)
+    text = client.get("/metrics").text
+    assert 'walrus_requests_total{endpoint="/v1/recommend",status="200"}' in text
+    assert 'walrus_stage_seconds_count{stage="encode"}' in text
+    assert 'walrus_request_seconds_bucket{endpoint="/v1/recommend"' in text
+
+
+def test_openapi_has_examples(client):
+    spec = client.get("/openapi.json").json()
+    schema = spec["components"]["schemas"]["RecommendRequest"]
+    assert schema["examples"]
+    assert client.get("/docs").status_code == 200
+
+
+def test_corrupt_bundle_is_refused_at_start(tiny_bundle, tmp_path):
+    copy = tmp_path / "bundle"
+    shutil.copytree(tiny_bundle, copy)
+    with open(copy / "head.onnx", "ab") as f:
+        f.write(b"tampered")
+    srv = Server(copy)
+    try:
+        srv.wait(ready=False)
+        ready = httpx.get(f"{srv.url}/readyz")
+        assert ready.status_code == 503
+        assert "head.onnx is corrupt" in ready.json()["reason"]
+        assert httpx.get(f"{srv.url}/healthz").status_code == 200
+        r = httpx.post(f"{srv.url}/v1/recommend", json={"k": 1})
+        assert r.status_code == 503 and "not ready" in r.json()["detail"]
+        assert "not ready: BundleError" in srv.output()
+    finally:
+        srv.stop()
+
+
+def test_service_never_imports_torch():
+    code = (
+        "import sys, service.app, service.recommender, service.api;"
+        "from service.app import create_app; create_app();"
+        "bad = [m for m in ('torch', 'transformers') if m in sys.modules];"
+        "print(','.join(bad))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "", f"service imported {out.stdout}"
