@@ -8,7 +8,11 @@ export WALRUS_MOVIELENS_DIR ?= $(if $(wildcard $(MOVIELENS)/ratings.csv),$(MOVIE
 comma := ,
 STAMP := $(VENV)/.installed-$(subst $(comma),-,$(EXTRAS))
 
-.PHONY: install demo test lint format bench clean
+WALRUS_URL ?= http://127.0.0.1:8000
+LOADTEST_USERS ?= 8
+LOADTEST_DURATION ?= 30s
+
+.PHONY: install demo data train export serve test lint format bench loadtest docker-test clean
 
 # Re-install only when pyproject.toml changes.
 $(STAMP): pyproject.toml
@@ -19,10 +23,20 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
-demo: install
+# The demo: small synthetic data, the offline all-MiniLM-L6-v2 encoder, a bundle, the service.
+demo: export serve
+
+data: install
 	$(BIN)/walrus data synthetic --size small --out artifacts/data/synthetic-small
-	$(BIN)/walrus train wals -c configs/demo.toml
-	$(BIN)/walrus eval -c configs/demo.toml --json artifacts/demo/eval.json
+
+train: data
+	$(BIN)/walrus train hybrid -c configs/demo.toml
+
+export: train
+	$(BIN)/walrus export -c configs/demo.toml
+
+serve: install
+	WALRUS_BUNDLE=$${WALRUS_BUNDLE:-artifacts/demo/bundles} $(BIN)/walrus serve
 
 test: install lint
 	$(BIN)/python -m pytest -q
@@ -38,6 +52,13 @@ format: install
 
 bench: install
 	$(BIN)/python -m bench.wals_vs_implicit $(if $(WALRUS_MOVIELENS_DIR),--movielens $(WALRUS_MOVIELENS_DIR),)
+
+# Against a running service (make serve, or docker compose up): bounded in time.
+loadtest: install
+	$(BIN)/python -m bench.loadtest --host $(WALRUS_URL) --users $(LOADTEST_USERS) --run-time $(LOADTEST_DURATION)
+
+docker-test: install
+	VENV=$(VENV) bash docker/test.sh
 
 clean:
 	rm -rf artifacts bench/results .pytest_cache .mypy_cache .ruff_cache

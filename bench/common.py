@@ -40,7 +40,9 @@ def write_results(name: str, payload: dict[str, Any]) -> Path:
 def print_table(title: str, rows: list[dict[str, Any]], columns: list[str]) -> None:
     table = Table(title=title)
     for col in columns:
-        table.add_column(col, justify="left" if col in ("dataset", "model", "stage") else "right")
+        table.add_column(
+            col, justify="left" if col in ("dataset", "model", "stage", "name") else "right"
+        )
     for row in rows:
         table.add_row(*[_fmt(row.get(c)) for c in columns])
     Console(width=160).print(table)

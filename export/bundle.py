@@ -43,6 +43,7 @@ from export.manifest import (
     read_manifest,
 )
 from export.onnx import (
+    QUANTIZATION_SCHEMES,
     ParityError,
     check_tokenizer_parity,
     cosine_rows,
@@ -137,6 +138,31 @@ def check_parity(
     if problems:
         raise ParityError("parity failed: " + "; ".join(problems))
     return figures
+
+
+def quantize_to_target(
+    bundle: Path, texts: list[str], reference: np.ndarray, max_length: int, min_cosine: float
+) -> str:
+    """Write ``encoder.int8.onnx`` with the fastest scheme whose min cosine to PyTorch meets
+    ``min_cosine``; ``ParityError`` naming the best figure when none does."""
+    from service.runtime import OnnxTextEncoder
+
+    best = 0.0
+    for scheme in QUANTIZATION_SCHEMES:
+        quantize_encoder(bundle / "encoder.onnx", bundle / "encoder.int8.onnx", scheme)
+        int8 = OnnxTextEncoder(bundle / "encoder.int8.onnx", bundle / "tokenizer.json", max_length)
+        cosine = float(cosine_rows(int8.encode(texts), reference).min())
+        best = max(best, cosine)
+        if cosine >= min_cosine:
+            return scheme
+        log.info(
+            "int8 scheme %s: min cosine %.4f < %s, trying the next", scheme, cosine, min_cosine
+        )
+    (bundle / "encoder.int8.onnx").unlink()
+    raise ParityError(
+        f"parity failed: encoder int8 min cosine {best:.4f} < {min_cosine} with every scheme; "
+        "set export.quantize = false to ship fp32 only"
+    )
 
 
 def write_tokenizer(encoder: TextEncoder, bundle: Path) -> None:
@@ -238,10 +264,13 @@ def build_bundle(
         texts = parity_texts(trained.texts, ec.parity_texts, ec.seed)
         check_tokenizer_parity(encoder, tmp / "tokenizer.json", texts)
         export_encoder(encoder, tmp / "encoder.onnx", ec.opset)
-        if ec.quantize:
-            quantize_encoder(tmp / "encoder.onnx", tmp / "encoder.int8.onnx")
         export_head(hybrid.head, tmp / "head.onnx", ec.opset)
         reference = encoder.encode(texts)
+        scheme = None
+        if ec.quantize:
+            scheme = quantize_to_target(
+                tmp, texts, reference, encoder.max_length, ec.int8_min_cosine
+            )
         features = (
             np.random.default_rng(ec.seed)
             .normal(size=(64, hybrid.head.n_features))
@@ -272,6 +301,7 @@ def build_bundle(
                 "name": encoder.name,
                 "max_length": encoder.max_length,
                 "fine_tuned": trained.fine_tuned,
+                "int8_scheme": scheme,
             },
             "wals": wals_params,
             "candidates": {"n_wals": hybrid.n_wals, "n_text": hybrid.n_text},

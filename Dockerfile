@@ -1,0 +1,91 @@
+# walrus images. Targets:
+#   serve     (default) slim serving image: onnxruntime, tokenizers, faiss, numpy; no torch
+#   pipeline  torch CPU + transformers: `walrus data|train|export` into a volume
+#   loadtest  locust and the load-test file
+#   serve-gpu CUDA base, onnxruntime-gpu and FAISS GPU (build with --target serve-gpu)
+# BASE_IMAGE replaces python:3.11-slim (e.g. a mirror, or a locally imported stand-in).
+ARG BASE_IMAGE=python:3.11-slim
+ARG GPU_BASE_IMAGE=nvidia/cuda:13.0.1-cudnn-runtime-ubuntu24.04
+
+FROM ${BASE_IMAGE} AS base
+ENV PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1 \
+    PIP_NO_CACHE_DIR=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1
+WORKDIR /app
+
+# ---------------------------------------------------------------- serving
+FROM base AS serve-build
+COPY pyproject.toml README.md ./
+COPY models/ models/
+COPY export/ export/
+COPY service/ service/
+RUN python -m venv /opt/venv \
+    && /opt/venv/bin/pip install --upgrade pip setuptools wheel \
+    && /opt/venv/bin/pip install ".[serve]"
+
+FROM base AS pipeline-build
+ARG TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu
+COPY pyproject.toml README.md ./
+COPY models/ models/
+COPY export/ export/
+COPY service/ service/
+# CPU torch from its own index: PyPI's default torch wheel is a multi-GB CUDA build.
+RUN python -m venv /opt/venv \
+    && /opt/venv/bin/pip install --upgrade pip setuptools wheel \
+    && /opt/venv/bin/pip install --index-url "${TORCH_INDEX_URL}" "torch==2.13.0" \
+    && /opt/venv/bin/pip install ".[train,serve]"
+
+FROM base AS pipeline
+COPY --from=pipeline-build /opt/venv /opt/venv
+COPY configs/ configs/
+ENV PATH=/opt/venv/bin:$PATH HF_HUB_OFFLINE=1
+RUN groupadd --system --gid 10001 walrus && useradd --system --uid 10001 --gid walrus --home-dir /app walrus \
+    && mkdir -p /app/artifacts && chown 10001:10001 /app/artifacts
+USER 10001:10001
+ENTRYPOINT ["walrus"]
+CMD ["--help"]
+
+FROM base AS loadtest
+RUN python -m venv /opt/venv && /opt/venv/bin/pip install "locust>=2.20"
+COPY bench/locustfile.py bench/locustfile.py
+ENV PATH=/opt/venv/bin:$PATH
+RUN groupadd --system --gid 10001 walrus && useradd --system --uid 10001 --gid walrus --home-dir /app walrus \
+    && mkdir -p /app/results && chown 10001:10001 /app/results
+USER 10001:10001
+ENTRYPOINT ["locust", "-f", "bench/locustfile.py"]
+
+FROM ${GPU_BASE_IMAGE} AS serve-gpu
+ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 PIP_NO_CACHE_DIR=1 DEBIAN_FRONTEND=noninteractive
+# hadolint ignore=DL3008
+RUN apt-get update && apt-get install -y --no-install-recommends python3 python3-venv \
+    && rm -rf /var/lib/apt/lists/*
+WORKDIR /app
+COPY pyproject.toml README.md ./
+COPY models/ models/
+COPY export/ export/
+COPY service/ service/
+# The GPU wheels install the same modules as the CPU ones: never both in one environment.
+RUN python3 -m venv /opt/venv \
+    && /opt/venv/bin/pip install --upgrade pip setuptools wheel \
+    && /opt/venv/bin/pip install ".[serve]" \
+    && /opt/venv/bin/pip uninstall -y onnxruntime faiss-cpu \
+    && /opt/venv/bin/pip install ".[gpu]"
+ENV PATH=/opt/venv/bin:$PATH WALRUS_HOST=0.0.0.0 WALRUS_PORT=8000 WALRUS_BUNDLE=/bundles WALRUS_DEVICE=auto
+RUN groupadd --system --gid 10001 walrus && useradd --system --uid 10001 --gid walrus --home-dir /app walrus
+USER 10001:10001
+EXPOSE 8000
+HEALTHCHECK --interval=10s --timeout=3s --start-period=60s --retries=3 \
+    CMD ["python3", "-c", "import os, urllib.request; urllib.request.urlopen('http://127.0.0.1:' + os.environ.get('WALRUS_PORT', '8000') + '/readyz', timeout=2)"]
+CMD ["walrus", "serve"]
+
+# The default target comes last: `docker build .` gives the slim serving image.
+FROM base AS serve
+COPY --from=serve-build /opt/venv /opt/venv
+ENV PATH=/opt/venv/bin:$PATH WALRUS_HOST=0.0.0.0 WALRUS_PORT=8000 WALRUS_BUNDLE=/bundles
+RUN groupadd --system --gid 10001 walrus && useradd --system --uid 10001 --gid walrus --home-dir /app walrus
+USER 10001:10001
+EXPOSE 8000
+HEALTHCHECK --interval=10s --timeout=3s --start-period=60s --retries=3 \
+    CMD ["python", "-c", "import os, urllib.request; urllib.request.urlopen('http://127.0.0.1:' + os.environ.get('WALRUS_PORT', '8000') + '/readyz', timeout=2)"]
+CMD ["walrus", "serve"]

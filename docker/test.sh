@@ -1,0 +1,145 @@
+#!/usr/bin/env bash
+# make docker-test: lint the Dockerfile, validate the compose file, then really build the
+# serving image, run it with a bundle made on the host, and check its answer.
+#
+# Works on a machine with no Docker engine running and no registry for base images (see
+# docs/deployment.md): it starts a private dockerd, and when python:3.11-slim is not there
+# it imports a Debian bookworm stand-in made with debootstrap from this machine's own apt
+# mirror (read from its apt sources, never hard-coded). State is kept in WALRUS_DOCKER_STATE
+# (default /var/tmp/walrus-docker) so later runs reuse the base image and layer cache.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+VENV=${VENV:-.venv}
+STATE=${WALRUS_DOCKER_STATE:-/var/tmp/walrus-docker}
+IMAGE=walrus-serve:docker-test
+NAME=walrus-docker-test-$$
+say() { printf '\n== %s\n' "$*"; }
+
+say "hadolint"
+"$VENV/bin/hadolint" --failure-threshold error Dockerfile
+
+say "docker compose config"
+COMPOSE=$("$VENV/bin/python" -c "import compose, os; print(os.path.join(os.path.dirname(compose.__file__), 'docker-compose'))")
+WALRUS_CONFIG=configs/demo.toml "$COMPOSE" -f docker-compose.yml config --quiet
+if "$COMPOSE" -f docker-compose.yml config --quiet 2>/dev/null; then
+  echo "compose accepted a missing WALRUS_CONFIG: required variables must fail fast" >&2
+  exit 1
+fi
+
+if ! command -v dockerd >/dev/null || ! command -v debootstrap >/dev/null; then
+  say "installing docker.io and debootstrap (apt)"
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends docker.io debootstrap >/dev/null
+fi
+
+say "private dockerd"
+mkdir -p "$STATE/data" "$STATE/exec"
+SOCK="$STATE/docker.sock"
+dockerd --data-root "$STATE/data" --exec-root "$STATE/exec" --pidfile "$STATE/dockerd.pid" \
+  -H "unix://$SOCK" --storage-driver overlay2 --iptables=false --ip6tables=false \
+  --ip-masq=false --bridge=none >"$STATE/dockerd.log" 2>&1 &
+DOCKERD=$!
+export DOCKER_HOST="unix://$SOCK"
+cleanup() {
+  docker rm -f "$NAME" >/dev/null 2>&1 || true
+  kill "$DOCKERD" 2>/dev/null || true
+  wait "$DOCKERD" 2>/dev/null || true
+  umount "$STATE/exec/netns/default" 2>/dev/null || true
+}
+trap cleanup EXIT
+for _ in $(seq 1 50); do docker info >/dev/null 2>&1 && break; sleep 0.2; done
+docker info >/dev/null
+
+if ! docker image inspect python:3.11-slim >/dev/null 2>&1; then
+  if [ ! -s "$STATE/base.tar" ]; then
+    say "debootstrap: a bookworm stand-in for python:3.11-slim"
+    MIRROR=$(awk '/^URIs:/ {print $2; exit}' /etc/apt/sources.list.d/*.sources 2>/dev/null || true)
+    [ -n "$MIRROR" ] || MIRROR=$(awk '/^deb / {print $2; exit}' /etc/apt/sources.list)
+    ROOTFS="$STATE/rootfs"
+    rm -rf "$ROOTFS"
+    debootstrap --variant=minbase \
+      --include=python3,python3-pip,python3-venv,python-is-python3,ca-certificates \
+      bookworm "$ROOTFS" "$MIRROR" >"$STATE/debootstrap.log" 2>&1
+    rm -f "$ROOTFS"/usr/lib/python3.*/EXTERNALLY-MANAGED
+    # A TLS-intercepting proxy's CA must be trusted inside too; copied at run time only.
+    if compgen -G "/usr/local/share/ca-certificates/*.crt" >/dev/null; then
+      cp /usr/local/share/ca-certificates/*.crt "$ROOTFS/usr/local/share/ca-certificates/"
+      chroot "$ROOTFS" update-ca-certificates >/dev/null
+    fi
+    tar -C "$ROOTFS" -cf "$STATE/base.tar" .
+    rm -rf "$ROOTFS"
+  fi
+  docker import -c 'ENV PATH=/usr/local/bin:/usr/local/sbin:/usr/sbin:/usr/bin:/sbin:/bin' \
+    -c 'ENV LANG=C.UTF-8' "$STATE/base.tar" python:3.11-slim >/dev/null
+fi
+
+say "build the serving image (compose, BuildKit: stages the target does not need are skipped)"
+export WALRUS_CONFIG=configs/demo.toml WALRUS_TAG=docker-test
+"$COMPOSE" -f docker-compose.yml -f docker/compose.build-host-network.yml build api \
+  >"$STATE/build.log" 2>&1 || {
+  tail -40 "$STATE/build.log" >&2
+  exit 1
+}
+docker run --rm --entrypoint python "$IMAGE" -c \
+  "import importlib.util, sys; bad = [m for m in ('torch', 'transformers') if importlib.util.find_spec(m)]; sys.exit(f'serving image has {bad}' if bad else 0)"
+
+say "a bundle made on the host"
+WORK=$(mktemp -d)
+"$VENV/bin/walrus" data synthetic --size tiny --out "$WORK/data" >/dev/null 2>&1
+cat >"$WORK/c.toml" <<TOML
+output_dir = "$WORK/out"
+[data]
+interactions = "$WORK/data/interactions.csv"
+catalog = "$WORK/data/catalog.csv"
+[wals]
+dim = 8
+[encoder]
+name = "tiny-roberta"
+[head]
+epochs = 3
+max_examples = 300
+TOML
+"$VENV/bin/walrus" train hybrid -c "$WORK/c.toml" >/dev/null 2>&1
+"$VENV/bin/walrus" export -c "$WORK/c.toml" >/dev/null 2>&1
+chmod -R a+rX "$WORK"
+
+say "run the image"
+PORT=$("$VENV/bin/python" -c "import socket; s = socket.socket(); s.bind(('127.0.0.1', 0)); print(s.getsockname()[1])")
+docker run -d --name "$NAME" --network host -e WALRUS_HOST=127.0.0.1 -e WALRUS_PORT="$PORT" \
+  -v "$WORK/out/bundles:/bundles:ro" "$IMAGE" >/dev/null
+for _ in $(seq 1 90); do
+  status=$(docker inspect -f '{{.State.Health.Status}}' "$NAME")
+  [ "$status" = healthy ] && break
+  [ "$(docker inspect -f '{{.State.Running}}' "$NAME")" = true ] || break
+  sleep 1
+done
+if [ "$status" != healthy ]; then
+  docker logs "$NAME" >&2 || true
+  echo "container did not become healthy (status: $status)" >&2
+  exit 1
+fi
+uid=$(docker exec "$NAME" id -u)
+[ "$uid" != 0 ] || { echo "the serving container runs as root" >&2; exit 1; }
+
+say "POST /v1/recommend, compared with the host"
+"$VENV/bin/python" - "$PORT" "$WORK/out/bundles" <<'PY'
+import sys
+
+import httpx
+
+from service.recommender import Recommender
+from service.schemas import RecommendRequest
+from service.settings import Settings
+
+port, bundle = sys.argv[1], sys.argv[2]
+body = {"user_id": "u0", "query": "robots", "k": 5}
+got = httpx.post(f"http://127.0.0.1:{port}/v1/recommend", json=body, timeout=30)
+got.raise_for_status()
+want = Recommender(bundle, Settings(bundle=bundle)).recommend(RecommendRequest(**body))
+ids = [it["item_id"] for it in got.json()["items"]]
+expected = [it.item_id for it in want.items]
+assert ids == expected and len(ids) == 5, (ids, expected)
+print(f"container answered {ids}, the same as the host")
+PY
+rm -rf "$WORK"
+say "docker-test passed"
