@@ -21,7 +21,6 @@ from models.config import PipelineConfig
 from models.data import Dataset
 from models.data.splits import Split
 from models.features import text_profile
-from models.hybrid import Request
 from models.metrics import ScoreFn, evaluate_scores
 from models.pipeline import observed
 
@@ -153,24 +152,22 @@ def ranked_scores(n_items: int, items: np.ndarray) -> np.ndarray:
 
 
 def hybrid_model(ctx: EvalContext) -> ScoreFn:
-    """The served path: WALS + text candidates, reranked by the head (a user-only request)."""
+    """The served path for a user-only request: known users by their WALS vector, held-out
+    users folded in from their history, exactly as the service resolves a request."""
     hybrid = ctx.hybrid
     history = ctx.history
+    folded = ctx.split.fold_in is not None
     k = max(ctx.cfg.eval.ks)
-    user_factors = hybrid.wals.user_factors
-    if ctx.split.fold_in is not None:
-        user_factors = hybrid.wals.fold_in_batch(ctx.split.fold_in)
 
     def score(rows: np.ndarray) -> np.ndarray:
         out = np.empty((len(rows), hybrid.tables.n_items), dtype=np.float32)
         for b, row in enumerate(rows):
-            seen = history.indices[history.indptr[row] : history.indptr[row + 1]]
+            items = history.indices[history.indptr[row] : history.indptr[row + 1]]
             rec = hybrid.recommend(
-                Request(
-                    k=k,
-                    user_vector=user_factors[row],
-                    profile_vector=hybrid.profile(seen),
-                    exclude=seen,
+                hybrid.request(
+                    k,
+                    user=None if folded else int(row),
+                    history=items if folded else None,
                 )
             )
             out[b] = ranked_scores(hybrid.tables.n_items, rec.items)
@@ -305,17 +302,9 @@ def evaluate_query_task(
     def hybrid_scores(rows: np.ndarray) -> np.ndarray:
         out = np.empty((len(rows), n_items), dtype=np.float32)
         for b, row in enumerate(rows):
-            user = users[row]
-            seen = (
-                hybrid.seen.indices[hybrid.seen.indptr[user] : hybrid.seen.indptr[user + 1]]
-                if user >= 0
-                else []
-            )
-            request = Request(
-                k=k,
-                user_vector=hybrid.wals.user_factors[user] if user >= 0 else None,
-                query_vector=queries[row],
-                profile_vector=hybrid.profile(np.asarray(seen, dtype=np.int64)),
+            user = int(users[row])
+            request = hybrid.request(
+                k, user=user if user >= 0 else None, query_vector=queries[row], exclude_seen=False
             )
             out[b] = ranked_scores(n_items, hybrid.recommend(request).items)
         return out

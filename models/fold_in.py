@@ -92,37 +92,6 @@ def fold_in(
     return np.linalg.solve(lhs, rhs).astype(np.float32)
 
 
-def fold_in_batch(
-    item_factors: np.ndarray,
-    gramian: np.ndarray,
-    indptr: np.ndarray,
-    item_indices: np.ndarray,
-    weights: np.ndarray,
-    targets: np.ndarray,
-    unobserved_weight: float,
-    regularization: np.ndarray,
-) -> np.ndarray:
-    """Fold in many rows given in CSR form (``indptr`` of length n_rows + 1).
-
-    ``regularization`` is (n_rows,). Returns (n_rows, dim) float32. The rows share the
-    ``w0 G`` term, so each costs one dim x dim solve plus its own observed entries.
-    """
-    n_rows = len(indptr) - 1
-    out = np.zeros((n_rows, item_factors.shape[1]), dtype=np.float32)
-    for row in range(n_rows):
-        sl = slice(indptr[row], indptr[row + 1])
-        out[row] = fold_in(
-            item_factors,
-            gramian,
-            item_indices[sl],
-            weights[sl],
-            targets[sl],
-            unobserved_weight,
-            float(regularization[row]),
-        )
-    return out
-
-
 def fold_in_user(
     item_factors: np.ndarray,
     gramian: np.ndarray,

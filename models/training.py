@@ -30,7 +30,14 @@ from models.data import Dataset, IdMap
 from models.data.splits import holdout_split
 from models.features import build_features, text_profile
 from models.head import ScoreHead
-from models.hybrid import ItemTables, Recommendation, Request, exact_search, recommend
+from models.hybrid import (
+    ItemTables,
+    Recommendation,
+    Request,
+    build_request,
+    exact_search,
+    recommend,
+)
 from models.pipeline import fit_wals
 from models.wals import WALS
 
@@ -142,8 +149,35 @@ class HybridModel:
         self._wals_search = exact_search(self.tables.item_factors)
         self._text_search = exact_search(self.tables.item_text_embeddings)
 
-    def profile(self, items: np.ndarray) -> np.ndarray | None:
-        return text_profile(self.tables.item_text_embeddings, items) if len(items) else None
+    def request(
+        self,
+        k: int,
+        *,
+        user: int | None = None,
+        history: np.ndarray | None = None,
+        query_vector: np.ndarray | None = None,
+        exclude: np.ndarray | None = None,
+        exclude_seen: bool = True,
+    ) -> Request:
+        """A request resolved the way the service resolves one (``models.hybrid.build_request``):
+        ``user`` is a row of the training matrix, ``history`` fresh item indices."""
+        empty = np.zeros(0, dtype=np.int64)
+        seen = (
+            self.seen.indices[self.seen.indptr[user] : self.seen.indptr[user + 1]]
+            if user is not None
+            else empty
+        )
+        return build_request(
+            k,
+            user_vector=self.wals.user_factors[user] if user is not None else None,
+            seen=seen,
+            history=empty if history is None else history,
+            exclude=empty if exclude is None else exclude,
+            exclude_seen=exclude_seen,
+            query_vector=query_vector,
+            item_text_embeddings=self.tables.item_text_embeddings,
+            fold_in=self.wals.fold_in,
+        )
 
     def recommend(self, request: Request) -> Recommendation:
         return recommend(

@@ -11,6 +11,7 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 
+import anyio.to_thread
 from fastapi import FastAPI, Request, Response
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse
@@ -45,6 +46,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.metrics = Metrics()
         app.state.recommender = None
         app.state.reason = "loading the bundle"
+        # The pool that runs ONNX and FAISS off the event loop (run_in_threadpool).
+        anyio.to_thread.current_default_thread_limiter().total_tokens = settings.worker_threads
         try:
             app.state.recommender = await run_in_threadpool(Recommender, settings.bundle, settings)
             app.state.reason = None

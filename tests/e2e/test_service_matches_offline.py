@@ -9,8 +9,6 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from models.hybrid import build_request
-
 CASES = [
     {"user": 0, "k": 8},
     {"query": "space robots", "k": 8},
@@ -24,20 +22,13 @@ CASES = [
 def offline(trained, case):
     hybrid = trained.hybrid
     items = trained.dataset_items
-    user = case.get("user")
-    history = items.lookup(case.get("history", []))[0]
-    exclude = items.lookup(case.get("exclude", []))[0]
     query = case.get("query")
-    request = build_request(
+    request = hybrid.request(
         case["k"],
-        user_vector=hybrid.wals.user_factors[user] if user is not None else None,
-        seen=hybrid.seen[user].indices if user is not None else np.zeros(0, np.int64),
-        history=history,
-        exclude=exclude,
-        exclude_seen=True,
+        user=case.get("user"),
+        history=items.lookup(case.get("history", []))[0],
+        exclude=items.lookup(case.get("exclude", []))[0],
         query_vector=trained.encoder.encode([query])[0] if query else None,
-        item_text_embeddings=hybrid.tables.item_text_embeddings,
-        fold_in=hybrid.wals.fold_in,
     )
     rec = hybrid.recommend(request)
     return [items.ids[i] for i in rec.items], rec.scores, rec.sources
