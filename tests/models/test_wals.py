@@ -245,3 +245,47 @@ def test_blocked_products_match_unblocked(shape):
     np.testing.assert_allclose(blocked.user_factors, plain.user_factors, atol=1e-5)
     np.testing.assert_allclose(blocked.user_factors, exact.user_factors, atol=1e-4)
     np.testing.assert_allclose(blocked.history.loss, exact.history.loss, rtol=1e-5)
+
+
+def test_objective_maps_exactly_onto_implicit(tiny_matrix):
+    """bench/wals_vs_implicit.py's mapping: implicit's own reference solver, given
+    C = alpha * 1 with alpha = 1 + 1/w0 and reg = lambda/w0, solves the same rows as WALS."""
+    from implicit.cpu.als import least_squares
+
+    from bench.wals_vs_implicit import implicit_params
+
+    w0, lam = 0.3, 0.05
+    model = WALS(
+        dim=4,
+        regularization=lam,
+        unobserved_weight=w0,
+        iterations=2,
+        solver="cholesky",
+        device="cpu",
+    )
+    model.fit(tiny_matrix)
+    mapped = implicit_params(lam, w0)
+    cui = (tiny_matrix * mapped["alpha"]).tocsr().astype(np.float64)
+    users = np.zeros_like(model.user_factors, dtype=np.float64)
+    least_squares(cui, users, model.item_factors.astype(np.float64), mapped["regularization"])
+    np.testing.assert_allclose(users, model.user_factors, atol=1e-4)
+
+
+def test_movielens_wals_beats_popularity(movielens_dir):
+    from models.data import build_dataset
+    from models.data.movielens import load_movielens
+    from models.data.splits import holdout_split
+    from models.metrics import evaluate_scores, ranking_metrics
+
+    interactions, catalog, _ = load_movielens(movielens_dir)
+    matrix = build_dataset(interactions[interactions["rating"] >= 4.0], catalog).matrix
+    split = holdout_split(matrix, 0.2, seed=0)
+    model = WALS(
+        dim=32, regularization=0.01, unobserved_weight=0.1, iterations=8, device="cpu"
+    ).fit(split.train)
+    wals = ranking_metrics(model.user_factors, model.item_factors, split.train, split.test, (20,))
+    pop = np.bincount(split.train.indices, minlength=matrix.shape[1]).astype(np.float32)
+    popular = evaluate_scores(
+        lambda rows: np.broadcast_to(pop, (len(rows), len(pop))), split.train, split.test, (20,)
+    )
+    assert wals["recall@20"] > popular["recall@20"] + 0.03

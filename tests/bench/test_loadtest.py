@@ -1,0 +1,21 @@
+"""The load-test report is read from locust's own CSV, not invented."""
+
+from __future__ import annotations
+
+from bench.loadtest import parse_stats
+
+CSV = """Type,Name,Request Count,Failure Count,Median Response Time,Average Response Time,Min Response Time,Max Response Time,Average Content Size,Requests/s,Failures/s,50%,66%,75%,80%,90%,95%,98%,99%,99.9%,99.99%,100%
+POST,user,100,2,12,14.5,3,80,900,33.3,0.6,12,14,15,16,20,30,40,50,80,80,80
+,Aggregated,100,2,12,14.5,3,80,900,33.3,0.6,12,14,15,16,20,30,40,50,80,80,80
+"""
+
+
+def test_parse_stats(tmp_path):
+    path = tmp_path / "stats_stats.csv"
+    path.write_text(CSV)
+    rows = parse_stats(path)
+    assert [r["name"] for r in rows] == ["user", "Aggregated"]
+    user = rows[0]
+    assert user["requests"] == 100 and user["failures"] == 2
+    assert (user["p50_ms"], user["p95_ms"], user["p99_ms"]) == (12.0, 30.0, 50.0)
+    assert user["requests_per_s"] == 33.3
