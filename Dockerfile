@@ -14,22 +14,23 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1
 WORKDIR /app
 
-# ---------------------------------------------------------------- serving
-FROM base AS serve-build
+# The project's sources, copied once and reused by every stage that installs it.
+FROM base AS source
 COPY pyproject.toml README.md ./
 COPY models/ models/
 COPY export/ export/
 COPY service/ service/
+
+# ---------------------------------------------------------------- serving
+FROM base AS serve-build
+COPY --from=source /app /app
 RUN python -m venv /opt/venv \
     && /opt/venv/bin/pip install --upgrade pip setuptools wheel \
     && /opt/venv/bin/pip install ".[serve]"
 
 FROM base AS pipeline-build
 ARG TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu
-COPY pyproject.toml README.md ./
-COPY models/ models/
-COPY export/ export/
-COPY service/ service/
+COPY --from=source /app /app
 # CPU torch from its own index: PyPI's default torch wheel is a multi-GB CUDA build.
 RUN python -m venv /opt/venv \
     && /opt/venv/bin/pip install --upgrade pip setuptools wheel \
@@ -61,10 +62,7 @@ ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 PIP_NO_CACHE_DIR=1 DEBIAN_FRONT
 RUN apt-get update && apt-get install -y --no-install-recommends python3 python3-venv \
     && rm -rf /var/lib/apt/lists/*
 WORKDIR /app
-COPY pyproject.toml README.md ./
-COPY models/ models/
-COPY export/ export/
-COPY service/ service/
+COPY --from=source /app /app
 # The GPU wheels install the same modules as the CPU ones: never both in one environment.
 RUN python3 -m venv /opt/venv \
     && /opt/venv/bin/pip install --upgrade pip setuptools wheel \

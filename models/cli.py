@@ -112,11 +112,15 @@ def data_movielens(
     from models.artifacts import atomic_directory
     from models.data.movielens import load_movielens
 
-    interactions, catalog, queries = load_movielens(movielens_dir)
-    with atomic_directory(out) as tmp:
-        interactions.to_csv(tmp / "interactions.csv", index=False)
-        catalog.to_csv(tmp / "catalog.csv", index=False)
-        queries.to_csv(tmp / "queries.csv", index=False)
+    with progress() as bar:
+        task = bar.add_task("reading MovieLens", total=2)
+        interactions, catalog, queries = load_movielens(movielens_dir)
+        bar.update(task, advance=1, description="writing")
+        with atomic_directory(out) as tmp:
+            interactions.to_csv(tmp / "interactions.csv", index=False)
+            catalog.to_csv(tmp / "catalog.csv", index=False)
+            queries.to_csv(tmp / "queries.csv", index=False)
+        bar.advance(task)
     console.print(
         f"wrote {len(interactions)} ratings, {len(catalog)} movies, "
         f"{len(queries)} tag queries to {out}"
@@ -131,7 +135,9 @@ def data_check(config: ConfigOption, set_: SetOption = None) -> None:
     from models.pipeline import load_dataset
 
     cfg = load_config(config, set_)
-    dataset = load_dataset(cfg.data)
+    with progress() as bar:
+        bar.add_task("reading and validating", total=None)
+        dataset = load_dataset(cfg.data)
     counts = dataset.item_popularity
     print(
         json.dumps(
