@@ -64,7 +64,7 @@ def progress() -> Progress:
         TextColumn("{task.completed}/{task.total}"),
         TimeElapsedColumn(),
         console=console,
-        transient=False,
+        transient=True,  # a failed command must leave exactly one line: the error
     )
 
 

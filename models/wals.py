@@ -205,7 +205,7 @@ class WALS:
         dev = pick_torch_device(self.device)
         users_side, users_order = self._side(matrix, weights_csr, dev)
         items_side, items_order = self._side(matrix.T.tocsr(), weights_csr.T.tocsr(), dev)
-        # Entry e of the users CSR is entry items_of_users[e] of the items CSR.
+        # Entry k of the items CSR (in CSR order) is entry users_of_items[k] of the users CSR.
         numbered = sp.csr_matrix(
             (np.arange(matrix.nnz, dtype=np.float64), matrix.indices, matrix.indptr), matrix.shape
         )
