@@ -258,7 +258,7 @@ def fine_tune(
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()
-            total += float(loss)
+            total += loss.item()
             steps += 1
         losses.append(total / max(steps, 1) if steps else math.nan)
     encoder.module.eval()

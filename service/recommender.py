@@ -17,6 +17,7 @@ import numpy as np
 
 from export.faiss_index import search as faiss_search
 from export.manifest import read_manifest, resolve_bundle
+from models.data.dataset import IdMap
 from models.device import faiss_gpu_count, onnx_providers
 from models.fold_in import fold_in_user
 from models.hybrid import ItemTables, build_request, recommend
@@ -71,12 +72,9 @@ class Recommender:
         self.settings = settings
         self.bundle_id: str = self.manifest["bundle_id"]
         p = self.path
-        self.user_ids: list[str] = json.loads((p / "user_ids.json").read_text())
-        self.user_index = {u: i for i, u in enumerate(self.user_ids)}
-        items = json.loads((p / "items.json").read_text())
-        self.item_ids = [it["item_id"] for it in items]
-        self.titles = [it["title"] for it in items]
-        self.item_index = {u: i for i, u in enumerate(self.item_ids)}
+        self.users = IdMap.load(p / "user_ids.json")
+        self.items = IdMap.load(p / "item_ids.json")
+        self.titles = [it["title"] for it in json.loads((p / "items.json").read_text())]
         self.user_factors = np.load(p / "user_factors.npy", mmap_mode="r")
         self.wals_item_factors = np.load(p / "wals_item_factors.npy")
         self.gramian = np.load(p / "item_gramian.npy")
@@ -118,8 +116,8 @@ class Recommender:
         log.info(
             "bundle %s: %d users, %d items; ONNX on %s; FAISS on %s",
             self.bundle_id,
-            len(self.user_ids),
-            len(self.item_ids),
+            len(self.users),
+            len(self.items),
             self.onnx_providers,
             self.faiss_device,
         )
@@ -154,12 +152,11 @@ class Recommender:
         return search
 
     def _lookup(self, ids: list[str] | None, what: str, warnings: list[str]) -> np.ndarray:
-        found = [self.item_index[i] for i in ids or [] if i in self.item_index]
-        unknown = [i for i in ids or [] if i not in self.item_index]
+        found, unknown = self.items.lookup(ids or [])
         if unknown:
             shown = ", ".join(repr(u) for u in unknown[:5]) + (" ..." if len(unknown) > 5 else "")
             warnings.append(f"{what}: {len(unknown)} unknown item id(s) ignored: {shown}")
-        return np.asarray(found, dtype=np.int64)
+        return found
 
     def seen(self, user: int) -> np.ndarray:
         return np.asarray(
@@ -187,7 +184,7 @@ class Recommender:
 
     def _items(self, ids: np.ndarray, scores: np.ndarray, sources: list[list[str]]) -> list[Item]:
         return [
-            Item(item_id=self.item_ids[i], title=self.titles[i], score=float(s), sources=src)
+            Item(item_id=self.items.ids[i], title=self.titles[i], score=float(s), sources=src)
             for i, s, src in zip(ids.tolist(), scores.tolist(), sources, strict=True)
         ]
 
@@ -198,7 +195,8 @@ class Recommender:
         clock = Stopwatch()
         start = time.perf_counter()
         warnings: list[str] = []
-        user = self.user_index.get(req.user_id) if req.user_id is not None else None
+        user_id = req.user_id
+        user = self.users.index(user_id) if user_id is not None and user_id in self.users else None
         if req.user_id is not None and user is None:
             warnings.append(f"user_id {req.user_id!r} is unknown: served without a user vector")
         history = self._lookup(req.history, "history", warnings)
@@ -237,13 +235,13 @@ class Recommender:
 
     def similar(self, item_id: str, k: int) -> SimilarResponse:
         """Item-to-item: WALS factors, or the text index for cold items."""
-        if item_id not in self.item_index:
+        if item_id not in self.items:
             raise UnknownItem(item_id)
         if k > self.settings.max_k:
             raise InputError("k", f"k must be <= {self.settings.max_k}")
         clock = Stopwatch()
         start = time.perf_counter()
-        item = self.item_index[item_id]
+        item = self.items.index(item_id)
         cold = self.tables.item_log_popularity[item] == 0 or not np.any(
             self.tables.item_factors[item]
         )
@@ -262,4 +260,4 @@ class Recommender:
         )
 
     def example_user(self) -> str | None:
-        return self.user_ids[0] if self.user_ids else None
+        return self.users.ids[0] if len(self.users) else None
