@@ -27,24 +27,9 @@ from models.pipeline import observed
 if TYPE_CHECKING:
     import pandas as pd
 
-    from models.encoder import TextEncoder
-    from models.training import HybridModel
+    from models.training import HybridModel, TextResources
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class TextResources:
-    """The encoder, the item texts it embedded, and the query log by item."""
-
-    encoder: TextEncoder
-    texts: list[str]
-    embeddings: np.ndarray
-    logged: dict[int, list[str]]
-    batch_size: int = 64
-
-    def encode(self, texts: list[str]) -> np.ndarray:
-        return self.encoder.encode(texts, batch_size=self.batch_size)
 
 
 @dataclass
@@ -58,15 +43,9 @@ class Shared:
 
     @cached_property
     def text(self) -> TextResources:
-        from models.training import load_encoder, queries_by_item
+        from models.training import prepare_text
 
-        self.progress("loading the encoder")
-        texts = self.dataset.catalog.texts
-        encoder = load_encoder(self.cfg.encoder, texts)
-        self.progress(f"encoding {len(texts)} item texts")
-        embeddings = encoder.encode(texts, batch_size=self.cfg.encoder.batch_size)
-        logged = queries_by_item(self.query_log, self.dataset.items._index)
-        return TextResources(encoder, list(texts), embeddings, logged, self.cfg.encoder.batch_size)
+        return prepare_text(self.cfg, self.dataset, self.query_log, progress=self.progress)
 
 
 @dataclass
@@ -93,15 +72,11 @@ class EvalContext:
     def hybrid(self) -> HybridModel:
         from models.training import train_hybrid
 
-        text = self.shared.text
         return train_hybrid(
             self.cfg,
             self.split.train,
             self.dataset.weights is not None,
-            text.texts,
-            text.embeddings,
-            text.encode,
-            text.logged,
+            self.shared.text,
             self.shared.progress,
         )
 

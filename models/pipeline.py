@@ -54,6 +54,13 @@ def make_split(dataset: Dataset, name: str, cfg: SplitConfig) -> Split:
     raise ValueError(f"unknown split {name!r}: use holdout, users or cold_items")
 
 
+def binarize(matrix: sp.csr_matrix) -> sp.csr_matrix:
+    """The same pattern with every stored value 1.0: which items each user interacted with."""
+    out = sp.csr_matrix(matrix, copy=True)
+    out.data = np.ones_like(out.data)
+    return out
+
+
 def fit_wals(
     cfg: PipelineConfig,
     train: sp.csr_matrix,
@@ -62,11 +69,9 @@ def fit_wals(
     callback: Callable[[int, float, float | None], None] | None = None,
 ) -> WALS:
     """Fit WALS on ``train`` (targets 1.0; its values are weights when ``has_weights``)."""
-    targets = train.copy()
-    targets.data = np.ones_like(targets.data)
     model = WALS(**cfg.wals.estimator_kwargs())
     return model.fit(
-        targets,
+        binarize(train),
         train if has_weights else None,
         validation=validation,
         early_stopping_patience=cfg.wals.early_stopping_patience,

@@ -1,7 +1,8 @@
 """Training the hybrid: encoder, WALS, cold-start map and score head, in one place.
 
-``train_hybrid`` is what both ``walrus train`` (for the bundle) and ``walrus eval`` (per
-split) call, so the evaluated model is the exported one.
+``prepare_text`` (encoder, optional fine-tuning, item embeddings) and ``train_hybrid`` are
+what both ``walrus train`` (for the bundle) and ``walrus eval`` (per split) call, so the
+evaluated model is the exported one.
 
 How the head's examples are made: each user's training positives are split once more; WALS
 is fitted on the larger part, and the head learns to rank the smaller part's positives
@@ -38,7 +39,7 @@ from models.hybrid import (
     exact_search,
     recommend,
 )
-from models.pipeline import fit_wals
+from models.pipeline import binarize, fit_wals
 from models.wals import WALS
 
 if TYPE_CHECKING:
@@ -110,16 +111,19 @@ def derived_query(
 def fine_tune_encoder(
     encoder: TextEncoder,
     cfg: EncoderConfig,
-    train: sp.csr_matrix,
     texts: Sequence[str],
     logged: dict[int, list[str]],
 ) -> list[float]:
-    """Contrastive fine-tuning on (derived query, item text) pairs of training items."""
+    """Contrastive fine-tuning on (derived query, item text) pairs of catalog items.
+
+    The pairs come from item text and the query log only, never from interactions, so the
+    same fine-tuned encoder can serve every evaluation split without seeing its test data.
+    """
     from models.encoder import fine_tune
 
     rng = np.random.default_rng(cfg.seed)
-    items = np.flatnonzero(np.bincount(train.indices, minlength=train.shape[1]) > 0)
-    items = rng.choice(items, size=min(len(items), cfg.fine_tune_max_pairs), replace=False)
+    size = min(len(texts), cfg.fine_tune_max_pairs)
+    items = rng.choice(len(texts), size=size, replace=False)
     queries = [derived_query(rng, int(i), texts, logged) for i in items]
     return fine_tune(
         encoder,
@@ -131,6 +135,43 @@ def fine_tune_encoder(
         freeze_layers=cfg.freeze_layers,
         seed=cfg.seed,
     )
+
+
+@dataclass
+class TextResources:
+    """The encoder, the item texts it embedded, and the query log by item."""
+
+    encoder: TextEncoder
+    texts: list[str]
+    embeddings: np.ndarray
+    logged: dict[int, list[str]]
+    batch_size: int = 64
+
+    def encode(self, texts: list[str]) -> np.ndarray:
+        return self.encoder.encode(texts, batch_size=self.batch_size)
+
+
+def prepare_text(
+    cfg: PipelineConfig,
+    dataset: Dataset,
+    query_log: pd.DataFrame | None,
+    work_dir: Path | None = None,
+    progress: Progress | None = None,
+) -> TextResources:
+    """Encoder (fine-tuned when configured) and item text embeddings: the text half, built
+    the same way for the bundle (``train_all``) and for evaluation."""
+    say = progress or (lambda _msg: None)
+    texts = list(dataset.catalog.texts)
+    say("loading the encoder")
+    encoder = load_encoder(cfg.encoder, texts, work_dir)
+    logged = queries_by_item(query_log, dataset.items._index)
+    if cfg.encoder.fine_tune:
+        say("fine-tuning the encoder")
+        losses = fine_tune_encoder(encoder, cfg.encoder, texts, logged)
+        log.info("fine-tuning loss per epoch: %s", losses)
+    say(f"encoding {len(texts)} item texts")
+    embeddings = encoder.encode(texts, batch_size=cfg.encoder.batch_size)
+    return TextResources(encoder, texts, embeddings, logged, cfg.encoder.batch_size)
 
 
 @dataclass
@@ -343,10 +384,7 @@ def train_hybrid(
     cfg: PipelineConfig,
     train: sp.csr_matrix,
     has_weights: bool,
-    texts: Sequence[str],
-    text_embeddings: np.ndarray,
-    encode_queries: Callable[[list[str]], np.ndarray],
-    logged: dict[int, list[str]],
+    text: TextResources,
     progress: Progress | None = None,
 ) -> HybridModel:
     """WALS on part of ``train``, head examples from the rest, head fit, WALS refit on all."""
@@ -354,21 +392,19 @@ def train_hybrid(
     history, positives = example_split(train, cfg)
     say("WALS for head examples")
     first = fit_wals(cfg, history, has_weights)
-    tables_first, _ = item_tables(first, history, text_embeddings, cfg)
+    tables_first, _ = item_tables(first, history, text.embeddings, cfg)
     say("head examples")
     groups = make_head_examples(
-        cfg, first, tables_first, history, positives, texts, logged, encode_queries
+        cfg, first, tables_first, history, positives, text.texts, text.logged, text.encode
     )
     say(f"head on {len(groups)} examples")
     hc = cfg.head
     head = ScoreHead(**hc.model_dump(include=set(HEAD_PARAMS))).fit(groups)
     say("WALS on all training data")
     final = fit_wals(cfg, train, has_weights)
-    tables, cold = item_tables(final, train, text_embeddings, cfg)
-    seen = train.copy()
-    seen.data = np.ones_like(seen.data)
+    tables, cold = item_tables(final, train, text.embeddings, cfg)
     return HybridModel(
-        final, tables, head, seen.tocsr(), cold, cfg.candidates.n_wals, cfg.candidates.n_text
+        final, tables, head, binarize(train), cold, cfg.candidates.n_wals, cfg.candidates.n_text
     )
 
 
@@ -451,30 +487,14 @@ def train_all(
     """Encoder (optionally fine-tuned), item embeddings, then ``train_hybrid`` on all data."""
     from models.pipeline import observed
 
-    say = progress or (lambda _msg: None)
-    texts = list(dataset.catalog.texts)
-    say("loading the encoder")
-    encoder = load_encoder(cfg.encoder, texts, work_dir)
-    logged = queries_by_item(query_log, dataset.items._index)
-    if cfg.encoder.fine_tune:
-        say("fine-tuning the encoder")
-        losses = fine_tune_encoder(encoder, cfg.encoder, dataset.matrix, texts, logged)
-        log.info("fine-tuning loss per epoch: %s", losses)
-    say(f"encoding {len(texts)} item texts")
-    embeddings = encoder.encode(texts, batch_size=cfg.encoder.batch_size)
-
-    def encode(batch: list[str]) -> np.ndarray:
-        return encoder.encode(batch, batch_size=cfg.encoder.batch_size)
-
-    hybrid = train_hybrid(
-        cfg, observed(dataset), dataset.weights is not None, texts, embeddings, encode, logged, say
-    )
+    text = prepare_text(cfg, dataset, query_log, work_dir, progress)
+    hybrid = train_hybrid(cfg, observed(dataset), dataset.weights is not None, text, progress)
     return TrainedArtifacts(
         hybrid,
-        encoder,
+        text.encoder,
         dataset.users,
         dataset.items,
         list(dataset.catalog.titles),
-        texts,
+        text.texts,
         cfg.encoder.fine_tune,
     )

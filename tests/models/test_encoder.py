@@ -89,3 +89,29 @@ def test_default_encoder_is_offline_minilm():
     emb = enc.encode(["a funny comedy", "a hilarious comedy film", "war documentary"])
     assert emb.shape == (3, 384)
     assert emb[0] @ emb[1] > emb[0] @ emb[2]  # real weights: related texts are closer
+
+
+def test_eval_and_training_share_the_fine_tuned_encoder(tiny_pipeline_config):
+    """Evaluation builds its text half with the same function as the bundle, fine-tuning
+    included: with fine_tune on, the item embeddings evaluation sees must change."""
+    from models.config import load_config
+    from models.evaluation import Shared
+    from models.pipeline import load_dataset
+    from models.training import prepare_text
+
+    plain_cfg = load_config(tiny_pipeline_config)
+    tuned_cfg = load_config(
+        tiny_pipeline_config,
+        [
+            "encoder.fine_tune=true",
+            "encoder.fine_tune_learning_rate=0.003",
+            "encoder.fine_tune_epochs=2",
+        ],
+    )
+    dataset = load_dataset(plain_cfg.data)
+    plain = prepare_text(plain_cfg, dataset, None)
+    tuned = Shared(tuned_cfg, dataset).text
+    assert tuned.embeddings.shape == plain.embeddings.shape
+    assert np.abs(tuned.embeddings - plain.embeddings).max() > 1e-3
+    again = prepare_text(tuned_cfg, dataset, None)
+    np.testing.assert_allclose(again.embeddings, tuned.embeddings, atol=1e-5)  # seeded
