@@ -12,7 +12,7 @@ Layout (all paths relative to the bundle; ``manifest.json`` lists each with its 
     seen_indptr.npy seen_indices.npy  each user's training items (CSR)
     item_text_embeddings.npy item_log_popularity.npy
     wals.faiss text.faiss         inner-product indexes (CPU format)
-    encoder.onnx encoder.int8.onnx head.onnx tokenizer.json tokenizer_config.json
+    encoder.onnx encoder.int8.onnx encoder.fp16.onnx head.onnx tokenizer.json tokenizer_config.json
     parity/                       texts and PyTorch reference outputs for ``--verify``
 
 Bundles live in ``BUNDLES/<bundle_id>/``; ``BUNDLES/current`` is a symlink switched
@@ -46,6 +46,7 @@ from export.onnx import (
     QUANTIZATION_SCHEMES,
     ParityError,
     check_tokenizer_parity,
+    convert_to_fp16,
     cosine_rows,
     export_encoder,
     export_head,
@@ -117,22 +118,32 @@ def check_parity(
             bundle / "encoder.int8.onnx", bundle / "tokenizer.json", tokenizer_cfg["max_length"]
         )
         int8_cos = float(cosine_rows(int8.encode(texts), reference).min())
+    fp16_cos = None
+    if (bundle / "encoder.fp16.onnx").is_file():
+        fp16 = OnnxTextEncoder(
+            bundle / "encoder.fp16.onnx", bundle / "tokenizer.json", tokenizer_cfg["max_length"]
+        )
+        fp16_cos = float(cosine_rows(fp16.encode(texts), reference).min())
     head_diff = float(
         np.abs(OnnxHead(bundle / "head.onnx").score(head_features) - head_reference).max()
     )
     figures = {
         "encoder_fp32_max_abs_diff": fp32_diff,
         "encoder_int8_min_cosine": int8_cos,
+        "encoder_fp16_min_cosine": fp16_cos,
         "head_max_abs_diff": head_diff,
         "texts": len(texts),
         "fp32_tolerance": cfg["fp32_tolerance"],
         "int8_min_cosine": cfg["int8_min_cosine"],
+        "fp16_min_cosine": cfg.get("fp16_min_cosine", 0.999),
     }
     problems = []
     if fp32_diff > cfg["fp32_tolerance"]:
         problems.append(f"encoder fp32 max abs diff {fp32_diff:.2e} > {cfg['fp32_tolerance']:.0e}")
     if int8_cos is not None and int8_cos < cfg["int8_min_cosine"]:
         problems.append(f"encoder int8 min cosine {int8_cos:.4f} < {cfg['int8_min_cosine']}")
+    if fp16_cos is not None and fp16_cos < figures["fp16_min_cosine"]:
+        problems.append(f"encoder fp16 min cosine {fp16_cos:.5f} < {figures['fp16_min_cosine']}")
     if head_diff > cfg["fp32_tolerance"]:
         problems.append(f"head max abs diff {head_diff:.2e} > {cfg['fp32_tolerance']:.0e}")
     if problems:
@@ -271,6 +282,8 @@ def build_bundle(
             scheme = quantize_to_target(
                 tmp, texts, reference, encoder.max_length, ec.int8_min_cosine
             )
+        if ec.fp16:
+            convert_to_fp16(tmp / "encoder.onnx", tmp / "encoder.fp16.onnx")
         features = (
             np.random.default_rng(ec.seed)
             .normal(size=(64, hybrid.head.n_features))
@@ -283,7 +296,11 @@ def build_bundle(
         np.save(tmp / "parity" / "encoder_reference.npy", reference)
         np.save(tmp / "parity" / "head_features.npy", features)
         np.save(tmp / "parity" / "head_reference.npy", head_reference.astype(np.float32))
-        tolerances = {"fp32_tolerance": ec.fp32_tolerance, "int8_min_cosine": ec.int8_min_cosine}
+        tolerances = {
+            "fp32_tolerance": ec.fp32_tolerance,
+            "int8_min_cosine": ec.int8_min_cosine,
+            "fp16_min_cosine": ec.fp16_min_cosine,
+        }
         parity = check_parity(tmp, texts, reference, features, head_reference, tolerances)
 
         wals_params = hybrid.wals.get_params()

@@ -8,7 +8,9 @@ loads the saved file and, on a GPU machine, may move it to the GPU itself.
 from __future__ import annotations
 
 import logging
+import threading
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
@@ -17,6 +19,9 @@ from pydantic import BaseModel, ConfigDict, Field
 from models.device import faiss_gpu_count
 
 log = logging.getLogger(__name__)
+
+GPU_MAX_K = 2048
+"""FAISS GPU flat and IVF indexes return at most this many results per query."""
 
 
 class IndexConfig(BaseModel):
@@ -127,3 +132,55 @@ def ann_recall(index: Any, vectors: np.ndarray, queries: np.ndarray, k: int = 10
     truth = exact_top_k(vectors, queries, k)
     hits = [len(set(a[a >= 0].tolist()) & set(b.tolist())) for a, b in zip(ids, truth, strict=True)]
     return float(np.mean(hits) / k)
+
+
+class ServedIndex:
+    """An index as the service searches it: the CPU index, and its GPU copy when one is used.
+
+    FAISS GPU indexes are not thread-safe, even for search, so every GPU search goes through
+    one lock; a search for more than ``GPU_MAX_K`` results runs on the CPU copy instead.
+    """
+
+    def __init__(
+        self, cpu_index: Any, kind: str, gpu_index: Any = None, gpu_resources: Any = None
+    ) -> None:
+        self.cpu_index = cpu_index
+        self.kind = kind
+        self.gpu_index = gpu_index
+        self.gpu_resources = gpu_resources  # must outlive the GPU index
+        self._gpu_lock = threading.Lock()
+
+    @property
+    def device(self) -> str:
+        return "gpu" if self.gpu_index is not None else "cpu"
+
+    @property
+    def ntotal(self) -> int:
+        return int(self.cpu_index.ntotal)
+
+    def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """As ``search``: (b, k') ids and scores."""
+        if self.gpu_index is not None and min(k, self.ntotal) <= GPU_MAX_K:
+            with self._gpu_lock:
+                return search(self.gpu_index, queries, k)
+        return search(self.cpu_index, queries, k)
+
+
+def load_index(path: Path, kind: str, params: dict[str, int], use_gpu: bool = False) -> ServedIndex:
+    """Read a saved index, restore its search parameters (FAISS does not save nprobe or
+    efSearch), and copy flat and IVF indexes to GPU 0 when ``use_gpu`` and FAISS sees one.
+    A failed GPU copy logs a warning and serves from the CPU."""
+    import faiss
+
+    index = faiss.read_index(str(path))
+    if "nprobe" in params:
+        faiss.extract_index_ivf(index).nprobe = params["nprobe"]
+    if "ef_search" in params:
+        faiss.downcast_index(index).hnsw.efSearch = params["ef_search"]  # type: ignore[attr-defined]
+    if use_gpu and kind != "hnsw" and faiss_gpu_count() > 0:
+        try:
+            resources = faiss.StandardGpuResources()
+            return ServedIndex(index, kind, faiss.index_cpu_to_gpu(resources, 0, index), resources)
+        except Exception as exc:  # keep serving on the CPU
+            log.warning("FAISS GPU unavailable for %s (%s); searching on the CPU", path.name, exc)
+    return ServedIndex(index, kind)

@@ -92,6 +92,18 @@ def quantize_encoder(fp32_path: Path, int8_path: Path, scheme: str = "ffn_down_f
     )
 
 
+def convert_to_fp16(fp32_path: Path, fp16_path: Path) -> None:
+    """A float16 copy of the encoder for GPUs, inputs and output kept int64 / float32.
+
+    Dynamic int8 (MatMulInteger) has no CUDA kernels in onnxruntime: on the CUDA provider an
+    int8 encoder runs largely on the CPU. GPUs serve this copy instead."""
+    import onnx
+    from onnxruntime.transformers.float16 import convert_float_to_float16
+
+    model = onnx.load(str(fp32_path))
+    onnx.save(convert_float_to_float16(model, keep_io_types=True), str(fp16_path))
+
+
 def export_head(head: ScoreHead, path: Path, opset: int = 17) -> None:
     """Input ``features`` (batch, n_features) float32, output ``score`` (batch,)."""
     import torch

@@ -179,6 +179,8 @@ class ExportConfig(_Strict):
     fp32_tolerance: float = Field(1e-4, gt=0, description="Max abs diff, ONNX vs PyTorch.")
     int8_min_cosine: float = Field(0.99, gt=0, le=1)
     quantize: bool = True
+    fp16: bool = Field(True, description="Also write encoder.fp16.onnx, the GPU encoder.")
+    fp16_min_cosine: float = Field(0.999, gt=0, le=1)
     opset: int = Field(17, ge=14)
     seed: int = 0
 

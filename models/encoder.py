@@ -154,11 +154,14 @@ def build_tiny_roberta(
     hidden_size: int = 32,
     layers: int = 2,
     heads: int = 2,
+    intermediate_size: int | None = None,
     max_position: int = 130,
     seed: int = 0,
 ) -> Path:
     """A randomly initialised small RoBERTa with a byte-level BPE tokenizer trained on
-    ``texts``, saved where ``TextEncoder.load`` reads it: the same code path as roberta-base."""
+    ``texts``, saved where ``TextEncoder.load`` reads it: the same code path as roberta-base.
+    With roberta-base's sizes (768 hidden, 12 layers, 12 heads, 3072 intermediate, 514
+    positions) it costs what roberta-base costs to run, without its weights."""
     import torch
     from tokenizers import ByteLevelBPETokenizer
     from transformers import PreTrainedTokenizerFast, RobertaConfig, RobertaModel
@@ -189,7 +192,7 @@ def build_tiny_roberta(
         hidden_size=hidden_size,
         num_hidden_layers=layers,
         num_attention_heads=heads,
-        intermediate_size=hidden_size * 2,
+        intermediate_size=intermediate_size or hidden_size * 2,
         max_position_embeddings=max_position,
         pad_token_id=tokenizer.pad_token_id,
         bos_token_id=tokenizer.bos_token_id,

@@ -78,6 +78,27 @@ def _usable(vector: np.ndarray | None) -> bool:
     return vector is not None and bool(np.any(vector))
 
 
+def first_searches(
+    request: Request, n_items: int, n_wals: int = 100, n_text: int = 100
+) -> dict[str, tuple[np.ndarray, int]]:
+    """The searches ``recommend`` makes first: index name -> (vector, k).
+
+    A batching caller runs these for many requests at once and hands ``recommend`` search
+    functions that answer from those results; later rounds (over-fetch after exclusions)
+    search directly.
+    """
+    n_excluded = len(np.unique(request.exclude))
+    text_vector = request.query_vector if _usable(request.query_vector) else request.profile_vector
+    out = {}
+    if _usable(request.user_vector):
+        assert request.user_vector is not None
+        out["wals"] = (request.user_vector, min(n_wals + n_excluded, n_items))
+    if _usable(text_vector):
+        assert text_vector is not None
+        out["text"] = (text_vector, min(n_text + n_excluded, n_items))
+    return out
+
+
 def recommend(
     tables: ItemTables,
     request: Request,
@@ -104,8 +125,10 @@ def recommend(
             popular, tables.item_log_popularity[popular], [["popular"]] * len(popular)
         )
 
+    first = first_searches(request, n_items, n_wals, n_text)
     n_excluded = int(excluded.sum())
-    fetch_wals, fetch_text = n_wals + n_excluded, n_text + n_excluded
+    fetch_wals = first["wals"][1] if "wals" in first else n_wals + n_excluded
+    fetch_text = first["text"][1] if "text" in first else n_text + n_excluded
     while True:
         sources: dict[int, list[str]] = {}
         for use, vector, fetch, search, name in (

@@ -8,23 +8,33 @@ from fastapi import APIRouter, Depends, HTTPException, Query, Request, Response
 from fastapi.concurrency import run_in_threadpool
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from service.batcher import Batcher
 from service.metrics import Metrics
 from service.recommender import Recommender, UnknownItem
 from service.schemas import Health, Readiness, RecommendRequest, RecommendResponse, SimilarResponse
 
 
-def get_recommender(request: Request) -> Recommender:
+# Dependencies are async: a sync one would cost a thread-pool hop per request.
+async def get_recommender(request: Request) -> Recommender:
     recommender = request.app.state.recommender
     if recommender is None:
         raise HTTPException(503, f"not ready: {request.app.state.reason}")
     return recommender
 
 
-def get_metrics(request: Request) -> Metrics:
+async def get_batcher(request: Request) -> Batcher[RecommendRequest, RecommendResponse]:
+    batcher = request.app.state.batcher
+    if batcher is None:
+        raise HTTPException(503, f"not ready: {request.app.state.reason}")
+    return batcher
+
+
+async def get_metrics(request: Request) -> Metrics:
     return request.app.state.metrics
 
 
 RecommenderDep = Annotated[Recommender, Depends(get_recommender)]
+BatcherDep = Annotated[Batcher[RecommendRequest, RecommendResponse], Depends(get_batcher)]
 MetricsDep = Annotated[Metrics, Depends(get_metrics)]
 
 router = APIRouter()
@@ -32,10 +42,11 @@ router = APIRouter()
 
 @router.post("/v1/recommend", response_model=RecommendResponse)
 async def recommend(
-    body: RecommendRequest, recommender: RecommenderDep, metrics: MetricsDep
+    body: RecommendRequest, batcher: BatcherDep, metrics: MetricsDep
 ) -> RecommendResponse:
-    """Recommendations for a user, a query, a history, any mix of them, or nothing (popular)."""
-    response = await run_in_threadpool(recommender.recommend, body)
+    """Recommendations for a user, a query, a history, any mix of them, or nothing (popular).
+    Concurrent requests are served together by the dynamic batcher."""
+    response = await batcher.submit(body)
     metrics.observe_stages(response.timings_ms)
     return response
 

@@ -17,6 +17,7 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse
 
 from service.api import router
+from service.batcher import Batcher
 from service.metrics import Metrics
 from service.recommender import InputError, Recommender
 from service.settings import Settings
@@ -45,11 +46,22 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.settings = settings
         app.state.metrics = Metrics()
         app.state.recommender = None
+        app.state.batcher = None
         app.state.reason = "loading the bundle"
         # The pool that runs ONNX and FAISS off the event loop (run_in_threadpool).
         anyio.to_thread.current_default_thread_limiter().total_tokens = settings.worker_threads
         try:
-            app.state.recommender = await run_in_threadpool(Recommender, settings.bundle, settings)
+            recommender = await run_in_threadpool(Recommender, settings.bundle, settings)
+            metrics: Metrics = app.state.metrics
+            app.state.batcher = Batcher(
+                recommender.recommend_batch,
+                max_batch=settings.max_batch,
+                wait_us=settings.batch_wait_us,
+                workers=settings.batch_workers,
+                on_batch=metrics.batch_size.observe,
+            )
+            metrics.queue_depth.set_function(app.state.batcher.depth)
+            app.state.recommender = recommender
             app.state.reason = None
             user = app.state.recommender.example_user()
             log.info(
@@ -62,6 +74,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             app.state.reason = reason
             log.error("not ready: %s", reason)
         yield
+        if app.state.batcher is not None:
+            await run_in_threadpool(app.state.batcher.close)
 
     app = FastAPI(
         title="walrus",

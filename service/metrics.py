@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
+BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
 
 
 class Metrics:
@@ -30,6 +31,18 @@ class Metrics:
             "Latency of one stage of a request: encode, fold_in, ann, rerank.",
             ["stage"],
             buckets=LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+
+        self.batch_size = Histogram(
+            "walrus_batch_size",
+            "Requests served per dynamic batch.",
+            buckets=BATCH_BUCKETS,
+            registry=self.registry,
+        )
+        self.queue_depth = Gauge(
+            "walrus_queue_depth",
+            "Requests waiting for the dynamic batcher.",
             registry=self.registry,
         )
 

@@ -15,17 +15,19 @@ from typing import Any
 
 import numpy as np
 
-from export.faiss_index import search as faiss_search
+from export.faiss_index import ServedIndex, load_index
 from export.manifest import read_manifest, resolve_bundle
 from models.data.dataset import IdMap
-from models.device import faiss_gpu_count, onnx_providers
+from models.device import onnx_providers
 from models.fold_in import fold_in_user
-from models.hybrid import ItemTables, build_request, recommend
+from models.hybrid import ItemTables, Request, build_request, first_searches, recommend
 from service.runtime import OnnxHead, OnnxTextEncoder
 from service.schemas import Item, RecommendRequest, RecommendResponse, SimilarResponse
 from service.settings import Settings
 
 log = logging.getLogger("walrus.service.recommender")
+
+ENCODER_FILES = {"int8": "encoder.int8.onnx", "fp16": "encoder.fp16.onnx", "fp32": "encoder.onnx"}
 
 
 class InputError(ValueError):
@@ -93,15 +95,26 @@ class Recommender:
 
         if settings.threads > 0:
             faiss.omp_set_num_threads(settings.threads)
-        self.faiss_device = "cpu"
-        self.indexes = {name: self._load_index(p / f"{name}.faiss") for name in ("wals", "text")}
+        self.indexes: dict[str, ServedIndex] = {
+            name: load_index(
+                p / f"{name}.faiss",
+                self.manifest["indexes"][name]["kind"],
+                self.manifest["indexes"][name]["params"],
+                use_gpu=settings.device != "cpu",
+            )
+            for name in ("wals", "text")
+        }
+        on_gpu = any(index.device == "gpu" for index in self.indexes.values())
+        self.faiss_device = "gpu" if on_gpu else "cpu"
 
         providers = onnx_providers(settings.device)
-        encoder_file = (
-            "encoder.int8.onnx" if settings.encoder_precision == "int8" else "encoder.onnx"
-        )
-        if not (p / encoder_file).is_file():
-            encoder_file = "encoder.onnx"
+        precision = settings.encoder_precision
+        if precision == "auto":
+            precision = "fp16" if "CUDAExecutionProvider" in providers else "int8"
+        if not (p / ENCODER_FILES[precision]).is_file():
+            log.warning("bundle has no %s encoder; serving fp32", precision)
+            precision = "fp32"
+        encoder_file = ENCODER_FILES[precision]
         tokenizer_cfg = json.loads((p / "tokenizer_config.json").read_text())
         self.encoder = OnnxTextEncoder(
             p / encoder_file,
@@ -110,9 +123,11 @@ class Recommender:
             providers,
             settings.threads,
         )
-        self.encoder_precision = "int8" if "int8" in encoder_file else "fp32"
-        self.head = OnnxHead(p / "head.onnx", providers, settings.threads)
-        self.onnx_providers = self.head.session.get_providers()
+        self.encoder_precision = precision
+        # The head is a 2-layer MLP over a few hundred rows: a GPU round trip costs more than
+        # it saves, so it always runs on the CPU.
+        self.head = OnnxHead(p / "head.onnx", ["CPUExecutionProvider"], settings.threads)
+        self.onnx_providers = self.encoder.providers
         log.info(
             "bundle %s: %d users, %d items; ONNX on %s; FAISS on %s",
             self.bundle_id,
@@ -122,31 +137,18 @@ class Recommender:
             self.faiss_device,
         )
 
-    def _load_index(self, path: Path) -> Any:
-        import faiss
-
-        index = faiss.read_index(str(path))
-        name = path.stem
-        params = self.manifest["indexes"][name]["params"]
-        if "nprobe" in params:
-            faiss.extract_index_ivf(index).nprobe = params["nprobe"]
-        if "ef_search" in params:
-            faiss.downcast_index(index).hnsw.efSearch = params["ef_search"]  # type: ignore[attr-defined]
-        kind = self.manifest["indexes"][name]["kind"]
-        if self.settings.device != "cpu" and kind != "hnsw" and faiss_gpu_count() > 0:
-            try:
-                index = faiss.index_cpu_to_gpu(faiss.StandardGpuResources(), 0, index)
-                self.faiss_device = "gpu"
-            except Exception as exc:  # keep serving on the CPU
-                log.warning("FAISS GPU unavailable (%s); searching on the CPU", exc)
-        return index
-
     # ------------------------------------------------------------------ helpers
-    def _search_fn(self, name: str) -> Callable[[np.ndarray, int], tuple[np.ndarray, np.ndarray]]:
+    def _search_fn(
+        self, name: str, prefetched: tuple[np.ndarray, np.ndarray] | None = None
+    ) -> Callable[[np.ndarray, int], tuple[np.ndarray, np.ndarray]]:
+        """One vector's search; answered from ``prefetched`` (a batched search's row) when it
+        holds enough results, else searched directly (over-fetch rounds)."""
         index = self.indexes[name]
 
         def search(vector: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-            ids, scores = faiss_search(index, vector[None, :], k)
+            if prefetched is not None and k <= prefetched[0].shape[0]:
+                return prefetched[0][:k], prefetched[1][:k]
+            ids, scores = index.search(vector[None, :], k)
             return ids[0], scores[0]
 
         return search
@@ -190,10 +192,75 @@ class Recommender:
 
     # ------------------------------------------------------------------ endpoints
     def recommend(self, req: RecommendRequest) -> RecommendResponse:
-        """The whole request; blocking (ONNX and FAISS): call it off the event loop."""
-        self.check(req)
-        clock = Stopwatch()
+        """One request; blocking (ONNX and FAISS): call it off the event loop."""
+        (result,) = self.recommend_batch([req])
+        if isinstance(result, Exception):
+            raise result
+        return result
+
+    def recommend_batch(self, reqs: list[RecommendRequest]) -> list[RecommendResponse | Exception]:
+        """Serve requests together, the dynamic batcher's unit of work: one encoder call for
+        their distinct queries and one FAISS search per index for their first searches, then
+        each request's own exclusions and rerank. Each answer equals what the request gets
+        alone; a request that fails gets its exception, the others their answers."""
         start = time.perf_counter()
+        results: list[RecommendResponse | Exception | None] = [None] * len(reqs)
+        live = []
+        for i, req in enumerate(reqs):
+            try:
+                self.check(req)
+                live.append(i)
+            except InputError as exc:
+                results[i] = exc
+        queries = sorted({q for i in live if (q := reqs[i].query) is not None})
+        encoded: dict[str, np.ndarray] = {}
+        encode_ms = 0.0
+        if queries:
+            t = time.perf_counter()
+            encoded = dict(zip(queries, self.encoder.encode(queries), strict=True))
+            encode_ms = (time.perf_counter() - t) * 1e3
+
+        prepared = []
+        for i in live:
+            try:
+                prepared.append((i, *self._prepare(reqs[i], encoded, encode_ms)))
+            except Exception as exc:  # one request's bug must not fail the batch
+                results[i] = exc
+        prefetched, ann_ms = self._search_first(
+            [first_searches(r, self.tables.n_items, self.n_wals, self.n_text)
+             for _, r, _, _, _ in prepared]
+        )  # fmt: skip
+        for (i, request, clock, warnings, user_known), found in zip(
+            prepared, prefetched, strict=True
+        ):
+            try:
+                clock.ms["ann"] = ann_ms
+                rec = recommend(
+                    self.tables,
+                    request,
+                    clock.timed("ann", self._search_fn("wals", found.get("wals"))),
+                    clock.timed("ann", self._search_fn("text", found.get("text"))),
+                    clock.timed("rerank", self.head.score),
+                    self.n_wals,
+                    self.n_text,
+                )
+                clock.ms["total"] = (time.perf_counter() - start) * 1e3
+                results[i] = RecommendResponse(
+                    items=self._items(rec.items, rec.scores, rec.sources),
+                    user_known=user_known,
+                    bundle_id=self.bundle_id,
+                    timings_ms={k: round(v, 3) for k, v in clock.ms.items()},
+                    warnings=warnings,
+                )
+            except Exception as exc:
+                results[i] = exc
+        return [r if r is not None else RuntimeError("request not served") for r in results]
+
+    def _prepare(
+        self, req: RecommendRequest, encoded: dict[str, np.ndarray], encode_ms: float
+    ) -> tuple[Request, Stopwatch, list[str], bool]:
+        """Resolve ids and vectors: the request as ``models.hybrid`` takes it."""
+        clock = Stopwatch()
         warnings: list[str] = []
         user_id = req.user_id
         user = self.users.index(user_id) if user_id is not None and user_id in self.users else None
@@ -203,7 +270,8 @@ class Recommender:
         exclude = self._lookup(req.exclude, "exclude", warnings)
         query_vector = None
         if req.query is not None:
-            query_vector = clock.timed("encode", self.encoder.encode)([req.query])[0]
+            query_vector = encoded[req.query]
+            clock.ms["encode"] = encode_ms
         request = build_request(
             req.k,
             user_vector=np.asarray(self.user_factors[user]) if user is not None else None,
@@ -215,23 +283,28 @@ class Recommender:
             item_text_embeddings=self.tables.item_text_embeddings,
             fold_in=clock.timed("fold_in", self.fold_in),
         )
-        rec = recommend(
-            self.tables,
-            request,
-            clock.timed("ann", self._search_fn("wals")),
-            clock.timed("ann", self._search_fn("text")),
-            clock.timed("rerank", self.head.score),
-            self.n_wals,
-            self.n_text,
-        )
-        clock.ms["total"] = (time.perf_counter() - start) * 1e3
-        return RecommendResponse(
-            items=self._items(rec.items, rec.scores, rec.sources),
-            user_known=user is not None,
-            bundle_id=self.bundle_id,
-            timings_ms={k: round(v, 3) for k, v in clock.ms.items()},
-            warnings=warnings,
-        )
+        return request, clock, warnings, user is not None
+
+    def _search_first(
+        self, searches: list[dict[str, tuple[np.ndarray, int]]]
+    ) -> tuple[list[dict[str, tuple[np.ndarray, np.ndarray]]], float]:
+        """Run every request's first searches, one FAISS call per index (per k for HNSW,
+        whose results for a smaller k are not a prefix of a larger k's). Returns each
+        request's (ids, scores) by index name and the milliseconds spent."""
+        start = time.perf_counter()
+        found: list[dict[str, tuple[np.ndarray, np.ndarray]]] = [{} for _ in searches]
+        for name, index in self.indexes.items():
+            groups: dict[int, list[tuple[int, np.ndarray, int]]] = {}
+            for j, wanted in enumerate(searches):
+                if name in wanted:
+                    vector, k = wanted[name]
+                    groups.setdefault(k if index.kind == "hnsw" else 0, []).append((j, vector, k))
+            for members in groups.values():
+                k = max(m[2] for m in members)
+                ids, scores = index.search(np.stack([m[1] for m in members]), k)
+                for row, (j, _, _) in enumerate(members):
+                    found[j][name] = (ids[row], scores[row])
+        return found, (time.perf_counter() - start) * 1e3
 
     def similar(self, item_id: str, k: int) -> SimilarResponse:
         """Item-to-item: WALS factors, or the text index for cold items."""

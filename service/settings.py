@@ -25,8 +25,10 @@ class Settings(BaseSettings):
         "auto", description="GPU execution providers and FAISS GPU when present and allowed."
     )
     threads: int = Field(0, ge=0, description="Threads per ONNX session and for FAISS; 0: auto.")
-    encoder_precision: Literal["int8", "fp32"] = Field(
-        "int8", description="Which encoder of the bundle encodes queries."
+    encoder_precision: Literal["auto", "int8", "fp16", "fp32"] = Field(
+        "auto",
+        description="Which encoder of the bundle encodes queries; auto: fp16 with the CUDA "
+        "provider (int8 has no CUDA kernels), else int8.",
     )
     n_wals: int | None = Field(None, ge=1, le=10_000, description="Default: the bundle's.")
     n_text: int | None = Field(None, ge=1, le=10_000, description="Default: the bundle's.")
@@ -35,7 +37,16 @@ class Settings(BaseSettings):
     max_history: int = Field(1000, ge=0)
     max_exclude: int = Field(1000, ge=0)
     worker_threads: int = Field(
-        8, ge=1, description="Thread pool that runs ONNX and FAISS off the event loop."
+        8, ge=1, description="Thread pool for /similar, off the event loop."
+    )
+    max_batch: int = Field(
+        32, ge=1, le=4096, description="Dynamic batching: most requests served in one batch."
+    )
+    batch_wait_us: int = Field(
+        0, ge=0, le=1_000_000, description="Dynamic batching: wait this long for more requests."
+    )
+    batch_workers: int = Field(
+        2, ge=1, le=64, description="Dynamic batching: batches served at once."
     )
     verify_parity: bool = Field(
         False, description="Also re-run the bundle's parity check on start (slower start)."

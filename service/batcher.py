@@ -1,0 +1,125 @@
+"""Dynamic batching, as Triton's dynamic batcher does it.
+
+The event loop hands each request to the batcher once (``submit``). Worker threads take what
+is queued, up to ``max_batch`` requests (with no added delay by default; ``wait_us`` lets a
+worker wait that long for more), serve them with one call of ``process``, and resolve each
+request's future with its own result. Several workers let one batch be encoded while the
+previous one is searched and reranked.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import queue
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Generic, TypeVar
+
+T = TypeVar("T")
+R = TypeVar("R")
+
+
+@dataclass
+class _Pending(Generic[T]):
+    item: T
+    future: asyncio.Future[Any]
+    loop: asyncio.AbstractEventLoop
+
+
+def _resolve(future: asyncio.Future[Any], result: Any) -> None:
+    if future.cancelled():
+        return
+    if isinstance(result, BaseException):
+        future.set_exception(result)
+    else:
+        future.set_result(result)
+
+
+class Batcher(Generic[T, R]):
+    """Gathers concurrent ``submit`` calls into batches for ``process``.
+
+    ``process`` takes a list of items and returns one result per item, in order; a result
+    that is an exception is raised to that item's caller. If ``process`` itself raises,
+    every caller in the batch gets that exception.
+    """
+
+    def __init__(
+        self,
+        process: Callable[[list[T]], list[R | Exception]],
+        *,
+        max_batch: int = 32,
+        wait_us: int = 0,
+        workers: int = 1,
+        on_batch: Callable[[int], None] | None = None,
+        name: str = "walrus-batcher",
+    ) -> None:
+        if max_batch < 1 or workers < 1 or wait_us < 0:
+            raise ValueError("max_batch and workers must be >= 1, wait_us >= 0")
+        self.process = process
+        self.max_batch = max_batch
+        self.wait_s = wait_us / 1e6
+        self.on_batch = on_batch
+        self._queue: queue.SimpleQueue[_Pending[T] | None] = queue.SimpleQueue()
+        self._threads = [
+            threading.Thread(target=self._run, name=f"{name}-{i}", daemon=True)
+            for i in range(workers)
+        ]
+        for thread in self._threads:
+            thread.start()
+
+    def depth(self) -> int:
+        """Requests waiting to be taken into a batch."""
+        return self._queue.qsize()
+
+    async def submit(self, item: T) -> R:
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[R] = loop.create_future()
+        self._queue.put(_Pending(item, future, loop))
+        return await future
+
+    def close(self) -> None:
+        """Stop the workers once the requests queued so far are served."""
+        for _ in self._threads:
+            self._queue.put(None)
+        for thread in self._threads:
+            thread.join()
+
+    def _gather(self, first: _Pending[T]) -> tuple[list[_Pending[T]], bool]:
+        batch, stop = [first], False
+        deadline = time.monotonic() + self.wait_s
+        while len(batch) < self.max_batch:
+            try:
+                remaining = deadline - time.monotonic()
+                pending = (
+                    self._queue.get(timeout=remaining)
+                    if remaining > 0
+                    else self._queue.get_nowait()
+                )
+            except queue.Empty:
+                break
+            if pending is None:  # this worker's stop signal: serve the batch, then stop
+                stop = True
+                break
+            batch.append(pending)
+        return batch, stop
+
+    def _run(self) -> None:
+        while True:
+            first = self._queue.get()
+            if first is None:
+                return
+            batch, stop = self._gather(first)
+            if self.on_batch is not None:
+                self.on_batch(len(batch))
+            try:
+                results: list[Any] = list(self.process([p.item for p in batch]))
+                if len(results) != len(batch):
+                    raise RuntimeError(f"process returned {len(results)} results for {len(batch)}")
+            except Exception as exc:
+                results = [exc] * len(batch)
+            for pending, result in zip(batch, results, strict=True):
+                pending.loop.call_soon_threadsafe(_resolve, pending.future, result)
+            if stop:
+                return
