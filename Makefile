@@ -12,7 +12,7 @@ WALRUS_URL ?= http://127.0.0.1:8000
 LOADTEST_USERS ?= 8
 LOADTEST_DURATION ?= 30s
 
-.PHONY: install demo data train export serve test lint format bench loadtest docker-test clean
+.PHONY: install demo data train export serve test lint format bench gpu-check loadtest docker-test clean
 
 # Re-install only when pyproject.toml changes.
 $(STAMP): pyproject.toml
@@ -52,6 +52,11 @@ format: install
 
 bench: install
 	$(BIN)/python -m bench.wals_vs_implicit $(if $(WALRUS_MOVIELENS_DIR),--movielens $(WALRUS_MOVIELENS_DIR),)
+
+# On a GPU machine (see docs/benchmarks.md): WALS on CUDA, FAISS GPU, ONNX CUDA, GPU serving.
+GPU_CHECK_OUT ?= bench/results/gpu
+gpu-check: install
+	$(BIN)/python -m bench.gpu_check --out $(GPU_CHECK_OUT) --bundle $${WALRUS_BUNDLE:-artifacts/demo/bundles}
 
 # Against a running service (make serve, or docker compose up): bounded in time.
 loadtest: install

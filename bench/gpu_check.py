@@ -573,7 +573,7 @@ def run_wrk(wrk: str, url: str, path: str, connections: int, seconds: int, threa
 
 
 def serving_section(out: dict[str, Any], res: Results, smoke: bool, bundle: Path, work: Path,
-                    wrk: str | None) -> None:  # fmt: skip
+                    wrk: str | None, workers_list: tuple[int, ...] = (1, 4)) -> None:  # fmt: skip
     """The service on this machine's device with dynamic batching, loaded by wrk."""
     import httpx
 
@@ -586,13 +586,10 @@ def serving_section(out: dict[str, Any], res: Results, smoke: bool, bundle: Path
     script.write_text(WRK_SCRIPT)
     seconds = 3 if smoke else 10
     bundles = [("demo", bundle)]
-    rb_dir = work / "roberta-base-random"
-    if (rb_dir / "encoder.fp16.onnx").is_file():
-        bundles.append(("roberta_base", roberta_bundle(bundle, rb_dir, work)))
-    configs = [
-        ("workers1", {"WALRUS_MAX_BATCH": "256", "WALRUS_BATCH_WORKERS": "2"}, 1),
-        ("workers4", {"WALRUS_MAX_BATCH": "256", "WALRUS_BATCH_WORKERS": "2"}, 4),
-    ]
+    rb_dir = build_roberta_base_onnx(work, smoke)
+    bundles.append(("roberta_base", roberta_bundle(bundle, rb_dir, work)))
+    env = {"WALRUS_MAX_BATCH": "256", "WALRUS_BATCH_WORKERS": "2"}
+    configs = [(f"workers{w}", env, w) for w in workers_list]
     for name, path in bundles:
         for label, env, workers in configs:
             if res.left() < 60 and not smoke:
@@ -682,15 +679,99 @@ def wals_scale_section(out: dict[str, Any], res: Results, smoke: bool) -> None:
         out["speedup_per_iteration"] = cpu_it / gpu_it
 
 
+def report(paths: list[Path]) -> str:
+    """The GPU tables of docs/benchmarks.md, from gpu_check.json files (later files add
+    serving rows)."""
+    runs = [json.loads(p.read_text()) for p in paths]
+    full = next(r for r in runs if "wals_scale" in r)
+    env, lines = full["env"], []
+    lines.append(f"Machine: {env.get('nvidia_smi', env.get('gpu'))}, {env['cpus']} CPU cores; "
+                 f"torch {env['torch']}, onnxruntime {env['onnxruntime']}, faiss {env['faiss']}.")  # fmt: skip
+    lines += [
+        "",
+        "| WALS (dim 64) | seconds / iteration | setup + loss s | threads |",
+        "|---|---|---|---|",
+    ]
+    ws = full["wals_scale"]
+    d = ws["data"]
+    for dev in ("cuda", "cpu"):
+        if "seconds_per_iteration" in ws.get(dev, {}):
+            r = ws[dev]
+            lines.append(f"| {dev}, {d['users']:,} × {d['items']:,}, {d['nnz']:,} nnz | "
+                         f"{np.median(r['seconds_per_iteration']):.3f} | {r['setup_and_loss_s']} | {r['threads']} |")  # fmt: skip
+    if "speedup_per_iteration" in ws:
+        lines.append(f"| speed-up per iteration | {ws['speedup_per_iteration']:.1f}× | | |")
+    wp = full["wals_parity"]
+    lines += ["", "| WALS CPU vs CUDA (same fit) | loss relative diff | max abs diff (items / users) |",
+              "|---|---|---|"]  # fmt: skip
+    for solver in ("cg", "cholesky"):
+        a = wp.get(f"{solver}_agreement")
+        if a:
+            lines.append(f"| {solver} | {a['loss_relative_diff']:.1e} | "
+                         f"{a['item_factors_max_abs_diff']:.1e} / {a['user_factors_max_abs_diff']:.1e} |")  # fmt: skip
+    fa = full["faiss"]
+    lines += ["", "| FAISS 500k × 64, k=100 | recall@100 | ms/query batch 1 (GPU / CPU) | ms/query batch 64 (GPU / CPU) | 16 threads: mismatches | k > 2048 |",
+              "|---|---|---|---|---|---|"]  # fmt: skip
+    for kind in ("flat", "ivf"):
+        e = fa.get(kind)
+        if e:
+            t = e["timing"]
+            lines.append(f"| {kind} ({e['served_on']}) | {e['recall_at_100']:.5f} | "
+                         f"{t.get('gpu_ms_per_query_batch1', float('nan')):.3f} / {t['cpu_ms_per_query_batch1']:.3f} | "
+                         f"{t.get('gpu_ms_per_query_batch64', float('nan')):.4f} / {t['cpu_ms_per_query_batch64']:.4f} | "
+                         f"{e['threads']['mismatches']} | {'equal to CPU' if e['k_above_gpu_limit']['equal_to_cpu'] else 'DIFFERS'} |")  # fmt: skip
+    on = full["onnx"]
+    lines += ["", "| encoder | provider | nodes on CUDA / CPU | queries/s batch 1 / 32 / 256 | vs CPU fp32 |",
+              "|---|---|---|---|---|"]  # fmt: skip
+    for group, label in (("demo_encoder", "MiniLM (demo)"), ("roberta_base", "roberta-base size")):
+        for key, item in on.get(group, {}).items():
+            if not isinstance(item, dict) or "session_providers" not in item:
+                continue
+            nodes = item["nodes_by_provider"]
+            qps = " / ".join(f"{item[f'batch{b}_queries_per_s']:,.0f}" for b in (1, 32, 256)
+                             if f"batch{b}_queries_per_s" in item)  # fmt: skip
+            if "min_cosine_vs_cpu_fp32" in item and not key.startswith("fp32"):
+                versus = f"min cosine {item['min_cosine_vs_cpu_fp32']:.5f}"
+            elif "max_abs_diff_vs_cpu_fp32" in item:
+                versus = f"max abs diff {item['max_abs_diff_vs_cpu_fp32']:.1e}"
+            else:
+                versus = ""
+            lines.append(f"| {label} {key.rsplit('_', 1)[0]} | {key.rsplit('_', 1)[1]} | "
+                         f"{nodes.get('CUDAExecutionProvider', 0)} / {nodes.get('CPUExecutionProvider', 0)} | {qps} | {versus} |")  # fmt: skip
+    lines += ["", "| serving (wrk, all-distinct queries) | uvicorn workers | connections | requests/s | p50 ms | p99 ms | mean batch | /healthz requests/s |",
+              "|---|---|---|---|---|---|---|---|"]  # fmt: skip
+    for run in runs:
+        for key, entry in run.get("serving", {}).items():
+            if not isinstance(entry, dict) or "readyz" not in entry:
+                continue
+            m = entry.get("metrics", {})
+            batch = m.get("walrus_batch_size_sum", 0) / max(m.get("walrus_batch_size_count", 1), 1)
+            health = entry.get("healthz_c128", {}).get("requests_per_s")
+            for c in (1, 32, 128, 512):
+                r = entry.get(f"c{c}")
+                if r and r.get("requests_per_s"):
+                    lines.append(f"| {key.rsplit('_', 1)[0]} ({entry['readyz']['encoder_precision']}, FAISS {entry['readyz']['faiss']}) | "
+                                 f"{entry['uvicorn_workers']} | {c} | {r['requests_per_s']:,.0f} | {r['p50_ms']:.1f} | {r['p99_ms']:.1f} | "
+                                 f"{batch:.1f} | {f'{health:,.0f}' if health and c == 128 else ''} |")  # fmt: skip
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", type=Path, required=True, help="Folder for gpu_check.json.")
-    parser.add_argument("--bundle", type=Path, required=True, help="A bundle (or bundles dir).")
+    parser.add_argument("--out", type=Path, help="Folder for gpu_check.json.")
+    parser.add_argument("--bundle", type=Path, help="A bundle (or bundles dir).")
+    parser.add_argument("--report", type=Path, nargs="+", help="Print the tables of these runs.")
     parser.add_argument("--smoke", action="store_true", help="Tiny sizes, for CPU machines.")
     parser.add_argument("--budget-s", type=float, default=420, help="Skip sections past this.")
     parser.add_argument("--wrk", default=shutil.which("wrk"), help="The wrk binary.")
     parser.add_argument("--sections", default="env,wals_parity,faiss,onnx,serving,wals_scale")
+    parser.add_argument("--serve-workers", default="1,4", help="uvicorn worker counts to load.")
     args = parser.parse_args(argv)
+    if args.report:
+        print(report(args.report))
+        return 0
+    if args.out is None or args.bundle is None:
+        parser.error("--out and --bundle are required (or --report FILES)")
 
     from export.manifest import resolve_bundle
 
@@ -704,7 +785,18 @@ def main(argv: list[str] | None = None) -> int:
         ("wals_parity", lambda o: wals_parity_section(o, args.smoke)),
         ("faiss", lambda o: faiss_section(o, res, args.smoke, bundle)),
         ("onnx", lambda o: onnx_section(o, res, args.smoke, bundle, work)),
-        ("serving", lambda o: serving_section(o, res, args.smoke, bundle, work, args.wrk)),
+        (
+            "serving",
+            lambda o: serving_section(
+                o,
+                res,
+                args.smoke,
+                bundle,
+                work,
+                args.wrk,
+                tuple(int(w) for w in args.serve_workers.split(",")),
+            ),
+        ),
         ("wals_scale", lambda o: wals_scale_section(o, res, args.smoke)),
     ]
     for name, fn in sections:

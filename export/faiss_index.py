@@ -161,8 +161,11 @@ class ServedIndex:
     def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         """As ``search``: (b, k') ids and scores."""
         if self.gpu_index is not None and min(k, self.ntotal) <= GPU_MAX_K:
-            with self._gpu_lock:
-                return search(self.gpu_index, queries, k)
+            k = max(1, min(k, self.ntotal))
+            queries = np.ascontiguousarray(queries, dtype=np.float32).reshape(-1, self.cpu_index.d)
+            with self._gpu_lock:  # GPU copies are flat or IVF: no efSearch to raise
+                scores, ids = self.gpu_index.search(queries, k)
+            return ids, scores
         return search(self.cpu_index, queries, k)
 
 

@@ -49,3 +49,53 @@ def test_service_equals_offline(client, tiny_trained, case):
     assert [it["item_id"] for it in response["items"]] == ids
     np.testing.assert_allclose([it["score"] for it in response["items"]], scores, atol=1e-4)
     assert [it["sources"] for it in response["items"]] == sources
+
+
+def test_concurrent_clients_get_what_they_get_alone(server, tiny_trained):
+    """Dynamic batching on: many clients at once, each answer equals the sequential one."""
+    import concurrent.futures
+
+    import httpx
+
+    users = tiny_trained.dataset_users.ids
+    bodies = []
+    for i in range(48):
+        body: dict = {"k": 5 + i % 4}
+        if i % 3 != 1:
+            body["user_id"] = users[i % len(users)]
+        if i % 2 == 0:
+            body["query"] = ["space robots", "quiet drama", "jazz night", f"story {i}"][i % 4]
+        if i % 5 == 0:
+            body["exclude_seen"] = False
+        if i % 7 == 0:
+            body["history"] = ["i2", "i5"]
+        bodies.append(body)
+    with httpx.Client(base_url=server.url, timeout=30) as c:
+        alone = [c.post("/v1/recommend", json=b).json() for b in bodies]
+
+    def call(body: dict) -> dict:
+        with httpx.Client(base_url=server.url, timeout=30) as c:
+            return c.post("/v1/recommend", json=body).json()
+
+    with concurrent.futures.ThreadPoolExecutor(16) as pool:
+        together = list(pool.map(call, bodies * 3))
+    for i, got in enumerate(together):
+        want = alone[i % len(bodies)]
+        assert [it["item_id"] for it in got["items"]] == [it["item_id"] for it in want["items"]]
+        np.testing.assert_allclose(
+            [it["score"] for it in got["items"]], [it["score"] for it in want["items"]], atol=1e-5
+        )
+    metrics = httpx.get(f"{server.url}/metrics").text
+    count = float(
+        next(
+            ln.split()[-1]
+            for ln in metrics.splitlines()
+            if ln.startswith("walrus_batch_size_count")
+        )
+    )
+    total = float(
+        next(
+            ln.split()[-1] for ln in metrics.splitlines() if ln.startswith("walrus_batch_size_sum")
+        )
+    )
+    assert total > count, "no request was ever served in a batch of more than one"

@@ -135,3 +135,16 @@ def test_export_cli_verify_and_errors(tiny_bundle, tmp_path):
     )
     none = walrus("export")
     assert none.returncode == 2 and "--config" in none.stderr
+
+
+def test_the_gpu_encoder_is_fp16_and_checked(tiny_bundle):
+    manifest = json.loads((tiny_bundle / "manifest.json").read_text())
+    assert "encoder.fp16.onnx" in manifest["files"]
+    assert manifest["parity"]["encoder_fp16_min_cosine"] >= 0.999
+    import onnx
+
+    model = onnx.load(str(tiny_bundle / "encoder.fp16.onnx"))
+    weights = {init.data_type for init in model.graph.initializer}
+    assert onnx.TensorProto.FLOAT16 in weights
+    # inputs and output keep their types: the service feeds int64 and reads float32
+    assert model.graph.output[0].type.tensor_type.elem_type == onnx.TensorProto.FLOAT

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import threading
+import time
+
 import numpy as np
 import pytest
 
@@ -79,3 +82,105 @@ def test_auto_choice_by_size():
     cfg = IndexConfig(exact_threshold=1000)
     assert choose_kind(999, cfg) == "flat" and choose_kind(1000, cfg) == "hnsw"
     assert choose_kind(5, IndexConfig(index_type="ivf")) == "ivf"
+
+
+class OneThreadOnly:
+    """Stands in for a FAISS GPU index on CPU machines: fails when entered from two threads
+    at once (FAISS GPU indexes are not thread-safe) and above the GPU's result limit."""
+
+    def __init__(self, index):
+        self.index = index
+        self.ntotal, self.d = index.ntotal, index.d
+        self.inside = threading.Lock()
+        self.calls = 0
+
+    def search(self, queries, k, params=None):
+        from export.faiss_index import GPU_MAX_K
+
+        if k > GPU_MAX_K:
+            raise RuntimeError(f"GPU search for k={k} > {GPU_MAX_K}")
+        if not self.inside.acquire(blocking=False):
+            raise RuntimeError("entered from two threads at once")
+        try:
+            self.calls += 1
+            time.sleep(0.001)  # widen the window a race would need
+            return self.index.search(queries, k)
+        finally:
+            self.inside.release()
+
+
+def test_gpu_searches_are_serialised_and_large_k_uses_the_cpu_copy():
+    import faiss
+
+    from export.faiss_index import GPU_MAX_K, ServedIndex
+
+    rng = np.random.default_rng(0)
+    vectors = rng.normal(size=(3000, 8)).astype(np.float32)
+    cpu = faiss.IndexFlatIP(8)
+    cpu.add(vectors)
+    fake_gpu = OneThreadOnly(cpu)
+    served = ServedIndex(cpu, "flat", gpu_index=fake_gpu)
+    assert served.device == "gpu"
+    queries = rng.normal(size=(64, 8)).astype(np.float32)
+    expected = [cpu.search(queries[i : i + 1], 20)[1][0] for i in range(64)]
+    errors: list[Exception] = []
+    mismatches = []
+
+    def worker(offset: int) -> None:
+        try:
+            for i in range(offset, 64, 8):
+                ids, _ = served.search(queries[i : i + 1], 20)
+                if not np.array_equal(ids[0], expected[i]):
+                    mismatches.append(i)
+        except Exception as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=worker, args=(t,)) for t in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == [] and mismatches == []
+    assert fake_gpu.calls == 64
+    ids, _ = served.search(queries[:2], GPU_MAX_K + 10)
+    assert ids.shape == (2, GPU_MAX_K + 10)
+    assert fake_gpu.calls == 64  # answered by the CPU copy
+
+
+def test_the_fake_gpu_index_does_fail_without_the_lock():
+    """The check above can fail: the same threads straight on the fake index raise."""
+    import faiss
+
+    cpu = faiss.IndexFlatIP(4)
+    cpu.add(np.eye(4, dtype=np.float32))
+    fake_gpu = OneThreadOnly(cpu)
+    errors: list[Exception] = []
+
+    def worker() -> None:
+        try:
+            for _ in range(50):
+                fake_gpu.search(np.ones((1, 4), np.float32), 2)
+        except Exception as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=worker) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors, "eight unsynchronised threads never overlapped"
+
+
+def test_load_index_restores_search_parameters_and_stays_on_cpu_without_a_gpu(tmp_path):
+    import faiss
+
+    from export.faiss_index import IndexConfig, build_index, load_index
+
+    vectors = np.random.default_rng(1).normal(size=(2000, 8)).astype(np.float32)
+    built = build_index(vectors, IndexConfig(index_type="ivf", ivf_nprobe=7))
+    faiss.write_index(built.index, str(tmp_path / "ivf.faiss"))
+    served = load_index(tmp_path / "ivf.faiss", "ivf", built.params, use_gpu=True)
+    from models.device import faiss_gpu_count
+
+    assert served.device == ("gpu" if faiss_gpu_count() else "cpu")  # else the CPU fallback
+    assert faiss.extract_index_ivf(served.cpu_index).nprobe == 7

@@ -1,0 +1,133 @@
+"""The dynamic batcher: concurrent submissions share batches, each gets its own answer."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+
+import pytest
+
+from service.batcher import Batcher
+
+
+def run(coro):
+    return asyncio.run(coro)
+
+
+def test_concurrent_requests_are_batched_and_answered_in_order():
+    sizes: list[int] = []
+    gate = threading.Event()
+
+    def process(items: list[int]) -> list[int]:
+        gate.wait(5)  # hold the first batch so the rest queue up behind it
+        return [i * 10 for i in items]
+
+    batcher: Batcher[int, int] = Batcher(process, max_batch=64, workers=1, on_batch=sizes.append)
+
+    async def main() -> list[int]:
+        tasks = [asyncio.ensure_future(batcher.submit(i)) for i in range(50)]
+        await asyncio.sleep(0.1)
+        gate.set()
+        return list(await asyncio.gather(*tasks))
+
+    try:
+        assert run(main()) == [i * 10 for i in range(50)]
+    finally:
+        batcher.close()
+    assert sum(sizes) == 50
+    assert max(sizes) > 1, f"no batching happened: {sizes}"
+    assert len(sizes) < 50
+
+
+def test_max_batch_is_respected():
+    sizes: list[int] = []
+    gate = threading.Event()
+
+    def process(items: list[int]) -> list[int]:
+        gate.wait(5)
+        return items
+
+    batcher: Batcher[int, int] = Batcher(process, max_batch=4, workers=1, on_batch=sizes.append)
+
+    async def main() -> None:
+        tasks = [asyncio.ensure_future(batcher.submit(i)) for i in range(20)]
+        await asyncio.sleep(0.1)
+        gate.set()
+        await asyncio.gather(*tasks)
+
+    try:
+        run(main())
+    finally:
+        batcher.close()
+    assert max(sizes) <= 4 and sum(sizes) == 20
+
+
+def test_wait_gathers_requests_arriving_later():
+    sizes: list[int] = []
+    batcher: Batcher[int, int] = Batcher(
+        lambda items: items, max_batch=8, wait_us=200_000, workers=1, on_batch=sizes.append
+    )
+
+    async def main() -> None:
+        first = asyncio.ensure_future(batcher.submit(0))
+        await asyncio.sleep(0.02)
+        rest = [asyncio.ensure_future(batcher.submit(i)) for i in range(1, 4)]
+        await asyncio.gather(first, *rest)
+
+    try:
+        run(main())
+    finally:
+        batcher.close()
+    assert sizes == [4]
+
+
+def test_an_exception_result_goes_to_its_caller_only():
+    def process(items: list[int]) -> list[int | Exception]:
+        return [ValueError(f"bad {i}") if i == 3 else i for i in items]
+
+    batcher: Batcher[int, int] = Batcher(process, max_batch=16, workers=1)
+
+    async def main() -> list[object]:
+        return await asyncio.gather(*(batcher.submit(i) for i in range(6)), return_exceptions=True)
+
+    try:
+        results = run(main())
+    finally:
+        batcher.close()
+    assert [r for r in results if not isinstance(r, Exception)] == [0, 1, 2, 4, 5]
+    assert isinstance(results[3], ValueError) and "bad 3" in str(results[3])
+
+
+def test_a_failing_batch_fails_its_callers_and_the_batcher_goes_on():
+    calls = []
+
+    def process(items: list[int]) -> list[int]:
+        calls.append(items)
+        if len(calls) == 1:
+            raise RuntimeError("boom")
+        return items
+
+    batcher: Batcher[int, int] = Batcher(process, max_batch=1, workers=1)
+    try:
+        with pytest.raises(RuntimeError, match="boom"):
+            run(batcher.submit(1))
+        assert run(batcher.submit(2)) == 2
+    finally:
+        batcher.close()
+
+
+def test_close_serves_what_is_queued_then_stops():
+    batcher: Batcher[int, int] = Batcher(lambda items: (time.sleep(0.01), items)[1], workers=2)
+
+    async def main() -> list[int]:
+        return list(await asyncio.gather(*(batcher.submit(i) for i in range(10))))
+
+    assert run(main()) == list(range(10))
+    batcher.close()
+    assert not any(t.is_alive() for t in batcher._threads)
+
+
+def test_bad_settings_are_refused():
+    with pytest.raises(ValueError):
+        Batcher(lambda items: items, max_batch=0)

@@ -1,0 +1,72 @@
+"""The loaded bundle in-process: encoder precision choice and batched serving."""
+
+from __future__ import annotations
+
+import shutil
+
+import numpy as np
+import pytest
+
+from service.recommender import InputError, Recommender
+from service.schemas import RecommendRequest
+from service.settings import Settings
+
+
+@pytest.fixture(scope="module")
+def recommender(tiny_bundle) -> Recommender:
+    return Recommender(tiny_bundle, Settings(bundle=tiny_bundle))
+
+
+def test_auto_precision_is_int8_on_the_cpu_and_fp16_is_in_the_bundle(recommender, tiny_bundle):
+    assert recommender.encoder_precision == "int8"  # no CUDA provider on this machine
+    assert recommender.onnx_providers == ["CPUExecutionProvider"]
+    # The head always runs on the CPU: on an H100 its CUDA output differed from the CPU's by
+    # 0.09 (TF32 matmuls), and 200 rows took longer there than here.
+    assert recommender.head.session.get_providers() == ["CPUExecutionProvider"]
+    assert (tiny_bundle / "encoder.fp16.onnx").is_file()
+
+
+def test_fp16_precision_serves_the_fp16_file(tiny_bundle):
+    rec = Recommender(tiny_bundle, Settings(bundle=tiny_bundle, encoder_precision="fp16"))
+    assert rec.encoder_precision == "fp16"
+    fp32 = Recommender(tiny_bundle, Settings(bundle=tiny_bundle, encoder_precision="fp32"))
+    texts = ["space robots", "a quiet family drama"]
+    cos = (rec.encoder.encode(texts) * fp32.encoder.encode(texts)).sum(1)
+    assert cos.min() > 0.999
+
+
+def test_a_missing_precision_falls_back_to_fp32(tiny_bundle, tmp_path, caplog):
+    from export.manifest import MANIFEST, file_table
+
+    copy = tmp_path / "bundle"
+    shutil.copytree(tiny_bundle, copy)
+    (copy / "encoder.fp16.onnx").unlink()
+    import json
+
+    manifest = json.loads((copy / MANIFEST).read_text())
+    manifest["files"] = file_table(copy)
+    (copy / MANIFEST).write_text(json.dumps(manifest))
+    rec = Recommender(copy, Settings(bundle=copy, encoder_precision="fp16"))
+    assert rec.encoder_precision == "fp32"
+    assert "no fp16 encoder" in caplog.text
+
+
+def test_a_batch_answers_each_request_as_alone(recommender):
+    users = recommender.users.ids
+    reqs = [
+        RecommendRequest(user_id=users[0], k=5),
+        RecommendRequest(query="space robots", k=4),
+        RecommendRequest(user_id=users[1], query="space robots", k=6, exclude=["i1"]),
+        RecommendRequest(history=["i2", "i3"], k=5, exclude_seen=False),
+        RecommendRequest(k=3),
+        RecommendRequest(query="x" * 10_000, k=3),  # too long: its own 422, not the batch's
+    ]
+    together = recommender.recommend_batch(reqs)
+    assert isinstance(together[-1], InputError) and together[-1].field == "query"
+    for req, got in zip(reqs[:-1], together[:-1], strict=True):
+        alone = recommender.recommend(req)
+        assert not isinstance(got, Exception)
+        assert [i.item_id for i in got.items] == [i.item_id for i in alone.items]
+        np.testing.assert_allclose(
+            [i.score for i in got.items], [i.score for i in alone.items], atol=1e-6
+        )
