@@ -229,7 +229,8 @@ def faiss_section(out: dict[str, Any], res: Results, smoke: bool, bundle: Path |
     import faiss
     from faiss.contrib.evaluation import knn_intersection_measure
 
-    from export.faiss_index import GPU_MAX_K, IndexConfig, build_index, load_index
+    from export.faiss_index import IndexConfig, build_index
+    from export.runtime import GPU_MAX_K, load_index
 
     n, dim, n_queries = (5_000, 16, 64) if smoke else (500_000, 64, 1_000)
     vectors = clustered_vectors(n, dim, clusters=max(10, n // 500), seed=2)
@@ -241,10 +242,10 @@ def faiss_section(out: dict[str, Any], res: Results, smoke: bool, bundle: Path |
         entry: dict[str, Any] = {}
         out[kind] = entry
         built = build_index(vectors, IndexConfig(index_type=kind))
-        entry["built_on"], entry["params"] = built.built_on, built.params
+        entry["built_on"], entry["factory"] = built.built_on, built.factory
         path = tmp / f"{kind}.faiss"
         faiss.write_index(built.index, str(path))
-        served = load_index(path, kind, built.params, use_gpu=True)
+        served = load_index(path, kind, built.search_params, use_gpu=True)
         entry["served_on"] = served.device
         ids, _ = served.search(queries, 100)
         entry["recall_at_100"] = knn_intersection_measure(ids, truth)
@@ -281,7 +282,7 @@ def faiss_section(out: dict[str, Any], res: Results, smoke: bool, bundle: Path |
             "text": np.load(bundle / "item_text_embeddings.npy"),
         }
         for name, meta in manifest["indexes"].items():
-            served = load_index(bundle / f"{name}.faiss", meta["kind"], meta["params"], True)
+            served = load_index(bundle / f"{name}.faiss", meta["kind"], meta["search_params"], True)
             vecs = item_vectors[name]
             k = min(100, len(vecs))
             ids, _ = served.search(vecs[:200], k)
@@ -351,7 +352,7 @@ def onnx_section(out: dict[str, Any], res: Results, smoke: bool, bundle: Path, w
     the head on CUDA; a roberta-base-sized encoder."""
     import onnxruntime as ort
 
-    from service.runtime import OnnxHead, OnnxTextEncoder, make_session
+    from export.runtime import OnnxHead, OnnxTextEncoder, make_session
 
     cuda = "CUDAExecutionProvider" in ort.get_available_providers()
     gpu_providers = ["CUDAExecutionProvider", "CPUExecutionProvider"]
@@ -478,10 +479,10 @@ def roberta_bundle(bundle: Path, encoder_dir: Path, work: Path) -> Path:
     ranking means nothing; its cost per request is a roberta-base deployment's."""
     import faiss
 
-    from export.manifest import MANIFEST, file_table
-    from models.features import feature_dim
+    from export.format import MANIFEST, file_table
+    from export.runtime import OnnxTextEncoder
+    from models.core.features import feature_dim
     from models.head import ScoreHead
-    from service.runtime import OnnxTextEncoder
 
     out = work / "roberta-bundle"
     if out.exists():
@@ -513,13 +514,13 @@ def roberta_bundle(bundle: Path, encoder_dir: Path, work: Path) -> Path:
 
     export_head(head, out / "head.onnx")
     manifest["dims"]["text"], manifest["dims"]["features"] = int(embeddings.shape[1]), width
-    manifest["indexes"]["text"].update(kind="flat", params={})
+    manifest["indexes"]["text"].update(kind="flat", factory="Flat", search_params="")
     manifest["encoder"] = {
         **manifest["encoder"],
         "name": "random roberta-base-sized",
         "max_length": 64,
     }
-    manifest["files"] = file_table(out)
+    manifest["files"] = {k: v.model_dump() for k, v in file_table(out).items()}
     (out / MANIFEST).write_text(json.dumps(manifest, indent=2))
     return out
 
@@ -773,7 +774,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.out is None or args.bundle is None:
         parser.error("--out and --bundle are required (or --report FILES)")
 
-    from export.manifest import resolve_bundle
+    from export.format import resolve_bundle
 
     args.out.mkdir(parents=True, exist_ok=True)
     bundle = resolve_bundle(args.bundle)

@@ -9,31 +9,18 @@ the dynamo exporter writes external-data files and renames outputs.
 from __future__ import annotations
 
 import warnings
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
+
+from export.runtime import ParityError, load_tokenizer
 
 if TYPE_CHECKING:
     from models.encoder import TextEncoder
     from models.head import ScoreHead
 
 ENCODER_OUTPUT = "sentence_embedding"  # not "embedding": the exporter uses that name inside
-
-
-class ParityError(RuntimeError):
-    """An exported model disagrees with PyTorch beyond tolerance."""
-
-
-@dataclass
-class Parity:
-    """Figures recorded in the manifest."""
-
-    encoder_fp32_max_abs_diff: float
-    encoder_int8_min_cosine: float | None
-    head_max_abs_diff: float
-    texts: int
 
 
 def export_encoder(encoder: TextEncoder, path: Path, opset: int = 17) -> None:
@@ -127,26 +114,18 @@ def export_head(head: ScoreHead, path: Path, opset: int = 17) -> None:
 def check_tokenizer_parity(encoder: TextEncoder, tokenizer_path: Path, texts: list[str]) -> None:
     """The ``tokenizers`` library (what the service runs) must produce the same ids and masks
     as the Hugging Face tokenizer used in training."""
-    from service.runtime import OnnxTextEncoder
-
-    ours = OnnxTextEncoder.__new__(OnnxTextEncoder)
-    from tokenizers import Tokenizer
-
-    ours.tokenizer = Tokenizer.from_file(str(tokenizer_path))
-    ours.tokenizer.enable_truncation(encoder.max_length)
-    ours.tokenizer.enable_padding(
-        pad_id=encoder.tokenizer.pad_token_id, pad_token=encoder.tokenizer.pad_token
+    tokenizer = load_tokenizer(
+        tokenizer_path,
+        encoder.max_length,
+        int(encoder.tokenizer.pad_token_id),
+        str(encoder.tokenizer.pad_token),
     )
-    ids, mask = ours.tokenize(texts)
+    batch = tokenizer.encode_batch(texts)
+    ids = np.array([e.ids for e in batch], dtype=np.int64)
+    mask = np.array([e.attention_mask for e in batch], dtype=np.int64)
     ref = encoder.tokenize(texts)
     if not (
         np.array_equal(ids, ref["input_ids"].cpu().numpy())
         and np.array_equal(mask, ref["attention_mask"].cpu().numpy())
     ):
         raise ParityError("tokenizer.json tokenises differently from the training tokenizer")
-
-
-def cosine_rows(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    na = np.linalg.norm(a, axis=1)
-    nb = np.linalg.norm(b, axis=1)
-    return (a * b).sum(1) / np.maximum(na * nb, 1e-12)

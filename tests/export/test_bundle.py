@@ -10,9 +10,9 @@ import sys
 import numpy as np
 import pytest
 
-from export.bundle import build_bundle, verify_bundle
-from export.manifest import FORMAT_VERSION, BundleError, read_manifest, resolve_bundle
-from export.onnx import ParityError
+from export.bundle import build_bundle
+from export.format import FORMAT_VERSION, BundleError, read_manifest, resolve_bundle
+from export.runtime import ParityError, verify_bundle
 
 EXPECTED = {
     "manifest.json", "user_ids.json", "item_ids.json", "items.json", "user_factors.npy",
@@ -26,7 +26,7 @@ EXPECTED = {
 def test_bundle_contents_and_manifest(tiny_bundle):
     names = {p.name for p in tiny_bundle.iterdir()}
     assert names >= EXPECTED
-    manifest = read_manifest(tiny_bundle)
+    manifest = read_manifest(tiny_bundle).model_dump()
     assert manifest["format_version"] == FORMAT_VERSION
     assert set(manifest["files"]) >= EXPECTED - {"manifest.json"}
     assert manifest["dims"]["wals"] == 8 and manifest["encoder"]["name"] == "tiny-roberta"
@@ -49,7 +49,7 @@ def test_current_pointer_resolves(tiny_bundle):
 
 def test_onnx_encoder_matches_torch_on_new_texts(tiny_bundle, tiny_trained):
     """Parity on texts the export never saw, through the service's runtime classes."""
-    from service.runtime import OnnxTextEncoder
+    from export.runtime import OnnxTextEncoder
 
     texts = ["completely new words here", "x", "another unseen sentence " * 20]
     cfg = json.loads((tiny_bundle / "tokenizer_config.json").read_text())
@@ -81,7 +81,7 @@ def test_verify_catches_parity_drift(tiny_bundle, tmp_path):
     ref = np.load(copy / "parity" / "encoder_reference.npy")
     np.save(copy / "parity" / "encoder_reference.npy", ref + 1e-2)
     manifest = json.loads((copy / "manifest.json").read_text())
-    from export.manifest import sha256_file
+    from export.format import sha256_file
 
     manifest["files"]["parity/encoder_reference.npy"]["sha256"] = sha256_file(
         copy / "parity" / "encoder_reference.npy"

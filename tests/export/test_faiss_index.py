@@ -13,9 +13,8 @@ from export.faiss_index import (
     ann_recall,
     build_index,
     choose_kind,
-    exact_top_k,
-    search,
 )
+from export.runtime import search
 
 
 def clustered(n=2000, dim=16, seed=0, spread=0.5):
@@ -63,11 +62,13 @@ def test_ann_recall_can_fail():
 
 
 def test_k_beyond_size_and_hnsw_ef_below_k():
+    import faiss
+
     x = clustered(50)
     built = build_index(x, IndexConfig(index_type="hnsw", hnsw_ef_search=4))
     ids, _ = search(built.index, x[:2], 500)  # clamped to 50
     assert ids.shape == (2, 50)
-    exact = exact_top_k(x, x[:2], 30)
+    _, exact = faiss.knn(x[:2], x, 30, metric=faiss.METRIC_INNER_PRODUCT)
     got, _ = search(built.index, x[:2], 30)  # efSearch raised to k
     assert all(len(set(a) & set(b)) >= 28 for a, b in zip(got, exact, strict=True))
 
@@ -95,7 +96,7 @@ class OneThreadOnly:
         self.calls = 0
 
     def search(self, queries, k, params=None):
-        from export.faiss_index import GPU_MAX_K
+        from export.runtime import GPU_MAX_K
 
         if k > GPU_MAX_K:
             raise RuntimeError(f"GPU search for k={k} > {GPU_MAX_K}")
@@ -112,7 +113,7 @@ class OneThreadOnly:
 def test_gpu_searches_are_serialised_and_large_k_uses_the_cpu_copy():
     import faiss
 
-    from export.faiss_index import GPU_MAX_K, ServedIndex
+    from export.runtime import GPU_MAX_K, ServedIndex
 
     rng = np.random.default_rng(0)
     vectors = rng.normal(size=(3000, 8)).astype(np.float32)
@@ -174,13 +175,14 @@ def test_the_fake_gpu_index_does_fail_without_the_lock():
 def test_load_index_restores_search_parameters_and_stays_on_cpu_without_a_gpu(tmp_path):
     import faiss
 
-    from export.faiss_index import IndexConfig, build_index, load_index
+    from export.faiss_index import IndexConfig, build_index
+    from export.runtime import load_index
 
     vectors = np.random.default_rng(1).normal(size=(2000, 8)).astype(np.float32)
     built = build_index(vectors, IndexConfig(index_type="ivf", ivf_nprobe=7))
     faiss.write_index(built.index, str(tmp_path / "ivf.faiss"))
-    served = load_index(tmp_path / "ivf.faiss", "ivf", built.params, use_gpu=True)
-    from models.device import faiss_gpu_count
+    served = load_index(tmp_path / "ivf.faiss", "ivf", built.search_params, use_gpu=True)
+    from export.runtime import faiss_gpu_count
 
     assert served.device == ("gpu" if faiss_gpu_count() else "cpu")  # else the CPU fallback
     assert faiss.extract_index_ivf(served.cpu_index).nprobe == 7

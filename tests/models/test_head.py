@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 
 from models.cold_start import RidgeMap, fill_cold_items
-from models.features import build_features, feature_dim, text_profile
+from models.core.features import build_features, feature_dim, text_profile
+from models.core.hybrid import ItemTables, Request, exact_search, recommend
 from models.head import ScoreHead
-from models.hybrid import ItemTables, Request, exact_search, recommend
 
 
 def test_feature_layout_and_flags():

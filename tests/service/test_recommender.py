@@ -36,7 +36,7 @@ def test_fp16_precision_serves_the_fp16_file(tiny_bundle):
 
 
 def test_a_missing_precision_falls_back_to_fp32(tiny_bundle, tmp_path, caplog):
-    from export.manifest import MANIFEST, file_table
+    from export.format import MANIFEST, file_table
 
     copy = tmp_path / "bundle"
     shutil.copytree(tiny_bundle, copy)
@@ -44,7 +44,7 @@ def test_a_missing_precision_falls_back_to_fp32(tiny_bundle, tmp_path, caplog):
     import json
 
     manifest = json.loads((copy / MANIFEST).read_text())
-    manifest["files"] = file_table(copy)
+    manifest["files"] = {k: v.model_dump() for k, v in file_table(copy).items()}
     (copy / MANIFEST).write_text(json.dumps(manifest))
     rec = Recommender(copy, Settings(bundle=copy, encoder_precision="fp16"))
     assert rec.encoder_precision == "fp32"

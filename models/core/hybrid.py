@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from models.features import build_features, text_profile
+from models.core.features import build_features, text_profile
 
 SearchFn = Callable[[np.ndarray, int], tuple[np.ndarray, np.ndarray]]
 """(vector (dim,), k) -> (ids (<= k,), scores); ids < 0 (FAISS padding) are ignored."""

@@ -1,0 +1,206 @@
+"""The bundle format: the one contract between the export step and the service.
+
+File names, the typed manifest (format version, files with sha256, index factory strings and
+search parameters, parity figures, candidate sizes), and ``read_manifest``/``write_manifest``.
+The export writes bundles and the service reads them only through this module. Standard
+library and pydantic only.
+
+Layout (paths relative to the bundle; ``manifest.json`` lists each with its sha256)::
+
+    manifest.json                 this module's ``Manifest``
+    user_ids.json item_ids.json   id maps (index order)
+    items.json                    per item: item_id, title, popularity
+    user_factors.npy              (n_users, wals_dim), memory-mappable
+    item_factors.npy              (n_items, wals_dim) served factors: cold items ridge-mapped
+    wals_item_factors.npy         (n_items, wals_dim) as WALS fitted them: fold-in solves here
+    item_gramian.npy col_weights.npy  fold-in's Gramian and column weights
+    cold_items.npy                (n_items,) bool: the cold rule of ``models.core.cold``
+    seen_indptr.npy seen_indices.npy  each user's training items (CSR)
+    item_text_embeddings.npy item_log_popularity.npy
+    wals.faiss text.faiss         inner-product indexes (CPU format)
+    encoder.onnx encoder.int8.onnx encoder.fp16.onnx head.onnx tokenizer.json
+    tokenizer_config.json
+    parity/                       texts and PyTorch reference outputs for ``--verify``
+
+Bundles live in ``BUNDLES/<bundle_id>/``; ``BUNDLES/current`` is a symlink switched
+atomically once a bundle is complete, so a reader never sees a half-written one.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any, ClassVar
+
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+from models.core.errors import WalrusError
+
+FORMAT_VERSION = 2
+"""2: index factory strings and ParameterSpace search strings, the cold-item mask."""
+MANIFEST = "manifest.json"
+CURRENT = "current"
+REBUILD = "rebuild it with `walrus export -c CONFIG`"
+
+
+class Files:
+    """Every file name of a bundle, for the writer and the reader alike."""
+
+    USER_IDS = "user_ids.json"
+    ITEM_IDS = "item_ids.json"
+    ITEMS = "items.json"
+    USER_FACTORS = "user_factors.npy"
+    ITEM_FACTORS = "item_factors.npy"
+    WALS_ITEM_FACTORS = "wals_item_factors.npy"
+    ITEM_GRAMIAN = "item_gramian.npy"
+    COL_WEIGHTS = "col_weights.npy"
+    COLD_ITEMS = "cold_items.npy"
+    SEEN_INDPTR = "seen_indptr.npy"
+    SEEN_INDICES = "seen_indices.npy"
+    ITEM_TEXT_EMBEDDINGS = "item_text_embeddings.npy"
+    ITEM_LOG_POPULARITY = "item_log_popularity.npy"
+    ENCODER: ClassVar[dict[str, str]] = {
+        "fp32": "encoder.onnx",
+        "int8": "encoder.int8.onnx",
+        "fp16": "encoder.fp16.onnx",
+    }
+    HEAD = "head.onnx"
+    TOKENIZER = "tokenizer.json"
+    TOKENIZER_CONFIG = "tokenizer_config.json"
+    PARITY_TEXTS = "parity/texts.json"
+    PARITY_ENCODER = "parity/encoder_reference.npy"
+    PARITY_HEAD_FEATURES = "parity/head_features.npy"
+    PARITY_HEAD = "parity/head_reference.npy"
+
+    @staticmethod
+    def index(name: str) -> str:
+        return f"{name}.faiss"
+
+
+REQUIRED_FILES = (
+    Files.USER_IDS, Files.ITEM_IDS, Files.ITEMS, Files.USER_FACTORS, Files.ITEM_FACTORS,
+    Files.WALS_ITEM_FACTORS, Files.ITEM_GRAMIAN, Files.COL_WEIGHTS, Files.COLD_ITEMS,
+    Files.SEEN_INDPTR, Files.SEEN_INDICES, Files.ITEM_TEXT_EMBEDDINGS, Files.ITEM_LOG_POPULARITY,
+    Files.ENCODER["fp32"], Files.HEAD, Files.TOKENIZER, Files.TOKENIZER_CONFIG,
+    Files.index("wals"), Files.index("text"),
+)  # fmt: skip
+"""What the service loads whatever the settings: each must be listed in the manifest."""
+
+
+class BundleError(WalrusError):
+    """A bundle that must not be served; the message is one line saying why."""
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class FileEntry(_Model):
+    sha256: str
+    bytes: int
+
+
+class IndexEntry(_Model):
+    kind: str
+    factory: str
+    search_params: str
+    built_on: str
+    recall_at_100: float
+    size: int
+
+
+class Dims(_Model):
+    wals: int
+    text: int
+    features: int
+
+
+class Candidates(_Model):
+    n_wals: int
+    n_text: int
+
+
+class Manifest(_Model):
+    """``manifest.json``: what a bundle holds and the figures it was checked with."""
+
+    format_version: int
+    bundle_id: str
+    created_at: str
+    counts: dict[str, int]
+    dims: Dims
+    encoder: dict[str, Any]
+    wals: dict[str, Any]
+    candidates: Candidates
+    cold_items: int
+    indexes: dict[str, IndexEntry]
+    parity: dict[str, Any]
+    packages: dict[str, str]
+    files: dict[str, FileEntry]
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def file_table(bundle: Path) -> dict[str, FileEntry]:
+    """sha256 and size of every file under ``bundle`` except the manifest."""
+    table = {}
+    for path in sorted(p for p in bundle.rglob("*") if p.is_file()):
+        rel = path.relative_to(bundle).as_posix()
+        if rel != MANIFEST:
+            table[rel] = FileEntry(sha256=sha256_file(path), bytes=path.stat().st_size)
+    return table
+
+
+def write_manifest(bundle: Path, manifest: Manifest) -> None:
+    (bundle / MANIFEST).write_text(manifest.model_dump_json(indent=2))
+
+
+def resolve_bundle(path: str | Path) -> Path:
+    """A bundle directory, or a bundles directory whose ``current`` pointer names one."""
+    path = Path(path)
+    if (path / CURRENT).exists() and not (path / MANIFEST).exists():
+        path = path / CURRENT
+    return path.resolve()
+
+
+def read_manifest(bundle: str | Path) -> Manifest:
+    """The manifest after checking format version, its fields, that every file the service
+    loads is listed, and every listed file's sha256.
+
+    Raises ``BundleError`` naming the first problem.
+    """
+    bundle = resolve_bundle(bundle)
+    path = bundle / MANIFEST
+    if not path.is_file():
+        raise BundleError(f"{bundle}: no {MANIFEST}; is this a walrus bundle?")
+    try:
+        raw = json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise BundleError(f"{path}: not valid JSON ({exc})") from exc
+    version = raw.get("format_version") if isinstance(raw, dict) else None
+    if version != FORMAT_VERSION:
+        raise BundleError(
+            f"{bundle}: format version {version}, this walrus reads {FORMAT_VERSION}; {REBUILD}"
+        )
+    try:
+        manifest = Manifest.model_validate(raw)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        where = ".".join(str(p) for p in err["loc"])
+        raise BundleError(f"{path}: {where}: {err['msg']}; {REBUILD}") from None
+    unlisted = [name for name in REQUIRED_FILES if name not in manifest.files]
+    if unlisted:
+        raise BundleError(f"{bundle}: the manifest does not list {unlisted[0]}; {REBUILD}")
+    for rel, meta in manifest.files.items():
+        file = bundle / rel
+        if not file.is_file():
+            raise BundleError(f"{bundle}: {rel} is missing")
+        if sha256_file(file) != meta.sha256:
+            raise BundleError(f"{bundle}: {rel} is corrupt (sha256 differs from the manifest)")
+    return manifest
