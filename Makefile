@@ -45,6 +45,7 @@ lint: install
 	$(BIN)/ruff check models export service bench tests
 	$(BIN)/ruff format --check models export service bench tests
 	$(BIN)/mypy
+	$(BIN)/lint-imports
 
 format: install
 	$(BIN)/ruff format models export service bench tests

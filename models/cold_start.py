@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from models.core.cold import cold_mask
+
 
 class RidgeMap:
     """Linear map with intercept, ``factors ~ text @ coef + intercept``, L2 strength ``alpha``."""
@@ -50,7 +52,7 @@ def fill_cold_items(
     Returns ``(factors, cold_mask)``; the input is not modified. Without warm items the
     factors are returned unchanged.
     """
-    cold = item_counts < min_interactions
+    cold = cold_mask(item_counts, min_interactions)
     out = item_factors.copy()
     if cold.any() and (~cold).any():
         ridge = RidgeMap(alpha).fit(text_embeddings[~cold], item_factors[~cold])

@@ -20,6 +20,7 @@ import scipy.sparse as sp
 from models.config import PipelineConfig
 from models.core.errors import WalrusError
 from models.core.features import text_profile
+from models.core.sparse import csr_row
 from models.data import Dataset
 from models.data.splits import Split
 from models.metrics import ScoreFn, evaluate_scores
@@ -94,12 +95,14 @@ def popularity_model(ctx: EvalContext) -> ScoreFn:
 
 def wals_model(ctx: EvalContext) -> ScoreFn:
     """WALS fitted on the split's train; held-out users are folded in from their history."""
-    from models.pipeline import fit_wals
+    from models.pipeline import binarize, fit_wals
 
     model = fit_wals(ctx.cfg, ctx.split.train, ctx.dataset.weights is not None)
     user_factors = model.user_factors
     if ctx.split.fold_in is not None:
-        user_factors = model.fold_in_batch(ctx.split.fold_in)
+        fold_in = ctx.split.fold_in
+        weights = fold_in if ctx.dataset.weights is not None else None
+        user_factors = model.fold_in_batch(binarize(fold_in), weights)
     return lambda rows: user_factors[rows] @ model.item_factors.T
 
 
@@ -109,12 +112,7 @@ def text_model(ctx: EvalContext) -> ScoreFn:
     history = ctx.history
 
     def score(rows: np.ndarray) -> np.ndarray:
-        profiles = np.stack(
-            [
-                text_profile(emb, history.indices[history.indptr[r] : history.indptr[r + 1]])
-                for r in rows
-            ]
-        )
+        profiles = np.stack([text_profile(emb, csr_row(history, r)) for r in rows])
         return profiles @ emb.T
 
     return score
@@ -138,7 +136,7 @@ def hybrid_model(ctx: EvalContext) -> ScoreFn:
     def score(rows: np.ndarray) -> np.ndarray:
         out = np.empty((len(rows), hybrid.tables.n_items), dtype=np.float32)
         for b, row in enumerate(rows):
-            items = history.indices[history.indptr[row] : history.indptr[row + 1]]
+            items = csr_row(history, row)
             rec = hybrid.recommend(
                 hybrid.request(
                     k,

@@ -11,6 +11,9 @@ from collections.abc import Callable, Sequence
 import numpy as np
 import scipy.sparse as sp
 
+from models.core.sparse import csr_row
+from models.core.topk import top_k
+
 ScoreFn = Callable[[np.ndarray], np.ndarray]
 """Maps (b,) row indices of the evaluated users to (b, n_items) scores."""
 
@@ -40,12 +43,10 @@ def evaluate_scores(
         seen = train[batch]
         seen_rows = np.repeat(np.arange(len(batch)), np.diff(seen.indptr))
         scores[seen_rows, seen.indices] = -np.inf
-        top = np.argpartition(-scores, kmax - 1, axis=1)[:, :kmax]
-        order = np.argsort(-np.take_along_axis(scores, top, 1), axis=1, kind="stable")
-        top = np.take_along_axis(top, order, 1)
+        top = top_k(scores, kmax)
         truth = test[batch]
         for b in range(len(batch)):
-            relevant = truth.indices[truth.indptr[b] : truth.indptr[b + 1]]
+            relevant = csr_row(truth, b)
             hits = np.isin(top[b], relevant)
             n_rel = len(relevant)
             for k in ks:

@@ -27,6 +27,7 @@ import scipy.sparse as sp
 
 from models.cold_start import fill_cold_items
 from models.config import EncoderConfig, PipelineConfig
+from models.core.candidates import candidate_pools
 from models.core.errors import MissingArtifact
 from models.core.features import build_features, text_profile
 from models.core.hybrid import (
@@ -37,6 +38,7 @@ from models.core.hybrid import (
     exact_search,
     recommend,
 )
+from models.core.sparse import csr_row
 from models.data import Dataset, IdMap
 from models.data.splits import holdout_split
 from models.head import ScoreHead
@@ -204,11 +206,7 @@ class HybridModel:
         """A request resolved the way the service resolves one (``core.hybrid.build_request``):
         ``user`` is a row of the training matrix, ``history`` fresh item indices."""
         empty = np.zeros(0, dtype=np.int64)
-        seen = (
-            self.seen.indices[self.seen.indptr[user] : self.seen.indptr[user + 1]]
-            if user is not None
-            else empty
-        )
+        seen = csr_row(self.seen, user) if user is not None else empty
         return build_request(
             k,
             user_vector=self.wals.user_factors[user] if user is not None else None,
@@ -288,7 +286,7 @@ def make_head_examples(
         user_vecs, query_vecs, profiles, seens = [], [], [], []
         for e in chunk:
             user = int(users[e])
-            seen = history.indices[history.indptr[user] : history.indptr[user + 1]]
+            seen = csr_row(history, user).astype(np.int64)
             seens.append(seen)
             user_vecs.append(model.user_factors[user] if has_user[e] else None)
             profiles.append(
@@ -297,9 +295,11 @@ def make_head_examples(
                 else None
             )
             query_vecs.append(query_vectors.get(queries[e]))
-        pools = _candidate_pools(
-            tables, user_vecs, query_vecs, profiles, seens, cc.n_wals, cc.n_text
-        )
+        requests = [
+            Request(0, user_vector=u, query_vector=q, profile_vector=p, exclude=seen)
+            for u, q, p, seen in zip(user_vecs, query_vecs, profiles, seens, strict=True)
+        ]
+        pools = candidate_pools(tables, requests, cc.n_wals, cc.n_text)
         for b, e in enumerate(chunk):
             item = int(items[e])
             blocked = set(seens[b].tolist()) | {item}
@@ -326,43 +326,6 @@ def make_head_examples(
                 )
             )
     return np.stack(groups)
-
-
-def _candidate_pools(
-    tables: ItemTables,
-    user_vecs: list[np.ndarray | None],
-    query_vecs: list[np.ndarray | None],
-    profiles: list[np.ndarray | None],
-    seens: list[np.ndarray],
-    n_wals: int,
-    n_text: int,
-) -> list[set[int]]:
-    """Per request, the union of WALS and text candidates after removing seen items,
-    computed with one matrix product per index for the whole batch."""
-    n_items = tables.n_items
-    wals_dim = tables.item_factors.shape[1]
-    text_dim = tables.item_text_embeddings.shape[1]
-    users = np.stack([u if u is not None else np.zeros(wals_dim, np.float32) for u in user_vecs])
-    texts = np.stack(
-        [
-            q if q is not None else p if p is not None else np.zeros(text_dim, np.float32)
-            for q, p in zip(query_vecs, profiles, strict=True)
-        ]
-    )
-    pools: list[set[int]] = [set() for _ in user_vecs]
-    for matrix, queries, n in (
-        (tables.item_factors, users, n_wals),
-        (tables.item_text_embeddings, texts, n_text),
-    ):
-        scores = queries @ matrix.T
-        for b, seen in enumerate(seens):
-            scores[b, seen] = -np.inf
-        fetch = min(n, n_items - 1)
-        top = np.argpartition(-scores, fetch, axis=1)[:, :fetch]
-        for b in range(len(pools)):
-            if np.any(queries[b]):
-                pools[b].update(int(t) for t in top[b] if np.isfinite(scores[b, t]))
-    return pools
 
 
 def example_split(train: sp.csr_matrix, cfg: PipelineConfig) -> tuple[sp.csr_matrix, sp.csr_matrix]:

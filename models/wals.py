@@ -29,6 +29,8 @@ import numpy as np
 import scipy.sparse as sp
 
 from models.core.fold_in import WeightScheme, fold_in_user, row_regularization, weights_from_counts
+from models.core.sparse import csr_row
+from models.core.topk import top_k
 
 if TYPE_CHECKING:
     import torch
@@ -508,14 +510,17 @@ class WALS:
             targets,
         )
 
-    def fold_in_batch(self, matrix: sp.spmatrix) -> np.ndarray:
-        """Fold in every row of a CSR users x items matrix of targets; (n_rows, dim)."""
+    def fold_in_batch(self, matrix: sp.spmatrix, weights: sp.spmatrix | None = None) -> np.ndarray:
+        """Fold in every row of a CSR users x items matrix; (n_rows, dim). As in ``fit``,
+        ``matrix`` holds the targets and ``weights`` the optional observed-entry weights."""
         matrix = _check_csr(matrix, "matrix")
+        weights_csr = None if weights is None else _check_csr(weights, "weights")
         out = np.zeros((matrix.shape[0], self.dim), dtype=np.float32)
         for row in range(matrix.shape[0]):
-            sl = slice(matrix.indptr[row], matrix.indptr[row + 1])
-            if sl.start != sl.stop:
-                out[row] = self.fold_in(matrix.indices[sl], targets=matrix.data[sl])
+            items = csr_row(matrix, row)
+            if len(items):
+                row_weights = None if weights_csr is None else weights_csr[row].data
+                out[row] = self.fold_in(items, row_weights, matrix[row].data)
         return out
 
     def recommend(
@@ -526,9 +531,7 @@ class WALS:
         if exclude is not None and len(exclude):
             scores = scores.copy()
             scores[exclude] = -np.inf
-        k = min(k, len(scores))
-        top = np.argpartition(-scores, k - 1)[:k]
-        top = top[np.argsort(-scores[top], kind="stable")]
+        top = top_k(scores, k)
         return top, scores[top]
 
     def validation_recall(self, train: sp.csr_matrix, test: sp.csr_matrix, k: int = 20) -> float:

@@ -11,6 +11,7 @@ import logging
 import time
 from collections.abc import Callable
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import faiss
@@ -25,9 +26,11 @@ from export.runtime import (
     onnx_providers,
     verify_bundle,
 )
+from models.core.candidates import first_searches
 from models.core.fold_in import fold_in_user
-from models.core.hybrid import ItemTables, Request, build_request, first_searches, recommend
+from models.core.hybrid import ItemTables, Request, build_request, recommend
 from models.core.ids import IdMap
+from models.core.sparse import csr_row
 from service.schemas import Item, RecommendRequest, RecommendResponse, SimilarResponse
 from service.settings import Settings
 
@@ -81,8 +84,9 @@ class Recommender:
         self.gramian = np.load(p / Files.ITEM_GRAMIAN)
         self.col_weights = np.load(p / Files.COL_WEIGHTS)
         self.cold_items = np.load(p / Files.COLD_ITEMS)
-        self.seen_indptr = np.load(p / Files.SEEN_INDPTR)
-        self.seen_indices = np.load(p / Files.SEEN_INDICES)
+        self.seen_lists = SimpleNamespace(
+            indptr=np.load(p / Files.SEEN_INDPTR), indices=np.load(p / Files.SEEN_INDICES)
+        )
         self.tables = ItemTables(
             np.load(p / Files.ITEM_FACTORS),
             np.load(p / Files.ITEM_TEXT_EMBEDDINGS),
@@ -159,9 +163,7 @@ class Recommender:
         return found
 
     def seen(self, user: int) -> np.ndarray:
-        return np.asarray(
-            self.seen_indices[self.seen_indptr[user] : self.seen_indptr[user + 1]], dtype=np.int64
-        )
+        return csr_row(self.seen_lists, user).astype(np.int64)
 
     def fold_in(self, items: np.ndarray) -> np.ndarray:
         return fold_in_user(

@@ -1,8 +1,9 @@
 """One request's path through the hybrid recommender, in numpy only.
 
 Candidates from the WALS index (user vector) and the text index (query vector, or the user's
-text profile when there is no query), union, exclusions with over-fetch so that exactly k come
-back whenever the catalog allows (topped up with popular items), rerank with the head, top k.
+text profile when there is no query), the pool rule of ``models.core.candidates`` (shared
+with head training), topped up with popular items so that exactly k come back whenever the
+catalog allows, rerank with the head, top k.
 
 The service calls this with FAISS searches and the ONNX head; offline evaluation calls it
 with exact searches and the numpy head. Same code, so serving and evaluation cannot drift.
@@ -15,10 +16,10 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from models.core.candidates import SearchFn, search_vectors, serve_pool, usable
 from models.core.features import build_features, text_profile
+from models.core.topk import top_k
 
-SearchFn = Callable[[np.ndarray, int], tuple[np.ndarray, np.ndarray]]
-"""(vector (dim,), k) -> (ids (<= k,), scores); ids < 0 (FAISS padding) are ignored."""
 HeadFn = Callable[[np.ndarray], np.ndarray]
 """(n, n_features) features -> (n,) scores."""
 
@@ -61,42 +62,14 @@ class Recommendation:
 
 
 def exact_search(matrix: np.ndarray) -> SearchFn:
-    """Exact inner-product top-k over the rows of ``matrix``: the oracle FAISS is checked
-    against, and the search used offline."""
+    """Exact inner-product top-k over the rows of ``matrix``: the search used offline."""
 
     def search(vector: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         scores = matrix @ vector
-        k = min(k, len(scores))
-        top = np.argpartition(-scores, k - 1)[:k]
-        top = top[np.lexsort((top, -scores[top]))]
+        top = top_k(scores, k)
         return top, scores[top]
 
     return search
-
-
-def _usable(vector: np.ndarray | None) -> bool:
-    return vector is not None and bool(np.any(vector))
-
-
-def first_searches(
-    request: Request, n_items: int, n_wals: int = 100, n_text: int = 100
-) -> dict[str, tuple[np.ndarray, int]]:
-    """The searches ``recommend`` makes first: index name -> (vector, k).
-
-    A batching caller runs these for many requests at once and hands ``recommend`` search
-    functions that answer from those results; later rounds (over-fetch after exclusions)
-    search directly.
-    """
-    n_excluded = len(np.unique(request.exclude))
-    text_vector = request.query_vector if _usable(request.query_vector) else request.profile_vector
-    out = {}
-    if _usable(request.user_vector):
-        assert request.user_vector is not None
-        out["wals"] = (request.user_vector, min(n_wals + n_excluded, n_items))
-    if _usable(text_vector):
-        assert text_vector is not None
-        out["text"] = (text_vector, min(n_text + n_excluded, n_items))
-    return out
 
 
 def recommend(
@@ -114,10 +87,8 @@ def recommend(
     excluded = np.zeros(n_items, dtype=bool)
     excluded[request.exclude] = True
     k = max(0, min(request.k, n_items - int(excluded.sum())))
-    text_vector = request.query_vector if _usable(request.query_vector) else request.profile_vector
-    use_wals, use_text = _usable(request.user_vector), _usable(text_vector)
-
-    if not (use_wals or use_text or _usable(request.profile_vector)):
+    vectors = search_vectors(request)
+    if not vectors:
         # Nothing known about the request: the most popular items, as they are.
         order = tables.popular_order
         popular = order[~excluded[order]][:k]
@@ -125,28 +96,9 @@ def recommend(
             popular, tables.item_log_popularity[popular], [["popular"]] * len(popular)
         )
 
-    first = first_searches(request, n_items, n_wals, n_text)
-    n_excluded = int(excluded.sum())
-    fetch_wals = first["wals"][1] if "wals" in first else n_wals + n_excluded
-    fetch_text = first["text"][1] if "text" in first else n_text + n_excluded
-    while True:
-        sources: dict[int, list[str]] = {}
-        for use, vector, fetch, search, name in (
-            (use_wals, request.user_vector, fetch_wals, wals_search, "wals"),
-            (use_text, text_vector, fetch_text, text_search, "text"),
-        ):
-            if not use:
-                continue
-            assert vector is not None
-            ids, _ = search(vector, min(fetch, n_items))
-            for item in ids.tolist():
-                if item >= 0 and not excluded[item]:
-                    sources.setdefault(item, []).append(name)
-        exhausted = fetch_wals >= n_items and fetch_text >= n_items
-        if len(sources) >= k or exhausted or not (use_wals or use_text):
-            break
-        fetch_wals, fetch_text = fetch_wals * 2, fetch_text * 2
-
+    sources = serve_pool(
+        request, excluded, {"wals": wals_search, "text": text_search}, n_wals, n_text
+    )
     if len(sources) < k:
         for item in tables.popular_order.tolist():
             if not excluded[item] and item not in sources:
@@ -158,9 +110,9 @@ def recommend(
     if k == 0 or len(candidates) == 0:
         return Recommendation(np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.float32), [])
     features = build_features(
-        request.user_vector if use_wals else None,
-        request.query_vector if _usable(request.query_vector) else None,
-        request.profile_vector if _usable(request.profile_vector) else None,
+        request.user_vector if "wals" in vectors else None,
+        request.query_vector if usable(request.query_vector) else None,
+        request.profile_vector if usable(request.profile_vector) else None,
         tables.item_factors[candidates],
         tables.item_text_embeddings[candidates],
         tables.item_log_popularity[candidates],

@@ -289,3 +289,17 @@ def test_movielens_wals_beats_popularity(movielens_dir):
         lambda rows: np.broadcast_to(pop, (len(rows), len(pop))), split.train, split.test, (20,)
     )
     assert wals["recall@20"] > popular["recall@20"] + 0.03
+
+
+def test_fold_in_batch_reads_weights_as_fit_does(tiny_matrix):
+    """Evaluation folded held-out users in with the stored values as targets while fit used
+    them as weights; both now take (targets, weights)."""
+    rng = np.random.default_rng(3)
+    weights = tiny_matrix.copy()
+    weights.data = 1.0 + 3.0 * rng.random(weights.nnz)
+    model = WALS(dim=4, iterations=6, solver="cholesky", regularization=0.1, seed=0)
+    model.fit(tiny_matrix, weights)
+    folded = model.fold_in_batch(tiny_matrix, weights)
+    np.testing.assert_allclose(folded, model.user_factors, atol=1e-4)
+    as_targets = model.fold_in_batch(weights)  # the old call
+    assert np.abs(as_targets - model.user_factors).max() > 1e-2

@@ -1,0 +1,131 @@
+"""The candidate pool of a request: one rule for the service and for head training.
+
+A request's pool is the first ``n_wals`` items of its WALS ranking and the first ``n_text``
+of its text ranking that are not excluded (at least ``k`` from each, so a large ``k`` is met
+from the rankings before popular items fill in), in that order (an item found by both carries both
+sources). The service ranks with FAISS one request at a time (``serve_pool``); head training
+ranks exactly, many requests at once (``candidate_pools``). With exact searches the two are
+equal, and a test proves it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from models.core.topk import top_k
+
+if TYPE_CHECKING:
+    from models.core.hybrid import ItemTables, Request
+
+SearchFn = Callable[[np.ndarray, int], tuple[np.ndarray, np.ndarray]]
+"""(vector (dim,), k) -> (ids (<= k,), scores); ids < 0 (FAISS padding) are ignored."""
+SOURCES = ("wals", "text")
+
+
+def usable(vector: np.ndarray | None) -> bool:
+    return vector is not None and bool(np.any(vector))
+
+
+def search_vectors(request: Request) -> dict[str, np.ndarray]:
+    """Which vector each index is searched with: the user vector for WALS; the query, or
+    without one the user's text profile, for text."""
+    out = {}
+    if usable(request.user_vector):
+        assert request.user_vector is not None  # narrowed by usable()
+        out["wals"] = request.user_vector
+    text = request.query_vector if usable(request.query_vector) else request.profile_vector
+    if usable(text):
+        assert text is not None
+        out["text"] = text
+    return out
+
+
+def pool_sizes(request: Request, n_wals: int, n_text: int) -> dict[str, int]:
+    """Allowed items each ranking contributes: ``n`` for the source, at least ``k``."""
+    return {"wals": max(n_wals, request.k), "text": max(n_text, request.k)}
+
+
+def first_searches(
+    request: Request, n_items: int, n_wals: int, n_text: int
+) -> dict[str, tuple[np.ndarray, int]]:
+    """The searches ``serve_pool`` makes first: index name -> (vector, k). Fetching ``n``
+    plus the number of excluded items finds ``n`` allowed ones whenever the index answers
+    in full. A batching caller runs these for many requests at once."""
+    n_excluded = len(np.unique(request.exclude))
+    sizes = pool_sizes(request, n_wals, n_text)
+    return {
+        name: (vector, min(sizes[name] + n_excluded, n_items))
+        for name, vector in search_vectors(request).items()
+    }
+
+
+def pool(
+    rankings: Mapping[str, Iterable[int]], excluded: np.ndarray, sizes: Mapping[str, int]
+) -> dict[int, list[str]]:
+    """item -> sources: the first ``sizes[name]`` allowed items of each ranking."""
+    out: dict[int, list[str]] = {}
+    for name in SOURCES:
+        if name not in rankings:
+            continue
+        taken = 0
+        for item in rankings[name]:
+            if taken >= sizes[name]:
+                break
+            if item >= 0 and not excluded[item]:
+                out.setdefault(int(item), []).append(name)
+                taken += 1
+    return out
+
+
+def serve_pool(
+    request: Request,
+    excluded: np.ndarray,
+    searches: Mapping[str, SearchFn],
+    n_wals: int,
+    n_text: int,
+) -> dict[int, list[str]]:
+    """The pool through search functions (FAISS in the service), fetching more when an index
+    returned fewer than ``n`` allowed items (padding, or exclusions beyond the first
+    fetch)."""
+    n_items = len(excluded)
+    sizes = pool_sizes(request, n_wals, n_text)
+    rankings = {}
+    for name, (vector, k) in first_searches(request, n_items, n_wals, n_text).items():
+        while True:
+            ids, _ = searches[name](vector, k)
+            allowed = int(np.count_nonzero((ids >= 0) & ~excluded[np.maximum(ids, 0)]))
+            if allowed >= sizes[name] or k >= n_items:
+                break
+            k = min(2 * k, n_items)
+        rankings[name] = ids.tolist()
+    return pool(rankings, excluded, sizes)
+
+
+def candidate_pools(
+    tables: ItemTables, requests: Sequence[Request], n_wals: int, n_text: int
+) -> list[dict[int, list[str]]]:
+    """``serve_pool`` for many requests with exact search: one matrix product per index."""
+    n_items = tables.n_items
+    matrices = {"wals": tables.item_factors, "text": tables.item_text_embeddings}
+    vectors = [search_vectors(r) for r in requests]
+    excluded = np.zeros((len(requests), n_items), dtype=bool)
+    for row, request in enumerate(requests):
+        excluded[row, request.exclude] = True
+    rankings: list[dict[str, list[int]]] = [{} for _ in requests]
+    for name in SOURCES:
+        rows = [row for row, v in enumerate(vectors) if name in v]
+        if not rows:
+            continue
+        scores = np.stack([vectors[row][name] for row in rows]) @ matrices[name].T
+        scores[excluded[rows]] = -np.inf
+        size = max(pool_sizes(requests[row], n_wals, n_text)[name] for row in rows)
+        top = top_k(scores, size)
+        for row, ranked, row_scores in zip(rows, top, scores, strict=True):
+            rankings[row][name] = ranked[np.isfinite(row_scores[ranked])].tolist()
+    return [
+        pool(r, excluded[row], pool_sizes(requests[row], n_wals, n_text))
+        for row, r in enumerate(rankings)
+    ]

@@ -1,0 +1,53 @@
+"""The layers hold because a tool checks them: a forbidden import fails `lint-imports`."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+LINT = Path(sys.executable).with_name("lint-imports")
+
+
+def lint(tree: Path) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "PYTHONPATH": str(tree)}
+    return subprocess.run(
+        [str(LINT), "--no-cache"], cwd=tree, env=env, capture_output=True, text=True, timeout=120
+    )
+
+
+@pytest.fixture
+def tree(tmp_path: Path) -> Path:
+    for name in ("service", "export", "models"):
+        shutil.copytree(REPO / name, tmp_path / name, ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copy(REPO / "pyproject.toml", tmp_path)
+    return tmp_path
+
+
+def test_the_contracts_hold_on_the_tree(tree):
+    result = lint(tree)
+    assert result.returncode == 0, result.stdout[-2000:]
+
+
+@pytest.mark.parametrize(
+    ("module", "line", "contract"),
+    [
+        ("service/schemas.py", "import torch", "never imports torch"),
+        ("models/core/ids.py", "import scipy.sparse", "never imports torch"),
+        ("models/core/hybrid.py", "from models.wals import WALS", "models.core stands alone"),
+        ("export/format.py", "import service.settings", "export never imports service"),
+        ("service/api.py", "from export.bundle import build_bundle", "only through export.format"),
+    ],
+)
+def test_a_forbidden_import_breaks_lint(tree, module, line, contract):
+    path = tree / module
+    path.write_text(path.read_text() + f"\n{line}  # deliberately forbidden\n")
+    result = lint(tree)
+    assert result.returncode != 0
+    broken = [ln for ln in result.stdout.splitlines() if ln.rstrip().endswith("BROKEN")]
+    assert any(contract in ln for ln in broken), result.stdout[-2000:]
