@@ -13,6 +13,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
+import onnx
+import torch
+from onnxruntime.quantization import QuantType, quantize_dynamic
+from onnxruntime.transformers.float16 import convert_float_to_float16
 
 from export.runtime import ParityError, load_tokenizer
 
@@ -26,8 +30,6 @@ ENCODER_OUTPUT = "sentence_embedding"  # not "embedding": the exporter uses that
 def export_encoder(encoder: TextEncoder, path: Path, opset: int = 17) -> None:
     """Write the pooled encoder: inputs ``input_ids``, ``attention_mask`` (int64, dynamic
     batch and length), output ``sentence_embedding`` (batch, dim) unit vectors."""
-    import torch
-
     sample = encoder.tokenize(["a short text", "a somewhat longer second text to pad"])
     module = encoder.module.eval()
     with warnings.catch_warnings(), torch.no_grad():
@@ -61,9 +63,6 @@ fp32 ("ffn_down_fp32") 0.9905 at 2.9 ms vs 4.4 ms fp32; with both FFN projection
 def quantize_encoder(fp32_path: Path, int8_path: Path, scheme: str = "ffn_down_fp32") -> None:
     """Dynamic int8 quantisation of the weights (per channel), activations stay float;
     ``scheme`` names which MatMuls of BERT/RoBERTa-style layers stay in fp32."""
-    import onnx
-    from onnxruntime.quantization import QuantType, quantize_dynamic
-
     if scheme not in QUANTIZATION_SCHEMES:
         raise ValueError(f"unknown quantisation scheme {scheme!r}: use {QUANTIZATION_SCHEMES}")
     names = [n.name for n in onnx.load(str(fp32_path), load_external_data=False).graph.node]
@@ -84,17 +83,12 @@ def convert_to_fp16(fp32_path: Path, fp16_path: Path) -> None:
 
     Dynamic int8 (MatMulInteger) has no CUDA kernels in onnxruntime: on the CUDA provider an
     int8 encoder runs largely on the CPU. GPUs serve this copy instead."""
-    import onnx
-    from onnxruntime.transformers.float16 import convert_float_to_float16
-
     model = onnx.load(str(fp32_path))
     onnx.save(convert_float_to_float16(model, keep_io_types=True), str(fp16_path))
 
 
 def export_head(head: ScoreHead, path: Path, opset: int = 17) -> None:
     """Input ``features`` (batch, n_features) float32, output ``score`` (batch,)."""
-    import torch
-
     module = head.torch_module()
     sample = torch.zeros(2, head.n_features)
     with warnings.catch_warnings(), torch.no_grad():

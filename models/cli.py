@@ -1,4 +1,8 @@
-"""``walrus``: the command-line program. Heavy imports happen inside each command."""
+"""``walrus``: the command-line program.
+
+Each command imports its modules when it runs, on purpose: `walrus serve` must not load torch
+and `walrus data` must not load onnxruntime. Every other module imports at its top.
+"""
 
 from __future__ import annotations
 

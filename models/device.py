@@ -1,16 +1,17 @@
-"""Capability detection and the one place that picks CPU or GPU for torch code.
+"""The one place that picks CPU or GPU for torch code (training).
 
 Detected once per process (``lru_cache``); a missing CUDA runtime warns instead of crashing.
+The serving side's flags (onnxruntime providers, FAISS GPUs) live in ``export.runtime``,
+which must not import torch.
 """
 
 from __future__ import annotations
 
 import logging
 from functools import lru_cache
-from typing import TYPE_CHECKING, Literal
+from typing import Literal
 
-if TYPE_CHECKING:
-    import torch
+import torch
 
 log = logging.getLogger(__name__)
 
@@ -20,10 +21,6 @@ DevicePreference = Literal["auto", "cpu", "cuda"]
 @lru_cache(maxsize=1)
 def cuda_available() -> bool:
     """True when torch sees at least one CUDA device."""
-    try:
-        import torch
-    except ImportError:
-        return False
     try:
         return bool(torch.cuda.is_available())
     except Exception as exc:  # a broken driver must not take training down
@@ -37,8 +34,6 @@ def pick_torch_device(preference: DevicePreference = "auto") -> torch.device:
     ``auto`` takes CUDA when present, else the CPU; ``cuda`` without a GPU warns and
     falls back to the CPU rather than failing a long pipeline run.
     """
-    import torch
-
     if preference == "cpu":
         device = torch.device("cpu")
     elif cuda_available():

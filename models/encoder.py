@@ -17,15 +17,24 @@ import random
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
+import torch
+import transformers
+from rich.progress import track
+from tokenizers import ByteLevelBPETokenizer
+from tokenizers.processors import RobertaProcessing
+from torch import nn
+from transformers import (
+    AutoModel,
+    AutoTokenizer,
+    PreTrainedTokenizerFast,
+    RobertaConfig,
+    RobertaModel,
+)
 
 from models.core.errors import MissingArtifact
-
-if TYPE_CHECKING:
-    import torch
-    from torch import nn
 
 log = logging.getLogger(__name__)
 
@@ -46,26 +55,21 @@ def resolve_encoder_path(name_or_path: str) -> str:
     return name_or_path
 
 
-def _pooled_encoder_class() -> type[nn.Module]:
-    from torch import nn
+class PooledEncoder(nn.Module):
+    """(input_ids, attention_mask) int64 (batch, length) -> (batch, dim) unit vectors."""
 
-    class PooledEncoder(nn.Module):
-        """(input_ids, attention_mask) int64 (batch, length) -> (batch, dim) unit vectors."""
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
 
-        def __init__(self, model: nn.Module) -> None:
-            super().__init__()
-            self.model = model
-
-        def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-            # Called by keyword: the legacy ONNX exporter fails on positional calls of
-            # RobertaModel ("got multiple values for argument 'use_cache'").
-            hidden = self.model(input_ids=input_ids, attention_mask=attention_mask)[0]
-            mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
-            summed = (hidden * mask).sum(1)
-            counts = mask.sum(1).clamp(min=1e-9)
-            return nn.functional.normalize(summed / counts, p=2.0, dim=1, eps=1e-12)
-
-    return PooledEncoder
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        # Called by keyword: the legacy ONNX exporter fails on positional calls of
+        # RobertaModel ("got multiple values for argument 'use_cache'").
+        hidden = self.model(input_ids=input_ids, attention_mask=attention_mask)[0]
+        mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
+        summed = (hidden * mask).sum(1)
+        counts = mask.sum(1).clamp(min=1e-9)
+        return nn.functional.normalize(summed / counts, p=2.0, dim=1, eps=1e-12)
 
 
 @dataclass
@@ -88,16 +92,13 @@ class TextEncoder:
     def load(cls, name_or_path: str, max_length: int = 64, device: str = "cpu") -> TextEncoder:
         """Load tokenizer and model through transformers' Auto classes, never from a hub
         unless ``name_or_path`` is a hub name and the cache or network has it."""
-        import transformers
-        from transformers import AutoModel, AutoTokenizer
-
         # The encoders carry an unused pooler head; its "missing weights" notice is noise.
         transformers.logging.set_verbosity_error()
         transformers.utils.logging.disable_progress_bar()
         path = resolve_encoder_path(name_or_path)
         tokenizer = AutoTokenizer.from_pretrained(path)
         model = AutoModel.from_pretrained(path)
-        module = _pooled_encoder_class()(model).to(device).eval()
+        module = PooledEncoder(model).to(device).eval()
         return cls(name_or_path, tokenizer, module, max_length)
 
     @property
@@ -124,14 +125,10 @@ class TextEncoder:
     ) -> np.ndarray:
         """(len(texts), dim) float32 unit vectors. Texts are sorted by length per batch
         to waste less padding; the output is in input order."""
-        import torch
-
         out = np.zeros((len(texts), self.dim), dtype=np.float32)
         order = np.argsort([len(t) for t in texts], kind="stable")
         batches = range(0, len(texts), batch_size)
         if show_progress:
-            from rich.progress import track
-
             batches = track(batches, description="encoding", transient=True)  # type: ignore[assignment]
         self.module.eval()
         with torch.inference_mode():
@@ -164,10 +161,6 @@ def build_tiny_roberta(
     ``texts``, saved where ``TextEncoder.load`` reads it: the same code path as roberta-base.
     With roberta-base's sizes (768 hidden, 12 layers, 12 heads, 3072 intermediate, 514
     positions) it costs what roberta-base costs to run, without its weights."""
-    import torch
-    from tokenizers import ByteLevelBPETokenizer
-    from transformers import PreTrainedTokenizerFast, RobertaConfig, RobertaModel
-
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
     special = ["<s>", "<pad>", "</s>", "<unk>", "<mask>"]
@@ -175,8 +168,6 @@ def build_tiny_roberta(
     bpe.train_from_iterator(
         list(texts), vocab_size=vocab_size, min_frequency=1, special_tokens=special
     )
-    from tokenizers.processors import RobertaProcessing
-
     bpe.post_processor = RobertaProcessing(
         ("</s>", bpe.token_to_id("</s>")), ("<s>", bpe.token_to_id("<s>"))
     )
@@ -227,8 +218,6 @@ def fine_tune(
     negative (InfoNCE at ``temperature``). The embeddings and the lower ``freeze_layers``
     transformer layers stay fixed. Returns the mean loss of each epoch.
     """
-    import torch
-
     if len(queries) != len(item_texts) or not queries:
         raise ValueError("fine_tune needs equally many queries and item texts, at least one")
     torch.manual_seed(seed)

@@ -12,9 +12,10 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import cached_property
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
+import pandas as pd
 import scipy.sparse as sp
 
 from models.config import PipelineConfig
@@ -22,14 +23,11 @@ from models.core.errors import WalrusError
 from models.core.features import text_profile
 from models.core.sparse import csr_row
 from models.data import Dataset
+from models.data.dataset import Catalog
 from models.data.splits import Split
 from models.metrics import ScoreFn, evaluate_scores
-from models.pipeline import observed
-
-if TYPE_CHECKING:
-    import pandas as pd
-
-    from models.training import HybridModel, TextResources
+from models.pipeline import binarize, fit_wals, observed
+from models.training import HybridModel, TextResources, prepare_text, train_hybrid
 
 log = logging.getLogger(__name__)
 
@@ -45,8 +43,6 @@ class Shared:
 
     @cached_property
     def text(self) -> TextResources:
-        from models.training import prepare_text
-
         return prepare_text(self.cfg, self.dataset, self.query_log, progress=self.progress)
 
 
@@ -72,8 +68,6 @@ class EvalContext:
 
     @cached_property
     def hybrid(self) -> HybridModel:
-        from models.training import train_hybrid
-
         return train_hybrid(
             self.cfg,
             self.split.train,
@@ -95,8 +89,6 @@ def popularity_model(ctx: EvalContext) -> ScoreFn:
 
 def wals_model(ctx: EvalContext) -> ScoreFn:
     """WALS fitted on the split's train; held-out users are folded in from their history."""
-    from models.pipeline import binarize, fit_wals
-
     model = fit_wals(ctx.cfg, ctx.split.train, ctx.dataset.weights is not None)
     user_factors = model.user_factors
     if ctx.split.fold_in is not None:
@@ -237,8 +229,6 @@ def evaluate_query_task(
 ) -> list[dict[str, Any]]:
     """For each held-out (user, query, item): the item's rank given the user and the query
     text. Seen items are not excluded (users mostly tag what they rated)."""
-    from models.data.dataset import Catalog
-
     train_log, test_log = hold_out_queries(query_log, cfg.eval.query_fraction, cfg.split.seed)
     clean = Catalog.from_frame(
         catalog_without_queries(catalog_frame, train_log, test_log), cfg.data.text_template

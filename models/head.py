@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
+import torch
 
 log = logging.getLogger(__name__)
 
@@ -66,8 +67,6 @@ class ScoreHead:
     ) -> ScoreHead:
         """Train on ``groups`` (n_groups, 1 + n_negatives, n_features) float32: index 0 of each
         group is the positive. Keeps the weights of the best validation epoch."""
-        import torch
-
         if groups.ndim != 3 or groups.shape[1] < 2 or groups.shape[0] < 2:
             raise ValueError(
                 "groups must be (n_groups >= 2, 1 + n_negatives >= 2, n_features), "
@@ -125,8 +124,6 @@ class ScoreHead:
         return self
 
     def _loss(self, scores: Any) -> Any:
-        import torch
-
         if self.loss == "softmax":
             target = torch.zeros(scores.shape[0], dtype=torch.long)
             return torch.nn.functional.cross_entropy(scores, target)
@@ -141,7 +138,6 @@ class ScoreHead:
 
     def torch_module(self) -> Any:
         """The head as a torch module (for the ONNX export): features -> (n,) scores."""
-        import torch
 
         class Head(torch.nn.Module):
             def __init__(self, w: dict[str, np.ndarray]) -> None:
@@ -161,8 +157,6 @@ class ScoreHead:
 
     def torch_scores(self, features: np.ndarray) -> np.ndarray:
         """Scores from the torch module: the reference the exported ONNX head must match."""
-        import torch
-
         with torch.no_grad():
             out = self.torch_module()(torch.from_numpy(np.ascontiguousarray(features)))
         return out.numpy().astype(np.float32)

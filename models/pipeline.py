@@ -5,19 +5,17 @@ from __future__ import annotations
 import json
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import numpy as np
+import pandas as pd
 import scipy.sparse as sp
 
 from models.config import DataConfig, PipelineConfig, SplitConfig
 from models.core.errors import WalrusError
 from models.data import Dataset, build_dataset, read_catalog, read_interactions, read_table
+from models.data.io import check_ids
 from models.data.splits import Split, cold_item_split, holdout_split, user_split
 from models.wals import WALS
-
-if TYPE_CHECKING:
-    import pandas as pd
 
 
 def load_dataset(cfg: DataConfig) -> Dataset:
@@ -31,8 +29,6 @@ def load_query_log(path: Path | None) -> pd.DataFrame | None:
     """The optional query log (``user_id, query, item_id``), validated like other inputs."""
     if path is None:
         return None
-    from models.data.io import check_ids
-
     frame = read_table(path, ("user_id", "query", "item_id"))
     check_ids(frame, Path(path), ("user_id", "item_id"))
     return frame

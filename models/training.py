@@ -20,9 +20,9 @@ import tempfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import numpy as np
+import pandas as pd
 import scipy.sparse as sp
 
 from models.cold_start import fill_cold_items
@@ -41,14 +41,10 @@ from models.core.hybrid import (
 from models.core.sparse import csr_row
 from models.data import Dataset, IdMap
 from models.data.splits import holdout_split
+from models.encoder import TextEncoder, build_tiny_roberta, fine_tune
 from models.head import ScoreHead
-from models.pipeline import binarize, fit_wals
+from models.pipeline import binarize, fit_wals, observed
 from models.wals import WALS
-
-if TYPE_CHECKING:
-    import pandas as pd
-
-    from models.encoder import TextEncoder
 
 log = logging.getLogger(__name__)
 
@@ -61,8 +57,6 @@ def load_encoder(
     cfg: EncoderConfig, catalog_texts: Sequence[str], work_dir: Path | None = None
 ) -> TextEncoder:
     """The configured encoder; ``tiny-roberta`` is built from the catalog texts on the spot."""
-    from models.encoder import TextEncoder, build_tiny_roberta
-
     if cfg.name == "tiny-roberta":
         work_dir = work_dir or Path(tempfile.mkdtemp(prefix="walrus-tiny-roberta-"))
         path = build_tiny_roberta(
@@ -122,8 +116,6 @@ def fine_tune_encoder(
     The pairs come from item text and the query log only, never from interactions, so the
     same fine-tuned encoder can serve every evaluation split without seeing its test data.
     """
-    from models.encoder import fine_tune
-
     rng = np.random.default_rng(cfg.seed)
     size = min(len(texts), cfg.fine_tune_max_pairs)
     items = rng.choice(len(texts), size=size, replace=False)
@@ -409,8 +401,6 @@ class TrainedArtifacts:
 
     @classmethod
     def load(cls, path: Path) -> TrainedArtifacts:
-        from models.encoder import TextEncoder
-
         if not (path / "trained.json").is_file():
             raise MissingArtifact(f"{path}: no trained model; run `walrus train hybrid` first")
         meta = json.loads((path / "trained.json").read_text())
@@ -449,8 +439,6 @@ def train_all(
     progress: Progress | None = None,
 ) -> TrainedArtifacts:
     """Encoder (optionally fine-tuned), item embeddings, then ``train_hybrid`` on all data."""
-    from models.pipeline import observed
-
     text = prepare_text(cfg, dataset, query_log, work_dir, progress)
     hybrid = train_hybrid(cfg, observed(dataset), dataset.weights is not None, text, progress)
     return TrainedArtifacts(

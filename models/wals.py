@@ -23,17 +23,17 @@ import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any, Literal
 
 import numpy as np
 import scipy.sparse as sp
+import torch
 
 from models.core.fold_in import WeightScheme, fold_in_user, row_regularization, weights_from_counts
 from models.core.sparse import csr_row
 from models.core.topk import top_k
-
-if TYPE_CHECKING:
-    import torch
+from models.device import pick_torch_device
+from models.metrics import ranking_metrics
 
 log = logging.getLogger(__name__)
 
@@ -188,10 +188,6 @@ class WALS:
                 without a better recall and keep the best factors (0: never stop early).
             callback: called as ``callback(iteration, loss, validation_recall)``.
         """
-        import torch
-
-        from models.device import pick_torch_device
-
         matrix = _check_csr(matrix, "matrix")
         n_users, n_items = matrix.shape
         weights_csr = self._observed_weights(matrix, weights)
@@ -299,8 +295,6 @@ class WALS:
         self, targets: sp.csr_matrix, weights: sp.csr_matrix, dev: torch.device
     ) -> tuple[_Side, np.ndarray]:
         """The side's tensors and ``order``: block-major position k holds CSR entry order[k]."""
-        import torch
-
         n_rows, n_cols = targets.shape
         reg = row_regularization(
             self.regularization,
@@ -343,8 +337,6 @@ class WALS:
 
     @staticmethod
     def _block_csr(side: _Side, block: _Block, values: torch.Tensor) -> torch.Tensor:
-        import torch
-
         size = block.col.shape[0]
         with warnings.catch_warnings():
             # CSR support is "beta" in torch; we rely only on sampled_addmm and CSR @ dense.
@@ -369,8 +361,6 @@ class WALS:
 
     def _predict(self, side: _Side, x: torch.Tensor, fixed: torch.Tensor) -> torch.Tensor:
         """``x_i . fixed_j`` on every observed entry, in ``side``'s entry order."""
-        import torch
-
         if side.other is not None and side.from_other is not None:
             return self._predict(side.other, fixed, x)[side.from_other]
         parts = [
@@ -397,8 +387,6 @@ class WALS:
         With ``minus`` (the observed ``W * A``) it returns the residual ``b - M x`` instead,
         sharing one sparse product between right-hand side and matrix.
         """
-        import torch
-
         values = self._predict(side, x, fixed).mul_(side.excess_weight)
         out = torch.addmm(side.regularization[:, None] * x, x, w0_gram)
         if minus is None:
@@ -406,8 +394,6 @@ class WALS:
         return self._spmm(side, torch.sub(minus, values), fixed, out.neg_())
 
     def _half_step(self, side: _Side, x: torch.Tensor, fixed: torch.Tensor) -> torch.Tensor:
-        import torch
-
         w0_gram = self.unobserved_weight * (fixed.T @ fixed)
         if self.solver == "cholesky":
             rhs = self._spmm(side, side.weighted_target, fixed, torch.zeros_like(x))
@@ -433,8 +419,6 @@ class WALS:
     def _cholesky(
         self, side: _Side, fixed: torch.Tensor, w0_gram: torch.Tensor, rhs: torch.Tensor
     ) -> torch.Tensor:
-        import torch
-
         n_rows, dim = rhs.shape
         out = torch.empty_like(rhs)
         (block,) = side.blocks  # the exact solver keeps one block: plain CSR order
@@ -467,8 +451,6 @@ class WALS:
         self, users: _Side, items: _Side, user_f: torch.Tensor, item_f: torch.Tensor
     ) -> float:
         """The full objective, computed without the dense matrix."""
-        import torch
-
         w0 = self.unobserved_weight
         f64 = torch.float64
         pred = self._predict(users, user_f, item_f)
@@ -536,8 +518,6 @@ class WALS:
 
     def validation_recall(self, train: sp.csr_matrix, test: sp.csr_matrix, k: int = 20) -> float:
         """Mean recall@k (normalised by min(k, |test|)) over users with held-out items."""
-        from models.metrics import ranking_metrics
-
         return ranking_metrics(self.user_factors, self.item_factors, train, test, (k,))[
             f"recall@{k}"
         ]

@@ -6,17 +6,13 @@ import re
 import string
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 import numpy as np
+import pandas as pd
 import scipy.sparse as sp
 
 from models.core.ids import IdMap
 from models.data.errors import DataError
-
-if TYPE_CHECKING:
-    import pandas as pd
-
 
 DEFAULT_SEPARATOR = ". "
 
@@ -102,8 +98,6 @@ def build_dataset(
     """
     path = interactions.attrs.get("path", "interactions")
     if catalog is None:
-        import pandas as pd
-
         item_ids = pd.unique(interactions["item_id"])
         catalog = pd.DataFrame({"item_id": item_ids, "title": item_ids})
     cat = Catalog.from_frame(catalog, template, catalog.attrs.get("path", "catalog"))

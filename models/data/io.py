@@ -3,14 +3,11 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import numpy as np
+import pandas as pd
 
 from models.data.errors import DataError
-
-if TYPE_CHECKING:
-    import pandas as pd
 
 INTERACTION_COLUMNS = ("user_id", "item_id")
 OPTIONAL_INTERACTION_COLUMNS = ("weight", "rating", "timestamp")
@@ -21,8 +18,6 @@ def read_table(path: str | Path, required: tuple[str, ...]) -> pd.DataFrame:
 
     Raises ``DataError`` when the file is missing, empty, unreadable or lacks a column.
     """
-    import pandas as pd
-
     path = Path(path)
     name = str(path)
     if not path.is_file():
@@ -79,8 +74,6 @@ def check_ids(frame: pd.DataFrame, path: Path, columns: tuple[str, ...]) -> None
 
 def check_numeric(frame: pd.DataFrame, path: Path, column: str, positive: bool) -> np.ndarray:
     """Column as float64; NaN, non-numeric or (when ``positive``) values <= 0 are errors."""
-    import pandas as pd
-
     numeric = pd.to_numeric(frame[column], errors="coerce").to_numpy(dtype=np.float64)
     bad = np.flatnonzero(~np.isfinite(numeric))
     if bad.size:

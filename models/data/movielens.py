@@ -9,12 +9,10 @@ Tag applications become a query log (``user_id, query, item_id``): a user who ta
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING
+
+import pandas as pd
 
 from models.data.errors import DataError
-
-if TYPE_CHECKING:
-    import pandas as pd
 
 FILES = ("ratings.csv", "movies.csv", "tags.csv")
 
@@ -38,8 +36,6 @@ def load_movielens(
     = row of tags.csv). ``exclude_tag_rows`` leaves those tag applications out of the item
     text, so held-out queries do not leak into what the model sees.
     """
-    import pandas as pd
-
     path = check_movielens_dir(path)
     ratings = pd.read_csv(path / "ratings.csv", dtype={"userId": str, "movieId": str})
     movies = pd.read_csv(path / "movies.csv", dtype={"movieId": str}, keep_default_na=False)

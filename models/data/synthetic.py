@@ -9,12 +9,9 @@ interactions share the same hidden structure and both halves of the hybrid have 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 import numpy as np
-
-if TYPE_CHECKING:
-    import pandas as pd
+import pandas as pd
 
 
 @dataclass(frozen=True)
@@ -61,8 +58,6 @@ def generate(spec: SyntheticSpec, seed: int = 0) -> tuple[pd.DataFrame, pd.DataF
     Deterministic for a given ``(spec, seed)``. The number of interactions is close to
     ``spec.interactions`` (duplicates are dropped).
     """
-    import pandas as pd
-
     rng = np.random.default_rng(seed)
     t = spec.n_topics
     vocab = _words(rng, t * spec.words_per_topic + 60)
