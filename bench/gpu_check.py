@@ -229,8 +229,9 @@ def faiss_section(out: dict[str, Any], res: Results, smoke: bool, bundle: Path |
     import faiss
     from faiss.contrib.evaluation import knn_intersection_measure
 
-    from export.faiss_index import IndexConfig, build_index
+    from export.faiss_index import build_index
     from export.runtime import GPU_MAX_K, load_index
+    from models.config import IndexConfig
 
     n, dim, n_queries = (5_000, 16, 64) if smoke else (500_000, 64, 1_000)
     vectors = clustered_vectors(n, dim, clusters=max(10, n // 500), seed=2)

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 import faiss
 import numpy as np
 
-from export.faiss_index import IndexConfig, ann_recall, build_index
+from export.faiss_index import ann_recall, build_index
 from export.format import (
     CURRENT,
     FORMAT_VERSION,
@@ -211,14 +211,13 @@ def write_indexes(
 ) -> dict[str, IndexEntry]:
     """Both FAISS indexes, each with its recall@100 against exact search on sample queries."""
     ec, hybrid = cfg.export, trained.hybrid
-    index_cfg = IndexConfig.model_validate(ec.model_dump())
     rng = np.random.default_rng(ec.seed)
     indexes = {}
     for name, vectors, queries in (
         ("wals", hybrid.tables.item_factors, hybrid.wals.user_factors),
         ("text", hybrid.tables.item_text_embeddings, hybrid.tables.item_text_embeddings),
     ):
-        built = build_index(vectors, index_cfg)
+        built = build_index(vectors, ec)
         size = min(ec.ann_recall_queries, len(queries))
         sample = queries[rng.choice(len(queries), size=size, replace=False)]
         recall = ann_recall(built.index, vectors, sample, 100)

@@ -9,31 +9,16 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any
 
 import faiss
 import numpy as np
 from faiss.contrib.evaluation import knn_intersection_measure
-from pydantic import BaseModel, ConfigDict, Field
 
 from export.runtime import faiss_gpu_count, search
+from models.config import IndexConfig
 
 log = logging.getLogger(__name__)
-
-
-class IndexConfig(BaseModel):
-    """How item vectors are indexed (the ``[export]`` section carries these fields)."""
-
-    model_config = ConfigDict(extra="ignore")
-
-    index_type: Literal["auto", "flat", "hnsw", "ivf"] = "auto"
-    exact_threshold: int = Field(50_000, ge=0, description="auto: exact search below this.")
-    hnsw_m: int = Field(32, ge=4)
-    hnsw_ef_construction: int = Field(200, ge=8)
-    hnsw_ef_search: int = Field(128, ge=1, description="Raised to k at query time if smaller.")
-    ivf_nlist: int = Field(0, ge=0, description="0: 4 * sqrt(n), at most n / 39.")
-    ivf_nprobe: int = Field(16, ge=1)
-    auto_large: Literal["hnsw", "ivf"] = "hnsw"
 
 
 @dataclass

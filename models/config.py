@@ -122,6 +122,7 @@ class HeadConfig(_Strict):
     epochs: int = Field(30, ge=1)
     batch_size: int = Field(256, ge=1)
     learning_rate: float = Field(1e-3, gt=0)
+    weight_decay: float = Field(1e-5, ge=0)
     patience: int = Field(3, ge=1)
     validation_share: float = Field(0.1, gt=0, lt=1)
     example_fraction: float = Field(
@@ -162,18 +163,24 @@ class CandidatesConfig(_Strict):
     n_text: int = Field(100, ge=1)
 
 
-class ExportConfig(_Strict):
-    """The bundle (``export/``): FAISS index choice, ONNX export and parity tolerances."""
+class IndexConfig(_Strict):
+    """How item vectors are indexed (``export.faiss_index``): exact below ``exact_threshold``
+    items, else HNSW or IVF, written as ``faiss.index_factory`` strings."""
 
-    bundles_dir: Path | None = Field(None, description="Default: OUTPUT_DIR/bundles.")
     index_type: Literal["auto", "flat", "hnsw", "ivf"] = "auto"
     exact_threshold: int = Field(50_000, ge=0, description="auto: exact search below this size.")
     auto_large: Literal["hnsw", "ivf"] = "hnsw"
     hnsw_m: int = Field(32, ge=4)
     hnsw_ef_construction: int = Field(200, ge=8)
-    hnsw_ef_search: int = Field(128, ge=1)
-    ivf_nlist: int = Field(0, ge=0, description="0: 4 * sqrt(n).")
+    hnsw_ef_search: int = Field(128, ge=1, description="Raised to k at query time if smaller.")
+    ivf_nlist: int = Field(0, ge=0, description="0: 4 * sqrt(n), at most n / 39.")
     ivf_nprobe: int = Field(16, ge=1)
+
+
+class ExportConfig(IndexConfig):
+    """The bundle (``export/``): FAISS index choice, ONNX export and parity tolerances."""
+
+    bundles_dir: Path | None = Field(None, description="Default: OUTPUT_DIR/bundles.")
     ann_recall_target: float = Field(0.95, gt=0, le=1, description="recall@100 vs exact search.")
     ann_recall_queries: int = Field(200, ge=1)
     fail_below_recall_target: bool = Field(False, description="Else a warning.")

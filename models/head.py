@@ -21,6 +21,12 @@ log = logging.getLogger(__name__)
 
 
 class ScoreHead:
+    PARAMS = (
+        "hidden", "loss", "epochs", "batch_size", "learning_rate", "weight_decay", "patience",
+        "validation_share", "seed",
+    )  # fmt: skip
+    """The constructor's parameters: what ``save`` records and ``from_config`` takes."""
+
     """Dense(hidden, relu) -> Dense(1).
 
     Args:
@@ -57,6 +63,12 @@ class ScoreHead:
         self.seed = seed
         self.weights: dict[str, np.ndarray] = {}
         self.history: dict[str, list[float]] = {"train_loss": [], "validation_loss": []}
+
+    @classmethod
+    def from_config(cls, config: Any) -> ScoreHead:
+        """A head with the parameters of a ``HeadConfig`` (which has more fields: those for
+        making the examples)."""
+        return cls(**{k: getattr(config, k) for k in cls.PARAMS})
 
     @property
     def n_features(self) -> int:
@@ -165,13 +177,7 @@ class ScoreHead:
         path = Path(path)
         path.mkdir(parents=True, exist_ok=True)
         np.savez(path / "head.npz", allow_pickle=False, **self.weights)
-        params = {
-            k: getattr(self, k)
-            for k in (
-                "hidden", "loss", "epochs", "batch_size", "learning_rate", "weight_decay",
-                "patience", "validation_share", "seed",
-            )
-        }  # fmt: skip
+        params = {k: getattr(self, k) for k in self.PARAMS}
         (path / "head.json").write_text(json.dumps({"params": params, "history": self.history}))
 
     @classmethod

@@ -49,8 +49,6 @@ from models.wals import WALS
 log = logging.getLogger(__name__)
 
 Progress = Callable[[str], None]
-HEAD_PARAMS: tuple[str, ...] = ("hidden", "loss", "epochs", "batch_size", "learning_rate")
-HEAD_PARAMS += ("patience", "validation_share", "seed")
 
 
 def load_encoder(
@@ -355,7 +353,7 @@ def train_hybrid(
     )
     say(f"head on {len(groups)} examples")
     hc = cfg.head
-    head = ScoreHead(**hc.model_dump(include=set(HEAD_PARAMS))).fit(groups)
+    head = ScoreHead.from_config(hc).fit(groups)
     say("WALS on all training data")
     final = fit_wals(cfg, train, has_weights)
     tables, cold = item_tables(final, train, text.embeddings, cfg)

@@ -97,8 +97,49 @@ def test_other_format_version_refused(tiny_bundle, tmp_path):
     manifest = json.loads((copy / "manifest.json").read_text())
     manifest["format_version"] = 999
     (copy / "manifest.json").write_text(json.dumps(manifest))
-    with pytest.raises(BundleError, match="format version 999"):
+    with pytest.raises(BundleError, match=r"format version 999.*walrus export -c CONFIG"):
         read_manifest(copy)
+
+
+@pytest.mark.parametrize("name", ["item_factors.npy", "cold_items.npy", "text.faiss"])
+def test_a_manifest_that_leaves_out_a_file_the_service_loads_is_refused(
+    tiny_bundle, tmp_path, name
+):
+    copy = tmp_path / "unlisted"
+    shutil.copytree(tiny_bundle, copy)
+    manifest = json.loads((copy / "manifest.json").read_text())
+    del manifest["files"][name]
+    (copy / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(BundleError, match=f"does not list {name}"):
+        read_manifest(copy)
+
+
+def test_a_manifest_with_a_wrong_field_is_refused(tiny_bundle, tmp_path):
+    copy = tmp_path / "typed"
+    shutil.copytree(tiny_bundle, copy)
+    manifest = json.loads((copy / "manifest.json").read_text())
+    manifest["indexes"]["wals"]["factory"] = 7
+    (copy / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(BundleError, match=r"indexes\.wals\.factory"):
+        read_manifest(copy)
+
+
+def test_verify_holds_the_bundle_to_walrus_tolerances_not_the_manifests(tiny_bundle, tmp_path):
+    """A manifest cannot vouch for itself: raising its recorded tolerance changes nothing."""
+    copy = tmp_path / "lenient"
+    shutil.copytree(tiny_bundle, copy)
+    ref = np.load(copy / "parity" / "encoder_reference.npy")
+    np.save(copy / "parity" / "encoder_reference.npy", ref + 1e-2)
+    manifest = json.loads((copy / "manifest.json").read_text())
+    from export.format import sha256_file
+
+    manifest["files"]["parity/encoder_reference.npy"]["sha256"] = sha256_file(
+        copy / "parity" / "encoder_reference.npy"
+    )
+    manifest["parity"]["fp32_tolerance"] = 1.0
+    (copy / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(ParityError, match="encoder fp32 max abs diff"):
+        verify_bundle(copy)
 
 
 def test_failed_export_leaves_nothing_and_keeps_current(

@@ -9,12 +9,12 @@ import numpy as np
 import pytest
 
 from export.faiss_index import (
-    IndexConfig,
     ann_recall,
     build_index,
     choose_kind,
 )
 from export.runtime import search
+from models.config import IndexConfig
 
 
 def clustered(n=2000, dim=16, seed=0, spread=0.5):
@@ -175,8 +175,9 @@ def test_the_fake_gpu_index_does_fail_without_the_lock():
 def test_load_index_restores_search_parameters_and_stays_on_cpu_without_a_gpu(tmp_path):
     import faiss
 
-    from export.faiss_index import IndexConfig, build_index
+    from export.faiss_index import build_index
     from export.runtime import load_index
+    from models.config import IndexConfig
 
     vectors = np.random.default_rng(1).normal(size=(2000, 8)).astype(np.float32)
     built = build_index(vectors, IndexConfig(index_type="ivf", ivf_nprobe=7))

@@ -157,3 +157,15 @@ def test_search_ignores_faiss_padding():
         tables, Request(k=3, user_vector=np.ones(3, np.float32)), padded, padded, dot_head
     )
     assert len(rec.items) == 3 and (rec.items >= 0).all()
+
+
+def test_the_head_is_built_from_its_config_through_one_parameter_list():
+    from models.config import HeadConfig
+    from models.head import ScoreHead
+
+    cfg = HeadConfig(hidden=16, epochs=2, weight_decay=0.5, seed=7)
+    head = ScoreHead.from_config(cfg)
+    assert set(ScoreHead.PARAMS) <= set(HeadConfig.model_fields)
+    assert {k: getattr(head, k) for k in ScoreHead.PARAMS} == {
+        k: getattr(cfg, k) for k in ScoreHead.PARAMS
+    }
