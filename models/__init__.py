@@ -1,5 +1,5 @@
-"""walrus offline pipeline: data, WALS, text encoder, score head.
+"""walrus offline pipeline: data, WALS, text encoder, score head, evaluation.
 
-Nothing is imported here on purpose: the service imports the numpy-only modules
-(``models.core.fold_in``, ``models.core.features``) without pulling in torch.
+``models.core`` is the numpy-only part that the service shares (docs/architecture.md).
+Nothing is imported here, so importing ``models.core`` never pulls in torch.
 """

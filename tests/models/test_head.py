@@ -126,24 +126,43 @@ def test_recommend_fills_with_popular_and_caps_at_catalog():
     assert len(rec.items) == 10  # 12 items, 2 excluded
     assert all(s == ["popular"] for s in rec.sources)
     order = [i for i in tables.popular_order if i not in (0, 1)]
-    assert sorted(rec.items) == sorted(order)
+    assert list(rec.items) == order  # most popular first
 
 
 def test_recommend_marks_both_sources():
     tables = _tables()
     wals, text = exact_search(tables.item_factors), exact_search(tables.item_text_embeddings)
     q = tables.item_text_embeddings[3]
-    rec = recommend(
-        tables,
-        Request(k=40, user_vector=tables.item_factors[3], query_vector=q),
-        wals,
-        text,
-        dot_head,
-        40,
-        40,
-    )
+    user = tables.item_factors[3]
+    rec = recommend(tables, Request(k=5, user_vector=user, query_vector=q), wals, text,
+                    dot_head, n_wals=5, n_text=5)  # fmt: skip
     assert rec.sources[list(rec.items).index(3)] == ["wals", "text"]
+    # every other item's sources say which top-5 it came from
+    top_wals, top_text = set(wals(user, 5)[0].tolist()), set(text(q, 5)[0].tolist())
+    for item, sources in zip(rec.items.tolist(), rec.sources, strict=True):
+        assert ("wals" in sources) == (item in top_wals)
+        assert ("text" in sources) == (item in top_text)
     assert np.all(np.diff(rec.scores) <= 0)
+
+
+def test_popular_items_top_up_a_request_with_a_user_vector():
+    tables = _tables(n=12)
+    wals, text = exact_search(tables.item_factors), exact_search(tables.item_text_embeddings)
+    user = np.array([1.0, 0.0, 0.0], np.float32)
+    exclude = np.arange(6)
+    rec = recommend(tables, Request(k=6, user_vector=user, exclude=exclude), wals, text,
+                    dot_head, n_wals=2, n_text=2)  # fmt: skip
+    assert len(rec.items) == 6 and not set(rec.items.tolist()) & set(exclude.tolist())
+    assert sorted(rec.items.tolist()) == list(range(6, 12))  # all that is left
+    assert {"wals"} <= {s for src in rec.sources for s in src}
+
+
+def test_excluding_every_item_returns_nothing():
+    tables = _tables(n=8)
+    wals, text = exact_search(tables.item_factors), exact_search(tables.item_text_embeddings)
+    req = Request(k=5, user_vector=np.ones(3, np.float32), exclude=np.arange(8))
+    rec = recommend(tables, req, wals, text, dot_head)
+    assert len(rec.items) == 0 and rec.sources == []
 
 
 def test_search_ignores_faiss_padding():
