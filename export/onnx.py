@@ -60,15 +60,28 @@ fp32 ("ffn_down_fp32") 0.9905 at 2.9 ms vs 4.4 ms fp32; with both FFN projection
 ("ffn_fp32") 0.996 at 4.1 ms. The FFN projections carry the activation outliers."""
 
 
+def fp32_nodes(fp32_path: Path, scheme: str) -> list[str]:
+    """The MatMul nodes ``scheme`` keeps in fp32, found by the exporter's node names. One per
+    layer for ``ffn_down_fp32``, two for ``ffn_fp32``; a name change in the exporter would
+    otherwise silently keep nothing, so that raises ``ParityError``."""
+    graph = onnx.load(str(fp32_path), load_external_data=False).graph
+    names = [n.name for n in graph.node]
+    down = [n for n in names if n.endswith("/output/dense/MatMul") and "attention" not in n]
+    up = [n for n in names if "/intermediate/dense/" in n and n.endswith("MatMul")]
+    if not down or len(down) != len(up):
+        raise ParityError(
+            f"{fp32_path.name}: found {len(down)} FFN down- and {len(up)} up-projection MatMuls "
+            "by name; the exporter's node names changed, so the int8 schemes cannot apply"
+        )
+    return down if scheme == "ffn_down_fp32" else down + up
+
+
 def quantize_encoder(fp32_path: Path, int8_path: Path, scheme: str = "ffn_down_fp32") -> None:
     """Dynamic int8 quantisation of the weights (per channel), activations stay float;
     ``scheme`` names which MatMuls of BERT/RoBERTa-style layers stay in fp32."""
     if scheme not in QUANTIZATION_SCHEMES:
         raise ValueError(f"unknown quantisation scheme {scheme!r}: use {QUANTIZATION_SCHEMES}")
-    names = [n.name for n in onnx.load(str(fp32_path), load_external_data=False).graph.node]
-    down = [n for n in names if n.endswith("/output/dense/MatMul") and "attention" not in n]
-    up = [n for n in names if "/intermediate/dense/" in n and n.endswith("MatMul")]
-    exclude = down if scheme == "ffn_down_fp32" else down + up
+    exclude = fp32_nodes(fp32_path, scheme)
     quantize_dynamic(
         str(fp32_path),
         str(int8_path),

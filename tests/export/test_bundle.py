@@ -189,3 +189,49 @@ def test_the_gpu_encoder_is_fp16_and_checked(tiny_bundle):
     assert onnx.TensorProto.FLOAT16 in weights
     # inputs and output keep their types: the service feeds int64 and reads float32
     assert model.graph.output[0].type.tensor_type.elem_type == onnx.TensorProto.FLOAT
+
+
+def test_the_int8_schemes_find_their_nodes_in_the_exported_encoder(tiny_bundle, tiny_trained):
+    from export.onnx import fp32_nodes
+
+    layers = tiny_trained.encoder.module.model.config.num_hidden_layers
+    assert len(fp32_nodes(tiny_bundle / "encoder.onnx", "ffn_down_fp32")) == layers
+    assert len(fp32_nodes(tiny_bundle / "encoder.onnx", "ffn_fp32")) == 2 * layers
+
+
+def test_renamed_nodes_fail_loudly_instead_of_keeping_nothing(tiny_bundle, tmp_path):
+    import onnx
+
+    from export.onnx import fp32_nodes
+
+    model = onnx.load(str(tiny_bundle / "encoder.onnx"))
+    for node in model.graph.node:
+        node.name = node.name.replace("dense", "linear")
+    onnx.save(model, str(tmp_path / "renamed.onnx"))
+    with pytest.raises(ParityError, match="node names changed"):
+        fp32_nodes(tmp_path / "renamed.onnx", "ffn_down_fp32")
+
+
+def test_the_ladder_falls_back_and_fails_when_no_scheme_passes(tiny_bundle, tmp_path):
+    from export.bundle import quantize_to_target
+
+    copy = tmp_path / "ladder"
+    shutil.copytree(tiny_bundle, copy)
+    texts = json.loads((copy / "parity" / "texts.json").read_text())
+    reference = np.load(copy / "parity" / "encoder_reference.npy")
+    max_length = json.loads((copy / "tokenizer_config.json").read_text())["max_length"]
+    from export.runtime import OnnxTextEncoder, cosine_rows
+
+    def cosine(scheme):
+        from export.onnx import quantize_encoder
+
+        quantize_encoder(copy / "encoder.onnx", copy / "probe.onnx", scheme)
+        enc = OnnxTextEncoder(copy / "probe.onnx", copy / "tokenizer.json", max_length)
+        return float(cosine_rows(enc.encode(texts), reference).min())
+
+    first, second = cosine("ffn_down_fp32"), cosine("ffn_fp32")
+    assert second >= first  # keeping more of the FFN in fp32 is never further from PyTorch
+    assert quantize_to_target(copy, texts, reference, max_length, first) == "ffn_down_fp32"
+    with pytest.raises(ParityError, match="with every scheme"):
+        quantize_to_target(copy, texts, reference, max_length, 1.0000001)
+    assert not (copy / "encoder.int8.onnx").exists()  # nothing half-written is left

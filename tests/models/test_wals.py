@@ -182,17 +182,47 @@ def test_recommend_excludes_and_sorts(tiny_matrix):
     assert np.all(np.diff(scores) <= 0)
 
 
-def test_early_stopping_keeps_best(tiny_matrix):
+def test_early_stopping_stops_after_patience_and_keeps_the_best(tiny_matrix):
     from models.data.splits import holdout_split
 
     split = holdout_split(tiny_matrix, 0.3, seed=0)
-    model = WALS(dim=4, iterations=15, regularization=0.01, device="cpu")
-    model.fit(split.train, validation=split.test, validation_k=5, early_stopping_patience=2)
+    seen: list[float] = []
+    model = WALS(dim=4, iterations=40, regularization=0.01, device="cpu")
+    model.fit(split.train, validation=split.test, validation_k=5, early_stopping_patience=2,
+              callback=lambda _it, _loss, recall: seen.append(recall))  # fmt: skip
     hist = model.history
     assert hist.best_iteration is not None
-    assert len(hist.validation_recall) <= 15
+    # it stopped exactly `patience` iterations after the best one, well before 40
+    assert len(hist.validation_recall) == hist.best_iteration + 1 + 2 < 40
+    assert seen == hist.validation_recall
     best = max(hist.validation_recall)
+    assert hist.validation_recall[hist.best_iteration] == best
+    assert all(r <= best for r in hist.validation_recall[hist.best_iteration + 1 :])
+    # and the factors kept are the best iteration's, not the last's
     assert model.validation_recall(split.train, split.test, 5) == pytest.approx(best)
+
+
+@pytest.mark.parametrize("row_weights", ["uniform", "linear"])
+def test_fold_in_reproduces_the_default_cg_fit_when_cg_has_converged(tiny_matrix, row_weights):
+    """The default solver is CG with 3 steps; fold-in solves exactly. With enough CG steps
+    the fitted user rows are exact solutions too, and fold-in reproduces them."""
+    kwargs = dict(dim=4, regularization=0.1, iterations=5, row_weights=row_weights,
+                  weight_scale=3.0, device="cpu", seed=1)  # fmt: skip
+    converged = WALS(cg_steps=24, **kwargs).fit(tiny_matrix)
+    assert converged.solver == "cg"
+    for user in (0, 7, 19):
+        items = tiny_matrix[user].indices
+        # fold_in takes the row weight the fit used for this user
+        count = len(items)
+        r = {"uniform": 3.0, "linear": 3.0 / count}[row_weights]
+        weights = converged.unobserved_weight + r * converged.col_weight_values[items]
+        np.testing.assert_allclose(converged.fold_in(items, weights), converged.user_factors[user],
+                                   atol=1e-4)  # fmt: skip
+    starved = WALS(cg_steps=1, **kwargs).fit(tiny_matrix)
+    items = tiny_matrix[7].indices
+    r = {"uniform": 3.0, "linear": 3.0 / len(items)}[row_weights]
+    weights = starved.unobserved_weight + r * starved.col_weight_values[items]
+    assert np.abs(starved.fold_in(items, weights) - starved.user_factors[7]).max() > 1e-3
 
 
 def test_save_load_roundtrip_without_pickle(tiny_matrix, tmp_path):
