@@ -42,7 +42,7 @@ def parse_stats(path: Path) -> list[dict[str, Any]]:
     return rows
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
@@ -51,7 +51,7 @@ def main() -> int:
     parser.add_argument("--spawn-rate", type=float, default=4.0)
     parser.add_argument("--run-time", default="30s")
     parser.add_argument("--name", default="loadtest", help="results file name")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
 
     with tempfile.TemporaryDirectory() as tmp:
         prefix = Path(tmp) / "stats"

@@ -119,7 +119,7 @@ if [ "$status" != healthy ]; then
   exit 1
 fi
 uid=$(docker exec "$NAME" id -u)
-[ "$uid" != 0 ] || { echo "the serving container runs as root" >&2; exit 1; }
+[ "$uid" = 10001 ] || { echo "the serving container runs as uid $uid, not 10001" >&2; exit 1; }
 
 say "POST /v1/recommend, compared with the host"
 "$VENV/bin/python" - "$PORT" "$WORK/out/bundles" <<'PY'

@@ -19,3 +19,26 @@ def test_parse_stats(tmp_path):
     assert user["requests"] == 100 and user["failures"] == 2
     assert (user["p50_ms"], user["p95_ms"], user["p99_ms"]) == (12.0, 30.0, 50.0)
     assert user["requests_per_s"] == 33.3
+
+
+def test_the_exit_code_says_whether_any_request_failed(server, tiny_bundle, tmp_path):
+    """A real locust run: 0 against a healthy service, 1 when requests fail."""
+    import shutil
+
+    from bench.loadtest import main
+    from tests.server import Server
+
+    ok = main(["--host", server.url, "--users", "2", "--spawn-rate", "2", "--run-time", "3s",
+               "--name", "test-loadtest-ok"])  # fmt: skip
+    assert ok == 0
+    broken = tmp_path / "bundle"
+    shutil.copytree(tiny_bundle, broken)
+    (broken / "head.onnx").write_bytes(b"not a model")
+    srv = Server(broken)
+    try:
+        srv.wait(ready=False)
+        failing = main(["--host", srv.url, "--users", "2", "--spawn-rate", "2", "--run-time",
+                        "3s", "--name", "test-loadtest-failing"])  # fmt: skip
+    finally:
+        srv.stop()
+    assert failing == 1

@@ -97,3 +97,24 @@ def test_data_synthetic_writes_files(tmp_path):
     assert (tmp_path / "d" / "interactions.csv").stat().st_size > 0
     run = walrus("--help")
     assert run.returncode == 0 and "train" in run.stdout
+
+
+def test_data_check_reads_tsv_and_reports_sizes(tmp_path):
+    (tmp_path / "interactions.tsv").write_text(
+        "user_id\titem_id\tweight\nu1\ti1\t2\nu1\ti2\t1\nu2\ti1\t1\n"
+    )
+    (tmp_path / "catalog.tsv").write_text(
+        "item_id\ttitle\ni1\tSpace robots\ni2\tJazz night\ni3\tCold one\n"
+    )
+    (tmp_path / "c.toml").write_text(
+        f'output_dir = "{tmp_path / "out"}"\n[data]\n'
+        f'interactions = "{tmp_path / "interactions.tsv"}"\ncatalog = "{tmp_path / "catalog.tsv"}"\n'
+    )
+    run = walrus("data", "check", "-c", str(tmp_path / "c.toml"))
+    assert run.returncode == 0, run.stderr
+    assert json.loads(run.stdout) == {"users": 2, "items": 3, "interactions": 3,
+                                      "items_without_interactions": 1, "has_weights": True}  # fmt: skip
+    (tmp_path / "interactions.tsv").write_text("user_id\titem_id\nu1\tnope\n")
+    bad = walrus("data", "check", "-c", str(tmp_path / "c.toml"))
+    assert bad.returncode == 2 and "Traceback" not in bad.stderr
+    assert "nope" in bad.stderr and len(bad.stderr.strip().splitlines()) <= 2

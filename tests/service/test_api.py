@@ -6,6 +6,7 @@ import json
 import shutil
 import subprocess
 import sys
+import time
 
 import httpx
 import numpy as np
@@ -158,21 +159,83 @@ def test_openapi_has_examples(client):
     assert client.get("/docs").status_code == 200
 
 
-def test_corrupt_bundle_is_refused_at_start(tiny_bundle, tmp_path):
+def _rewrite_manifest(bundle, change):
+    from export.format import file_table
+
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    change(manifest)
+    manifest["files"] = {k: v.model_dump() for k, v in file_table(bundle).items()}
+    (bundle / "manifest.json").write_text(json.dumps(manifest))
+
+
+def _corrupt(bundle):
+    with open(bundle / "head.onnx", "ab") as f:
+        f.write(b"tampered")
+
+
+def _old_version(bundle):
+    _rewrite_manifest(bundle, lambda m: m.update(format_version=1))
+
+
+def _drifted_parity(bundle):
+    import numpy as np
+
+    ref = np.load(bundle / "parity" / "encoder_reference.npy")
+    np.save(bundle / "parity" / "encoder_reference.npy", ref + 1e-2)
+    _rewrite_manifest(bundle, lambda m: None)
+
+
+@pytest.mark.parametrize(
+    ("break_it", "env", "reason"),
+    [
+        (_corrupt, {}, "head.onnx is corrupt"),
+        (shutil.rmtree, {}, "no manifest.json"),
+        (_old_version, {}, "format version 1, this walrus reads 2; rebuild it with `walrus export"),
+        (_drifted_parity, {"WALRUS_VERIFY_PARITY": "true"}, "encoder fp32 max abs diff"),
+    ],
+    ids=["corrupt", "missing", "old-format", "verify-parity"],
+)
+def test_a_bad_bundle_is_refused_at_start(tiny_bundle, tmp_path, break_it, env, reason):
     copy = tmp_path / "bundle"
     shutil.copytree(tiny_bundle, copy)
-    with open(copy / "head.onnx", "ab") as f:
-        f.write(b"tampered")
-    srv = Server(copy)
+    break_it(copy)
+    srv = Server(copy, **env)
     try:
         srv.wait(ready=False)
         ready = httpx.get(f"{srv.url}/readyz")
         assert ready.status_code == 503
-        assert "head.onnx is corrupt" in ready.json()["reason"]
+        assert reason in ready.json()["reason"]
         assert httpx.get(f"{srv.url}/healthz").status_code == 200
         r = httpx.post(f"{srv.url}/v1/recommend", json={"k": 1})
         assert r.status_code == 503 and "not ready" in r.json()["detail"]
-        assert "not ready: BundleError" in srv.output()
+    finally:
+        srv.stop()
+
+
+def test_a_bug_at_request_time_is_a_clean_500_with_its_traceback_logged(tiny_bundle, tmp_path):
+    """A head whose input width disagrees with the features fails inside onnxruntime: the
+    client gets a one-line 500, the log gets the traceback."""
+    from export.onnx import export_head
+    from models.head import ScoreHead
+
+    copy = tmp_path / "bundle"
+    shutil.copytree(tiny_bundle, copy)
+    head = ScoreHead(hidden=4)
+    rng = np.random.default_rng(0)
+    head.weights = {"w1": rng.normal(size=(3, 4)).astype(np.float32),
+                    "b1": np.zeros(4, np.float32), "w2": np.ones(4, np.float32),
+                    "b2": np.zeros(1, np.float32)}  # fmt: skip
+    export_head(head, copy / "head.onnx")
+    _rewrite_manifest(copy, lambda m: None)
+    srv = Server(copy)
+    try:
+        srv.wait()
+        r = httpx.post(f"{srv.url}/v1/recommend", json={"query": "robots", "k": 2})
+        assert r.status_code == 500 and r.json() == {"detail": "internal error"}
+        assert "Traceback" not in r.text
+        time.sleep(0.2)
+        assert "unhandled error on POST /v1/recommend" in srv.output()
+        assert "Traceback" in srv.output()
     finally:
         srv.stop()
 

@@ -70,3 +70,25 @@ def test_a_batch_answers_each_request_as_alone(recommender):
         np.testing.assert_allclose(
             [i.score for i in got.items], [i.score for i in alone.items], atol=1e-6
         )
+
+
+def test_n_wals_setting_limits_the_pool(tiny_bundle):
+    """WALRUS_N_WALS=1 and N_TEXT=1: a user-only request for one item can only get the WALS
+    index's top item or the text index's top item for the user's profile, whatever the head
+    thinks of the others."""
+    from models.core.features import text_profile
+
+    narrow = Recommender(tiny_bundle, Settings(bundle=tiny_bundle, n_wals=1, n_text=1))
+    wide = Recommender(tiny_bundle, Settings(bundle=tiny_bundle))
+    assert (narrow.n_wals, narrow.n_text) == (1, 1) and wide.n_wals > 1
+    differs = 0
+    for user in narrow.users.ids[:20]:
+        got = narrow.recommend(RecommendRequest(user_id=user, k=1, exclude_seen=False))
+        vector = np.asarray(narrow.user_factors[narrow.users.index(user)])
+        wals_top = int(np.argmax(narrow.tables.item_factors @ vector))
+        emb = narrow.tables.item_text_embeddings
+        text_top = int(np.argmax(emb @ text_profile(emb, narrow.seen(narrow.users.index(user)))))
+        assert got.items[0].item_id in {narrow.items.ids[wals_top], narrow.items.ids[text_top]}
+        full = wide.recommend(RecommendRequest(user_id=user, k=1, exclude_seen=False))
+        differs += full.items[0].item_id != got.items[0].item_id
+    assert differs > 0, "the setting made no difference: the test could not fail"
