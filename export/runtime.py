@@ -120,9 +120,10 @@ class ServedIndex:
 
 
 def load_index(path: Path, kind: str, search_params: str, use_gpu: bool = False) -> ServedIndex:
-    """Read a saved index, apply its ParameterSpace search string (FAISS does not save nprobe
-    or efSearch), and copy flat and IVF indexes to GPU 0 when ``use_gpu`` and FAISS sees one.
-    A failed GPU copy logs a warning and serves from the CPU."""
+    """Read a saved index, apply the manifest's ParameterSpace search string (the manifest is
+    the record an operator reads and may change; the file carries the values it was saved
+    with), and copy flat and IVF indexes to GPU 0 when ``use_gpu`` and FAISS sees one. A
+    failed GPU copy logs a warning and serves from the CPU."""
     index = faiss.read_index(str(path))
     if search_params:
         faiss.ParameterSpace().set_index_parameters(index, search_params)  # type: ignore[arg-type]

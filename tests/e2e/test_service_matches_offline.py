@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 CASES = [
+    {"user": 2, "query": "jazz", "k": 9, "exclude_seen": False},
     {"user": 0, "k": 8},
     {"query": "space robots", "k": 8},
     {"user": 3, "query": "a quiet family drama", "k": 10},
@@ -19,16 +20,20 @@ CASES = [
 ]
 
 
-def offline(trained, case):
+def offline(trained, case, encode=None):
+    """What `walrus eval` computes: exact search, the numpy head; the PyTorch encoder unless
+    ``encode`` gives another."""
     hybrid = trained.hybrid
     items = trained.dataset_items
     query = case.get("query")
+    encode = encode or trained.encoder.encode
     request = hybrid.request(
         case["k"],
         user=case.get("user"),
         history=items.lookup(case.get("history", []))[0],
         exclude=items.lookup(case.get("exclude", []))[0],
-        query_vector=trained.encoder.encode([query])[0] if query else None,
+        query_vector=encode([query])[0] if query else None,
+        exclude_seen=case.get("exclude_seen", True),
     )
     rec = hybrid.recommend(request)
     return [items.ids[i] for i in rec.items], rec.scores, rec.sources
@@ -41,7 +46,7 @@ def test_service_equals_offline(client, tiny_trained, case):
     body = {"k": case["k"]}
     if "user" in case:
         body["user_id"] = tiny_trained.dataset_users.ids[case["user"]]
-    for key in ("query", "history", "exclude"):
+    for key in ("query", "history", "exclude", "exclude_seen"):
         if key in case:
             body[key] = case[key]
     response = client.post("/v1/recommend", json=body).json()
@@ -99,3 +104,51 @@ def test_concurrent_clients_get_what_they_get_alone(server, tiny_trained):
         )
     )
     assert total > count, "no request was ever served in a batch of more than one"
+
+
+@pytest.fixture(scope="module")
+def served_defaults(tiny_pipeline_config, tiny_trained, tmp_path_factory):
+    """The service with its defaults (int8 encoder) on a bundle with an approximate (IVF)
+    index, whose nprobe must be restored at load for the answers to be exact here."""
+    from export.bundle import build_bundle
+    from models.config import load_config
+    from tests.server import Server
+
+    out = tmp_path_factory.mktemp("ivf-bundles")
+    cfg = load_config(tiny_pipeline_config, ["export.index_type=ivf", f"export.bundles_dir={out}"])
+    bundle = build_bundle(cfg, tiny_trained, out)
+    srv = Server(out)
+    try:
+        srv.wait()
+        yield srv, bundle
+    finally:
+        srv.stop()
+
+
+@pytest.mark.parametrize(
+    "case", CASES, ids=lambda c: "+".join(sorted(k for k in c if k != "k")) or "nothing"
+)
+def test_defaults_with_an_approximate_index_equal_offline(served_defaults, tiny_trained, case):
+    import httpx
+
+    from export.format import read_manifest
+    from export.runtime import OnnxTextEncoder
+
+    srv, bundle = served_defaults
+    manifest = read_manifest(bundle)
+    assert {e.kind for e in manifest.indexes.values()} == {"ivf"}
+    assert all("nprobe" in e.search_params for e in manifest.indexes.values())
+    ready = httpx.get(f"{srv.url}/readyz").json()
+    assert ready["encoder_precision"] == "int8"
+    int8 = OnnxTextEncoder(bundle / "encoder.int8.onnx", bundle / "tokenizer.json", 32)
+    body = {"k": case["k"]}
+    if "user" in case:
+        body["user_id"] = tiny_trained.dataset_users.ids[case["user"]]
+    for key in ("query", "history", "exclude", "exclude_seen"):
+        if key in case:
+            body[key] = case[key]
+    response = httpx.post(f"{srv.url}/v1/recommend", json=body, timeout=30).json()
+    ids, scores, sources = offline(tiny_trained, case, int8.encode)
+    assert [it["item_id"] for it in response["items"]] == ids
+    np.testing.assert_allclose([it["score"] for it in response["items"]], scores, atol=1e-4)
+    assert [it["sources"] for it in response["items"]] == sources

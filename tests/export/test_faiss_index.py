@@ -172,18 +172,17 @@ def test_the_fake_gpu_index_does_fail_without_the_lock():
     assert errors, "eight unsynchronised threads never overlapped"
 
 
-def test_load_index_restores_search_parameters_and_stays_on_cpu_without_a_gpu(tmp_path):
+def test_load_index_applies_the_manifest_search_string(tmp_path):
     import faiss
 
     from export.faiss_index import build_index
-    from export.runtime import load_index
+    from export.runtime import faiss_gpu_count, load_index
     from models.config import IndexConfig
 
     vectors = np.random.default_rng(1).normal(size=(2000, 8)).astype(np.float32)
-    built = build_index(vectors, IndexConfig(index_type="ivf", ivf_nprobe=7))
+    built = build_index(vectors, IndexConfig(index_type="ivf", ivf_nprobe=1))
     faiss.write_index(built.index, str(tmp_path / "ivf.faiss"))
-    served = load_index(tmp_path / "ivf.faiss", "ivf", built.search_params, use_gpu=True)
-    from export.runtime import faiss_gpu_count
-
-    assert served.device == ("gpu" if faiss_gpu_count() else "cpu")  # else the CPU fallback
+    assert built.search_params == "nprobe=1"
+    served = load_index(tmp_path / "ivf.faiss", "ivf", "nprobe=7", use_gpu=True)
     assert faiss.extract_index_ivf(served.cpu_index).nprobe == 7
+    assert served.device == ("gpu" if faiss_gpu_count() else "cpu")  # else the CPU fallback
