@@ -12,7 +12,7 @@ WALRUS_URL ?= http://127.0.0.1:8000
 LOADTEST_USERS ?= 8
 LOADTEST_DURATION ?= 30s
 
-.PHONY: install demo data train export serve test lint format bench gpu-check loadtest docker-test clean
+.PHONY: install demo data train export serve test lint format bench bench-quantization gpu-check loadtest docker-test clean
 
 # Re-install only when pyproject.toml changes.
 $(STAMP): pyproject.toml
@@ -53,6 +53,9 @@ format: install
 
 bench: install
 	$(BIN)/python -m bench.wals_vs_implicit $(if $(WALRUS_MOVIELENS_DIR),--movielens $(WALRUS_MOVIELENS_DIR),)
+
+bench-quantization: install
+	$(BIN)/python -m bench.quantization
 
 # On a GPU machine (see docs/benchmarks.md): WALS on CUDA, FAISS GPU, ONNX CUDA, GPU serving.
 GPU_CHECK_OUT ?= bench/results/gpu

@@ -53,11 +53,8 @@ def export_encoder(encoder: TextEncoder, path: Path, opset: int = 17) -> None:
 
 QUANTIZATION_SCHEMES = ("ffn_down_fp32", "ffn_fp32")
 """Tried in order, fastest first; the export keeps the first that meets the parity target.
-
-Measured on all-MiniLM-L6-v2 (32 texts, 1 thread, one short query): plain per-tensor int8
-gave min cosine 0.897; per-channel 0.984; per-channel with the FFN down-projection kept in
-fp32 ("ffn_down_fp32") 0.9905 at 2.9 ms vs 4.4 ms fp32; with both FFN projections in fp32
-("ffn_fp32") 0.996 at 4.1 ms. The FFN projections carry the activation outliers."""
+The FFN projections carry the activation outliers of BERT/RoBERTa-style layers, so keeping
+them in fp32 buys accuracy; `bench/quantization.py` measures every variant."""
 
 
 def fp32_nodes(fp32_path: Path, scheme: str) -> list[str]:

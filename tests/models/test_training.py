@@ -40,3 +40,38 @@ def test_example_split_moves_cold_items_entirely_to_the_positives(tiny_pipeline_
     assert made_cold, "no item was made cold at share 0.3"
     for c in made_cold:
         assert positives[:, c].nnz == train[:, c].nnz
+
+
+def test_head_examples_follow_the_configured_request_mix(tiny_pipeline_config, tiny_trained):
+    """Examples without a user and without a query come in the configured shares; the
+    positive comes first, negatives differ from it, and a user-less example carries no
+    user signal at all."""
+    from models.core.features import N_SCALARS
+    from models.pipeline import load_dataset
+    from models.training import make_head_examples
+
+    cfg = load_config(
+        tiny_pipeline_config,
+        ["head.no_user_share=0.5", "head.no_query_share=0.25", "head.max_examples=400",
+         "head.random_negatives=2", "head.hard_negatives=3"],
+    )  # fmt: skip
+    dataset = load_dataset(cfg.data)
+    history, positives = example_split(tiny_trained.hybrid.seen, cfg)
+    hybrid = tiny_trained.hybrid
+    groups = make_head_examples(
+        cfg, hybrid.wals, hybrid.tables, history, positives, tiny_trained.texts, {},
+        tiny_trained.encoder.encode,
+    )  # fmt: skip
+    assert dataset.matrix.shape == hybrid.seen.shape
+    assert groups.shape[1] == 1 + 5 and len(groups) == min(400, positives.nnz)
+    scalars = groups.shape[2] - N_SCALARS
+    user_flag, query_flag = groups[:, 0, scalars + 4], groups[:, 0, scalars + 5]
+    assert abs(float((user_flag == 0).mean()) - 0.5) < 0.1
+    assert abs(float((query_flag == 0).mean()) - 0.25) < 0.1
+    no_user = user_flag == 0
+    wals_dim = hybrid.tables.item_factors.shape[1]
+    assert np.all(groups[no_user][:, :, :wals_dim] == 0)  # no u*v without a user
+    assert np.all(groups[no_user][:, :, scalars + 2] == 0)  # and no user text profile
+    # with a user, no negative is the positive item (their u*v features differ)
+    with_user = groups[~no_user][:50]
+    assert all(not np.array_equal(g[0], g[j]) for g in with_user for j in range(1, 6))
