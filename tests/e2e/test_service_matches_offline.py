@@ -39,17 +39,21 @@ def offline(trained, case, encode=None):
     return [items.ids[i] for i in rec.items], rec.scores, rec.sources
 
 
+def request_body(trained, case):
+    body = {"k": case["k"]}
+    if "user" in case:
+        body["user_id"] = trained.dataset_users.ids[case["user"]]
+    for key in ("query", "history", "exclude", "exclude_seen"):
+        if key in case:
+            body[key] = case[key]
+    return body
+
+
 @pytest.mark.parametrize(
     "case", CASES, ids=lambda c: "+".join(sorted(k for k in c if k != "k")) or "nothing"
 )
 def test_service_equals_offline(client, tiny_trained, case):
-    body = {"k": case["k"]}
-    if "user" in case:
-        body["user_id"] = tiny_trained.dataset_users.ids[case["user"]]
-    for key in ("query", "history", "exclude", "exclude_seen"):
-        if key in case:
-            body[key] = case[key]
-    response = client.post("/v1/recommend", json=body).json()
+    response = client.post("/v1/recommend", json=request_body(tiny_trained, case)).json()
     ids, scores, sources = offline(tiny_trained, case)
     assert [it["item_id"] for it in response["items"]] == ids
     np.testing.assert_allclose([it["score"] for it in response["items"]], scores, atol=1e-4)
@@ -141,12 +145,7 @@ def test_defaults_with_an_approximate_index_equal_offline(served_defaults, tiny_
     ready = httpx.get(f"{srv.url}/readyz").json()
     assert ready["encoder_precision"] == "int8"
     int8 = OnnxTextEncoder(bundle / "encoder.int8.onnx", bundle / "tokenizer.json", 32)
-    body = {"k": case["k"]}
-    if "user" in case:
-        body["user_id"] = tiny_trained.dataset_users.ids[case["user"]]
-    for key in ("query", "history", "exclude", "exclude_seen"):
-        if key in case:
-            body[key] = case[key]
+    body = request_body(tiny_trained, case)
     response = httpx.post(f"{srv.url}/v1/recommend", json=body, timeout=30).json()
     ids, scores, sources = offline(tiny_trained, case, int8.encode)
     assert [it["item_id"] for it in response["items"]] == ids

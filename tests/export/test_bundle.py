@@ -74,19 +74,25 @@ def test_verify_passes_then_catches_corruption(tiny_bundle, tmp_path):
         read_manifest(copy)
 
 
-def test_verify_catches_parity_drift(tiny_bundle, tmp_path):
-    """Reference outputs that no longer match the ONNX model fail the parity check."""
-    copy = tmp_path / "drift"
-    shutil.copytree(tiny_bundle, copy)
+def drifted_copy(bundle, copy, change_manifest):
+    """A copy whose PyTorch reference outputs moved by 1e-2, checksums kept valid."""
+    from export.format import sha256_file
+
+    shutil.copytree(bundle, copy)
     ref = np.load(copy / "parity" / "encoder_reference.npy")
     np.save(copy / "parity" / "encoder_reference.npy", ref + 1e-2)
     manifest = json.loads((copy / "manifest.json").read_text())
-    from export.format import sha256_file
-
     manifest["files"]["parity/encoder_reference.npy"]["sha256"] = sha256_file(
         copy / "parity" / "encoder_reference.npy"
     )
+    change_manifest(manifest)
     (copy / "manifest.json").write_text(json.dumps(manifest))
+    return copy
+
+
+def test_verify_catches_parity_drift(tiny_bundle, tmp_path):
+    """Reference outputs that no longer match the ONNX model fail the parity check."""
+    copy = drifted_copy(tiny_bundle, tmp_path / "drift", lambda manifest: None)
     with pytest.raises(ParityError, match="encoder fp32 max abs diff"):
         verify_bundle(copy)
 
@@ -126,18 +132,9 @@ def test_a_manifest_with_a_wrong_field_is_refused(tiny_bundle, tmp_path):
 
 def test_verify_holds_the_bundle_to_walrus_tolerances_not_the_manifests(tiny_bundle, tmp_path):
     """A manifest cannot vouch for itself: raising its recorded tolerance changes nothing."""
-    copy = tmp_path / "lenient"
-    shutil.copytree(tiny_bundle, copy)
-    ref = np.load(copy / "parity" / "encoder_reference.npy")
-    np.save(copy / "parity" / "encoder_reference.npy", ref + 1e-2)
-    manifest = json.loads((copy / "manifest.json").read_text())
-    from export.format import sha256_file
-
-    manifest["files"]["parity/encoder_reference.npy"]["sha256"] = sha256_file(
-        copy / "parity" / "encoder_reference.npy"
+    copy = drifted_copy(
+        tiny_bundle, tmp_path / "lenient", lambda m: m["parity"].update(fp32_tolerance=1.0)
     )
-    manifest["parity"]["fp32_tolerance"] = 1.0
-    (copy / "manifest.json").write_text(json.dumps(manifest))
     with pytest.raises(ParityError, match="encoder fp32 max abs diff"):
         verify_bundle(copy)
 
