@@ -112,14 +112,16 @@ def test_concurrent_clients_get_what_they_get_alone(server, tiny_trained):
 
 @pytest.fixture(scope="module")
 def served_defaults(tiny_pipeline_config, tiny_trained, tmp_path_factory):
-    """The service with its defaults (int8 encoder) on a bundle with an approximate (IVF)
-    index, whose nprobe must be restored at load for the answers to be exact here."""
+    """The service with its defaults (int8 encoder) on a bundle whose index the export chose
+    by size: with `exact_threshold` below the tiny catalog's size, the approximate kind."""
     from export.bundle import build_bundle
     from models.config import load_config
     from tests.server import Server
 
-    out = tmp_path_factory.mktemp("ivf-bundles")
-    cfg = load_config(tiny_pipeline_config, ["export.index_type=ivf", f"export.bundles_dir={out}"])
+    out = tmp_path_factory.mktemp("ann-bundles")
+    cfg = load_config(
+        tiny_pipeline_config, ["export.exact_threshold=10", f"export.bundles_dir={out}"]
+    )
     bundle = build_bundle(cfg, tiny_trained, out)
     srv = Server(out)
     try:
@@ -140,8 +142,8 @@ def test_defaults_with_an_approximate_index_equal_offline(served_defaults, tiny_
 
     srv, bundle = served_defaults
     manifest = read_manifest(bundle)
-    assert {e.kind for e in manifest.indexes.values()} == {"ivf"}
-    assert all("nprobe" in e.search_params for e in manifest.indexes.values())
+    assert {e.kind for e in manifest.indexes.values()} == {"hnsw"}
+    assert all("efSearch" in e.search_params for e in manifest.indexes.values())
     ready = httpx.get(f"{srv.url}/readyz").json()
     assert ready["encoder_precision"] == "int8"
     int8 = OnnxTextEncoder(bundle / "encoder.int8.onnx", bundle / "tokenizer.json", 32)
