@@ -18,6 +18,7 @@ from fastapi.responses import JSONResponse
 
 from service.api import router
 from service.batcher import Batcher
+from service.cache import QueryCache
 from service.metrics import Metrics
 from service.recommender import InputError, Recommender
 from service.settings import Settings
@@ -51,8 +52,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         # The pool that runs ONNX and FAISS off the event loop (run_in_threadpool).
         anyio.to_thread.current_default_thread_limiter().total_tokens = settings.worker_threads
         try:
-            recommender = await run_in_threadpool(Recommender, settings.bundle, settings)
             metrics: Metrics = app.state.metrics
+            cache = QueryCache(settings.query_cache_size)
+            metrics.watch_cache(cache)
+            recommender = await run_in_threadpool(Recommender, settings.bundle, settings, cache)
             app.state.batcher = Batcher(
                 recommender.recommend_batch,
                 max_batch=settings.max_batch,

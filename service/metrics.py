@@ -2,7 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.core import CounterMetricFamily
+from prometheus_client.registry import Collector
+
+from service.cache import QueryCache
 
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
@@ -46,7 +52,27 @@ class Metrics:
             registry=self.registry,
         )
 
+    def watch_cache(self, cache: QueryCache) -> None:
+        self.registry.register(_CacheCollector(cache))
+
     def observe_stages(self, timings_ms: dict[str, float]) -> None:
         for stage, ms in timings_ms.items():
             if stage != "total":
                 self.stage.labels(stage).observe(ms / 1000.0)
+
+
+class _CacheCollector(Collector):
+    """The query cache's own counts, read when ``/metrics`` is scraped."""
+
+    def __init__(self, cache: QueryCache) -> None:
+        self.cache = cache
+
+    def collect(self) -> Iterator[CounterMetricFamily]:
+        yield CounterMetricFamily(
+            "walrus_query_cache_hits", "Queries answered from the embedding cache.",
+            value=self.cache.hits,
+        )  # fmt: skip
+        yield CounterMetricFamily(
+            "walrus_query_cache_misses", "Queries the encoder had to encode.",
+            value=self.cache.misses,
+        )  # fmt: skip

@@ -31,6 +31,7 @@ from models.core.fold_in import fold_in_user
 from models.core.hybrid import ItemTables, Request, build_request, recommend
 from models.core.ids import IdMap
 from models.core.sparse import csr_row
+from service.cache import QueryCache
 from service.schemas import Item, RecommendRequest, RecommendResponse, SimilarResponse
 from service.settings import Settings
 
@@ -69,7 +70,9 @@ class Stopwatch:
 class Recommender:
     """Everything loaded from one bundle. Thread-safe for concurrent requests."""
 
-    def __init__(self, bundle: Path, settings: Settings) -> None:
+    def __init__(
+        self, bundle: Path, settings: Settings, query_cache: QueryCache | None = None
+    ) -> None:
         self.path = p = resolve_bundle(bundle)
         self.manifest = read_manifest(p)  # format version, file list and every sha256
         if settings.verify_parity:
@@ -129,6 +132,7 @@ class Recommender:
         # The head is a 2-layer MLP over a few hundred rows: a GPU round trip costs more than
         # it saves, so it always runs on the CPU.
         self.head = OnnxHead(p / Files.HEAD, ["CPUExecutionProvider"], settings.threads)
+        self.query_cache = query_cache if query_cache is not None else QueryCache(0)
         self.onnx_providers = self.encoder.providers
         log.info(
             "bundle %s: %d users, %d items; ONNX on %s; FAISS on %s",
@@ -212,13 +216,7 @@ class Recommender:
                 live.append(i)
             except InputError as exc:
                 results[i] = exc
-        queries = sorted({q for i in live if (q := reqs[i].query) is not None})
-        encoded: dict[str, np.ndarray] = {}
-        encode_ms = 0.0
-        if queries:
-            t = time.perf_counter()
-            encoded = dict(zip(queries, self.encoder.encode(queries), strict=True))
-            encode_ms = (time.perf_counter() - t) * 1e3
+        encoded, encode_ms = self._encode({q for i in live if (q := reqs[i].query) is not None})
 
         prepared = []
         for i in live:
@@ -255,6 +253,24 @@ class Recommender:
             except Exception as exc:
                 results[i] = exc
         return [r if r is not None else RuntimeError("request not served") for r in results]
+
+    def _encode(self, queries: set[str]) -> tuple[dict[str, np.ndarray], float]:
+        """Vectors of the distinct queries: from the cache, the rest in one encoder call."""
+        encoded: dict[str, np.ndarray] = {}
+        missing = []
+        for query in sorted(queries):
+            vector = self.query_cache.get(self.bundle_id, query)
+            if vector is None:
+                missing.append(query)
+            else:
+                encoded[query] = vector
+        if not missing:
+            return encoded, 0.0
+        start = time.perf_counter()
+        for query, vector in zip(missing, self.encoder.encode(missing), strict=True):
+            encoded[query] = vector
+            self.query_cache.put(self.bundle_id, query, vector)
+        return encoded, (time.perf_counter() - start) * 1e3
 
     def _prepare(
         self, req: RecommendRequest, encoded: dict[str, np.ndarray], encode_ms: float

@@ -39,6 +39,9 @@ class Settings(BaseSettings):
     worker_threads: int = Field(
         8, ge=1, description="Thread pool for /similar, off the event loop."
     )
+    query_cache_size: int = Field(
+        10_000, ge=0, description="Query embeddings kept (LRU, per process); 0 turns it off."
+    )
     max_batch: int = Field(
         32, ge=1, le=4096, description="Dynamic batching: most requests served in one batch."
     )

@@ -151,7 +151,13 @@ def _fresh(path: Path) -> Path:
 def server(tiny_bundle: Path) -> Iterator[Server]:
     """The tiny bundle served by uvicorn; fp32 encoder, so results can be compared with
     PyTorch to 1e-4."""
-    srv = Server(tiny_bundle.parent, WALRUS_ENCODER_PRECISION="fp32", WALRUS_MAX_HISTORY="50")
+    # No query cache: the tests that compare batched with unbatched answers must encode.
+    srv = Server(
+        tiny_bundle.parent,
+        WALRUS_ENCODER_PRECISION="fp32",
+        WALRUS_MAX_HISTORY="50",
+        WALRUS_QUERY_CACHE_SIZE="0",
+    )
     try:
         srv.wait()
         yield srv
@@ -163,3 +169,23 @@ def server(tiny_bundle: Path) -> Iterator[Server]:
 def client(server: Server) -> Iterator[httpx.Client]:
     with httpx.Client(base_url=server.url, timeout=30) as c:
         yield c
+
+
+@pytest.fixture(scope="session")
+def served_defaults(tiny_pipeline_config, tiny_trained, tmp_path_factory):
+    """The service with its defaults (int8 encoder) on a bundle whose index the export chose
+    by size: with `exact_threshold` below the tiny catalog's size, the approximate kind."""
+    from export.bundle import build_bundle
+    from models.config import load_config
+
+    out = tmp_path_factory.mktemp("ann-bundles")
+    cfg = load_config(
+        tiny_pipeline_config, ["export.exact_threshold=10", f"export.bundles_dir={out}"]
+    )
+    bundle = build_bundle(cfg, tiny_trained, out)
+    srv = Server(out)
+    try:
+        srv.wait()
+        yield srv, bundle
+    finally:
+        srv.stop()

@@ -110,27 +110,6 @@ def test_concurrent_clients_get_what_they_get_alone(server, tiny_trained):
     assert total > count, "no request was ever served in a batch of more than one"
 
 
-@pytest.fixture(scope="module")
-def served_defaults(tiny_pipeline_config, tiny_trained, tmp_path_factory):
-    """The service with its defaults (int8 encoder) on a bundle whose index the export chose
-    by size: with `exact_threshold` below the tiny catalog's size, the approximate kind."""
-    from export.bundle import build_bundle
-    from models.config import load_config
-    from tests.server import Server
-
-    out = tmp_path_factory.mktemp("ann-bundles")
-    cfg = load_config(
-        tiny_pipeline_config, ["export.exact_threshold=10", f"export.bundles_dir={out}"]
-    )
-    bundle = build_bundle(cfg, tiny_trained, out)
-    srv = Server(out)
-    try:
-        srv.wait()
-        yield srv, bundle
-    finally:
-        srv.stop()
-
-
 @pytest.mark.parametrize(
     "case", CASES, ids=lambda c: "+".join(sorted(k for k in c if k != "k")) or "nothing"
 )
