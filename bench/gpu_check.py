@@ -353,7 +353,7 @@ def onnx_section(out: dict[str, Any], res: Results, smoke: bool, bundle: Path, w
     the head on CUDA; a roberta-base-sized encoder."""
     import onnxruntime as ort
 
-    from export.runtime import OnnxHead, OnnxTextEncoder, make_session
+    from export.runtime import OnnxHead, OnnxTextEncoder
 
     cuda = "CUDAExecutionProvider" in ort.get_available_providers()
     gpu_providers = ["CUDAExecutionProvider", "CPUExecutionProvider"]
@@ -428,7 +428,6 @@ def onnx_section(out: dict[str, Any], res: Results, smoke: bool, bundle: Path, w
     rows = np.repeat(features, 4, axis=0)[:200]
     cpu_head = OnnxHead(bundle / "head.onnx")
     head["cpu_ms_200_rows"] = _ms(lambda: cpu_head.score(rows), repeat=30)
-    _ = make_session  # the service's own session factory is what OnnxHead uses
     res.write()
 
     # A roberta-base-sized encoder (random weights: same cost as the real one).
