@@ -4,7 +4,15 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StrictBool,
+    StrictInt,
+    StrictStr,
+    field_validator,
+)
 
 Source = Literal["wals", "text", "popular"]
 
@@ -32,6 +40,18 @@ class RecommendRequest(BaseModel):
     k: StrictInt = Field(10, ge=1, description="How many items (at most WALRUS_MAX_K).")
     exclude: list[StrictStr] | None = Field(None, description="Item ids never to return.")
     exclude_seen: StrictBool = Field(True, description="Drop the user's known and history items.")
+
+    @field_validator("user_id", "query", "history", "exclude")
+    @classmethod
+    def _valid_unicode(cls, value: str | list[str] | None) -> str | list[str] | None:
+        """JSON may carry lone UTF-16 surrogates ("\\ud800"), which no tokenizer or log can
+        encode: refused here, with the field named, instead of failing deep in the request."""
+        for text in [value] if isinstance(value, str) else value or []:
+            try:
+                text.encode("utf-8")
+            except UnicodeEncodeError:
+                raise ValueError("must be valid Unicode text (it holds a lone surrogate)") from None
+        return value
 
 
 class Item(BaseModel):

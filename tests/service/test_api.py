@@ -122,6 +122,26 @@ def test_bad_input_is_422_naming_the_field(client, body, field):
     assert any(field in loc for loc in locs), locs
 
 
+@pytest.mark.parametrize(
+    ("raw", "field"),
+    [
+        (rb'{"query": "\ud800 a"}', "query"),  # a lone surrogate: valid JSON, not valid text
+        (rb'{"user_id": "\udfff"}', "user_id"),
+        (rb'{"history": ["i1", "\ud800"]}', "history"),
+        (rb'{"exclude": ["\udc00"]}', "exclude"),
+        (rb'{"k": 1e999}', "k"),  # beyond the float range: FastAPI's own 422 could not render it
+        (rb'{"k": -1e999}', "k"),
+        (rb'{"k": NaN}', "k"),
+    ],
+)
+def test_hostile_json_is_422_naming_the_field_never_500(client, raw, field):
+    r = client.post("/v1/recommend", content=raw, headers={"content-type": "application/json"})
+    assert r.status_code == 422, r.text
+    locs = [d["loc"] for d in r.json()["detail"]]
+    assert any(field in loc for loc in locs), locs
+    assert all(set(d) == {"loc", "msg", "type"} for d in r.json()["detail"])  # no echo
+
+
 def test_malformed_json_is_422(client):
     r = client.post(
         "/v1/recommend", content=b"{not json", headers={"content-type": "application/json"}
