@@ -7,12 +7,11 @@ Run: ``walrus serve`` or ``uvicorn service.app:create_app --factory``.
 from __future__ import annotations
 
 import logging
-import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 import anyio.to_thread
-from fastapi import FastAPI, Request, Response
+from fastapi import FastAPI, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
@@ -21,6 +20,7 @@ from service.api import router
 from service.batcher import Batcher
 from service.cache import QueryCache
 from service.metrics import Metrics
+from service.middleware import Guard
 from service.recommender import InputError, Recommender
 from service.settings import Settings
 
@@ -46,7 +46,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         app.state.settings = settings
-        app.state.metrics = Metrics()
         app.state.recommender = None
         app.state.batcher = None
         app.state.reason = "loading the bundle"
@@ -88,20 +87,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         lifespan=lifespan,
     )
     app.include_router(router)
-
-    @app.middleware("http")
-    async def count(
-        request: Request, call_next: Callable[[Request], Awaitable[Response]]
-    ) -> Response:
-        start = time.perf_counter()
-        response = await call_next(request)
-        route = request.scope.get("route")
-        endpoint = getattr(route, "path", "unmatched")
-        metrics: Metrics | None = getattr(request.app.state, "metrics", None)
-        if metrics is not None:
-            metrics.requests.labels(endpoint, str(response.status_code)).inc()
-            metrics.latency.labels(endpoint).observe(time.perf_counter() - start)
-        return response
+    # Outermost of the app's own layers: limits apply before any parsing, and the 500s that
+    # the error handler below answers are counted too.
+    app.state.metrics = Metrics()
+    app.add_middleware(Guard, metrics=app.state.metrics, max_body_bytes=settings.max_body_bytes)
 
     @app.exception_handler(RequestValidationError)
     async def invalid(_request: Request, exc: RequestValidationError) -> JSONResponse:

@@ -33,6 +33,9 @@ class Settings(BaseSettings):
     n_wals: int | None = Field(None, ge=1, le=10_000, description="Default: the bundle's.")
     n_text: int | None = Field(None, ge=1, le=10_000, description="Default: the bundle's.")
     max_k: int = Field(100, ge=1, le=1000)
+    max_body_bytes: int = Field(
+        65_536, ge=1024, description="Largest request body; larger ones get 413 unread."
+    )
     max_query_chars: int = Field(512, ge=1)
     max_history: int = Field(1000, ge=0)
     max_exclude: int = Field(1000, ge=0)

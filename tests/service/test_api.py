@@ -256,6 +256,8 @@ def test_a_bug_at_request_time_is_a_clean_500_with_its_traceback_logged(tiny_bun
         time.sleep(0.2)
         assert "unhandled error on POST /v1/recommend" in srv.output()
         assert "Traceback" in srv.output()
+        metrics = httpx.get(f"{srv.url}/metrics").text
+        assert 'walrus_requests_total{endpoint="/v1/recommend",status="500"} 1.0' in metrics
     finally:
         srv.stop()
 
@@ -269,3 +271,26 @@ def test_service_never_imports_torch():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "", f"service imported {out.stdout}"
+
+
+def test_a_body_over_the_limit_is_413_before_parsing(client):
+    big = b'{"query": "' + b"a" * 70_000 + b'"}'
+    r = client.post("/v1/recommend", content=big, headers={"content-type": "application/json"})
+    assert r.status_code == 413 and r.json()["detail"][0]["loc"] == ["body", "body"]
+
+    def chunks():  # no Content-Length: the limit holds while reading
+        yield b'{"query": "'
+        for _ in range(80):
+            yield b"a" * 1000
+        yield b'"}'
+
+    r = client.post("/v1/recommend", content=chunks(), headers={"content-type": "application/json"})
+    assert r.status_code == 413
+    assert client.post("/v1/recommend", json={"k": 2}).status_code == 200  # still serving
+
+
+@pytest.mark.parametrize("kind", ["text/plain", "application/x-www-form-urlencoded", None])
+def test_a_body_that_is_not_json_is_415(client, kind):
+    headers = {"content-type": kind} if kind else {}
+    r = client.post("/v1/recommend", content=b'{"k": 2}', headers=headers)
+    assert r.status_code == 415 and r.json()["detail"][0]["loc"] == ["header", "content-type"]

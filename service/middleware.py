@@ -1,0 +1,96 @@
+"""The outermost ASGI layer of the app: body limits before any parsing, and request counts
+that include the 500s (a Starlette ``http`` middleware never sees them: the exception passes
+through it to the error handler outside it)."""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Any
+
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from service.metrics import Metrics
+
+JSON_TYPES = ("application/json",)
+
+
+class Guard:
+    """Reads a request body of at most ``max_body_bytes`` before the app sees it (413 past
+    that, whatever Content-Length claims), refuses bodies that are not JSON (415), and counts
+    every answer by endpoint and status."""
+
+    def __init__(self, app: ASGIApp, metrics: Metrics, max_body_bytes: int) -> None:
+        self.app = app
+        self.metrics = metrics
+        self.max_body_bytes = max_body_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        start = time.perf_counter()
+        status = [500]
+
+        async def send_counted(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                status[0] = int(message["status"])
+            await send(message)
+
+        try:
+            refusal = None
+            if scope["method"] in ("POST", "PUT", "PATCH"):
+                refusal, receive = await self._read_body(scope, receive)
+            if refusal is not None:
+                await _json(send_counted, *refusal)
+            else:
+                await self.app(scope, receive, send_counted)
+        finally:
+            route = scope.get("route")
+            endpoint = getattr(route, "path", "unmatched")
+            self.metrics.requests.labels(endpoint, str(status[0])).inc()
+            self.metrics.latency.labels(endpoint).observe(time.perf_counter() - start)
+
+    async def _read_body(
+        self, scope: Scope, receive: Receive
+    ) -> tuple[tuple[int, str, str] | None, Receive]:
+        headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]}
+        kind = headers.get("content-type", "").split(";")[0].strip().lower()
+        if kind not in JSON_TYPES:
+            shown = kind or "none"
+            return (415, "content-type", f"send application/json, not {shown}"), receive
+        too_big = (413, "body", f"the body must be at most {self.max_body_bytes} bytes")
+        declared = headers.get("content-length", "")
+        if declared.isdigit() and int(declared) > self.max_body_bytes:
+            return too_big, receive
+        chunks, size, more = [], 0, True
+        while more:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                break
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            if size > self.max_body_bytes:
+                return too_big, receive
+            chunks.append(chunk)
+            more = message.get("more_body", False)
+        body = b"".join(chunks)
+        replayed = False
+
+        async def replay() -> Message:
+            nonlocal replayed
+            if not replayed:
+                replayed = True
+                return {"type": "http.request", "body": body, "more_body": False}
+            return await receive()
+
+        return None, replay
+
+
+async def _json(send: Any, status: int, field: str, message: str) -> None:
+    where = "body" if field == "body" else "header"
+    error = {"loc": [where, field], "msg": message, "type": "request_error"}
+    body = json.dumps({"detail": [error]}).encode()
+    headers = [(b"content-type", b"application/json"), (b"content-length", b"%d" % len(body))]
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
