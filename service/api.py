@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, HTTPException, Query, Request, Response
 from fastapi.concurrency import run_in_threadpool
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from service.batcher import Batcher
+from service.batcher import Batcher, Overloaded
 from service.metrics import Metrics
 from service.recommender import Recommender, UnknownItem
 from service.schemas import Health, Readiness, RecommendRequest, RecommendResponse, SimilarResponse
@@ -42,11 +43,19 @@ router = APIRouter()
 
 @router.post("/v1/recommend", response_model=RecommendResponse)
 async def recommend(
-    body: RecommendRequest, batcher: BatcherDep, metrics: MetricsDep
+    body: RecommendRequest, batcher: BatcherDep, metrics: MetricsDep, request: Request
 ) -> RecommendResponse:
     """Recommendations for a user, a query, a history, any mix of them, or nothing (popular).
     Concurrent requests are served together by the dynamic batcher."""
-    response = await batcher.submit(body)
+    deadline = request.app.state.settings.deadline_ms / 1000
+    try:
+        response = await asyncio.wait_for(batcher.submit(body), timeout=deadline)
+    except Overloaded:
+        metrics.shed.inc()
+        raise HTTPException(503, "overloaded: retry shortly", {"Retry-After": "1"}) from None
+    except TimeoutError:
+        metrics.deadline_misses.inc()
+        raise HTTPException(504, f"not answered within {deadline * 1000:.0f} ms") from None
     metrics.observe_stages(response.timings_ms)
     return response
 

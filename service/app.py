@@ -61,6 +61,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 max_batch=settings.max_batch,
                 wait_us=settings.batch_wait_us,
                 workers=settings.batch_workers,
+                max_queue=settings.max_queue,
                 on_batch=metrics.batch_size.observe,
             )
             metrics.queue_depth.set_function(app.state.batcher.depth)

@@ -37,6 +37,10 @@ def _resolve(future: asyncio.Future[Any], result: Any) -> None:
         future.set_result(result)
 
 
+class Overloaded(Exception):
+    """The queue in front of the batcher is full: shed the request (503, Retry-After)."""
+
+
 class Batcher(Generic[T, R]):
     """Gathers concurrent ``submit`` calls into batches for ``process``.
 
@@ -52,6 +56,7 @@ class Batcher(Generic[T, R]):
         max_batch: int = 32,
         wait_us: int = 0,
         workers: int = 1,
+        max_queue: int = 0,
         on_batch: Callable[[int], None] | None = None,
         name: str = "walrus-batcher",
     ) -> None:
@@ -60,6 +65,7 @@ class Batcher(Generic[T, R]):
         self.process = process
         self.max_batch = max_batch
         self.wait_s = wait_us / 1e6
+        self.max_queue = max_queue  # 0: unbounded
         self.on_batch = on_batch
         self._queue: queue.SimpleQueue[_Pending[T] | None] = queue.SimpleQueue()
         self._threads = [
@@ -74,6 +80,11 @@ class Batcher(Generic[T, R]):
         return self._queue.qsize()
 
     async def submit(self, item: T) -> R:
+        """The item's result; ``Overloaded`` at once when ``max_queue`` requests already wait.
+        Cancelling the caller (a deadline, a disconnect) drops the item if it is still
+        queued."""
+        if self.max_queue and self._queue.qsize() >= self.max_queue:
+            raise Overloaded(f"{self._queue.qsize()} requests are queued")
         loop = asyncio.get_running_loop()
         future: asyncio.Future[R] = loop.create_future()
         self._queue.put(_Pending(item, future, loop))
@@ -111,6 +122,11 @@ class Batcher(Generic[T, R]):
             if first is None:
                 return
             batch, stop = self._gather(first)
+            batch = [p for p in batch if not p.future.cancelled()]  # abandoned: skip the work
+            if not batch:
+                if stop:
+                    return
+                continue
             if self.on_batch is not None:
                 self.on_batch(len(batch))
             try:

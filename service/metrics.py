@@ -46,6 +46,16 @@ class Metrics:
             buckets=BATCH_BUCKETS,
             registry=self.registry,
         )
+        self.shed = Counter(
+            "walrus_shed_requests",
+            "Requests answered 503 because the batcher's queue was full.",
+            registry=self.registry,
+        )
+        self.deadline_misses = Counter(
+            "walrus_deadline_misses",
+            "Requests answered 504 because WALRUS_DEADLINE_MS passed.",
+            registry=self.registry,
+        )
         self.queue_depth = Gauge(
             "walrus_queue_depth",
             "Requests waiting for the dynamic batcher.",

@@ -51,6 +51,12 @@ class Settings(BaseSettings):
     batch_wait_us: int = Field(
         0, ge=0, le=1_000_000, description="Dynamic batching: wait this long for more requests."
     )
+    max_queue: int = Field(
+        1024, ge=0, description="Requests waiting for the batcher beyond which new ones get 503."
+    )
+    deadline_ms: int = Field(
+        10_000, ge=1, description="A request not answered by then gets 504; its work is dropped."
+    )
     batch_workers: int = Field(
         2, ge=1, le=64, description="Dynamic batching: batches served at once."
     )

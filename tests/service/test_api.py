@@ -294,3 +294,39 @@ def test_a_body_that_is_not_json_is_415(client, kind):
     headers = {"content-type": kind} if kind else {}
     r = client.post("/v1/recommend", content=b'{"k": 2}', headers=headers)
     assert r.status_code == 415 and r.json()["detail"][0]["loc"] == ["header", "content-type"]
+
+
+def test_deadline_and_load_shedding(tiny_bundle):
+    """A request past WALRUS_DEADLINE_MS is a 504; past WALRUS_MAX_QUEUE waiting requests a
+    503 with Retry-After; both counted; nothing else fails."""
+    import concurrent.futures
+
+    srv = Server(tiny_bundle.parent, WALRUS_DEADLINE_MS="1")
+    try:
+        srv.wait()
+        r = httpx.post(f"{srv.url}/v1/recommend", json={"query": "slow robots", "k": 3})
+        assert r.status_code == 504 and "1 ms" in r.json()["detail"]
+        assert "walrus_deadline_misses_total 1.0" in httpx.get(f"{srv.url}/metrics").text
+    finally:
+        srv.stop()
+    srv = Server(tiny_bundle.parent, WALRUS_MAX_QUEUE="1", WALRUS_MAX_BATCH="1",
+                 WALRUS_BATCH_WORKERS="1", WALRUS_QUERY_CACHE_SIZE="0")  # fmt: skip
+    try:
+        srv.wait()
+
+        def call(i: int) -> httpx.Response:
+            return httpx.post(
+                f"{srv.url}/v1/recommend", json={"query": f"q {i}", "k": 5}, timeout=30
+            )
+
+        with concurrent.futures.ThreadPoolExecutor(32) as pool:
+            answers = list(pool.map(call, range(96)))
+        statuses = {a.status_code for a in answers}
+        assert statuses <= {200, 503} and 503 in statuses and 200 in statuses
+        assert all(a.headers["retry-after"] == "1" for a in answers if a.status_code == 503)
+        metrics = httpx.get(f"{srv.url}/metrics").text
+        shed = float(next(ln.split()[-1] for ln in metrics.splitlines()
+                          if ln.startswith("walrus_shed_requests_total")))  # fmt: skip
+        assert shed == sum(a.status_code == 503 for a in answers)
+    finally:
+        srv.stop()

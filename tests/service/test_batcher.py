@@ -131,3 +131,52 @@ def test_close_serves_what_is_queued_then_stops():
 def test_bad_settings_are_refused():
     with pytest.raises(ValueError):
         Batcher(lambda items: items, max_batch=0)
+
+
+def test_a_full_queue_sheds_at_once():
+    from service.batcher import Overloaded
+
+    gate = threading.Event()
+    batcher: Batcher[int, int] = Batcher(lambda items: (gate.wait(5), items)[1], max_batch=1,
+                                         workers=1, max_queue=2)  # fmt: skip
+
+    async def main() -> list[object]:
+        tasks = [asyncio.ensure_future(batcher.submit(i)) for i in range(6)]
+        await asyncio.sleep(0.1)
+        gate.set()
+        return await asyncio.gather(*tasks, return_exceptions=True)
+
+    try:
+        results = run(main())
+    finally:
+        batcher.close()
+    shed = [r for r in results if isinstance(r, Overloaded)]
+    assert shed and len(shed) < 6
+    assert all(isinstance(r, int) for r in results if not isinstance(r, Overloaded))
+
+
+def test_an_abandoned_request_is_never_processed():
+    seen: list[int] = []
+    gate = threading.Event()
+
+    def process(items: list[int]) -> list[int]:
+        seen.extend(items)
+        gate.wait(5)
+        return items
+
+    batcher: Batcher[int, int] = Batcher(process, max_batch=1, workers=1)
+
+    async def main() -> None:
+        first = asyncio.ensure_future(batcher.submit(1))  # occupies the worker
+        await asyncio.sleep(0.05)
+        with pytest.raises(TimeoutError):
+            await asyncio.wait_for(batcher.submit(2), timeout=0.05)  # gives up while queued
+        gate.set()
+        await first
+        assert await batcher.submit(3) == 3
+
+    try:
+        run(main())
+    finally:
+        batcher.close()
+    assert seen == [1, 3]
