@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -162,11 +163,28 @@ def write_manifest(bundle: Path, manifest: Manifest) -> None:
 
 
 def resolve_bundle(path: str | Path) -> Path:
-    """A bundle directory, or a bundles directory whose ``current`` pointer names one."""
+    """A bundle directory, or a bundles directory whose ``current`` pointer names one.
+    ``BundleError`` when ``current`` points at a version that does not exist."""
     path = Path(path)
-    if (path / CURRENT).exists() and not (path / MANIFEST).exists():
-        path = path / CURRENT
+    current = path / CURRENT
+    if current.is_symlink() and not current.exists():
+        raise BundleError(
+            f"{current} points to {os.readlink(current)}, which does not exist; "
+            "export a bundle or point the link at an existing one"
+        )
+    if current.exists() and not (path / MANIFEST).exists():
+        path = current
     return path.resolve()
+
+
+def _inside(bundle: Path, rel: str) -> bool:
+    """A manifest entry names a file inside the bundle: relative, no ``..``, and no link
+    leading out of it."""
+    name = Path(rel)
+    if name.is_absolute() or ".." in name.parts or not name.parts:
+        return False
+    target = (bundle / name).resolve()
+    return target == bundle or bundle in target.parents
 
 
 def read_manifest(bundle: str | Path) -> Manifest:
@@ -197,6 +215,9 @@ def read_manifest(bundle: str | Path) -> Manifest:
     unlisted = [name for name in REQUIRED_FILES if name not in manifest.files]
     if unlisted:
         raise BundleError(f"{bundle}: the manifest does not list {unlisted[0]}; {REBUILD}")
+    outside = [rel for rel in manifest.files if not _inside(bundle, rel)]
+    if outside:
+        raise BundleError(f"{bundle}: the manifest names {outside[0]!r}, outside the bundle")
     for rel, meta in manifest.files.items():
         file = bundle / rel
         if not file.is_file():

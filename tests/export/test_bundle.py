@@ -232,3 +232,40 @@ def test_the_ladder_falls_back_and_fails_when_no_scheme_passes(tiny_bundle, tmp_
     with pytest.raises(ParityError, match="with every scheme"):
         quantize_to_target(copy, texts, reference, max_length, 1.0000001)
     assert not (copy / "encoder.int8.onnx").exists()  # nothing half-written is left
+
+
+@pytest.mark.parametrize("bad", ["../outside.npy", "/etc/hostname", "parity/../../x"])
+def test_a_manifest_naming_files_outside_the_bundle_is_refused(tiny_bundle, tmp_path, bad):
+    copy = tmp_path / "escape"
+    shutil.copytree(tiny_bundle, copy)
+    manifest = json.loads((copy / "manifest.json").read_text())
+    manifest["files"][bad] = {"sha256": "0" * 64, "bytes": 1}
+    (copy / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(BundleError, match="outside the bundle"):
+        read_manifest(copy)
+
+
+def test_a_link_leading_out_of_the_bundle_is_refused(tiny_bundle, tmp_path):
+    copy = tmp_path / "linked"
+    shutil.copytree(tiny_bundle, copy)
+    outside = tmp_path / "elsewhere.npy"
+    shutil.move(copy / "item_factors.npy", outside)
+    (copy / "item_factors.npy").symlink_to(outside)  # same bytes, same sha256
+    with pytest.raises(BundleError, match=r"item_factors\.npy', outside the bundle"):
+        read_manifest(copy)
+
+
+def test_a_manifest_without_its_file_list_is_refused(tiny_bundle, tmp_path):
+    copy = tmp_path / "nofiles"
+    shutil.copytree(tiny_bundle, copy)
+    manifest = json.loads((copy / "manifest.json").read_text())
+    del manifest["files"]
+    (copy / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(BundleError, match="files"):
+        read_manifest(copy)
+
+
+def test_a_current_link_to_a_missing_version_says_so(tmp_path):
+    (tmp_path / "current").symlink_to("20990101T000000Z-gone")
+    with pytest.raises(BundleError, match="points to 20990101T000000Z-gone, which does not exist"):
+        resolve_bundle(tmp_path)
