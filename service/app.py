@@ -6,6 +6,7 @@ Run: ``walrus serve`` or ``uvicorn service.app:create_app --factory``.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -43,6 +44,41 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or Settings()
     configure_logging(settings.log_level)
 
+    async def load(app: FastAPI) -> None:
+        """Load, warm, then serve the bundle; retry a failed load with backoff, showing why
+        in ``/readyz`` (the operator may still be copying the bundle in)."""
+        metrics: Metrics = app.state.metrics
+        cache = QueryCache(settings.query_cache_size)
+        metrics.watch_cache(cache)
+        delay = 1.0
+        while True:
+            try:
+                recommender = await run_in_threadpool(Recommender, settings.bundle, settings, cache)
+                await run_in_threadpool(recommender.warm_up)
+                break
+            except Exception as exc:  # anything that stops loading keeps the service un-ready
+                reason = f"{type(exc).__name__}: {exc}".splitlines()[0]
+                app.state.reason = f"{reason} (retrying in {delay:.0f} s)"
+                log.error("not ready: %s", app.state.reason)
+                await asyncio.sleep(delay)
+                delay = min(2 * delay, settings.load_retry_max_s)
+        app.state.batcher = Batcher(
+            recommender.recommend_batch,
+            max_batch=settings.max_batch,
+            wait_us=settings.batch_wait_us,
+            workers=settings.batch_workers,
+            max_queue=settings.max_queue,
+            on_batch=metrics.batch_size.observe,
+        )
+        metrics.queue_depth.set_function(app.state.batcher.depth)
+        app.state.recommender = recommender
+        app.state.reason = None
+        log.info(
+            "ready: curl -s http://%s:%d/v1/recommend -H 'content-type: application/json' "
+            "-d '{\"user_id\": \"%s\", \"query\": \"something to watch\", \"k\": 5}'",
+            settings.host, settings.port, recommender.example_user(),
+        )  # fmt: skip
+
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         app.state.settings = settings
@@ -51,33 +87,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.reason = "loading the bundle"
         # The pool that runs ONNX and FAISS off the event loop (run_in_threadpool).
         anyio.to_thread.current_default_thread_limiter().total_tokens = settings.worker_threads
-        try:
-            metrics: Metrics = app.state.metrics
-            cache = QueryCache(settings.query_cache_size)
-            metrics.watch_cache(cache)
-            recommender = await run_in_threadpool(Recommender, settings.bundle, settings, cache)
-            app.state.batcher = Batcher(
-                recommender.recommend_batch,
-                max_batch=settings.max_batch,
-                wait_us=settings.batch_wait_us,
-                workers=settings.batch_workers,
-                max_queue=settings.max_queue,
-                on_batch=metrics.batch_size.observe,
-            )
-            metrics.queue_depth.set_function(app.state.batcher.depth)
-            app.state.recommender = recommender
-            app.state.reason = None
-            user = app.state.recommender.example_user()
-            log.info(
-                "ready: curl -s http://%s:%d/v1/recommend -H 'content-type: application/json' "
-                "-d '{\"user_id\": \"%s\", \"query\": \"something to watch\", \"k\": 5}'",
-                settings.host, settings.port, user,
-            )  # fmt: skip
-        except Exception as exc:  # anything that stops loading keeps the service un-ready
-            reason = f"{type(exc).__name__}: {exc}".splitlines()[0]
-            app.state.reason = reason
-            log.error("not ready: %s", reason)
+        # The port opens at once; /readyz says "loading" until the bundle is loaded and warm.
+        loading = asyncio.create_task(load(app))
         yield
+        loading.cancel()
         if app.state.batcher is not None:
             await run_in_threadpool(app.state.batcher.close)
 

@@ -346,5 +346,18 @@ class Recommender:
             timings_ms={k: round(v, 3) for k, v in clock.ms.items()},
         )
 
+    def warm_up(self) -> None:
+        """A few real requests before the bundle serves: the first ONNX and FAISS calls pay
+        for lazy initialisation, which no client should wait for."""
+        user = self.example_user()
+        for req in (
+            RecommendRequest(query="warm up", k=5),
+            RecommendRequest(user_id=user, k=5),
+            RecommendRequest(user_id=user, query="warm up the encoder", k=5),
+        ):
+            result = self.recommend_batch([req])[0]
+            if isinstance(result, Exception):
+                raise result
+
     def example_user(self) -> str | None:
         return self.users.ids[0] if len(self.users) else None

@@ -60,6 +60,9 @@ class Settings(BaseSettings):
     batch_workers: int = Field(
         2, ge=1, le=64, description="Dynamic batching: batches served at once."
     )
+    load_retry_max_s: float = Field(
+        30.0, gt=0, description="A failed bundle load is retried, backing off up to this."
+    )
     verify_parity: bool = Field(
         False, description="Also re-run the bundle's parity check on start (slower start)."
     )

@@ -232,9 +232,38 @@ def test_a_bad_bundle_is_refused_at_start(tiny_bundle, tmp_path, break_it, env, 
         srv.stop()
 
 
+def _short_user_factors(bundle):
+    """A bundle whose user factors miss the last user's row: consistent checksums, wrong
+    contents (the kind of bug no input validation can catch)."""
+    factors = np.load(bundle / "user_factors.npy")
+    np.save(bundle / "user_factors.npy", factors[:-1])
+    _rewrite_manifest(bundle, lambda m: None)
+
+
 def test_a_bug_at_request_time_is_a_clean_500_with_its_traceback_logged(tiny_bundle, tmp_path):
-    """A head whose input width disagrees with the features fails inside onnxruntime: the
-    client gets a one-line 500, the log gets the traceback."""
+    """The client gets a one-line 500, the log gets the traceback, /metrics counts it."""
+    copy = tmp_path / "bundle"
+    shutil.copytree(tiny_bundle, copy)
+    _short_user_factors(copy)
+    last_user = json.loads((copy / "user_ids.json").read_text())[-1]
+    srv = Server(copy)
+    try:
+        srv.wait()
+        r = httpx.post(f"{srv.url}/v1/recommend", json={"user_id": last_user, "k": 2})
+        assert r.status_code == 500 and r.json() == {"detail": "internal error"}
+        assert "Traceback" not in r.text
+        time.sleep(0.2)
+        assert "unhandled error on POST /v1/recommend" in srv.output()
+        assert "Traceback" in srv.output()
+        metrics = httpx.get(f"{srv.url}/metrics").text
+        assert 'walrus_requests_total{endpoint="/v1/recommend",status="500"} 1.0' in metrics
+    finally:
+        srv.stop()
+
+
+def test_a_bundle_that_fails_its_warm_up_never_serves(tiny_bundle, tmp_path):
+    """A head whose input width disagrees with the features fails the warm-up requests: the
+    bundle is refused with the reason, instead of answering 500s."""
     from export.onnx import export_head
     from models.head import ScoreHead
 
@@ -249,15 +278,9 @@ def test_a_bug_at_request_time_is_a_clean_500_with_its_traceback_logged(tiny_bun
     _rewrite_manifest(copy, lambda m: None)
     srv = Server(copy)
     try:
-        srv.wait()
-        r = httpx.post(f"{srv.url}/v1/recommend", json={"query": "robots", "k": 2})
-        assert r.status_code == 500 and r.json() == {"detail": "internal error"}
-        assert "Traceback" not in r.text
-        time.sleep(0.2)
-        assert "unhandled error on POST /v1/recommend" in srv.output()
-        assert "Traceback" in srv.output()
-        metrics = httpx.get(f"{srv.url}/metrics").text
-        assert 'walrus_requests_total{endpoint="/v1/recommend",status="500"} 1.0' in metrics
+        srv.wait(ready=False)
+        reason = httpx.get(f"{srv.url}/readyz").json()["reason"]
+        assert ("retrying in" in reason and "features" in reason.lower()) or "INVALID" in reason
     finally:
         srv.stop()
 
@@ -328,5 +351,25 @@ def test_deadline_and_load_shedding(tiny_bundle):
         shed = float(next(ln.split()[-1] for ln in metrics.splitlines()
                           if ln.startswith("walrus_shed_requests_total")))  # fmt: skip
         assert shed == sum(a.status_code == 503 for a in answers)
+    finally:
+        srv.stop()
+
+
+def test_the_port_opens_at_once_and_a_failed_load_is_retried(tiny_bundle, tmp_path):
+    """No bundle yet: alive, not ready, the reason and the retry shown; once the bundle is
+    copied in, the same process becomes ready without a restart."""
+    bundles = tmp_path / "bundles"
+    bundles.mkdir()
+    srv = Server(bundles, WALRUS_LOAD_RETRY_MAX_S="1")
+    try:
+        srv.wait(ready=False)
+        ready = httpx.get(f"{srv.url}/readyz")
+        assert ready.status_code == 503 and "retrying in" in ready.json()["reason"]
+        assert httpx.get(f"{srv.url}/healthz").status_code == 200
+        shutil.copytree(tiny_bundle, bundles / tiny_bundle.name)
+        (bundles / "current").symlink_to(tiny_bundle.name)
+        srv.wait(ready=True, timeout=60)
+        r = httpx.post(f"{srv.url}/v1/recommend", json={"query": "space robots", "k": 3})
+        assert r.status_code == 200 and r.json()["bundle_id"] == tiny_bundle.name
     finally:
         srv.stop()
