@@ -73,8 +73,7 @@ def onnx_providers(preference: DevicePreference = "auto") -> list[str]:
 def search(index: Any, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     """Top-k ids and scores for (b, dim) queries; ``k`` is clamped to the index size and raises
     HNSW's efSearch when needed (FAISS does not). Padding ids (-1) stay for callers to drop."""
-    k = max(1, min(k, index.ntotal))
-    queries = np.ascontiguousarray(queries, dtype=np.float32).reshape(-1, index.d)
+    queries, k = _clamped(index, queries, k)
     hnsw = faiss.downcast_index(index)
     if isinstance(hnsw, faiss.IndexHNSW) and hnsw.hnsw.efSearch < k:
         params = faiss.SearchParametersHNSW(efSearch=k)  # type: ignore[attr-defined]
@@ -82,6 +81,12 @@ def search(index: Any, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndar
     else:
         scores, ids = index.search(queries, k)
     return ids, scores
+
+
+def _clamped(index: Any, queries: np.ndarray, k: int) -> tuple[np.ndarray, int]:
+    """(b, d) contiguous float32 queries and k within 1..ntotal, as FAISS wants them."""
+    k = max(1, min(k, index.ntotal))
+    return np.ascontiguousarray(queries, dtype=np.float32).reshape(-1, index.d), k
 
 
 class ServedIndex:
@@ -111,8 +116,7 @@ class ServedIndex:
     def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         """As ``search``: (b, k') ids and scores."""
         if self.gpu_index is not None and min(k, self.ntotal) <= GPU_MAX_K:
-            k = max(1, min(k, self.ntotal))
-            queries = np.ascontiguousarray(queries, dtype=np.float32).reshape(-1, self.cpu_index.d)
+            queries, k = _clamped(self.cpu_index, queries, k)
             with self._gpu_lock:  # GPU copies are flat or IVF: no efSearch to raise
                 scores, ids = self.gpu_index.search(queries, k)
             return ids, scores
