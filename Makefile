@@ -12,7 +12,7 @@ WALRUS_URL ?= http://127.0.0.1:8000
 LOADTEST_USERS ?= 8
 LOADTEST_DURATION ?= 30s
 
-.PHONY: install demo data train export serve test lint format bench bench-quantization gpu-check loadtest docker-test clean
+.PHONY: install demo data train export serve test lint format bench bench-quantization bench-serve seed-bundle gpu-check loadtest docker-test clean
 
 # Re-install only when pyproject.toml changes.
 $(STAMP): pyproject.toml
@@ -56,6 +56,19 @@ bench: install
 
 bench-quantization: install
 	$(BIN)/python -m bench.quantization
+
+# The seed's scale: 10M users x 500k items, dim 64 (about 10 minutes and 12 GB on 2 cores).
+SEED_BUNDLE ?= artifacts/seed/bundles
+seed-bundle: $(SEED_BUNDLE)/current
+$(SEED_BUNDLE)/current: | install
+	$(BIN)/walrus bundle synthetic --out $(SEED_BUNDLE)
+
+# The serving benchmark (docs/benchmarks.md): needs wrk, the demo bundle (make export) and
+# the seed bundle (built when missing).
+bench-serve: install $(SEED_BUNDLE)/current
+	@test -e artifacts/demo/bundles/current || { echo "no demo bundle: run make export first"; exit 2; }
+	$(BIN)/python -m bench.serve --bundle artifacts/demo/bundles --seed-bundle $(SEED_BUNDLE)
+	$(BIN)/python -m bench.serve --report bench/results/serve.json --plot docs/serve-latency.png
 
 # On a GPU machine (see docs/benchmarks.md): WALS on CUDA, FAISS GPU, ONNX CUDA, GPU serving.
 GPU_CHECK_OUT ?= bench/results/gpu

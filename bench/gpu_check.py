@@ -16,7 +16,6 @@ import argparse
 import json
 import os
 import platform
-import resource
 import shutil
 import subprocess
 import sys
@@ -32,47 +31,7 @@ from typing import Any
 import numpy as np
 import scipy.sparse as sp
 
-WORDS = [
-    "space",
-    "robot",
-    "jazz",
-    "mystery",
-    "cooking",
-    "quick",
-    "vegetarian",
-    "dinner",
-    "night",
-    "city",
-    "river",
-    "ocean",
-    "story",
-    "history",
-    "music",
-    "piano",
-    "guitar",
-    "crime",
-    "detective",
-    "family",
-    "comedy",
-    "drama",
-    "war",
-    "love",
-    "future",
-    "planet",
-    "star",
-    "galaxy",
-    "chef",
-    "kitchen",
-    "spicy",
-    "sweet",
-    "garden",
-    "travel",
-    "mountain",
-    "winter",
-    "summer",
-    "ghost",
-    "castle",
-]
+from bench.wrk import DISTINCT_QUERIES, WORDS, metric_summary, run_wrk
 
 
 class Results:
@@ -525,54 +484,6 @@ def roberta_bundle(bundle: Path, encoder_dir: Path, work: Path) -> Path:
     return out
 
 
-WRK_SCRIPT = r"""
-local words = {"space","robot","jazz","mystery","cooking","quick","vegetarian","dinner",
-  "night","city","river","ocean","story","music","piano","crime","detective","family",
-  "comedy","drama","future","planet","star","chef","garden","travel","winter","ghost"}
-local counter = 0
-local prefix = 0
-setup = function(thread) prefix = prefix + 1; thread:set("prefix", prefix) end
-init = function(args) math.randomseed(prefix * 7919) end
-request = function()
-  counter = counter + 1
-  local q = words[math.random(#words)] .. " " .. words[math.random(#words)] .. " " ..
-            words[math.random(#words)] .. " " .. prefix .. "-" .. counter
-  return wrk.format("POST", "/v1/recommend", {["Content-Type"] = "application/json"},
-                    '{"query": "' .. q .. '", "k": 10}')
-end
-done = function(summary, latency, requests)
-  io.write(string.format('WRKJSON {"requests": %d, "duration_us": %d, "errors_status": %d, ' ..
-    '"errors_other": %d, "p50_ms": %.3f, "p95_ms": %.3f, "p99_ms": %.3f}\n',
-    summary.requests, summary.duration, summary.errors.status,
-    summary.errors.connect + summary.errors.read + summary.errors.write + summary.errors.timeout,
-    latency:percentile(50) / 1000, latency:percentile(95) / 1000, latency:percentile(99) / 1000))
-end
-"""
-
-
-def run_wrk(wrk: str, url: str, path: str, connections: int, seconds: int, threads: int,
-            script: Path | None) -> dict[str, Any]:  # fmt: skip
-    before = resource.getrusage(resource.RUSAGE_CHILDREN)
-    cmd = [wrk, f"-t{threads}", f"-c{connections}", f"-d{seconds}s", "--timeout", "5s"]
-    if script is not None:
-        cmd += ["-s", str(script)]
-    proc = subprocess.run([*cmd, url + path], capture_output=True, text=True, timeout=seconds + 30)
-    after = resource.getrusage(resource.RUSAGE_CHILDREN)
-    cpu_s = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
-    result: dict[str, Any] = {"connections": connections, "seconds": seconds}
-    for line in proc.stdout.splitlines():
-        if line.startswith("WRKJSON "):
-            result.update(json.loads(line[len("WRKJSON ") :]))
-    if "requests" in result:
-        result["requests_per_s"] = result["requests"] / (result["duration_us"] / 1e6)
-    else:
-        lines = [ln for ln in proc.stdout.splitlines() if "Requests/sec" in ln]
-        result["requests_per_s"] = float(lines[0].split()[-1]) if lines else None
-        result["raw"] = proc.stdout[-600:] + proc.stderr[-300:]
-    result["load_generator_cpu_cores"] = cpu_s / seconds
-    return result
-
-
 def serving_section(out: dict[str, Any], res: Results, smoke: bool, bundle: Path, work: Path,
                     wrk: str | None, workers_list: tuple[int, ...] = (1, 4)) -> None:  # fmt: skip
     """The service on this machine's device with dynamic batching, loaded by wrk."""
@@ -584,7 +495,7 @@ def serving_section(out: dict[str, Any], res: Results, smoke: bool, bundle: Path
         out["skipped"] = "no wrk binary (pass --wrk)"
         return
     script = work / "queries.lua"
-    script.write_text(WRK_SCRIPT)
+    script.write_text(DISTINCT_QUERIES)
     seconds = 3 if smoke else 10
     bundles = [("demo", bundle)]
     rb_dir = build_roberta_base_onnx(work, smoke)
@@ -619,23 +530,10 @@ def serving_section(out: dict[str, Any], res: Results, smoke: bool, bundle: Path
                         wrk, server.url, "/healthz", 128, seconds // 2 or 1, 4, None
                     )
                 metrics = httpx.get(server.url + "/metrics").text
-                entry["metrics"] = _metric_summary(metrics)
+                entry["metrics"] = metric_summary(metrics)
             finally:
                 server.stop()
             res.write()
-
-
-def _metric_summary(text: str) -> dict[str, float]:
-    """Mean batch size and mean seconds per stage from the exposition text."""
-    values: dict[str, float] = {}
-    for line in text.splitlines():
-        if line.startswith("#") or " " not in line:
-            continue
-        key, value = line.rsplit(" ", 1)
-        if key.startswith(("walrus_batch_size_sum", "walrus_batch_size_count", "walrus_stage_seconds_sum",
-                           "walrus_stage_seconds_count")):  # fmt: skip
-            values[key] = float(value)
-    return values
 
 
 def wals_scale_section(out: dict[str, Any], res: Results, smoke: bool) -> None:

@@ -109,6 +109,7 @@ class IndexEntry(_Model):
     built_on: str
     recall_at_100: float
     size: int
+    speedup_over_flat: float | None = None  # one query at a time, measured at export
 
 
 class Dims(_Model):

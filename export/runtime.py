@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import json
 import logging
+import math
+import os
 import threading
 from functools import lru_cache
 from pathlib import Path
@@ -52,6 +54,34 @@ def faiss_gpu_count() -> int:
         return 0
 
 
+def usable_cpus(cgroup_root: Path = Path("/sys/fs/cgroup")) -> int:
+    """CPUs this process may really use: its CPU affinity, capped by a cgroup CPU quota
+    (v2 ``cpu.max``, or v1 ``cpu.cfs_quota_us``), which is what ``docker run --cpus`` and
+    Kubernetes limits set. ``os.cpu_count()`` is the host's and oversubscribes a container."""
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    quota = _cgroup_quota(cgroup_root)
+    if quota is not None:
+        cpus = min(cpus or 1, max(1, math.ceil(quota)))
+    return max(1, cpus or 1)
+
+
+def _cgroup_quota(root: Path) -> float | None:
+    """The cgroup CPU quota in CPUs, or None when there is none (or it cannot be read)."""
+    try:
+        v2 = root / "cpu.max"
+        if v2.is_file():
+            quota, period = v2.read_text().split()[:2]
+            return None if quota == "max" else int(quota) / int(period)
+        v1 = root / "cpu" / "cpu.cfs_quota_us"
+        if v1.is_file():
+            quota_us = int(v1.read_text())
+            period_us = int((root / "cpu" / "cpu.cfs_period_us").read_text())
+            return None if quota_us <= 0 else quota_us / period_us
+    except (OSError, ValueError):
+        return None
+    return None
+
+
 def onnx_providers(preference: DevicePreference = "auto") -> list[str]:
     """onnxruntime execution providers to ask for, best first, CPU always last.
 
@@ -70,16 +100,30 @@ def onnx_providers(preference: DevicePreference = "auto") -> list[str]:
     return providers
 
 
-def search(index: Any, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+def search(
+    index: Any, queries: np.ndarray, k: int, exclude: np.ndarray | None = None
+) -> tuple[np.ndarray, np.ndarray]:
     """Top-k ids and scores for (b, dim) queries; ``k`` is clamped to the index size and raises
-    HNSW's efSearch when needed (FAISS does not). Padding ids (-1) stay for callers to drop."""
+    HNSW's efSearch when needed (FAISS does not). ``exclude``: ids no row may return, dropped
+    inside FAISS by an ``IDSelector`` (so the search for k allowed items costs the same however
+    many are excluded). Padding ids (-1) stay for callers to drop."""
     queries, k = _clamped(index, queries, k)
-    hnsw = faiss.downcast_index(index)
-    if isinstance(hnsw, faiss.IndexHNSW) and hnsw.hnsw.efSearch < k:
-        params = faiss.SearchParametersHNSW(efSearch=k)  # type: ignore[attr-defined]
-        scores, ids = index.search(queries, k, params=params)
-    else:
-        scores, ids = index.search(queries, k)
+    inner: Any = faiss.downcast_index(index)
+    hnsw = isinstance(inner, faiss.IndexHNSW)
+    selector = banned = None
+    if exclude is not None and len(exclude):
+        # Both objects stay referenced here for the search: FAISS keeps raw pointers.
+        banned = faiss.IDSelectorBatch(np.ascontiguousarray(exclude, dtype=np.int64))
+        selector = faiss.IDSelectorNot(banned)
+    params: Any = None
+    if hnsw and (inner.hnsw.efSearch < k or selector is not None):
+        params = faiss.SearchParametersHNSW(efSearch=max(k, inner.hnsw.efSearch), sel=selector)  # type: ignore[attr-defined]
+    elif selector is not None and isinstance(inner, faiss.IndexIVF):
+        params = faiss.SearchParametersIVF(nprobe=inner.nprobe, sel=selector)  # type: ignore[call-arg]
+    elif selector is not None:
+        params = faiss.SearchParameters(sel=selector)  # type: ignore[call-arg]
+    scores, ids = index.search(queries, k, params=params)
+    del banned
     return ids, scores
 
 
@@ -113,22 +157,34 @@ class ServedIndex:
     def ntotal(self) -> int:
         return int(self.cpu_index.ntotal)
 
-    def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-        """As ``search``: (b, k') ids and scores."""
+    @property
+    def filters(self) -> bool:
+        """Whether ``search`` drops excluded ids inside FAISS (the GPU copy cannot)."""
+        return self.gpu_index is None
+
+    def search(
+        self, queries: np.ndarray, k: int, exclude: np.ndarray | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """As ``search``: (b, k') ids and scores. ``exclude`` needs ``filters``."""
+        if exclude is not None and len(exclude) and not self.filters:
+            raise ValueError("the GPU copy cannot filter: over-fetch and drop instead")
         if self.gpu_index is not None and min(k, self.ntotal) <= GPU_MAX_K:
             queries, k = _clamped(self.cpu_index, queries, k)
             with self._gpu_lock:  # GPU copies are flat or IVF: no efSearch to raise
                 scores, ids = self.gpu_index.search(queries, k)
             return ids, scores
-        return search(self.cpu_index, queries, k)
+        return search(self.cpu_index, queries, k, exclude)
 
 
 def load_index(path: Path, kind: str, search_params: str, use_gpu: bool = False) -> ServedIndex:
     """Read a saved index, apply the manifest's ParameterSpace search string (the manifest is
     the record an operator reads and may change; the file carries the values it was saved
     with), and copy flat and IVF indexes to GPU 0 when ``use_gpu`` and FAISS sees one. A
-    failed GPU copy logs a warning and serves from the CPU."""
-    index = faiss.read_index(str(path))
+    failed GPU copy logs a warning and serves from the CPU. The file is memory-mapped (IVF
+    lists, or the flat codes of flat and HNSW indexes): it loads as fast as the disk pages
+    in, and several workers share its pages."""
+    flags = faiss.IO_FLAG_MMAP if kind == "ivf" else faiss.IO_FLAG_MMAP_IFC
+    index = faiss.read_index(str(path), flags)
     if search_params:
         faiss.ParameterSpace().set_index_parameters(index, search_params)  # type: ignore[arg-type]
     if use_gpu and kind != "hnsw" and faiss_gpu_count() > 0:

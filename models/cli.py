@@ -24,7 +24,9 @@ from models.core.errors import WalrusError
 app = typer.Typer(help="walrus: hybrid WALS + text recommender.", no_args_is_help=True)
 data_app = typer.Typer(help="Prepare and check input data.", no_args_is_help=True)
 train_app = typer.Typer(help="Train models.", no_args_is_help=True)
+bundle_app = typer.Typer(help="Bundles made without the training pipeline.", no_args_is_help=True)
 app.add_typer(data_app, name="data")
+app.add_typer(bundle_app, name="bundle")
 app.add_typer(train_app, name="train")
 
 console = Console(stderr=True)
@@ -211,6 +213,42 @@ def train_hybrid_cmd(
     )
 
 
+@bundle_app.command("synthetic")
+@user_errors
+def bundle_synthetic(
+    out: Annotated[Path, typer.Option(help="Bundles directory; the new bundle becomes current.")],
+    users: Annotated[int, typer.Option(min=1, help="Users (the seed: 10,000,000).")] = 10_000_000,
+    items: Annotated[int, typer.Option(min=2, help="Items (the seed: 500,000).")] = 500_000,
+    dim: Annotated[int, typer.Option(min=1, max=4096, help="WALS dimension.")] = 64,
+    seen_per_user: Annotated[int, typer.Option(min=1, help="Mean seen items per user.")] = 10,
+    titles: Annotated[int, typer.Option(min=1, help="Distinct item titles.")] = 50_000,
+    head_examples: Annotated[int, typer.Option(min=10)] = 4_000,
+    encoder: Annotated[str, typer.Option(help="Encoder package or path.")] = "",
+    seed: int = 0,
+) -> None:
+    """A seed-scale bundle (clustered WALS factors, real titles and encoder, a trained head)
+    for load tests: `walrus bundle synthetic --out artifacts/seed/bundles`."""
+    from models.config import EncoderConfig
+    from models.synthetic_bundle import SeedSpec, build_synthetic_bundle
+
+    if head_examples > users:
+        raise WalrusError(f"--head-examples {head_examples} > --users {users}: lower it")
+    spec = SeedSpec(users, items, dim, seen_per_user, min(titles, items), head_examples, seed)
+    with progress() as bar:
+        task = bar.add_task("seed bundle", total=None)
+        path = build_synthetic_bundle(
+            spec, out, encoder or EncoderConfig().name, lambda m: bar.update(task, description=m)
+        )
+        bar.update(task, description="done", completed=1, total=1)
+    manifest = json.loads((path / "manifest.json").read_text())
+    indexes = ", ".join(
+        f"{name} {e['factory']} {e['search_params']} recall@100 {e['recall_at_100']:.3f} "
+        f"{e['speedup_over_flat']:.1f}x flat"
+        for name, e in manifest["indexes"].items()
+    )
+    console.print(f"bundle {manifest['bundle_id']} -> {path} (current); {indexes}")
+
+
 @app.command("export")
 @user_errors
 def export_cmd(
@@ -261,18 +299,21 @@ def serve(
     ] = None,
     host: Annotated[str | None, typer.Option(help="Else WALRUS_HOST (127.0.0.1).")] = None,
     port: Annotated[int | None, typer.Option(help="Else WALRUS_PORT (8000).")] = None,
-    workers: Annotated[int, typer.Option(help="uvicorn worker processes.")] = 1,
+    workers: Annotated[
+        int | None, typer.Option(help="uvicorn worker processes (else WALRUS_WORKERS; 0: auto).")
+    ] = None,
 ) -> None:
     """Start the HTTP service (uvicorn) with the WALRUS_* settings."""
     import os
+    import tempfile
 
     from pydantic import ValidationError
 
-    for name, value in (("BUNDLE", bundle), ("HOST", host), ("PORT", port)):
+    for name, value in (("BUNDLE", bundle), ("HOST", host), ("PORT", port), ("WORKERS", workers)):
         if value is not None:
             os.environ[f"WALRUS_{name}"] = str(value)  # every worker builds its own Settings
     try:
-        from service.settings import Settings
+        from service.settings import Settings, process_plan
 
         settings = Settings()
     except ValidationError as exc:
@@ -282,13 +323,29 @@ def serve(
         raise typer.Exit(2) from None
     import uvicorn
 
+    from export.runtime import usable_cpus
+
+    plan = process_plan(settings, usable_cpus())
+    # Every worker process sizes itself from the same resolved plan.
+    os.environ["WALRUS_WORKERS"], os.environ["WALRUS_THREADS"] = (
+        str(plan.workers),
+        str(plan.threads),
+    )
+    if plan.workers > 1 and not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        # Set before the workers import prometheus_client: /metrics then sums all of them.
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="walrus-metrics-")
     logging.getLogger("walrus").setLevel(settings.log_level.upper())
+    console.print(
+        f"walrus serve: {plan.workers} worker(s) x {plan.threads} thread(s) "
+        f"for the {plan.cpus} CPU(s) this process may use",
+        highlight=False,
+    )
     uvicorn.run(
         "service.app:create_app",
         factory=True,
         host=settings.host,
         port=settings.port,
-        workers=workers,
+        workers=plan.workers,
         log_level=settings.log_level,
     )
 

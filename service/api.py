@@ -7,7 +7,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Depends, HTTPException, Query, Request, Response
 from fastapi.concurrency import run_in_threadpool
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST
 
 from service.batcher import Batcher, Overloaded
 from service.metrics import Metrics
@@ -101,4 +101,4 @@ async def readyz(request: Request, response: Response) -> Readiness:
 @router.get("/metrics")
 async def metrics_endpoint(metrics: MetricsDep) -> Response:
     """Prometheus exposition."""
-    return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
+    return Response(metrics.exposition(), media_type=CONTENT_TYPE_LATEST)

@@ -48,8 +48,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         """Load, warm, then serve the bundle; retry a failed load with backoff, showing why
         in ``/readyz`` (the operator may still be copying the bundle in)."""
         metrics: Metrics = app.state.metrics
-        cache = QueryCache(settings.query_cache_size)
-        metrics.watch_cache(cache)
+        cache = QueryCache(settings.query_cache_size, metrics.count_cache_lookup)
         delay = 1.0
         while True:
             try:
@@ -69,8 +68,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             workers=settings.batch_workers,
             max_queue=settings.max_queue,
             on_batch=metrics.batch_size.observe,
+            on_depth=metrics.queue_depth.set,
         )
-        metrics.queue_depth.set_function(app.state.batcher.depth)
         app.state.recommender = recommender
         app.state.reason = None
         log.info(

@@ -58,6 +58,7 @@ class Batcher(Generic[T, R]):
         workers: int = 1,
         max_queue: int = 0,
         on_batch: Callable[[int], None] | None = None,
+        on_depth: Callable[[int], None] | None = None,
         name: str = "walrus-batcher",
     ) -> None:
         if max_batch < 1 or workers < 1 or wait_us < 0:
@@ -67,6 +68,7 @@ class Batcher(Generic[T, R]):
         self.wait_s = wait_us / 1e6
         self.max_queue = max_queue  # 0: unbounded
         self.on_batch = on_batch
+        self.on_depth = on_depth  # told the queue depth whenever it changes: a gauge
         self._queue: queue.SimpleQueue[_Pending[T] | None] = queue.SimpleQueue()
         self._threads = [
             threading.Thread(target=self._run, name=f"{name}-{i}", daemon=True)
@@ -88,6 +90,8 @@ class Batcher(Generic[T, R]):
         loop = asyncio.get_running_loop()
         future: asyncio.Future[R] = loop.create_future()
         self._queue.put(_Pending(item, future, loop))
+        if self.on_depth is not None:
+            self.on_depth(self._queue.qsize())
         return await future
 
     def close(self) -> None:
@@ -122,6 +126,8 @@ class Batcher(Generic[T, R]):
             if first is None:
                 return
             batch, stop = self._gather(first)
+            if self.on_depth is not None:
+                self.on_depth(self._queue.qsize())
             batch = [p for p in batch if not p.future.cancelled()]  # abandoned: skip the work
             if not batch:
                 if stop:

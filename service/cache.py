@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import threading
 from collections import OrderedDict
+from collections.abc import Callable
 
 import numpy as np
 
@@ -18,8 +19,9 @@ def normalise(query: str) -> str:
 
 
 class QueryCache:
-    def __init__(self, size: int) -> None:
+    def __init__(self, size: int, on_lookup: Callable[[bool], None] | None = None) -> None:
         self.size = size
+        self.on_lookup = on_lookup  # told hit (True) or miss (False): the /metrics counters
         self.hits = 0
         self.misses = 0
         self._items: OrderedDict[tuple[str, str], np.ndarray] = OrderedDict()
@@ -33,10 +35,12 @@ class QueryCache:
             vector = self._items.get(key)
             if vector is None:
                 self.misses += 1
-                return None
-            self._items.move_to_end(key)
-            self.hits += 1
-            return vector
+            else:
+                self._items.move_to_end(key)
+                self.hits += 1
+        if self.on_lookup is not None:
+            self.on_lookup(vector is not None)
+        return vector
 
     def put(self, bundle_id: str, query: str, vector: np.ndarray) -> None:
         if self.size == 0:

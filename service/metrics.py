@@ -1,88 +1,80 @@
-"""Prometheus metrics, one registry per app (no module-level state)."""
+"""Prometheus metrics, one registry per app (no module-level state).
+
+With several uvicorn workers each is its own process: ``walrus serve`` then sets
+``PROMETHEUS_MULTIPROC_DIR`` before they start, prometheus-client writes every value to a
+memory-mapped file there, and ``/metrics`` (answered by whichever worker) adds up all of
+them (prometheus-client's multiprocess mode). Gauges say how they combine across workers.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import os
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
-from prometheus_client.core import CounterMetricFamily
-from prometheus_client.registry import Collector
-
-from service.cache import QueryCache
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.multiprocess import MultiProcessCollector
 
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
+MULTIPROC_DIR = "PROMETHEUS_MULTIPROC_DIR"
 
 
 class Metrics:
-    """Request counts and latencies per endpoint, and latency per stage."""
+    """Request counts and latencies per endpoint, latency per stage, and the batcher's,
+    cache's and load shedding's counts."""
 
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
+        self.multiprocess_dir = os.environ.get(MULTIPROC_DIR) or None
+        r = self.registry
         self.requests = Counter(
-            "walrus_requests",
-            "Requests by endpoint and status code.",
-            ["endpoint", "status"],
-            registry=self.registry,
-        )
+            "walrus_requests", "Requests by endpoint and status code.",
+            ["endpoint", "status"], registry=r,
+        )  # fmt: skip
         self.latency = Histogram(
-            "walrus_request_seconds",
-            "Request latency by endpoint.",
-            ["endpoint"],
-            buckets=LATENCY_BUCKETS,
-            registry=self.registry,
-        )
+            "walrus_request_seconds", "Request latency by endpoint.",
+            ["endpoint"], buckets=LATENCY_BUCKETS, registry=r,
+        )  # fmt: skip
         self.stage = Histogram(
             "walrus_stage_seconds",
             "Latency of one stage of a request: encode, fold_in, ann, rerank.",
-            ["stage"],
-            buckets=LATENCY_BUCKETS,
-            registry=self.registry,
-        )
-
+            ["stage"], buckets=LATENCY_BUCKETS, registry=r,
+        )  # fmt: skip
         self.batch_size = Histogram(
-            "walrus_batch_size",
-            "Requests served per dynamic batch.",
-            buckets=BATCH_BUCKETS,
-            registry=self.registry,
-        )
+            "walrus_batch_size", "Requests served per dynamic batch.",
+            buckets=BATCH_BUCKETS, registry=r,
+        )  # fmt: skip
         self.shed = Counter(
             "walrus_shed_requests",
-            "Requests answered 503 because the batcher's queue was full.",
-            registry=self.registry,
-        )
+            "Requests answered 503 because the batcher's queue was full.", registry=r,
+        )  # fmt: skip
         self.deadline_misses = Counter(
             "walrus_deadline_misses",
-            "Requests answered 504 because WALRUS_DEADLINE_MS passed.",
-            registry=self.registry,
-        )
+            "Requests answered 504 because WALRUS_DEADLINE_MS passed.", registry=r,
+        )  # fmt: skip
         self.queue_depth = Gauge(
-            "walrus_queue_depth",
-            "Requests waiting for the dynamic batcher.",
-            registry=self.registry,
+            "walrus_queue_depth", "Requests waiting for the dynamic batcher (all workers).",
+            registry=r, multiprocess_mode="livesum",
+        )  # fmt: skip
+        self.cache_hits = Counter(
+            "walrus_query_cache_hits", "Queries answered from the embedding cache.", registry=r
+        )
+        self.cache_misses = Counter(
+            "walrus_query_cache_misses", "Queries the encoder had to encode.", registry=r
         )
 
-    def watch_cache(self, cache: QueryCache) -> None:
-        self.registry.register(_CacheCollector(cache))
+    def count_cache_lookup(self, hit: bool) -> None:
+        (self.cache_hits if hit else self.cache_misses).inc()
 
     def observe_stages(self, timings_ms: dict[str, float]) -> None:
         for stage, ms in timings_ms.items():
             if stage != "total":
                 self.stage.labels(stage).observe(ms / 1000.0)
 
-
-class _CacheCollector(Collector):
-    """The query cache's own counts, read when ``/metrics`` is scraped."""
-
-    def __init__(self, cache: QueryCache) -> None:
-        self.cache = cache
-
-    def collect(self) -> Iterator[CounterMetricFamily]:
-        yield CounterMetricFamily(
-            "walrus_query_cache_hits", "Queries answered from the embedding cache.",
-            value=self.cache.hits,
-        )  # fmt: skip
-        yield CounterMetricFamily(
-            "walrus_query_cache_misses", "Queries the encoder had to encode.",
-            value=self.cache.misses,
-        )  # fmt: skip
+    def exposition(self) -> bytes:
+        """The text ``/metrics`` answers: this process's registry, or with several workers
+        the sum over all of them."""
+        if self.multiprocess_dir is None:
+            return generate_latest(self.registry)
+        combined = CollectorRegistry()
+        MultiProcessCollector(combined, path=self.multiprocess_dir)
+        return generate_latest(combined)

@@ -24,16 +24,17 @@ from export.runtime import (
     ServedIndex,
     load_index,
     onnx_providers,
+    usable_cpus,
     verify_bundle,
 )
-from models.core.candidates import first_searches
+from models.core.candidates import FirstSearch, first_searches
 from models.core.fold_in import fold_in_user
 from models.core.hybrid import ItemTables, Request, build_request, recommend
 from models.core.ids import IdMap
 from models.core.sparse import csr_row
 from service.cache import QueryCache
 from service.schemas import Item, RecommendRequest, RecommendResponse, SimilarResponse
-from service.settings import Settings
+from service.settings import Settings, process_plan
 
 log = logging.getLogger("walrus.service.recommender")
 
@@ -82,25 +83,28 @@ class Recommender:
         self.users = IdMap.load(p / Files.USER_IDS)
         self.items = IdMap.load(p / Files.ITEM_IDS)
         self.titles = [it["title"] for it in json.loads((p / Files.ITEMS).read_text())]
+        # The large arrays are memory-mapped: pages load when a request touches them, and
+        # several workers on one machine share them.
         self.user_factors = np.load(p / Files.USER_FACTORS, mmap_mode="r")
-        self.wals_item_factors = np.load(p / Files.WALS_ITEM_FACTORS)
+        self.wals_item_factors = np.load(p / Files.WALS_ITEM_FACTORS, mmap_mode="r")
         self.gramian = np.load(p / Files.ITEM_GRAMIAN)
         self.col_weights = np.load(p / Files.COL_WEIGHTS)
         self.cold_items = np.load(p / Files.COLD_ITEMS)
         self.seen_lists = SimpleNamespace(
-            indptr=np.load(p / Files.SEEN_INDPTR), indices=np.load(p / Files.SEEN_INDICES)
+            indptr=np.load(p / Files.SEEN_INDPTR, mmap_mode="r"),
+            indices=np.load(p / Files.SEEN_INDICES, mmap_mode="r"),
         )
         self.tables = ItemTables(
-            np.load(p / Files.ITEM_FACTORS),
-            np.load(p / Files.ITEM_TEXT_EMBEDDINGS),
+            np.load(p / Files.ITEM_FACTORS, mmap_mode="r"),
+            np.load(p / Files.ITEM_TEXT_EMBEDDINGS, mmap_mode="r"),
             np.load(p / Files.ITEM_LOG_POPULARITY),
         )
         self.wals_params = self.manifest.wals
         self.n_wals = settings.n_wals or self.manifest.candidates.n_wals
         self.n_text = settings.n_text or self.manifest.candidates.n_text
 
-        if settings.threads > 0:
-            faiss.omp_set_num_threads(settings.threads)
+        threads = process_plan(settings, usable_cpus()).threads
+        faiss.omp_set_num_threads(threads)
         self.indexes: dict[str, ServedIndex] = {
             name: load_index(
                 p / Files.index(name),
@@ -110,6 +114,8 @@ class Recommender:
             )
             for name, entry in self.manifest.indexes.items()
         }
+        # Indexes that drop excluded ids inside the search (the GPU copies over-fetch).
+        self.filtering = frozenset(n for n, index in self.indexes.items() if index.filters)
         on_gpu = any(index.device == "gpu" for index in self.indexes.values())
         self.faiss_device = "gpu" if on_gpu else "cpu"
 
@@ -126,34 +132,34 @@ class Recommender:
             p / Files.TOKENIZER,
             tokenizer_cfg["max_length"],
             providers,
-            settings.threads,
+            threads,
         )
         self.encoder_precision = precision
         # The head is a 2-layer MLP over a few hundred rows: a GPU round trip costs more than
         # it saves, so it always runs on the CPU.
-        self.head = OnnxHead(p / Files.HEAD, ["CPUExecutionProvider"], settings.threads)
+        self.head = OnnxHead(p / Files.HEAD, ["CPUExecutionProvider"], threads)
         self.query_cache = query_cache if query_cache is not None else QueryCache(0)
         self.onnx_providers = self.encoder.providers
         log.info(
-            "bundle %s: %d users, %d items; ONNX on %s; FAISS on %s",
-            self.bundle_id,
-            len(self.users),
-            len(self.items),
-            self.onnx_providers,
-            self.faiss_device,
-        )
+            "bundle %s: %d users, %d items; ONNX on %s; FAISS on %s; %d threads",
+            self.bundle_id, len(self.users), len(self.items), self.onnx_providers,
+            self.faiss_device, threads,
+        )  # fmt: skip
 
     # ------------------------------------------------------------------ helpers
     def _search_fn(
         self, name: str, prefetched: tuple[np.ndarray, np.ndarray] | None = None
     ) -> Callable[[np.ndarray, int], tuple[np.ndarray, np.ndarray]]:
-        """One vector's search; answered from ``prefetched`` (a batched search's row) when it
-        holds enough results, else searched directly (over-fetch rounds)."""
+        """One vector's search. The first call is answered from ``prefetched`` (the request's
+        row of the batched first search, made for exactly that call); later calls (over-fetch
+        rounds) search the index."""
         index = self.indexes[name]
+        first = [prefetched]
 
         def search(vector: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-            if prefetched is not None and k <= prefetched[0].shape[0]:
-                return prefetched[0][:k], prefetched[1][:k]
+            found, first[0] = first[0], None
+            if found is not None:
+                return found[0][:k], found[1][:k]
             ids, scores = index.search(vector[None, :], k)
             return ids[0], scores[0]
 
@@ -225,7 +231,7 @@ class Recommender:
             except Exception as exc:  # one request's bug must not fail the batch
                 results[i] = exc
         prefetched, ann_ms = self._search_first(
-            [first_searches(r, self.tables.n_items, self.n_wals, self.n_text)
+            [first_searches(r, self.tables.n_items, self.n_wals, self.n_text, self.filtering)
              for _, r, _, _, _ in prepared]
         )  # fmt: skip
         for (i, request, clock, warnings, user_known), found in zip(
@@ -302,18 +308,24 @@ class Recommender:
         return request, clock, warnings, user is not None
 
     def _search_first(
-        self, searches: list[dict[str, tuple[np.ndarray, int]]]
+        self, searches: list[dict[str, FirstSearch]]
     ) -> tuple[list[dict[str, tuple[np.ndarray, np.ndarray]]], float]:
-        """Run every request's first searches, one FAISS call per index (per k for HNSW,
-        whose results for a smaller k are not a prefix of a larger k's). Returns each
-        request's (ids, scores) by index name and the milliseconds spent."""
+        """Run every request's first searches: the over-fetched ones in one FAISS call per
+        index (per k for HNSW, whose results for a smaller k are not a prefix of a larger
+        k's), the filtered ones one by one with their own exclusions. Returns each request's
+        (ids, scores) by index name and the milliseconds spent."""
         start = time.perf_counter()
         found: list[dict[str, tuple[np.ndarray, np.ndarray]]] = [{} for _ in searches]
         for name, index in self.indexes.items():
             groups: dict[int, list[tuple[int, np.ndarray, int]]] = {}
             for j, wanted in enumerate(searches):
-                if name in wanted:
-                    vector, k = wanted[name]
+                if name not in wanted:
+                    continue
+                vector, k, exclude = wanted[name]
+                if exclude is not None:
+                    ids, scores = index.search(vector[None, :], k, exclude)
+                    found[j][name] = (ids[0], scores[0])
+                else:
                     groups.setdefault(k if index.kind == "hnsw" else 0, []).append((j, vector, k))
             for members in groups.values():
                 k = max(m[2] for m in members)

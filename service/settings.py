@@ -6,7 +6,7 @@ Example: ``WALRUS_BUNDLE=artifacts/demo/bundles WALRUS_THREADS=2 walrus serve``.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Literal, NamedTuple
 
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -24,7 +24,15 @@ class Settings(BaseSettings):
     device: Literal["auto", "cpu", "cuda"] = Field(
         "auto", description="GPU execution providers and FAISS GPU when present and allowed."
     )
-    threads: int = Field(0, ge=0, description="Threads per ONNX session and for FAISS; 0: auto.")
+    workers: int = Field(
+        0, ge=0, le=256,
+        description="uvicorn worker processes; 0: chosen from the CPUs the process may use.",
+    )  # fmt: skip
+    threads: int = Field(
+        0, ge=0,
+        description="Threads per ONNX session and for FAISS in each worker; 0: the CPUs the "
+        "process may use, shared among the workers.",
+    )  # fmt: skip
     encoder_precision: Literal["auto", "int8", "fp16", "fp32"] = Field(
         "auto",
         description="Which encoder of the bundle encodes queries; auto: fp16 with the CUDA "
@@ -69,3 +77,26 @@ class Settings(BaseSettings):
     host: str = "127.0.0.1"
     port: int = Field(8000, ge=1, le=65535)
     log_level: Literal["debug", "info", "warning", "error"] = "info"
+
+
+class ProcessPlan(NamedTuple):
+    """How the service uses the CPUs it may use: ``workers`` processes of ``threads`` each,
+    never more than ``cpus`` busy threads in all (unless the operator asks for it)."""
+
+    cpus: int
+    workers: int
+    threads: int
+
+
+def default_workers(cpus: int) -> int:
+    """Worker processes when WALRUS_WORKERS is 0. One process's event loop, batcher and
+    Python code share one GIL, so one process tops out well below what several cores can
+    encode (docs/benchmarks.md, "Processes and threads"): one worker per two CPUs, each
+    with two threads, measured best by ``make bench-serve``."""
+    return max(1, cpus // 2)
+
+
+def process_plan(settings: Settings, cpus: int) -> ProcessPlan:
+    workers = settings.workers or default_workers(cpus)
+    threads = settings.threads or max(1, cpus // workers)
+    return ProcessPlan(cpus, workers, threads)

@@ -19,15 +19,24 @@ def free_port() -> int:
 
 
 class Server:
-    def __init__(self, bundle: Path, extra_args: list[str] | None = None, **env: str) -> None:
+    """``uvicorn service.app:create_app`` (one process), or with ``cli`` the way operators
+    start it, ``walrus serve`` (worker plan, multiprocess metrics)."""
+
+    def __init__(
+        self, bundle: Path, extra_args: list[str] | None = None, cli: bool = False, **env: str
+    ) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         environ = {**os.environ, "WALRUS_BUNDLE": str(bundle), "WALRUS_PORT": str(self.port), **env}
         self.log = open(Path(bundle).parent / f"server-{self.port}.log", "w+")  # noqa: SIM115 -- lives as long as the server
+        command = (
+            [str(Path(sys.executable).with_name("walrus")), "serve"]
+            if cli
+            else [sys.executable, "-m", "uvicorn", "service.app:create_app", "--factory",
+                  "--host", "127.0.0.1", "--port", str(self.port), "--log-level", "info"]
+        )  # fmt: skip
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "uvicorn", "service.app:create_app", "--factory",
-             "--host", "127.0.0.1", "--port", str(self.port), "--log-level", "info",
-             *(extra_args or [])],
+            [*command, *(extra_args or [])],
             env=environ, stdout=self.log, stderr=subprocess.STDOUT,
         )  # fmt: skip
 

@@ -10,8 +10,8 @@ equal, and a test proves it.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping, Sequence
-from typing import TYPE_CHECKING
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
+from typing import TYPE_CHECKING, NamedTuple
 
 import numpy as np
 
@@ -48,18 +48,30 @@ def pool_sizes(request: Request, n_wals: int, n_text: int) -> dict[str, int]:
     return {"wals": max(n_wals, request.k), "text": max(n_text, request.k)}
 
 
+class FirstSearch(NamedTuple):
+    vector: np.ndarray
+    k: int
+    exclude: np.ndarray | None  # ids the index drops inside the search; None: over-fetched
+
+
 def first_searches(
-    request: Request, n_items: int, n_wals: int, n_text: int
-) -> dict[str, tuple[np.ndarray, int]]:
-    """The searches ``serve_pool`` makes first: index name -> (vector, k). Fetching ``n``
-    plus the number of excluded items finds ``n`` allowed ones whenever the index answers
-    in full. A batching caller runs these for many requests at once."""
-    n_excluded = len(np.unique(request.exclude))
+    request: Request, n_items: int, n_wals: int, n_text: int, filtering: Collection[str] = ()
+) -> dict[str, FirstSearch]:
+    """The searches ``serve_pool`` makes first, by index name. Fetching ``n`` plus the number
+    of excluded items finds ``n`` allowed ones whenever the index answers in full. An index
+    named in ``filtering`` can drop excluded ids inside the search (FAISS's ``IDSelector``):
+    a request excluding more items than its pool holds asks it to, for just the pool's size,
+    so its work stops growing with how much the user has seen. A batching caller runs the
+    over-fetched searches of many requests at once."""
+    excluded = np.unique(request.exclude)
     sizes = pool_sizes(request, n_wals, n_text)
-    return {
-        name: (vector, min(sizes[name] + n_excluded, n_items))
-        for name, vector in search_vectors(request).items()
-    }
+    out = {}
+    for name, vector in search_vectors(request).items():
+        if name in filtering and len(excluded) > sizes[name]:
+            out[name] = FirstSearch(vector, min(sizes[name], n_items), excluded)
+        else:
+            out[name] = FirstSearch(vector, min(sizes[name] + len(excluded), n_items), None)
+    return out
 
 
 def pool(
@@ -93,7 +105,7 @@ def serve_pool(
     n_items = len(excluded)
     sizes = pool_sizes(request, n_wals, n_text)
     rankings = {}
-    for name, (vector, k) in first_searches(request, n_items, n_wals, n_text).items():
+    for name, (vector, k, _) in first_searches(request, n_items, n_wals, n_text).items():
         while True:
             ids, _ = searches[name](vector, k)
             allowed = int(np.count_nonzero((ids >= 0) & ~excluded[np.maximum(ids, 0)]))

@@ -12,6 +12,8 @@ from export.faiss_index import (
     ann_recall,
     build_index,
     choose_kind,
+    speedup_over_flat,
+    tune_search,
 )
 from export.runtime import search
 from models.config import IndexConfig
@@ -186,3 +188,54 @@ def test_load_index_applies_the_manifest_search_string(tmp_path):
     served = load_index(tmp_path / "ivf.faiss", "ivf", "nprobe=7", use_gpu=True)
     assert faiss.extract_index_ivf(served.cpu_index).nprobe == 7
     assert served.device == ("gpu" if faiss_gpu_count() else "cpu")  # else the CPU fallback
+
+
+@pytest.mark.parametrize("kind", ["flat", "hnsw", "ivf"])
+def test_excluded_ids_never_come_back_and_the_rest_is_the_exact_answer(kind):
+    """The IDSelector path against ``faiss.knn`` over the allowed rows only."""
+    import faiss
+
+    x = clustered(n=3000)
+    cfg = IndexConfig(index_type=kind, hnsw_ef_search=256, ivf_nprobe=64)
+    built = build_index(x, cfg)
+    rng = np.random.default_rng(1)
+    queries = rng.normal(size=(5, x.shape[1])).astype(np.float32)
+    # Exclude each query's exact top 100: the allowed answer lies entirely beyond them.
+    _, top = faiss.knn(queries, x, 100, metric=faiss.METRIC_INNER_PRODUCT)
+    exclude = np.unique(top)
+    ids, _ = search(built.index, queries, 50, exclude)
+    assert not np.isin(ids, exclude).any()
+    allowed = np.setdiff1d(np.arange(len(x)), exclude)
+    _, truth = faiss.knn(queries, x[allowed], 50, metric=faiss.METRIC_INNER_PRODUCT)
+    hits = np.mean([len(set(a) & set(allowed[t])) / 50 for a, t in zip(ids, truth, strict=True)])
+    assert hits >= (1.0 if kind == "flat" else 0.95), hits
+
+
+def test_tuning_raises_nprobe_until_the_target_is_met():
+    x = clustered(n=5000, spread=1.0)
+    built = build_index(x, IndexConfig(index_type="ivf", ivf_nlist=64, ivf_nprobe=1))
+    queries = x[:100]
+    assert ann_recall(built.index, x, queries) < 0.95  # nprobe=1 misses: the test can fail
+    recall = tune_search(built, x, queries, 0.95)
+    assert recall >= 0.95 and recall == pytest.approx(ann_recall(built.index, x, queries))
+    nprobe = int(built.search_params.split("=")[1])
+    assert 1 < nprobe <= 64 and built.search_params.startswith("nprobe=")
+    # Bisected back down: clearly smaller settings miss the target.
+    built.index.nprobe = int(0.85 * nprobe)
+    assert ann_recall(built.index, x, queries) < 0.95
+
+
+def test_recall_counts_a_lost_tie_as_right():
+    """Every vector twice: exact search and the ANN may return different copies of a tied
+    pair; with ids only that would read as recall ~0.5."""
+    x = clustered(n=1000)
+    doubled = np.concatenate([x, x])
+    built = build_index(doubled, IndexConfig(index_type="hnsw", hnsw_ef_search=512))
+    assert ann_recall(built.index, doubled, x[:50], 10) >= 0.99
+
+
+def test_an_ivf_index_is_faster_than_flat_search():
+    x = clustered(n=50_000, dim=32)
+    built = build_index(x, IndexConfig(index_type="ivf", ivf_nprobe=4))
+    assert speedup_over_flat(built, x, x[:50]) > 2
+    assert speedup_over_flat(build_index(x[:100], IndexConfig()), x[:100], x[:5]) == 1.0

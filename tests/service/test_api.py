@@ -373,3 +373,31 @@ def test_the_port_opens_at_once_and_a_failed_load_is_retried(tiny_bundle, tmp_pa
         assert r.status_code == 200 and r.json()["bundle_id"] == tiny_bundle.name
     finally:
         srv.stop()
+
+
+def test_several_workers_report_one_sum_in_metrics(tiny_bundle, tmp_path):
+    """`walrus serve --workers 2`: each scrape, whichever worker answers it, counts the
+    requests of both (prometheus-client's multiprocess mode), and the start line names the
+    plan."""
+    srv = Server(tiny_bundle, ["--workers", "2"], cli=True, WALRUS_LOG_LEVEL="warning",
+                 PROMETHEUS_MULTIPROC_DIR=str(tmp_path))  # fmt: skip
+    try:
+        srv.wait()
+        with httpx.Client(base_url=srv.url, timeout=30) as http:
+            ok = 0
+            for i in range(40):  # both workers must be ready: each loads on its own
+                r = http.post("/v1/recommend", json={"query": f"space {i}", "k": 3})
+                ok += r.status_code == 200
+            assert ok >= 30
+            pids = {p.name for p in tmp_path.iterdir()}
+            assert len([p for p in pids if p.startswith("counter_")]) >= 2, pids  # two writers
+            line = 'walrus_requests_total{endpoint="/v1/recommend",status="200"}'
+            for _ in range(6):
+                text = http.get("/metrics").text
+                counts = [
+                    float(x.rsplit(" ", 1)[1]) for x in text.splitlines() if x.startswith(line)
+                ]
+                assert counts == [ok], counts
+        assert "2 worker(s) x" in srv.output()
+    finally:
+        srv.stop()

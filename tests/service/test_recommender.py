@@ -92,3 +92,32 @@ def test_n_wals_setting_limits_the_pool(tiny_bundle):
         full = wide.recommend(RecommendRequest(user_id=user, k=1, exclude_seen=False))
         differs += full.items[0].item_id != got.items[0].item_id
     assert differs > 0, "the setting made no difference: the test could not fail"
+
+
+def test_exclusions_are_dropped_inside_faiss_with_the_same_answer(tiny_bundle):
+    """A request excluding more items than its pool holds is searched with an IDSelector for
+    just the pool's size; its answer equals the over-fetching path's (the GPU copy's)."""
+    settings = Settings(bundle=tiny_bundle, n_wals=3, n_text=3)
+    filtered, overfetched = Recommender(tiny_bundle, settings), Recommender(tiny_bundle, settings)
+    overfetched.filtering = frozenset()
+    assert filtered.filtering == {"wals", "text"}
+    asked: list[tuple[int, bool]] = []
+    for index in filtered.indexes.values():
+        original = index.search
+
+        def spy(queries, k, exclude=None, original=original):
+            asked.append((k, exclude is not None and len(exclude) > 0))
+            return original(queries, k, exclude)
+
+        index.search = spy  # type: ignore[method-assign]
+    items = filtered.items.ids
+    reqs = [
+        RecommendRequest(user_id=filtered.users.ids[0], k=3, exclude=items[:12]),
+        RecommendRequest(query="space robots", k=4, exclude=items[5:20]),
+        RecommendRequest(history=items[:2], k=2, exclude=items[30:40]),
+    ]
+    for req in reqs:
+        a, b = filtered.recommend(req), overfetched.recommend(req)
+        assert [i.item_id for i in a.items] == [i.item_id for i in b.items]
+        assert not {i.item_id for i in a.items} & set(req.exclude or [])
+    assert asked and all(flag and k <= 4 for k, flag in asked), asked

