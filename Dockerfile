@@ -73,7 +73,8 @@ ENV PATH=/opt/venv/bin:$PATH WALRUS_HOST=0.0.0.0 WALRUS_PORT=8000 WALRUS_BUNDLE=
 RUN groupadd --system --gid 10001 walrus && useradd --system --uid 10001 --gid walrus --home-dir /app walrus
 USER 10001:10001
 EXPOSE 8000
-HEALTHCHECK --interval=10s --timeout=3s --start-period=60s --retries=3 \
+STOPSIGNAL SIGTERM
+HEALTHCHECK --interval=10s --timeout=3s --start-period=120s --retries=3 \
     CMD ["python3", "-c", "import os, urllib.request; urllib.request.urlopen('http://127.0.0.1:' + os.environ.get('WALRUS_PORT', '8000') + '/readyz', timeout=2)"]
 CMD ["walrus", "serve"]
 
@@ -84,6 +85,8 @@ ENV PATH=/opt/venv/bin:$PATH WALRUS_HOST=0.0.0.0 WALRUS_PORT=8000 WALRUS_BUNDLE=
 RUN groupadd --system --gid 10001 walrus && useradd --system --uid 10001 --gid walrus --home-dir /app walrus
 USER 10001:10001
 EXPOSE 8000
-HEALTHCHECK --interval=10s --timeout=3s --start-period=60s --retries=3 \
+# The start period fits the seed-scale bundle (10M users: ~5 GB hashed and mapped).
+STOPSIGNAL SIGTERM
+HEALTHCHECK --interval=10s --timeout=3s --start-period=120s --retries=3 \
     CMD ["python", "-c", "import os, urllib.request; urllib.request.urlopen('http://127.0.0.1:' + os.environ.get('WALRUS_PORT', '8000') + '/readyz', timeout=2)"]
 CMD ["walrus", "serve"]

@@ -12,7 +12,7 @@ WALRUS_URL ?= http://127.0.0.1:8000
 LOADTEST_USERS ?= 8
 LOADTEST_DURATION ?= 30s
 
-.PHONY: install demo data train export serve test lint format bench bench-quantization bench-serve seed-bundle gpu-check loadtest docker-test clean
+.PHONY: install demo data train export serve test lint format bench bench-quantization bench-serve soak seed-bundle gpu-check loadtest docker-test clean
 
 # Re-install only when pyproject.toml changes.
 $(STAMP): pyproject.toml
@@ -69,6 +69,10 @@ bench-serve: install $(SEED_BUNDLE)/current
 	@test -e artifacts/demo/bundles/current || { echo "no demo bundle: run make export first"; exit 2; }
 	$(BIN)/python -m bench.serve --bundle artifacts/demo/bundles --seed-bundle $(SEED_BUNDLE)
 	$(BIN)/python -m bench.serve --report bench/results/serve.json --plot docs/serve-latency.png
+
+# 10 minutes at 80% of capacity with a hot reload every 2 minutes (needs wrk and make export).
+soak: install
+	$(BIN)/python -m bench.soak --bundle artifacts/demo/bundles
 
 # On a GPU machine (see docs/benchmarks.md): WALS on CUDA, FAISS GPU, ONNX CUDA, GPU serving.
 GPU_CHECK_OUT ?= bench/results/gpu

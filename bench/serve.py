@@ -97,7 +97,7 @@ def running(cmd: list[str], env: dict[str, str], url: str, probe: dict[str, Any]
         proc = subprocess.Popen(
             cmd, env={**os.environ, **env}, stdout=log, stderr=subprocess.STDOUT
         )
-        info: dict[str, Any] = {}
+        info: dict[str, Any] = {"pid": proc.pid}
         try:
             streak = 0
             while streak < 5:
@@ -139,7 +139,7 @@ def resident_bytes(pid: int) -> int:
 def walrus_cmd(bundle: Path, port: int) -> tuple[list[str], dict[str, str]]:
     """``walrus serve`` with the defaults ``make demo`` uses."""
     walrus = shutil.which("walrus", path=str(Path(sys.executable).parent)) or "walrus"
-    env = {"WALRUS_BUNDLE": str(bundle), "WALRUS_PORT": str(port), "WALRUS_LOG_LEVEL": "warning"}
+    env = {"WALRUS_BUNDLE": str(bundle), "WALRUS_PORT": str(port)}
     return [walrus, "serve"], env
 
 

@@ -103,10 +103,23 @@ TOML
 "$VENV/bin/walrus" export -c "$WORK/c.toml" >/dev/null 2>&1
 chmod -R a+rX "$WORK"
 
-say "run the image"
+say "run the image with the compose file's hardening (read-only, no capabilities, limits)"
+# The flags come from the compose file itself, so what is checked is what compose runs.
+HARDENING=$(WALRUS_CPUS=1 "$COMPOSE" -f docker-compose.yml config --format json | "$VENV/bin/python" -c '
+import json, sys
+api = json.load(sys.stdin)["services"]["api"]
+flags = ["--read-only"] if api.get("read_only") else []
+flags += [f"--tmpfs={t}" for t in api.get("tmpfs", [])]
+flags += [f"--cap-drop={c}" for c in api.get("cap_drop", [])]
+flags += [f"--security-opt={o}" for o in api.get("security_opt", [])]
+cpus, memory, pids = api["cpus"], api["mem_limit"], api["pids_limit"]
+flags += [f"--cpus={cpus}", f"--memory={memory}", f"--pids-limit={pids}"]
+print(" ".join(flags))')
+echo "$HARDENING"
 PORT=$("$VENV/bin/python" -c "import socket; s = socket.socket(); s.bind(('127.0.0.1', 0)); print(s.getsockname()[1])")
+# shellcheck disable=SC2086 # one flag per word
 docker run -d --name "$NAME" --network host -e WALRUS_HOST=127.0.0.1 -e WALRUS_PORT="$PORT" \
-  -v "$WORK/out/bundles:/bundles:ro" "$IMAGE" >/dev/null
+  $HARDENING -v "$WORK/out/bundles:/bundles:ro" "$IMAGE" >/dev/null
 for _ in $(seq 1 90); do
   status=$(docker inspect -f '{{.State.Health.Status}}' "$NAME")
   [ "$status" = healthy ] && break
@@ -120,6 +133,21 @@ if [ "$status" != healthy ]; then
 fi
 uid=$(docker exec "$NAME" id -u)
 [ "$uid" = 10001 ] || { echo "the serving container runs as uid $uid, not 10001" >&2; exit 1; }
+check() { "$@" || { echo "hardening check failed: $*" >&2; exit 1; }; }
+inspect() { docker inspect -f "$1" "$NAME"; }
+check test "$(inspect '{{.HostConfig.ReadonlyRootfs}}')" = true
+check test "$(inspect '{{json .HostConfig.CapDrop}}')" = '["ALL"]'
+check test "$(inspect '{{json .HostConfig.SecurityOpt}}')" = '["no-new-privileges:true"]'
+check test "$(inspect '{{.HostConfig.NanoCpus}}')" = 1000000000
+check test "$(inspect '{{.HostConfig.Memory}}')" -gt 0
+check test "$(inspect '{{range .Mounts}}{{if eq .Destination "/bundles"}}{{.RW}}{{end}}{{end}}')" = false
+if docker exec "$NAME" touch /app/written 2>/dev/null; then echo "the root filesystem is writable" >&2; exit 1; fi
+docker exec "$NAME" touch /tmp/written  # the tmpfs is
+docker exec "$NAME" grep -q NoNewPrivs:.*1 /proc/1/status
+# The worker plan read the cgroup quota (--cpus=1), not the host's CPU count.
+docker logs "$NAME" 2>&1 | grep -q "1 worker(s) x 1 thread(s) for the 1 CPU(s)" || {
+  docker logs "$NAME" >&2; echo "the worker plan ignored the CPU quota" >&2; exit 1; }
+echo "read-only root, tmpfs /tmp, no capabilities, no-new-privileges, 1 CPU, read-only bundle: checked"
 
 say "POST /v1/recommend, compared with the host"
 "$VENV/bin/python" - "$PORT" "$WORK/out/bundles" <<'PY'
@@ -141,5 +169,11 @@ expected = [it.item_id for it in want.items]
 assert ids == expected and len(ids) == 5, (ids, expected)
 print(f"container answered {ids}, the same as the host")
 PY
+say "docker stop: drained, then exit status 0"
+docker stop -t 40 "$NAME" >/dev/null
+code=$(docker inspect -f '{{.State.ExitCode}}' "$NAME")
+[ "$code" = 0 ] || { docker logs "$NAME" 2>&1 | tail -20 >&2; echo "exit status $code after SIGTERM" >&2; exit 1; }
+docker logs "$NAME" 2>&1 | grep -q "SIGTERM: draining" || { echo "no drain on SIGTERM" >&2; exit 1; }
+
 rm -rf "$WORK"
 say "docker-test passed"

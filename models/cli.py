@@ -347,6 +347,8 @@ def serve(
         port=settings.port,
         workers=plan.workers,
         log_level=settings.log_level,
+        access_log=False,  # the service logs each request itself, as JSON with its id
+        timeout_graceful_shutdown=int(settings.graceful_timeout_s) or None,
     )
 
 

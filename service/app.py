@@ -7,34 +7,53 @@ Run: ``walrus serve`` or ``uvicorn service.app:create_app --factory``.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
+import signal
+import threading
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from types import FrameType
 
 import anyio.to_thread
 from fastapi import FastAPI, Request
-from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
-from service.api import router
-from service.batcher import Batcher
-from service.cache import QueryCache
+from service.api import admin_router, router
+from service.lifecycle import Bundles
 from service.metrics import Metrics
 from service.middleware import Guard
-from service.recommender import InputError, Recommender
+from service.recommender import InputError
 from service.settings import Settings
 
 log = logging.getLogger("walrus.service")
 
 
+class JsonFormatter(logging.Formatter):
+    """One JSON object per line: time, level, logger, message, and a record's ``fields``."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        entry: dict[str, object] = {
+            "time": self.formatTime(record, "%Y-%m-%dT%H:%M:%S") + f".{int(record.msecs):03d}",
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "message": record.getMessage(),
+            **getattr(record, "fields", {}),
+        }
+        if record.exc_info:
+            entry["traceback"] = self.formatException(record.exc_info)
+        return json.dumps(entry, default=str)
+
+
 def configure_logging(level: str) -> None:
-    """One stderr handler on the ``walrus`` logger: uvicorn configures only its own."""
+    """One stderr handler on the ``walrus`` logger writing JSON lines (uvicorn configures
+    only its own loggers)."""
     root = logging.getLogger("walrus")
     root.setLevel(level.upper())
     if not root.handlers:
         handler = logging.StreamHandler()
-        handler.setFormatter(logging.Formatter("%(levelname)s:     %(name)s: %(message)s"))
+        handler.setFormatter(JsonFormatter())
         root.addHandler(handler)
         root.propagate = False
 
@@ -44,54 +63,19 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or Settings()
     configure_logging(settings.log_level)
 
-    async def load(app: FastAPI) -> None:
-        """Load, warm, then serve the bundle; retry a failed load with backoff, showing why
-        in ``/readyz`` (the operator may still be copying the bundle in)."""
-        metrics: Metrics = app.state.metrics
-        cache = QueryCache(settings.query_cache_size, metrics.count_cache_lookup)
-        delay = 1.0
-        while True:
-            try:
-                recommender = await run_in_threadpool(Recommender, settings.bundle, settings, cache)
-                await run_in_threadpool(recommender.warm_up)
-                break
-            except Exception as exc:  # anything that stops loading keeps the service un-ready
-                reason = f"{type(exc).__name__}: {exc}".splitlines()[0]
-                app.state.reason = f"{reason} (retrying in {delay:.0f} s)"
-                log.error("not ready: %s", app.state.reason)
-                await asyncio.sleep(delay)
-                delay = min(2 * delay, settings.load_retry_max_s)
-        app.state.batcher = Batcher(
-            recommender.recommend_batch,
-            max_batch=settings.max_batch,
-            wait_us=settings.batch_wait_us,
-            workers=settings.batch_workers,
-            max_queue=settings.max_queue,
-            on_batch=metrics.batch_size.observe,
-            on_depth=metrics.queue_depth.set,
-        )
-        app.state.recommender = recommender
-        app.state.reason = None
-        log.info(
-            "ready: curl -s http://%s:%d/v1/recommend -H 'content-type: application/json' "
-            "-d '{\"user_id\": \"%s\", \"query\": \"something to watch\", \"k\": 5}'",
-            settings.host, settings.port, recommender.example_user(),
-        )  # fmt: skip
-
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         app.state.settings = settings
-        app.state.recommender = None
-        app.state.batcher = None
-        app.state.reason = "loading the bundle"
-        # The pool that runs ONNX and FAISS off the event loop (run_in_threadpool).
+        bundles: Bundles = app.state.bundles
+        # The pool that runs /similar off the event loop (run_in_threadpool).
         anyio.to_thread.current_default_thread_limiter().total_tokens = settings.worker_threads
+        drain_on_sigterm(bundles, settings.drain_s)
         # The port opens at once; /readyz says "loading" until the bundle is loaded and warm.
-        loading = asyncio.create_task(load(app))
+        tasks = [asyncio.create_task(bundles.start()), asyncio.create_task(bundles.watch())]
         yield
-        loading.cancel()
-        if app.state.batcher is not None:
-            await run_in_threadpool(app.state.batcher.close)
+        for task in tasks:
+            task.cancel()
+        await bundles.close()
 
     app = FastAPI(
         title="walrus",
@@ -100,10 +84,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         lifespan=lifespan,
     )
     app.include_router(router)
+    if settings.admin_token is not None:
+        app.include_router(admin_router)  # no token configured: the route does not exist
+    app.state.metrics = metrics = Metrics()
+    app.state.bundles = Bundles(settings, metrics)
     # Outermost of the app's own layers: limits apply before any parsing, and the 500s that
     # the error handler below answers are counted too.
-    app.state.metrics = Metrics()
-    app.add_middleware(Guard, metrics=app.state.metrics, max_body_bytes=settings.max_body_bytes)
+    app.add_middleware(Guard, metrics=metrics, max_body_bytes=settings.max_body_bytes)
 
     @app.exception_handler(RequestValidationError)
     async def invalid(_request: Request, exc: RequestValidationError) -> JSONResponse:
@@ -127,3 +114,34 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         return JSONResponse({"detail": "internal error"}, status_code=500)
 
     return app
+
+
+def drain_on_sigterm(bundles: Bundles, drain_s: float) -> None:
+    """SIGTERM starts a drain instead of a stop: ``/readyz`` turns 503 at once (the load
+    balancer stops sending), requests are still served for ``drain_s``, then uvicorn's own
+    graceful shutdown lets in-flight requests finish and the process exits 0.
+
+    uvicorn installs its handler while it serves (the lifespan runs inside that), so ours
+    wraps it. Setting ``should_exit`` on uvicorn's server ourselves, rather than calling its
+    handler, keeps it from re-raising SIGTERM at exit (which would end the process by the
+    signal, status 143)."""
+    if threading.current_thread() is not threading.main_thread():
+        return  # signals only reach the main thread (an in-process test client)
+    uvicorn_handler = signal.getsignal(signal.SIGTERM)
+    server = getattr(uvicorn_handler, "__self__", None)
+    loop = asyncio.get_running_loop()
+
+    def stop() -> None:
+        if server is not None and hasattr(server, "should_exit"):
+            server.should_exit = True
+        elif callable(uvicorn_handler):
+            uvicorn_handler(signal.SIGTERM, None)
+
+    def on_sigterm(_sig: int, _frame: FrameType | None) -> None:
+        if bundles.draining:
+            return
+        bundles.draining = True
+        log.info("SIGTERM: draining for %.1f s, then finishing in-flight requests", drain_s)
+        loop.call_soon_threadsafe(loop.call_later, drain_s, stop)
+
+    signal.signal(signal.SIGTERM, on_sigterm)

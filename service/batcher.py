@@ -41,6 +41,10 @@ class Overloaded(Exception):
     """The queue in front of the batcher is full: shed the request (503, Retry-After)."""
 
 
+class Stopped(Exception):
+    """``submit`` after ``stop``: the bundle was swapped; the caller submits to the new one."""
+
+
 class Batcher(Generic[T, R]):
     """Gathers concurrent ``submit`` calls into batches for ``process``.
 
@@ -70,6 +74,7 @@ class Batcher(Generic[T, R]):
         self.on_batch = on_batch
         self.on_depth = on_depth  # told the queue depth whenever it changes: a gauge
         self._queue: queue.SimpleQueue[_Pending[T] | None] = queue.SimpleQueue()
+        self._stopped = False
         self._threads = [
             threading.Thread(target=self._run, name=f"{name}-{i}", daemon=True)
             for i in range(workers)
@@ -85,6 +90,8 @@ class Batcher(Generic[T, R]):
         """The item's result; ``Overloaded`` at once when ``max_queue`` requests already wait.
         Cancelling the caller (a deadline, a disconnect) drops the item if it is still
         queued."""
+        if self._stopped:
+            raise Stopped("this batcher was stopped: submit to its successor")
         if self.max_queue and self._queue.qsize() >= self.max_queue:
             raise Overloaded(f"{self._queue.qsize()} requests are queued")
         loop = asyncio.get_running_loop()
@@ -94,12 +101,22 @@ class Batcher(Generic[T, R]):
             self.on_depth(self._queue.qsize())
         return await future
 
-    def close(self) -> None:
-        """Stop the workers once the requests queued so far are served."""
+    def stop(self) -> None:
+        """Take no more requests; those queued so far are still served. Call it on the event
+        loop's thread, where ``submit`` runs: no request can then be queued behind the
+        workers' stop signals."""
+        self._stopped = True
         for _ in self._threads:
             self._queue.put(None)
+
+    def join(self) -> None:
+        """Wait until the workers have served what was queued before ``stop`` (blocking)."""
         for thread in self._threads:
             thread.join()
+
+    def close(self) -> None:
+        self.stop()
+        self.join()
 
     def _gather(self, first: _Pending[T]) -> tuple[list[_Pending[T]], bool]:
         batch, stop = [first], False

@@ -62,6 +62,29 @@ class Metrics:
             "walrus_query_cache_misses", "Queries the encoder had to encode.", registry=r
         )
 
+        self.bundle = Gauge(
+            "walrus_bundle", "1 for the bundle that serves, by bundle id.",
+            ["bundle_id"], registry=r, multiprocess_mode="livemax",
+        )  # fmt: skip
+        self.bundle_refused = Gauge(
+            "walrus_bundle_refused", "Bundles refused at load or reload, and why.",
+            ["path", "reason"], registry=r, multiprocess_mode="livemax",
+        )  # fmt: skip
+        self.reloads = Counter(
+            "walrus_bundle_loads", "Bundle loads by result: loaded or refused.",
+            ["result"], registry=r,
+        )  # fmt: skip
+        self.disconnects = Counter(
+            "walrus_client_disconnects",
+            "Requests whose client left before the answer; their queued work was dropped.",
+            registry=r,
+        )  # fmt: skip
+
+    def bundle_served(self, bundle_id: str, previous: str | None) -> None:
+        if previous is not None and previous != bundle_id:
+            self.bundle.labels(previous).set(0)
+        self.bundle.labels(bundle_id).set(1)
+
     def count_cache_lookup(self, hit: bool) -> None:
         (self.cache_hits if hit else self.cache_misses).inc()
 

@@ -1,11 +1,15 @@
-"""The outermost ASGI layer of the app: body limits before any parsing, and request counts
-that include the 500s (a Starlette ``http`` middleware never sees them: the exception passes
-through it to the error handler outside it)."""
+"""The outermost ASGI layer of the app: body limits before any parsing, request counts that
+include the 500s (a Starlette ``http`` middleware never sees them: the exception passes
+through it to the error handler outside it), and one JSON log line per request with its
+request id (``X-Request-ID``, taken from the client or made, and sent back)."""
 
 from __future__ import annotations
 
 import json
+import logging
+import re
 import time
+import uuid
 from typing import Any
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -13,6 +17,8 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from service.metrics import Metrics
 
 JSON_TYPES = ("application/json",)
+REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")  # what may be echoed into logs and headers
+log = logging.getLogger("walrus.service.access")
 
 
 class Guard:
@@ -31,10 +37,16 @@ class Guard:
             return
         start = time.perf_counter()
         status = [500]
+        given = dict(scope["headers"]).get(b"x-request-id", b"").decode("latin-1")
+        request_id = given if REQUEST_ID.fullmatch(given) else uuid.uuid4().hex
+        scope.setdefault("state", {})["request_id"] = request_id
 
         async def send_counted(message: Message) -> None:
             if message["type"] == "http.response.start":
                 status[0] = int(message["status"])
+                headers = list(message.get("headers", []))
+                headers.append((b"x-request-id", request_id.encode()))
+                message = {**message, "headers": headers}
             await send(message)
 
         try:
@@ -48,8 +60,15 @@ class Guard:
         finally:
             route = scope.get("route")
             endpoint = getattr(route, "path", "unmatched")
+            seconds = time.perf_counter() - start
             self.metrics.requests.labels(endpoint, str(status[0])).inc()
-            self.metrics.latency.labels(endpoint).observe(time.perf_counter() - start)
+            self.metrics.latency.labels(endpoint).observe(seconds)
+            # No user ids, queries or bodies at INFO: ids of people and their words stay out
+            # of the logs.
+            fields = {"request_id": request_id, "method": scope["method"],
+                      "endpoint": endpoint, "status": status[0], "ms": round(seconds * 1e3, 3),
+                      "bundle_id": scope["state"].get("bundle_id")}  # fmt: skip
+            log.info("request", extra={"fields": fields})
 
     async def _read_body(
         self, scope: Scope, receive: Receive

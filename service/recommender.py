@@ -17,7 +17,7 @@ from typing import Any
 import faiss
 import numpy as np
 
-from export.format import Files, read_manifest, resolve_bundle
+from export.format import BundleError, Files, read_manifest, resolve_bundle
 from export.runtime import (
     OnnxHead,
     OnnxTextEncoder,
@@ -140,11 +140,42 @@ class Recommender:
         self.head = OnnxHead(p / Files.HEAD, ["CPUExecutionProvider"], threads)
         self.query_cache = query_cache if query_cache is not None else QueryCache(0)
         self.onnx_providers = self.encoder.providers
+        self.check_sizes()
         log.info(
             "bundle %s: %d users, %d items; ONNX on %s; FAISS on %s; %d threads",
             self.bundle_id, len(self.users), len(self.items), self.onnx_providers,
             self.faiss_device, threads,
         )  # fmt: skip
+
+    def check_sizes(self) -> None:
+        """Files that are each intact can still disagree with each other (a bundle assembled
+        by hand, a partial copy): every array, index and model is cross-checked against the
+        id maps and the manifest's dimensions. ``BundleError`` names the first mismatch."""
+        n_users, n_items, dims = len(self.users), len(self.items), self.manifest.dims
+        head_width = self.head.session.get_inputs()[0].shape[-1]
+        checks = [
+            ("titles in items.json", len(self.titles), n_items),
+            ("user factor rows", self.user_factors.shape[0], n_users),
+            ("seen list offsets", len(self.seen_lists.indptr), n_users + 1),
+            ("item factor rows", self.tables.n_items, n_items),
+            ("item text embedding rows", self.tables.item_text_embeddings.shape[0], n_items),
+            ("WALS item factor rows", self.wals_item_factors.shape[0], n_items),
+            ("cold item flags", len(self.cold_items), n_items),
+            ("item factor width", self.tables.item_factors.shape[1], dims.wals),
+            ("user factor width", self.user_factors.shape[1], dims.wals),
+            ("text embedding width", self.tables.item_text_embeddings.shape[1], dims.text),
+            ("encoder output width", self.encoder.dim, dims.text),
+            ("head input width", head_width, dims.features),
+            *((f"{name} index size", ix.ntotal, n_items) for name, ix in self.indexes.items()),
+        ]  # fmt: skip
+        for what, got, expected in checks:
+            if isinstance(got, int) and got != expected:
+                raise BundleError(f"{self.path}: {what} is {got}, expected {expected}")
+        if len(self.seen_lists.indices) and int(self.seen_lists.indptr[-1]) != len(
+            self.seen_lists.indices
+        ):
+            raise BundleError(f"{self.path}: seen lists end at {int(self.seen_lists.indptr[-1])}, "
+                              f"but {len(self.seen_lists.indices)} entries exist")  # fmt: skip
 
     # ------------------------------------------------------------------ helpers
     def _search_fn(

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import (
     BaseModel,
@@ -11,10 +11,17 @@ from pydantic import (
     StrictBool,
     StrictInt,
     StrictStr,
+    StringConstraints,
     field_validator,
 )
 
 Source = Literal["wals", "text", "popular"]
+# Hard limits, visible in the OpenAPI document; WALRUS_MAX_K, _MAX_QUERY_CHARS, _MAX_HISTORY
+# and _MAX_EXCLUDE may lower them further (422 naming the field either way).
+ID_CHARS = 256
+QUERY_CHARS = 4096
+LIST_ITEMS = 10_000
+ItemId = Annotated[StrictStr, StringConstraints(min_length=1, max_length=ID_CHARS)]
 
 
 class RecommendRequest(BaseModel):
@@ -32,13 +39,21 @@ class RecommendRequest(BaseModel):
         },
     )
 
-    user_id: StrictStr | None = Field(None, description="A user of the bundle, or unknown.")
-    query: StrictStr | None = Field(None, description="Free text; encoded by the ONNX encoder.")
-    history: list[StrictStr] | None = Field(
-        None, description="Item ids the user just interacted with: folded into the user vector."
-    )
-    k: StrictInt = Field(10, ge=1, description="How many items (at most WALRUS_MAX_K).")
-    exclude: list[StrictStr] | None = Field(None, description="Item ids never to return.")
+    user_id: ItemId | None = Field(None, description="A user of the bundle, or unknown.")
+    query: StrictStr | None = Field(
+        None, max_length=QUERY_CHARS,
+        description="Free text; encoded by the ONNX encoder (at most WALRUS_MAX_QUERY_CHARS).",
+    )  # fmt: skip
+    history: list[ItemId] | None = Field(
+        None, max_length=LIST_ITEMS,
+        description="Item ids the user just interacted with: folded into the user vector "
+        "(at most WALRUS_MAX_HISTORY).",
+    )  # fmt: skip
+    k: StrictInt = Field(10, ge=1, le=1000, description="How many items (at most WALRUS_MAX_K).")
+    exclude: list[ItemId] | None = Field(
+        None, max_length=LIST_ITEMS,
+        description="Item ids never to return (at most WALRUS_MAX_EXCLUDE).",
+    )  # fmt: skip
     exclude_seen: StrictBool = Field(True, description="Drop the user's known and history items.")
 
     @field_validator("user_id", "query", "history", "exclude")
@@ -84,7 +99,17 @@ class Health(BaseModel):
 class Readiness(BaseModel):
     ready: bool
     reason: str | None = None
+    draining: bool = Field(False, description="Shutting down: finishing what is in flight.")
+    refused: dict[str, str] = Field(
+        default_factory=dict, description="Bundles refused at load or reload, and why."
+    )
     bundle_id: str | None = None
     onnx_providers: list[str] = Field(default_factory=list)
     faiss: Literal["cpu", "gpu"] | None = None
     encoder_precision: str | None = None
+
+
+class ReloadResponse(BaseModel):
+    bundle_id: str | None = Field(description="The bundle serving after the call.")
+    reloaded: bool
+    reason: str | None = Field(None, description="Why nothing was swapped in.")

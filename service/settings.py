@@ -8,7 +8,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal, NamedTuple
 
-from pydantic import Field
+from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -71,9 +71,28 @@ class Settings(BaseSettings):
     load_retry_max_s: float = Field(
         30.0, gt=0, description="A failed bundle load is retried, backing off up to this."
     )
+    reload_interval_s: float = Field(
+        10.0, ge=0, description="How often a moved `current` link is looked for; 0: never."
+    )
+    admin_token: SecretStr | None = Field(
+        None, description="Bearer token for POST /admin/reload; without one the route is absent."
+    )
+    drain_s: float = Field(
+        5.0, ge=0, description="After SIGTERM: /readyz is 503 and requests are still served."
+    )
+    graceful_timeout_s: float = Field(
+        20.0, ge=0, description="After the drain: how long in-flight requests may take."
+    )
     verify_parity: bool = Field(
         False, description="Also re-run the bundle's parity check on start (slower start)."
     )
+
+    @field_validator("admin_token", mode="before")
+    @classmethod
+    def _empty_is_none(cls, value: object) -> object:
+        """Compose passes an unset variable as "": no token, no admin route."""
+        return None if value == "" else value
+
     host: str = "127.0.0.1"
     port: int = Field(8000, ge=1, le=65535)
     log_level: Literal["debug", "info", "warning", "error"] = "info"
@@ -89,11 +108,13 @@ class ProcessPlan(NamedTuple):
 
 
 def default_workers(cpus: int) -> int:
-    """Worker processes when WALRUS_WORKERS is 0. One process's event loop, batcher and
-    Python code share one GIL, so one process tops out well below what several cores can
-    encode (docs/benchmarks.md, "Processes and threads"): one worker per two CPUs, each
-    with two threads, measured best by ``make bench-serve``."""
-    return max(1, cpus // 2)
+    """Worker processes when WALRUS_WORKERS is 0: one per CPU, each with one ONNX and FAISS
+    thread. One process's event loop, batcher and Python code share one GIL, so one process
+    tops out well below what its cores can encode; and a second intra-op thread per session
+    only spins against the event loop for the same cores. On 2 CPUs, wrk at concurrency
+    1/8/32 (all-distinct queries, requests/s): 1 worker x 2 threads 68/317/452, 1 x 1
+    128/444/533, 2 x 1 120/491/689 (docs/benchmarks.md, "Serving")."""
+    return max(1, cpus)
 
 
 def process_plan(settings: Settings, cpus: int) -> ProcessPlan:

@@ -232,19 +232,37 @@ def test_a_bad_bundle_is_refused_at_start(tiny_bundle, tmp_path, break_it, env, 
         srv.stop()
 
 
-def _short_user_factors(bundle):
-    """A bundle whose user factors miss the last user's row: consistent checksums, wrong
-    contents (the kind of bug no input validation can catch)."""
-    factors = np.load(bundle / "user_factors.npy")
-    np.save(bundle / "user_factors.npy", factors[:-1])
+def _seen_item_out_of_range(bundle):
+    """A bundle whose last user's seen list names an item that does not exist: consistent
+    checksums and sizes, wrong contents (the kind of bug no check at load can catch)."""
+    indices = np.load(bundle / "seen_indices.npy")
+    indices[-1] = 10**6
+    np.save(bundle / "seen_indices.npy", indices)
     _rewrite_manifest(bundle, lambda m: None)
+
+
+def test_files_that_disagree_in_size_are_refused_at_load(tiny_bundle, tmp_path):
+    """Each file intact (sha256 as listed), but the user factors miss the last user's row."""
+    copy = tmp_path / "bundle"
+    shutil.copytree(tiny_bundle, copy)
+    factors = np.load(copy / "user_factors.npy")
+    np.save(copy / "user_factors.npy", factors[:-1])
+    _rewrite_manifest(copy, lambda m: None)
+    srv = Server(copy)
+    try:
+        srv.wait(ready=False)
+        time.sleep(0.5)
+        reason = httpx.get(f"{srv.url}/readyz").json()["reason"]
+        assert f"user factor rows is {len(factors) - 1}, expected {len(factors)}" in reason
+    finally:
+        srv.stop()
 
 
 def test_a_bug_at_request_time_is_a_clean_500_with_its_traceback_logged(tiny_bundle, tmp_path):
     """The client gets a one-line 500, the log gets the traceback, /metrics counts it."""
     copy = tmp_path / "bundle"
     shutil.copytree(tiny_bundle, copy)
-    _short_user_factors(copy)
+    _seen_item_out_of_range(copy)
     last_user = json.loads((copy / "user_ids.json").read_text())[-1]
     srv = Server(copy)
     try:
@@ -262,8 +280,8 @@ def test_a_bug_at_request_time_is_a_clean_500_with_its_traceback_logged(tiny_bun
 
 
 def test_a_bundle_that_fails_its_warm_up_never_serves(tiny_bundle, tmp_path):
-    """A head whose input width disagrees with the features fails the warm-up requests: the
-    bundle is refused with the reason, instead of answering 500s."""
+    """A head whose input width disagrees with the features (it would fail every request):
+    the bundle is refused with the reason, instead of answering 500s."""
     from export.onnx import export_head
     from models.head import ScoreHead
 
@@ -280,7 +298,7 @@ def test_a_bundle_that_fails_its_warm_up_never_serves(tiny_bundle, tmp_path):
     try:
         srv.wait(ready=False)
         reason = httpx.get(f"{srv.url}/readyz").json()["reason"]
-        assert ("retrying in" in reason and "features" in reason.lower()) or "INVALID" in reason
+        assert "retrying in" in reason and "head input width is 3, expected" in reason
     finally:
         srv.stop()
 

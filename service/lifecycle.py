@@ -1,0 +1,164 @@
+"""Which bundle serves, and how another replaces it without dropping a request.
+
+``Bundles`` loads the bundle ``WALRUS_BUNDLE`` names at start (retrying with backoff), and
+later when its ``current`` link moves (polled every ``WALRUS_RELOAD_INTERVAL_S``) or when told
+(``POST /admin/reload``). A new bundle is loaded next to the serving one and must pass every
+check before it serves: the manifest (format, file list, sha256 of every file), sizes cross-
+checked between files, and a warm-up with real requests. Then one assignment swaps it in;
+the old batcher stops taking requests, serves what it already queued, and is dropped, so a
+request in flight finishes on the bundle it started with. A bundle that fails a check is
+refused with its reason (in ``/readyz`` and ``/metrics``) and the old one keeps serving.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+from fastapi.concurrency import run_in_threadpool
+
+from export.format import resolve_bundle
+from service.batcher import Batcher, Stopped
+from service.cache import QueryCache
+from service.metrics import Metrics
+from service.recommender import Recommender
+from service.schemas import RecommendRequest, RecommendResponse, ReloadResponse
+from service.settings import Settings
+
+log = logging.getLogger("walrus.service.lifecycle")
+
+
+@dataclass(frozen=True)
+class Serving:
+    """One loaded bundle and the batcher in front of it: swapped as one."""
+
+    recommender: Recommender
+    batcher: Batcher[RecommendRequest, RecommendResponse]
+
+
+def one_line(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {exc}".splitlines()[0]
+
+
+class Bundles:
+    def __init__(self, settings: Settings, metrics: Metrics) -> None:
+        self.settings = settings
+        self.metrics = metrics
+        self.cache = QueryCache(settings.query_cache_size, metrics.count_cache_lookup)
+        self.serving: Serving | None = None
+        self.reason: str | None = "loading the bundle"
+        self.refused: dict[str, str] = {}  # bundle path -> why it was refused
+        self.draining = False
+        self._lock = asyncio.Lock()
+
+    # ------------------------------------------------------------------ requests
+    async def recommend(self, request: RecommendRequest) -> RecommendResponse:
+        """Hand the request to the serving bundle's batcher. Reading ``serving`` and queueing
+        happen with no await between them, on the event loop, where the swap happens too: a
+        request is never queued behind a stopped batcher's last batch."""
+        while True:
+            serving = self.serving
+            if serving is None:
+                raise NotReady(self.reason or "not ready")
+            try:
+                return await serving.batcher.submit(request)
+            except Stopped:  # swapped between the dependency and here: the new one serves
+                continue
+
+    # ------------------------------------------------------------------ loading
+    def _load(self, path: Path) -> Recommender:
+        """Blocking: load, check and warm one bundle (off the event loop)."""
+        recommender = Recommender(path, self.settings, self.cache)
+        recommender.warm_up()
+        return recommender
+
+    def _serve(self, recommender: Recommender) -> Serving:
+        s, m = self.settings, self.metrics
+        batcher: Batcher[RecommendRequest, RecommendResponse] = Batcher(
+            recommender.recommend_batch, max_batch=s.max_batch, wait_us=s.batch_wait_us,
+            workers=s.batch_workers, max_queue=s.max_queue, on_batch=m.batch_size.observe,
+            on_depth=m.queue_depth.set,
+        )  # fmt: skip
+        return Serving(recommender, batcher)
+
+    async def start(self) -> None:
+        """The first load: retried with backoff until it succeeds, the reason in /readyz (the
+        operator may still be copying the bundle in)."""
+        delay = 1.0
+        while self.serving is None:
+            result = await self.reload()
+            if self.serving is None:
+                self.reason = f"{result.reason} (retrying in {delay:.0f} s)"
+                log.error("not ready: %s", self.reason)
+                await asyncio.sleep(delay)
+                delay = min(2 * delay, self.settings.load_retry_max_s)
+
+    async def reload(self, force: bool = False) -> ReloadResponse:
+        """Load what ``WALRUS_BUNDLE`` names now, if it is not what serves (or ``force``)."""
+        async with self._lock:
+            old = self.serving
+            try:
+                path = resolve_bundle(self.settings.bundle)
+            except Exception as exc:  # a dangling or missing `current`: keep serving
+                return self._refuse(str(self.settings.bundle), one_line(exc))
+            if old is not None and old.recommender.path == path and not force:
+                return ReloadResponse(bundle_id=old.recommender.bundle_id, reloaded=False,
+                                      reason="already serving it")  # fmt: skip
+            try:
+                recommender = await run_in_threadpool(self._load, path)
+            except Exception as exc:  # any failed check: refused, the old bundle serves on
+                return self._refuse(str(path), one_line(exc))
+            self.serving = self._serve(recommender)
+            self.reason = None
+            self.refused.pop(str(path), None)
+            self.refused.pop(str(self.settings.bundle), None)  # a dangling link was fixed
+            previous = old.recommender.bundle_id if old is not None else None
+            self.metrics.bundle_served(recommender.bundle_id, previous)
+            self.metrics.reloads.labels("loaded").inc()
+            log.info("serving bundle %s from %s", recommender.bundle_id, path)
+        if old is not None:
+            old.batcher.stop()  # on the event loop: nothing can queue behind it now
+            await run_in_threadpool(old.batcher.join)
+        return ReloadResponse(bundle_id=recommender.bundle_id, reloaded=True)
+
+    def _refuse(self, path: str, reason: str) -> ReloadResponse:
+        if self.refused.get(path) != reason:  # log a refusal once, not at every poll
+            log.error("bundle refused: %s: %s", path, reason)
+            self.metrics.reloads.labels("refused").inc()
+            self.metrics.bundle_refused.labels(path, reason).set(1)
+        self.refused[path] = reason
+        while len(self.refused) > 10:  # the latest few are what an operator needs
+            self.refused.pop(next(iter(self.refused)))
+        serving = self.serving
+        return ReloadResponse(
+            bundle_id=serving.recommender.bundle_id if serving else None,
+            reloaded=False,
+            reason=reason,
+        )
+
+    async def watch(self) -> None:
+        """Poll ``WALRUS_BUNDLE`` for a moved ``current`` link; load what it names."""
+        interval = self.settings.reload_interval_s
+        while interval > 0:
+            await asyncio.sleep(interval)
+            if self.serving is None:
+                continue  # start() is still retrying
+            try:
+                path = resolve_bundle(self.settings.bundle)
+            except Exception as exc:
+                self._refuse(str(self.settings.bundle), one_line(exc))
+                continue
+            known = path == self.serving.recommender.path or str(path) in self.refused
+            if not known:
+                await self.reload()
+
+    async def close(self) -> None:
+        if self.serving is not None:
+            self.serving.batcher.stop()
+            await run_in_threadpool(self.serving.batcher.join)
+
+
+class NotReady(Exception):
+    """No bundle serves yet (503 with the reason)."""

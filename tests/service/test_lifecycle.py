@@ -1,0 +1,204 @@
+"""Hot reload under load, the admin endpoint, graceful shutdown and client disconnects,
+each against a real uvicorn process."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import threading
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.server import Server
+
+pytestmark = pytest.mark.slow
+TOKEN = "s3cret-token"
+
+
+def version(tiny_bundle: Path, bundles: Path, name: str) -> Path:
+    """A copy of the tiny bundle as bundle ``name`` (its own bundle id)."""
+    from export.format import MANIFEST
+
+    path = bundles / name
+    shutil.copytree(tiny_bundle, path)
+    manifest = json.loads((path / MANIFEST).read_text())
+    manifest["bundle_id"] = name
+    (path / MANIFEST).write_text(json.dumps(manifest))
+    return path
+
+
+def point_current(bundles: Path, name: str) -> None:
+    tmp = bundles / ".current.tmp"
+    tmp.unlink(missing_ok=True)
+    tmp.symlink_to(name)
+    os.replace(tmp, bundles / "current")
+
+
+def flip_a_byte(path: Path) -> None:
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    path.write_bytes(bytes(data))
+
+
+@pytest.fixture
+def bundles(tiny_bundle, tmp_path) -> Path:
+    root = tmp_path / "bundles"
+    root.mkdir()
+    version(tiny_bundle, root, "v1")
+    point_current(root, "v1")
+    return root
+
+
+def test_the_admin_route_exists_only_with_a_token_and_checks_it(bundles):
+    without = Server(bundles, WALRUS_RELOAD_INTERVAL_S="0")
+    try:
+        without.wait()
+        assert httpx.post(f"{without.url}/admin/reload").status_code == 404
+        assert "/admin/reload" not in httpx.get(f"{without.url}/openapi.json").text
+    finally:
+        without.stop()
+    srv = Server(bundles, WALRUS_ADMIN_TOKEN=TOKEN, WALRUS_RELOAD_INTERVAL_S="0")
+    try:
+        srv.wait()
+        url = f"{srv.url}/admin/reload"
+        missing = httpx.post(url)
+        assert missing.status_code == 401 and missing.headers["www-authenticate"] == "Bearer"
+        wrong = httpx.post(url, headers={"Authorization": "Bearer nope"})
+        assert wrong.status_code == 403
+        same = httpx.post(url, headers={"Authorization": f"Bearer {TOKEN}"})
+        assert same.status_code == 200
+        assert same.json() == {"bundle_id": "v1", "reloaded": False, "reason": "already serving it"}
+    finally:
+        srv.stop()
+
+
+def test_five_reloads_under_load_drop_no_request(tiny_bundle, bundles):
+    """Clients send requests throughout; the bundle changes five times: two good versions,
+    a corrupt one (one flipped byte), a dangling `current`, and back to a good one. No
+    request fails, every answer names a good bundle, the bad ones are refused with their
+    reason, and the last good one serves."""
+    srv = Server(bundles, WALRUS_ADMIN_TOKEN=TOKEN, WALRUS_RELOAD_INTERVAL_S="0.2")
+    auth = {"Authorization": f"Bearer {TOKEN}"}
+    failures: list[str] = []
+    served: dict[str, int] = {}
+    stop = threading.Event()
+
+    def client(n: int) -> None:
+        with httpx.Client(base_url=srv.url, timeout=30) as http:
+            i = 0
+            while not stop.is_set():
+                i += 1
+                body = {"query": f"space {n}-{i}", "k": 3} if i % 2 else {"user_id": "u1", "k": 3}
+                r = http.post("/v1/recommend", json=body)
+                if r.status_code != 200:
+                    failures.append(f"{r.status_code} {r.text[:200]}")
+                else:
+                    bundle_id = r.json()["bundle_id"]
+                    served[bundle_id] = served.get(bundle_id, 0) + 1
+
+    try:
+        srv.wait()
+        threads = [threading.Thread(target=client, args=(n,)) for n in range(4)]
+        for t in threads:
+            t.start()
+        time.sleep(1)
+
+        version(tiny_bundle, bundles, "v2")
+        point_current(bundles, "v2")
+        assert httpx.post(f"{srv.url}/admin/reload", headers=auth, timeout=60).json()["reloaded"]
+        time.sleep(1)
+
+        flip_a_byte(version(tiny_bundle, bundles, "v3-corrupt") / "item_factors.npy")
+        point_current(bundles, "v3-corrupt")
+        answer = httpx.post(f"{srv.url}/admin/reload", headers=auth, timeout=60).json()
+        assert not answer["reloaded"] and answer["bundle_id"] == "v2"
+        assert "item_factors.npy is corrupt" in answer["reason"]
+
+        point_current(bundles, "v9-missing")  # found by the poll, not told
+        time.sleep(1)
+        ready = httpx.get(f"{srv.url}/readyz").json()
+        assert ready["ready"] and ready["bundle_id"] == "v2"
+        assert any("v9-missing" in reason for reason in ready["refused"].values()), ready
+
+        version(tiny_bundle, bundles, "v4")
+        point_current(bundles, "v4")  # the poll loads it
+        deadline = time.monotonic() + 30
+        while httpx.get(f"{srv.url}/readyz").json().get("bundle_id") != "v4":
+            assert time.monotonic() < deadline, "the poll never loaded v4"
+            time.sleep(0.2)
+
+        version(tiny_bundle, bundles, "v5")
+        point_current(bundles, "v5")
+        assert httpx.post(f"{srv.url}/admin/reload", headers=auth, timeout=60).json()["reloaded"]
+        time.sleep(1)
+    finally:
+        stop.set()
+        for t in threads:
+            t.join()
+        metrics = httpx.get(f"{srv.url}/metrics").text
+        srv.stop()
+    assert failures == []
+    assert set(served) <= {"v1", "v2", "v4", "v5"} and {"v1", "v2", "v5"} <= set(served), served
+    assert 'walrus_bundle{bundle_id="v5"} 1.0' in metrics
+    assert 'walrus_bundle{bundle_id="v2"} 0.0' in metrics
+    assert 'walrus_bundle_loads_total{result="refused"} 2.0' in metrics
+
+
+def test_sigterm_drains_then_exits_zero(tiny_bundle):
+    """SIGTERM: /readyz turns 503 at once, requests are still answered during the drain,
+    the one in flight finishes, and the process exits with status 0."""
+    srv = Server(tiny_bundle, ["--workers", "1"], cli=True, WALRUS_DRAIN_S="1.5",
+                 WALRUS_BATCH_WAIT_US="600000", WALRUS_MAX_BATCH="64")  # fmt: skip
+    try:
+        srv.wait()
+        results: list[int] = []
+        slow = threading.Thread(
+            target=lambda: results.append(
+                httpx.post(f"{srv.url}/v1/recommend", json={"query": "in flight", "k": 2},
+                           timeout=30).status_code  # fmt: skip
+            )
+        )
+        slow.start()
+        time.sleep(0.2)  # the request waits in its batch for 0.6 s
+        srv.process.send_signal(signal.SIGTERM)
+        time.sleep(0.2)
+        ready = httpx.get(f"{srv.url}/readyz")
+        assert ready.status_code == 503 and ready.json()["draining"] is True
+        during = httpx.post(f"{srv.url}/v1/recommend", json={"k": 2}, timeout=30)
+        assert during.status_code == 200
+        slow.join()
+        assert results == [200]
+        assert srv.process.wait(30) == 0
+    finally:
+        srv.stop()
+
+
+def test_a_client_that_leaves_has_its_queued_work_dropped(tiny_bundle):
+    """The batch waits 1 s for company; a client that disconnects meanwhile is dropped from
+    it: no batch is served for it, and /metrics counts the disconnect."""
+    srv = Server(tiny_bundle, WALRUS_BATCH_WAIT_US="1000000")
+    try:
+        srv.wait()
+        before = httpx.get(f"{srv.url}/metrics").text
+        body = json.dumps({"query": "leaving early", "k": 2}).encode()
+        with socket.create_connection(("127.0.0.1", srv.port)) as sock:
+            sock.sendall(b"POST /v1/recommend HTTP/1.1\r\nHost: x\r\nContent-Type: "
+                         b"application/json\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body))  # fmt: skip
+            time.sleep(0.3)
+        time.sleep(1.5)
+        after = httpx.get(f"{srv.url}/metrics").text
+
+        def value(text: str, name: str) -> float:
+            lines = [ln for ln in text.splitlines() if ln.startswith(name + " ")]
+            return float(lines[0].split()[1]) if lines else 0.0
+
+        assert value(after, "walrus_client_disconnects_total") == 1.0
+        assert value(after, "walrus_batch_size_count") == value(before, "walrus_batch_size_count")
+    finally:
+        srv.stop()
