@@ -59,6 +59,7 @@ async def disconnected(request: Request) -> None:
 
 
 ERRORS: dict[int | str, dict[str, Any]] = {
+    400: {"description": "Body is not UTF-8 text (cannot be parsed at all)."},
     413: {"description": "Body over WALRUS_MAX_BODY_BYTES (refused before parsing)."},
     415: {"description": "Body not application/json."},
     503: {"description": "Not ready, draining, or overloaded (Retry-After)."},
@@ -172,7 +173,12 @@ async def readyz(bundles: BundlesDep, response: Response) -> Readiness:
     )
 
 
-@router.get("/metrics")
+@router.get(
+    "/metrics",
+    response_class=Response,
+    responses={200: {"content": {CONTENT_TYPE_LATEST: {}},
+                     "description": "Prometheus text exposition."}},
+)  # fmt: skip
 async def metrics_endpoint(metrics: MetricsDep) -> Response:
     """Prometheus exposition."""
     return Response(metrics.exposition(), media_type=CONTENT_TYPE_LATEST)

@@ -14,10 +14,12 @@ import threading
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from types import FrameType
+from typing import Any
 
 import anyio.to_thread
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
+from fastapi.openapi.utils import get_openapi
 from fastapi.responses import JSONResponse
 
 from service.api import admin_router, router
@@ -84,6 +86,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         lifespan=lifespan,
     )
     app.include_router(router)
+    app.openapi = lambda: configured_openapi(app, settings)  # type: ignore[method-assign]
     if settings.admin_token is not None:
         app.include_router(admin_router)  # no token configured: the route does not exist
     app.state.metrics = metrics = Metrics()
@@ -114,6 +117,28 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         return JSONResponse({"detail": "internal error"}, status_code=500)
 
     return app
+
+
+def configured_openapi(app: FastAPI, settings: Settings) -> dict[str, Any]:
+    """FastAPI's OpenAPI document with this deployment's own limits (WALRUS_MAX_K,
+    _MAX_QUERY_CHARS, _MAX_HISTORY, _MAX_EXCLUDE) in place of the schemas' hard caps, so
+    that what the document allows is exactly what the service accepts."""
+    if app.openapi_schema is None:
+        doc = get_openapi(title=app.title, version=app.version, summary=app.summary,
+                          description=app.description, routes=app.routes)  # fmt: skip
+        fields = doc["components"]["schemas"]["RecommendRequest"]["properties"]
+        fields["k"]["maximum"] = settings.max_k
+        for name, key, limit in (("query", "maxLength", settings.max_query_chars),
+                                 ("history", "maxItems", settings.max_history),
+                                 ("exclude", "maxItems", settings.max_exclude)):  # fmt: skip
+            for branch in fields[name].get("anyOf", [fields[name]]):
+                if key in branch:
+                    branch[key] = limit
+        for parameter in doc["paths"]["/v1/items/{item_id}/similar"]["get"]["parameters"]:
+            if parameter["name"] == "k":
+                parameter["schema"]["maximum"] = settings.max_k
+        app.openapi_schema = doc
+    return app.openapi_schema
 
 
 def drain_on_sigterm(bundles: Bundles, drain_s: float) -> None:

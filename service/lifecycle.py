@@ -94,6 +94,11 @@ class Bundles:
                 log.error("not ready: %s", self.reason)
                 await asyncio.sleep(delay)
                 delay = min(2 * delay, self.settings.load_retry_max_s)
+        log.info(
+            "ready: curl -s http://%s:%d/v1/recommend -H 'content-type: application/json' "
+            "-d '{\"user_id\": \"%s\", \"query\": \"something to watch\", \"k\": 5}'",
+            self.settings.host, self.settings.port, self.serving.recommender.example_user(),
+        )  # fmt: skip
 
     async def reload(self, force: bool = False) -> ReloadResponse:
         """Load what ``WALRUS_BUNDLE`` names now, if it is not what serves (or ``force``)."""

@@ -75,11 +75,12 @@ class Guard:
     ) -> tuple[tuple[int, str, str] | None, Receive]:
         headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]}
         kind = headers.get("content-type", "").split(";")[0].strip().lower()
-        if kind not in JSON_TYPES:
+        declared = headers.get("content-length", "")
+        bodiless = declared == "0" or (not declared and "transfer-encoding" not in headers)
+        if kind not in JSON_TYPES and not (bodiless and not kind):  # no body, no type: fine
             shown = kind or "none"
             return (415, "content-type", f"send application/json, not {shown}"), receive
         too_big = (413, "body", f"the body must be at most {self.max_body_bytes} bytes")
-        declared = headers.get("content-length", "")
         if declared.isdigit() and int(declared) > self.max_body_bytes:
             return too_big, receive
         chunks, size, more = [], 0, True

@@ -9,7 +9,6 @@ from pydantic import (
     ConfigDict,
     Field,
     StrictBool,
-    StrictInt,
     StrictStr,
     StringConstraints,
     field_validator,
@@ -41,20 +40,29 @@ class RecommendRequest(BaseModel):
 
     user_id: ItemId | None = Field(None, description="A user of the bundle, or unknown.")
     query: StrictStr | None = Field(
-        None, max_length=QUERY_CHARS,
-        description="Free text; encoded by the ONNX encoder (at most WALRUS_MAX_QUERY_CHARS).",
+        None, max_length=QUERY_CHARS, pattern=r"\S",
+        description="Free text, not blank; encoded by the ONNX encoder (at most "
+        "WALRUS_MAX_QUERY_CHARS).",
     )  # fmt: skip
     history: list[ItemId] | None = Field(
         None, max_length=LIST_ITEMS,
         description="Item ids the user just interacted with: folded into the user vector "
         "(at most WALRUS_MAX_HISTORY).",
     )  # fmt: skip
-    k: StrictInt = Field(10, ge=1, le=1000, description="How many items (at most WALRUS_MAX_K).")
+    k: int = Field(10, ge=1, le=1000, description="How many items (at most WALRUS_MAX_K).")
     exclude: list[ItemId] | None = Field(
         None, max_length=LIST_ITEMS,
         description="Item ids never to return (at most WALRUS_MAX_EXCLUDE).",
     )  # fmt: skip
     exclude_seen: StrictBool = Field(True, description="Drop the user's known and history items.")
+
+    @field_validator("k", mode="before")
+    @classmethod
+    def _json_integer(cls, value: object) -> object:
+        """A JSON integer: 5 or 5.0 (JSON Schema's integer), never "5" or true."""
+        if isinstance(value, str | bool):
+            raise ValueError("k must be a JSON number without a fraction")
+        return value
 
     @field_validator("user_id", "query", "history", "exclude")
     @classmethod
