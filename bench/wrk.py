@@ -72,7 +72,9 @@ DISTINCT_QUERIES = (
     + ",".join(f'"{w}"' for w in WORDS)
     + r"""}
 local counter = 0
-local prefix = 0
+-- prefix must be a global: thread:set() sets the thread's global, which a local would hide
+-- (each thread would then send the same "distinct" queries as the others).
+prefix = 0
 setup = function(thread) prefix = prefix + 1; thread:set("prefix", prefix) end
 init = function(args) math.randomseed(prefix * 7919) end
 request = function()
@@ -91,7 +93,7 @@ BODIES_FROM_FILE = (
     r"""
 local bodies = {}
 local position = 0
-local prefix = 0
+prefix = 0  -- a global, set per thread by setup (see the distinct-queries script)
 setup = function(thread) prefix = prefix + 1; thread:set("prefix", prefix) end
 init = function(args)
   for line in io.lines(args[1]) do bodies[#bodies + 1] = line end

@@ -142,6 +142,35 @@ def test_hostile_json_is_422_naming_the_field_never_500(client, raw, field):
     assert all(set(d) == {"loc", "msg", "type"} for d in r.json()["detail"])  # no echo
 
 
+DEEP = b'{"history": ' + b"[" * 5000 + b"]" * 5000 + b"}"
+
+
+@pytest.mark.parametrize(
+    ("raw", "status", "field"),
+    [
+        (DEEP, 422, "history"),  # nesting far deeper than any schema: refused, no recursion error
+        (b'{"k": 100000000000000000000000000000}', 422, "k"),  # an integer beyond int64
+        (b'{"k": true}', 422, "k"),  # a boolean is not a number here
+        (b'{"k": 5.0, "query": "ok"}', 200, None),  # JSON Schema's integer: 5.0 is one
+        (b'{"user_id": "' + b"u" * 300 + b'"}', 422, "user_id"),  # ids are at most 256 chars
+        (b'{"query": "nul \u0000 inside"}', 200, None),  # valid text: encoded like any other
+        (b'{"query": "   "}', 422, "query"),  # blank
+        (b"[1, 2, 3]", 422, "body"),  # not an object
+        (b"", 422, "body"),  # nothing
+        (b'{"k": 3, "k": 4}', 200, None),  # duplicate keys: the last wins, as in JSON parsers
+        ("{\"query\": \"caf\u00e9\"}".encode("utf-16"), 400, None),  # UTF-16: not UTF-8 JSON
+        (b'{"query": "caf\xe9"}', 400, None),  # latin-1 bytes: not UTF-8
+        (b'\xef\xbb\xbf{"k": 2}', 422, "body"),  # a UTF-8 byte-order mark: not JSON text
+    ],
+)
+def test_hostile_inputs_get_a_4xx_or_a_clean_answer_never_a_5xx(client, raw, status, field):
+    r = client.post("/v1/recommend", content=raw, headers={"content-type": "application/json"})
+    assert r.status_code == status, r.text[:300]
+    if field is not None:
+        locs = [d["loc"] for d in r.json()["detail"]]
+        assert any(field in loc for loc in locs), locs
+
+
 def test_malformed_json_is_422(client):
     r = client.post(
         "/v1/recommend", content=b"{not json", headers={"content-type": "application/json"}
