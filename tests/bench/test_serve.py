@@ -43,3 +43,12 @@ def test_a_short_run_measures_walrus_and_renders(tiny_bundle, tmp_path, monkeypa
     assert "walrus, all-distinct queries | 32 |" in text and "realistic mix" in text
     main(["--report", str(tmp_path / "serve.json"), "--plot", str(tmp_path / "p.png")])
     assert (tmp_path / "p.png").stat().st_size > 10_000
+
+
+def test_the_docs_tables_are_the_kept_results():
+    """docs/benchmarks.md shows what the kept run measured, not numbers typed in."""
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parents[2]
+    results = json.loads((repo / "docs/results/serve-2cpu/serve.json").read_text())
+    assert report(results) in (repo / "docs/benchmarks.md").read_text()
