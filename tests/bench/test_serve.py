@@ -52,3 +52,14 @@ def test_the_docs_tables_are_the_kept_results():
     repo = Path(__file__).resolve().parents[2]
     results = json.loads((repo / "docs/results/serve-2cpu/serve.json").read_text())
     assert report(results) in (repo / "docs/benchmarks.md").read_text()
+
+
+def test_the_docs_soak_table_is_the_kept_run():
+    from pathlib import Path
+
+    from bench.soak import report as soak_report
+
+    repo = Path(__file__).resolve().parents[2]
+    results = json.loads((repo / "docs/results/soak-2cpu/soak.json").read_text())
+    assert results["failures"] == 0 and len(results["per_minute"]) == 10
+    assert soak_report(results) in (repo / "docs/benchmarks.md").read_text()
