@@ -314,7 +314,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--bundle", type=Path, default=ROOT / "artifacts/demo/bundles")
     parser.add_argument("--seed-bundle", type=Path, default=ROOT / "artifacts/seed/bundles")
     parser.add_argument("--seconds", type=int, default=10, help="per wrk run")
-    parser.add_argument("--skip", nargs="*", default=[], choices=["demo", "peer", "seed", "roberta"])
+    parser.add_argument(
+        "--skip", nargs="*", default=[], choices=["demo", "peer", "seed", "roberta"]
+    )
     parser.add_argument("--wrk", default=shutil.which("wrk"))
     parser.add_argument("--report", nargs="*", type=Path, help="print tables from results")
     parser.add_argument("--plot", type=Path, help="with --report: write the latency plot here")

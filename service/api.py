@@ -59,7 +59,7 @@ async def disconnected(request: Request) -> None:
 
 
 ERRORS: dict[int | str, dict[str, Any]] = {
-    400: {"description": "Body is not UTF-8 text (cannot be parsed at all)."},
+    400: {"description": "Body cannot be read as JSON text (undecodable bytes, too deep)."},
     413: {"description": "Body over WALRUS_MAX_BODY_BYTES (refused before parsing)."},
     415: {"description": "Body not application/json."},
     503: {"description": "Not ready, draining, or overloaded (Retry-After)."},
