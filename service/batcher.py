@@ -82,10 +82,6 @@ class Batcher(Generic[T, R]):
         for thread in self._threads:
             thread.start()
 
-    def depth(self) -> int:
-        """Requests waiting to be taken into a batch."""
-        return self._queue.qsize()
-
     async def submit(self, item: T) -> R:
         """The item's result; ``Overloaded`` at once when ``max_queue`` requests already wait.
         Cancelling the caller (a deadline, a disconnect) drops the item if it is still
