@@ -169,13 +169,15 @@ def peer_cmd(bundle: Path, port: int) -> tuple[list[str], dict[str, str]]:
     return cmd, {"PEER_BUNDLE": str(resolve_bundle(bundle))}
 
 
-def load_curve(wrk: str, url: str, seconds: int, work: Path) -> dict[str, Any]:
+def run_distinct(wrk: str, url: str, connections: int, seconds: int, work: Path) -> dict[str, Any]:
+    """All-distinct query-only requests (no cache can answer them)."""
     script = work / "distinct.lua"
     script.write_text(DISTINCT_QUERIES)
-    return {
-        f"c{c}": run_wrk(wrk, url, "/v1/recommend", c, seconds, min(c, 2), script)
-        for c in CONCURRENCY
-    }
+    return run_wrk(wrk, url, "/v1/recommend", connections, seconds, min(connections, 2), script)
+
+
+def load_curve(wrk: str, url: str, seconds: int, work: Path) -> dict[str, Any]:
+    return {f"c{c}": run_distinct(wrk, url, c, seconds, work) for c in CONCURRENCY}
 
 
 def mix_bodies(bundle: Path, n: int, kinds: dict[str, int], seed: int = 0) -> list[dict[str, Any]]:
@@ -280,9 +282,7 @@ def seed_section(wrk: str, bundle: Path, seconds: int, work: Path) -> dict[str, 
     with running(cmd, env, url, {"user_id": "u1", "k": 10}) as info:
         for kind, bodies in kinds.items():
             out[kind] = run_bodies(wrk, url, bodies, 8, seconds, work, kind)
-        script = work / "distinct.lua"
-        script.write_text(DISTINCT_QUERIES)
-        out["query"] = run_wrk(wrk, url, "/v1/recommend", 8, seconds, 2, script)
+        out["query"] = run_distinct(wrk, url, 8, seconds, work)
     out.update(start_s=info["start_s"], resident_bytes=info["resident_bytes"])
     out["resident_over_arrays"] = out["resident_bytes"] / out["array_bytes"]
     return out

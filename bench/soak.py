@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import shutil
 import tempfile
 import threading
@@ -22,8 +21,9 @@ from typing import Any
 import httpx
 
 from bench.common import write_results
-from bench.serve import MIX, mix_bodies, resident_bytes, running, walrus_cmd
+from bench.serve import MIX, mix_bodies, resident_bytes, run_bodies, running, walrus_cmd
 from bench.wrk import BODIES_FROM_FILE, run_wrk, write_bodies
+from export.bundle import switch_current
 from export.format import MANIFEST, resolve_bundle
 
 TOKEN = "soak-token"
@@ -42,10 +42,7 @@ def new_version(source: Path, bundles: Path, name: str) -> None:
     manifest = json.loads((bundles / name / MANIFEST).read_text())
     manifest["bundle_id"] = name
     (bundles / name / MANIFEST).write_text(json.dumps(manifest))
-    link = bundles / ".current.tmp"
-    link.unlink(missing_ok=True)
-    link.symlink_to(name)
-    os.replace(link, bundles / "current")
+    switch_current(bundles, name)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -65,14 +62,13 @@ def main(argv: list[str] | None = None) -> int:
         work, bundles = Path(tmp), Path(tmp) / "bundles"
         bundles.mkdir()
         new_version(source, bundles, "soak-0")
-        bodies = write_bodies(work / "mix.jsonl", mix_bodies(source, 20_000, MIX))
+        mix = mix_bodies(source, 20_000, MIX)
+        bodies = write_bodies(work / "mix.jsonl", mix)
         cmd, env = walrus_cmd(bundles, 8740)
         env.update(WALRUS_ADMIN_TOKEN=TOKEN, WALRUS_RELOAD_INTERVAL_S="0")
         url = "http://127.0.0.1:8740"
         with running(cmd, env, url, {"query": "warm up", "k": 10}) as info:
-            flat_out = work / "flat.lua"
-            flat_out.write_text(BODIES_FROM_FILE)
-            capacity = run_wrk(args.wrk, url, "/v1/recommend", 32, 15, 2, flat_out, [str(bodies)])
+            capacity = run_bodies(args.wrk, url, mix, 32, 15, work, "capacity")
             rate = args.load * capacity["requests_per_s"]
             # Each connection sends, waits for the answer, then pauses: pause = its share of
             # the period minus the time an answer takes at this load.

@@ -124,9 +124,12 @@ def tune_search(
     space = faiss.ParameterSpace()
     measured: dict[int, float] = {low: recall}
 
-    def measure(value: int) -> float:
+    def apply(value: int) -> None:
         built.search_params = f"{name}={value}"
         space.set_index_parameters(built.index, built.search_params)  # type: ignore[arg-type]
+
+    def measure(value: int) -> float:
+        apply(value)
         measured[value] = ann_recall(built.index, vectors, queries, k)
         log.info("%s %s: recall@%d %.4f", built.factory, built.search_params, k, measured[value])
         return measured[value]
@@ -141,7 +144,7 @@ def tune_search(
                 high = middle
             else:
                 low = middle
-    measure(high)  # leave the index at the chosen value
+    apply(high)  # bisection may have left a smaller, failing value set
     return measured[high]
 
 

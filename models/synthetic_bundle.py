@@ -167,11 +167,9 @@ def build_synthetic_bundle(
         progress("item factors, cold items and the WALS state fold-in needs")
         wals = WALS(**cfg.wals.estimator_kwargs())
         wals.user_factors = np.load(Path(work) / "users.npy", mmap_mode="r")
-        wals.item_factors = clustered(rng, centers, item_topics)
-        wals.item_factors[counts == 0] = 0.0  # never seen: WALS would leave them near zero
-        wals.item_gramian = (wals.item_factors.T.astype(np.float64) @ wals.item_factors).astype(
-            np.float32
-        )
+        item_factors = clustered(rng, centers, item_topics)
+        item_factors[counts == 0] = 0.0  # never seen: WALS would leave them near zero
+        wals.set_item_factors(item_factors)
         wals.col_weight_values = weights_from_counts(
             counts, wals.col_weights, wals.weight_scale, wals.weight_exponent
         )
@@ -181,12 +179,12 @@ def build_synthetic_bundle(
         )  # fmt: skip
         tables = ItemTables(factors, text, np.log1p(counts).astype(np.float32))
 
+        item_titles = [titles[int(i)] for i in item_title]
         progress(f"score head on {spec.head_examples} examples")
-        head = train_head(cfg, rng, wals, tables, seen, titles, item_title, encoder)
+        head = train_head(cfg, rng, wals, tables, seen, item_titles, encoder)
         hybrid = HybridModel(
             wals, tables, head, seen, cold, cfg.candidates.n_wals, cfg.candidates.n_text
         )
-        item_titles = [titles[int(i)] for i in item_title]
         trained = TrainedArtifacts(
             hybrid, encoder, IdMap(f"u{i}" for i in range(spec.users)),
             IdMap(f"i{i}" for i in range(spec.items)), item_titles, item_titles,
@@ -200,8 +198,7 @@ def train_head(
     wals: WALS,
     tables: ItemTables,
     seen: sp.csr_matrix,
-    titles: list[str],
-    item_title: np.ndarray,
+    item_titles: list[str],
     encoder: TextEncoder,
 ) -> ScoreHead:
     """The head learns to rank each sampled user's last seen item within the service's pool
@@ -219,9 +216,8 @@ def train_head(
     positives.eliminate_zeros()
     sampled = WALS(**cfg.wals.estimator_kwargs())
     sampled.user_factors = np.asarray(wals.user_factors[sample])
-    item_texts = [titles[int(i)] for i in item_title]
     groups = make_head_examples(
-        cfg, sampled, tables, history, positives, item_texts, {},
+        cfg, sampled, tables, history, positives, item_titles, {},
         lambda q: encoder.encode(q, batch_size=256),
     )  # fmt: skip
     return ScoreHead.from_config(cfg.head).fit(groups)

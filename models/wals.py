@@ -258,10 +258,13 @@ class WALS:
         else:
             self.user_factors = user_f.cpu().numpy()
             self.item_factors = item_f.cpu().numpy()
-        self.item_gramian = (self.item_factors.T.astype(np.float64) @ self.item_factors).astype(
-            np.float32
-        )
+        self.set_item_factors(self.item_factors)
         return self
+
+    def set_item_factors(self, item_factors: np.ndarray) -> None:
+        """Item factors and the Gramian fold-in solves against (``fold_in``)."""
+        self.item_factors = item_factors
+        self.item_gramian = (item_factors.T.astype(np.float64) @ item_factors).astype(np.float32)
 
     def _observed_weights(
         self, matrix: sp.csr_matrix, weights: sp.spmatrix | None

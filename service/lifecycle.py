@@ -75,7 +75,6 @@ class Bundles:
         """Blocking: load, check and warm one bundle (off the event loop)."""
         recommender = Recommender(path, self.settings, self.cache)
         recommender.warm_up()
-        collect_and_freeze()
         return recommender
 
     def _serve(self, recommender: Recommender) -> Serving:
@@ -104,17 +103,21 @@ class Bundles:
             self.settings.host, self.settings.port, self.serving.recommender.example_user(),
         )  # fmt: skip
 
-    async def reload(self, force: bool = False) -> ReloadResponse:
-        """Load what ``WALRUS_BUNDLE`` names now, if it is not what serves (or ``force``)."""
+    async def reload(self, retry_refused: bool = True) -> ReloadResponse:
+        """Load what ``WALRUS_BUNDLE`` names now, unless it already serves. A bundle refused
+        before is tried again only with ``retry_refused`` (the poll passes False: it would be
+        refused again at every interval)."""
         async with self._lock:
             old = self.serving
             try:
                 path = resolve_bundle(self.settings.bundle)
             except Exception as exc:  # a dangling or missing `current`: keep serving
                 return self._refuse(str(self.settings.bundle), one_line(exc))
-            if old is not None and old.recommender.path == path and not force:
+            if old is not None and old.recommender.path == path:
                 return ReloadResponse(bundle_id=old.recommender.bundle_id, reloaded=False,
                                       reason="already serving it")  # fmt: skip
+            if not retry_refused and str(path) in self.refused:
+                return self._refuse(str(path), self.refused[str(path)])
             try:
                 recommender = await run_in_threadpool(self._load, path)
             except Exception as exc:  # any failed check: refused, the old bundle serves on
@@ -132,7 +135,7 @@ class Bundles:
             await run_in_threadpool(old.batcher.join)
             del old
             self.cache.keep_only(recommender.bundle_id)
-            await run_in_threadpool(collect_and_freeze)
+        await run_in_threadpool(collect_and_freeze)  # the new bundle frozen, the old freed
         return ReloadResponse(bundle_id=recommender.bundle_id, reloaded=True)
 
     def _refuse(self, path: str, reason: str) -> ReloadResponse:
@@ -155,16 +158,8 @@ class Bundles:
         interval = self.settings.reload_interval_s
         while interval > 0:
             await asyncio.sleep(interval)
-            if self.serving is None:
-                continue  # start() is still retrying
-            try:
-                path = resolve_bundle(self.settings.bundle)
-            except Exception as exc:
-                self._refuse(str(self.settings.bundle), one_line(exc))
-                continue
-            known = path == self.serving.recommender.path or str(path) in self.refused
-            if not known:
-                await self.reload()
+            if self.serving is not None:  # else start() is still retrying
+                await self.reload(retry_refused=False)
 
     async def close(self) -> None:
         if self.serving is not None:

@@ -4,7 +4,6 @@ each against a real uvicorn process."""
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import signal
 import socket
@@ -15,6 +14,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from export.bundle import switch_current
 from tests.server import Server
 
 pytestmark = pytest.mark.slow
@@ -33,13 +33,6 @@ def version(tiny_bundle: Path, bundles: Path, name: str) -> Path:
     return path
 
 
-def point_current(bundles: Path, name: str) -> None:
-    tmp = bundles / ".current.tmp"
-    tmp.unlink(missing_ok=True)
-    tmp.symlink_to(name)
-    os.replace(tmp, bundles / "current")
-
-
 def flip_a_byte(path: Path) -> None:
     data = bytearray(path.read_bytes())
     data[len(data) // 2] ^= 0xFF
@@ -51,7 +44,7 @@ def bundles(tiny_bundle, tmp_path) -> Path:
     root = tmp_path / "bundles"
     root.mkdir()
     version(tiny_bundle, root, "v1")
-    point_current(root, "v1")
+    switch_current(root, "v1")
     return root
 
 
@@ -110,32 +103,32 @@ def test_five_reloads_under_load_drop_no_request(tiny_bundle, bundles):
         time.sleep(1)
 
         version(tiny_bundle, bundles, "v2")
-        point_current(bundles, "v2")  # told, unless the poll (every 0.2 s) was first
+        switch_current(bundles, "v2")  # told, unless the poll (every 0.2 s) was first
         answer = httpx.post(f"{srv.url}/admin/reload", headers=auth, timeout=60).json()
         assert answer["bundle_id"] == "v2"
         time.sleep(1)
 
         flip_a_byte(version(tiny_bundle, bundles, "v3-corrupt") / "item_factors.npy")
-        point_current(bundles, "v3-corrupt")
+        switch_current(bundles, "v3-corrupt")
         answer = httpx.post(f"{srv.url}/admin/reload", headers=auth, timeout=60).json()
         assert not answer["reloaded"] and answer["bundle_id"] == "v2"
         assert "item_factors.npy is corrupt" in answer["reason"]
 
-        point_current(bundles, "v9-missing")  # found by the poll, not told
+        switch_current(bundles, "v9-missing")  # found by the poll, not told
         time.sleep(1)
         ready = httpx.get(f"{srv.url}/readyz").json()
         assert ready["ready"] and ready["bundle_id"] == "v2"
         assert any("v9-missing" in reason for reason in ready["refused"].values()), ready
 
         version(tiny_bundle, bundles, "v4")
-        point_current(bundles, "v4")  # the poll loads it
+        switch_current(bundles, "v4")  # the poll loads it
         deadline = time.monotonic() + 30
         while httpx.get(f"{srv.url}/readyz").json().get("bundle_id") != "v4":
             assert time.monotonic() < deadline, "the poll never loaded v4"
             time.sleep(0.2)
 
         version(tiny_bundle, bundles, "v5")
-        point_current(bundles, "v5")
+        switch_current(bundles, "v5")
         answer = httpx.post(f"{srv.url}/admin/reload", headers=auth, timeout=60).json()
         assert answer["bundle_id"] == "v5"
         time.sleep(1)
