@@ -144,8 +144,11 @@ check test "$(inspect '{{range .Mounts}}{{if eq .Destination "/bundles"}}{{.RW}}
 if docker exec "$NAME" touch /app/written 2>/dev/null; then echo "the root filesystem is writable" >&2; exit 1; fi
 docker exec "$NAME" touch /tmp/written  # the tmpfs is
 docker exec "$NAME" grep -q NoNewPrivs:.*1 /proc/1/status
+# Logs are read whole, then searched: `docker logs | grep -q` under pipefail fails when grep
+# stops reading at the first match and docker logs gets SIGPIPE.
+logs_have() { local logs; logs=$(docker logs "$NAME" 2>&1); grep -qF -- "$1" <<<"$logs"; }
 # The worker plan read the cgroup quota (--cpus=1), not the host's CPU count.
-docker logs "$NAME" 2>&1 | grep -q "1 worker(s) x 1 thread(s) for the 1 CPU(s)" || {
+logs_have "1 worker(s) x 1 thread(s) for the 1 CPU(s)" || {
   docker logs "$NAME" >&2; echo "the worker plan ignored the CPU quota" >&2; exit 1; }
 echo "read-only root, tmpfs /tmp, no capabilities, no-new-privileges, 1 CPU, read-only bundle: checked"
 
@@ -173,7 +176,8 @@ say "docker stop: drained, then exit status 0"
 docker stop -t 40 "$NAME" >/dev/null
 code=$(docker inspect -f '{{.State.ExitCode}}' "$NAME")
 [ "$code" = 0 ] || { docker logs "$NAME" 2>&1 | tail -20 >&2; echo "exit status $code after SIGTERM" >&2; exit 1; }
-docker logs "$NAME" 2>&1 | grep -q "SIGTERM: draining" || { echo "no drain on SIGTERM" >&2; exit 1; }
+logs_have "SIGTERM: draining" || {
+  docker logs "$NAME" 2>&1 | tail -20 >&2; echo "no drain on SIGTERM" >&2; exit 1; }
 
 rm -rf "$WORK"
 say "docker-test passed"
