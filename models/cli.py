@@ -9,6 +9,7 @@ from __future__ import annotations
 import functools
 import json
 import logging
+import math
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -169,7 +170,8 @@ def train_wals(
         task = bar.add_task("WALS", total=cfg.wals.iterations)
 
         def report(it: int, loss: float, recall: float | None) -> None:
-            bar.update(task, advance=1, description=f"WALS loss {loss:.5g}")
+            shown = f"loss {loss:.5g}" if math.isfinite(loss) else f"iteration {it + 1}"
+            bar.update(task, advance=1, description=f"WALS {shown}")
 
         model = fit_wals(cfg, observed(dataset), dataset.weights is not None, callback=report)
     with atomic_directory(out) as tmp:

@@ -82,6 +82,9 @@ class WALSConfig(_Strict):
     cg_steps: int = Field(3, ge=1)
     device: Literal["auto", "cpu", "cuda"] = "auto"
     num_threads: int = Field(0, ge=0, description="Torch CPU threads; 0 keeps torch's default.")
+    calculate_training_loss: bool = Field(
+        False, description="The objective after every iteration (else only the final one)."
+    )
     early_stopping_patience: int = Field(
         0, ge=0, description="Iterations without better validation recall before stopping; 0 = off."
     )

@@ -76,7 +76,7 @@ class _Side:
 class FitHistory:
     """What ``fit`` measured, one entry per iteration."""
 
-    loss: list[float] = field(default_factory=list)
+    loss: list[float] = field(default_factory=list)  # every iteration's, or only the last
     seconds: list[float] = field(default_factory=list)
     validation_recall: list[float] = field(default_factory=list)
     best_iteration: int | None = None
@@ -101,6 +101,9 @@ class WALS:
             ``cholesky`` (exact per-row solves).
         device: ``auto``, ``cpu`` or ``cuda``.
         num_threads: torch intra-op threads on the CPU; 0 keeps torch's default.
+        calculate_training_loss: compute the objective after every iteration (as implicit's
+            flag of that name; it costs about a fifth of an iteration). Off, only the final
+            loss is computed and the callback gets NaN for the others.
     """
 
     def __init__(
@@ -120,6 +123,7 @@ class WALS:
         cg_steps: int = 3,
         device: Literal["auto", "cpu", "cuda"] = "auto",
         num_threads: int = 0,
+        calculate_training_loss: bool = False,
         chunk_bytes: int = 256 << 20,
         block_bytes: int = 3 << 20,
     ) -> None:
@@ -147,6 +151,7 @@ class WALS:
         self.cg_steps = cg_steps
         self.device = device
         self.num_threads = num_threads
+        self.calculate_training_loss = calculate_training_loss
         self.chunk_bytes = chunk_bytes
         self.block_bytes = block_bytes
         self.user_factors: np.ndarray = np.zeros((0, dim), dtype=np.float32)
@@ -201,21 +206,32 @@ class WALS:
         if self.num_threads > 0:
             torch.set_num_threads(self.num_threads)
         dev = pick_torch_device(self.device)
-        users_side, users_order = self._side(matrix, weights_csr, dev)
-        items_side, items_order = self._side(matrix.T.tocsr(), weights_csr.T.tocsr(), dev)
-        # Entry k of the items CSR (in CSR order) is entry users_of_items[k] of the users CSR.
+        # One transpose: item-major entry k is user-major entry by_item[k]; the items side's
+        # targets and weights are gathered through it rather than transposed again.
         numbered = sp.csr_matrix(
-            (np.arange(matrix.nnz, dtype=np.float64), matrix.indices, matrix.indptr), matrix.shape
+            (np.arange(matrix.nnz, dtype=np.int64), matrix.indices, matrix.indptr), matrix.shape
         )
-        users_of_items = numbered.T.tocsr().data.astype(np.int64)
+        transposed = numbered.T.tocsr()
+        by_item = transposed.data
+        users_side, users_order = self._side(
+            matrix.indptr, matrix.indices, matrix.data, weights_csr.data, n_items, dev
+        )
+        items_side, items_order = self._side(
+            transposed.indptr,
+            transposed.indices,
+            matrix.data[by_item],
+            weights_csr.data[by_item],
+            n_users,
+            dev,
+        )
+        # Predictions are computed in the layout whose fixed side is smaller, then permuted.
         if n_users >= n_items:
             items_side.other = users_side
-            perm = np.argsort(users_order)[users_of_items[items_order]]
+            perm = _inverse(users_order)[by_item[items_order]]
             items_side.from_other = torch.from_numpy(perm).to(dev)
         else:
             users_side.other = items_side
-            items_of_users = np.argsort(users_of_items)
-            perm = np.argsort(items_order)[items_of_users[users_order]]
+            perm = _inverse(items_order)[_inverse(by_item)[users_order]]
             users_side.from_other = torch.from_numpy(perm).to(dev)
 
         rng = np.random.default_rng(self.seed)
@@ -232,8 +248,10 @@ class WALS:
             if dev.type == "cuda":
                 torch.cuda.synchronize()
             self.history.seconds.append(time.perf_counter() - start)
-            loss = self._loss(users_side, items_side, user_f, item_f)
-            self.history.loss.append(loss)
+            loss = math.nan
+            if self.calculate_training_loss:
+                loss = self._loss(users_side, items_side, user_f, item_f)
+                self.history.loss.append(loss)
             recall = None
             if validation is not None:
                 self.user_factors = user_f.cpu().numpy()
@@ -253,6 +271,8 @@ class WALS:
                 log.info("early stop after iteration %d", it)
                 break
 
+        if self.iterations and not self.calculate_training_loss:
+            self.history.loss.append(self._loss(users_side, items_side, user_f, item_f))
         if best is not None and early_stopping_patience:
             self.user_factors, self.item_factors = best[1], best[2]
         else:
@@ -295,45 +315,55 @@ class WALS:
         return sp.csr_matrix((data, matrix.indices, matrix.indptr), shape=matrix.shape)
 
     def _side(
-        self, targets: sp.csr_matrix, weights: sp.csr_matrix, dev: torch.device
+        self,
+        indptr: np.ndarray,
+        indices: np.ndarray,
+        targets: np.ndarray,
+        weights: np.ndarray,
+        n_cols: int,
+        dev: torch.device,
     ) -> tuple[_Side, np.ndarray]:
         """The side's tensors and ``order``: block-major position k holds CSR entry order[k]."""
-        n_rows, n_cols = targets.shape
+        n_rows = len(indptr) - 1
+        counts = np.diff(indptr)
         reg = row_regularization(
-            self.regularization,
-            self.regularization_exp,
-            np.diff(targets.indptr),
-            n_cols,
-            self.unobserved_weight,
+            self.regularization, self.regularization_exp, counts, n_cols, self.unobserved_weight
         )
         n_blocks = 1
         if self.solver == "cg" and dev.type == "cpu":
             n_blocks = max(1, math.ceil(n_cols * self.dim * 4 / self.block_bytes))
         edges = np.linspace(0, n_cols, n_blocks + 1).astype(np.int64)
-        block_of = np.searchsorted(edges, targets.indices, side="right") - 1
-        order = np.argsort(block_of, kind="stable")
-        rows = np.repeat(np.arange(n_rows), np.diff(targets.indptr))[order]
-        cols = targets.indices[order]
-        starts = np.searchsorted(block_of[order], np.arange(n_blocks + 1))
+        rows = np.repeat(np.arange(n_rows, dtype=np.int32), counts)
+        # Small unsigned keys make numpy's stable argsort a radix sort: linear time.
+        key = np.uint8 if n_blocks <= 256 else np.uint16 if n_blocks <= 65536 else np.int64
+        block_of = np.repeat(np.arange(n_blocks, dtype=key), np.diff(edges))[indices]
+        if n_blocks == 1:
+            order = np.arange(len(indices))
+        else:
+            order = np.argsort(block_of, kind="stable")
+            rows = rows[order]
+        cols = indices[order]
+        starts = np.concatenate([[0], np.cumsum(np.bincount(block_of, minlength=n_blocks))])
         blocks = []
         for b in range(n_blocks):
             lo, hi = int(starts[b]), int(starts[b + 1])
-            crow = np.concatenate([[0], np.cumsum(np.bincount(rows[lo:hi], minlength=n_rows))])
+            crow = np.zeros(n_rows + 1, dtype=np.int32)
+            np.cumsum(np.bincount(rows[lo:hi], minlength=n_rows), out=crow[1:])
             blocks.append(
                 _Block(
-                    crow=torch.from_numpy(crow.astype(np.int32)).to(dev),
+                    crow=torch.from_numpy(crow).to(dev),
                     col=torch.from_numpy((cols[lo:hi] - edges[b]).astype(np.int32)).to(dev),
                     col_start=int(edges[b]),
                     col_stop=int(edges[b + 1]),
                     offset=lo,
                 )
             )
-        w = weights.data[order]
+        w = weights[order]
         side = _Side(
             shape=(n_rows, n_cols),
             blocks=blocks,
             excess_weight=torch.from_numpy((w - self.unobserved_weight).astype(np.float32)).to(dev),
-            weighted_target=torch.from_numpy((w * targets.data[order]).astype(np.float32)).to(dev),
+            weighted_target=torch.from_numpy((w * targets[order]).astype(np.float32)).to(dev),
             regularization=torch.from_numpy(reg.astype(np.float32)).to(dev),
         )
         return side, order
@@ -549,6 +579,13 @@ class WALS:
         model.col_weight_values = np.load(path / "col_weights.npy")
         model.history = FitHistory(**meta["history"])
         return model
+
+
+def _inverse(permutation: np.ndarray) -> np.ndarray:
+    """The inverse permutation, in linear time (an argsort would sort)."""
+    out = np.empty_like(permutation)
+    out[permutation] = np.arange(len(permutation), dtype=permutation.dtype)
+    return out
 
 
 def _glorot(rng: np.random.Generator, n: int, dim: int) -> np.ndarray:

@@ -130,9 +130,14 @@ def test_each_half_step_is_the_dense_closed_form(tiny_matrix, solver):
 
 @pytest.mark.parametrize("solver", ["cholesky", "cg"])
 def test_loss_never_increases(tiny_matrix, solver):
-    model = WALS(dim=5, regularization=0.01, iterations=12, solver=solver, device="cpu").fit(
-        tiny_matrix
-    )
+    model = WALS(
+        dim=5,
+        regularization=0.01,
+        iterations=12,
+        solver=solver,
+        device="cpu",
+        calculate_training_loss=True,
+    ).fit(tiny_matrix)
     loss = np.array(model.history.loss)
     assert len(loss) == 12
     assert np.all(np.diff(loss) <= 1e-6 * loss[:-1])
@@ -268,7 +273,14 @@ def test_blocked_products_match_unblocked(shape):
     """Cache blocking and the cross-layout permutation must not change the result."""
     m = sp.random(*shape, density=0.3, random_state=4, format="csr")
     m.data[:] = 1.0
-    kw = dict(dim=4, regularization=0.1, iterations=3, cg_steps=12, device="cpu")
+    kw = dict(
+        dim=4,
+        regularization=0.1,
+        iterations=3,
+        cg_steps=12,
+        device="cpu",
+        calculate_training_loss=True,
+    )
     blocked = WALS(block_bytes=4 * 4 * 3, **kw).fit(m)  # 3 columns per block
     plain = WALS(**kw).fit(m)
     exact = WALS(solver="cholesky", **kw).fit(m)
@@ -333,3 +345,14 @@ def test_fold_in_batch_reads_weights_as_fit_does(tiny_matrix):
     np.testing.assert_allclose(folded, model.user_factors, atol=1e-4)
     as_targets = model.fold_in_batch(weights)  # the old call
     assert np.abs(as_targets - model.user_factors).max() > 1e-2
+
+
+def test_without_training_loss_only_the_final_loss_is_computed(tiny_matrix):
+    seen: list[float] = []
+    quiet = WALS(dim=3, iterations=4, device="cpu").fit(
+        tiny_matrix, callback=lambda it, loss, recall: seen.append(loss)
+    )
+    loud = WALS(dim=3, iterations=4, device="cpu", calculate_training_loss=True).fit(tiny_matrix)
+    assert np.isnan(seen).all() and len(seen) == 4
+    assert quiet.history.loss == [pytest.approx(loud.history.loss[-1], rel=1e-6)]
+    np.testing.assert_array_equal(quiet.user_factors, loud.user_factors)
