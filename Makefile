@@ -2,7 +2,7 @@
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
-EXTRAS ?= train,serve,dev
+EXTRAS ?= train,serve,spark,dev
 MOVIELENS ?= $(abspath ../shared/data/ml-latest-small)
 export WALRUS_MOVIELENS_DIR ?= $(if $(wildcard $(MOVIELENS)/ratings.csv),$(MOVIELENS),)
 comma := ,

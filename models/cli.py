@@ -157,27 +157,53 @@ def train_wals(
     config: ConfigOption,
     set_: SetOption = None,
     out: Annotated[Path | None, typer.Option(help="Default: OUTPUT_DIR/wals.")] = None,
+    engine: Annotated[
+        str | None,
+        typer.Option(help="local or spark (default: the config's wals.engine)."),
+    ] = None,
+    master: Annotated[
+        str | None, typer.Option(help="Spark master URL (default: the config's spark.master).")
+    ] = None,
 ) -> None:
-    """Fit WALS on all interactions and save factors, Gramian and id maps."""
+    """Fit WALS on all interactions and save factors, Gramian and id maps; with the Spark
+    engine, also the factors as sharded Parquet (user_factors.parquet, item_factors.parquet)."""
     from models.artifacts import atomic_directory
     from models.config import load_config
-    from models.pipeline import fit_wals, load_dataset, observed, save_wals
+    from models.pipeline import (
+        ParquetOutput,
+        fit_wals,
+        fit_wals_spark,
+        load_dataset,
+        observed,
+        save_wals,
+    )
 
-    cfg = load_config(config, set_)
+    overrides = list(set_ or [])
+    if engine is not None:
+        overrides.append(f"wals.engine={engine}")
+    if master is not None:
+        overrides.append(f"spark.master={master}")
+    cfg = load_config(config, overrides)
     dataset = load_dataset(cfg.data)
     out = out or cfg.output_dir / "wals"
-    with progress() as bar:
-        task = bar.add_task("WALS", total=cfg.wals.iterations)
-
-        def report(it: int, loss: float, recall: float | None) -> None:
-            shown = f"loss {loss:.5g}" if math.isfinite(loss) else f"iteration {it + 1}"
-            bar.update(task, advance=1, description=f"WALS {shown}")
-
-        model = fit_wals(cfg, observed(dataset), dataset.weights is not None, callback=report)
+    has_weights = dataset.weights is not None
     with atomic_directory(out) as tmp:
+        with progress() as bar:
+            task = bar.add_task("WALS", total=cfg.wals.iterations)
+
+            def report(it: int, loss: float, recall: float | None) -> None:
+                shown = f"loss {loss:.5g}" if math.isfinite(loss) else f"iteration {it + 1}"
+                bar.update(task, advance=1, description=f"WALS {shown}")
+
+            if cfg.wals.engine == "spark":
+                parquet = ParquetOutput(tmp, dataset.users, dataset.items)
+                model = fit_wals_spark(cfg, observed(dataset), has_weights, report, parquet)
+            else:
+                model = fit_wals(cfg, observed(dataset), has_weights, callback=report)
         save_wals(tmp, model, dataset)
     console.print(
-        f"WALS dim={model.dim}: {len(dataset.users)} users x {len(dataset.items)} items, "
+        f"WALS dim={model.dim} ({cfg.wals.engine}): {len(dataset.users)} users x "
+        f"{len(dataset.items)} items, "
         f"final loss {model.history.loss[-1] if model.history.loss else float('nan'):.6g}, "
         f"{sum(model.history.seconds):.1f}s -> {out}"
     )

@@ -89,8 +89,28 @@ class WALSConfig(_Strict):
         0, ge=0, description="Iterations without better validation recall before stopping; 0 = off."
     )
 
+    engine: Literal["local", "spark"] = Field(
+        "local", description="local: this machine (torch, CPU or CUDA); spark: the [spark] cluster."
+    )
+
     def estimator_kwargs(self) -> dict[str, Any]:
-        return self.model_dump(exclude={"early_stopping_patience"})
+        return self.model_dump(exclude={"early_stopping_patience", "engine"})
+
+
+class SparkConfig(_Strict):
+    """Where ``wals.engine = "spark"`` runs (``models.spark``)."""
+
+    master: str = Field("local[*]", description="Any master URL Spark accepts.")
+    checkpoint_dir: str | None = Field(
+        None,
+        description="Where lineage is cut (shared storage on a cluster: hdfs://, s3a://). "
+        "Default: OUTPUT_DIR/spark-checkpoints.",
+    )
+    checkpoint_interval: int = Field(5, ge=1, description="Iterations between checkpoints.")
+    blocks: int = Field(0, ge=0, description="Blocks per side; 0: Spark's default parallelism.")
+    conf: dict[str, str] = Field(
+        default_factory=dict, description="Extra Spark settings, e.g. spark.executor.memory."
+    )
 
 
 class EncoderConfig(_Strict):
@@ -218,6 +238,7 @@ class PipelineConfig(_Strict):
     data: DataConfig
     split: SplitConfig = Field(default_factory=SplitConfig)
     wals: WALSConfig = Field(default_factory=WALSConfig)
+    spark: SparkConfig = Field(default_factory=SparkConfig)
     eval: EvalConfig = Field(default_factory=EvalConfig)
     encoder: EncoderConfig = Field(default_factory=EncoderConfig)
     head: HeadConfig = Field(default_factory=HeadConfig)

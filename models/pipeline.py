@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import json
+import shutil
+import uuid
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -12,10 +15,11 @@ import scipy.sparse as sp
 
 from models.config import DataConfig, PipelineConfig, SplitConfig
 from models.core.errors import WalrusError
+from models.core.ids import IdMap
 from models.data import Dataset, build_dataset, read_catalog, read_interactions, read_table
 from models.data.io import check_ids
 from models.data.splits import Split, cold_item_split, holdout_split, user_split
-from models.wals import WALS
+from models.wals import WALS, FitHistory
 
 
 def load_dataset(cfg: DataConfig) -> Dataset:
@@ -65,7 +69,14 @@ def fit_wals(
     validation: sp.csr_matrix | None = None,
     callback: Callable[[int, float, float | None], None] | None = None,
 ) -> WALS:
-    """Fit WALS on ``train`` (targets 1.0; its values are weights when ``has_weights``)."""
+    """Fit WALS on ``train`` (targets 1.0; its values are weights when ``has_weights``), on
+    the engine ``wals.engine`` names."""
+    if cfg.wals.engine == "spark":
+        if validation is not None or cfg.wals.early_stopping_patience:
+            raise WalrusError(
+                "wals.engine = 'spark' has no validation or early stopping: use the local engine"
+            )
+        return fit_wals_spark(cfg, train, has_weights, callback)
     model = WALS(**cfg.wals.estimator_kwargs())
     return model.fit(
         binarize(train),
@@ -74,6 +85,83 @@ def fit_wals(
         early_stopping_patience=cfg.wals.early_stopping_patience,
         callback=callback,
     )
+
+
+@dataclass
+class ParquetOutput:
+    """Where ``fit_wals_spark`` writes the factors as sharded Parquet, and their ids."""
+
+    directory: Path
+    users: IdMap
+    items: IdMap
+
+
+def fit_wals_spark(
+    cfg: PipelineConfig,
+    train: sp.csr_matrix,
+    has_weights: bool,
+    callback: Callable[[int, float, float | None], None] | None = None,
+    parquet: ParquetOutput | None = None,
+) -> WALS:
+    """WALS on the Spark cluster ``cfg.spark`` names: the same objective, initialisation and
+    order as the local engine's exact solver; returned as a ``WALS`` with its factors."""
+    # pyspark is the optional `spark` extra: imported only when this engine is chosen.
+    from models.spark.blocks import Params
+    from models.spark.wals import fit, session, write_factors
+
+    spark = session(
+        cfg.spark.master,
+        **{"spark.sql.execution.arrow.pyspark.enabled": "true", **cfg.spark.conf},
+    )
+    coo = sp.csr_matrix(train).tocoo()
+    columns = {
+        "user": coo.row.astype(np.int64),
+        "item": coo.col.astype(np.int64),
+        "target": np.ones(coo.nnz),
+    }
+    if has_weights:
+        columns["weight"] = coo.data.astype(np.float64)
+    frame = spark.createDataFrame(pd.DataFrame(columns))
+    root = cfg.spark.checkpoint_dir or str(cfg.output_dir / "spark-checkpoints")
+    checkpoints = f"{root.rstrip('/')}/{uuid.uuid4().hex}"
+    report = None if callback is None else (lambda it, loss: callback(it, loss, None))
+    try:
+        result, users, items = fit(
+            spark,
+            frame,
+            train.shape[0],
+            train.shape[1],
+            Params.from_mapping(cfg.wals.estimator_kwargs()),
+            checkpoints,
+            has_weights=has_weights,
+            n_blocks=cfg.spark.blocks,
+            checkpoint_interval=cfg.spark.checkpoint_interval,
+            callback=report,
+        )
+        if parquet is not None:
+            for name, factors, ids in (
+                ("user", users, parquet.users),
+                ("item", items, parquet.items),
+            ):
+                id_frame = spark.createDataFrame(
+                    pd.DataFrame({"index": np.arange(len(ids), dtype=np.int64), "id": ids.ids})
+                )
+                write_factors(
+                    spark,
+                    factors,
+                    len(ids),
+                    id_frame,
+                    str(parquet.directory / f"{name}_factors.parquet"),
+                )
+    finally:
+        if "://" not in checkpoints:
+            shutil.rmtree(checkpoints, ignore_errors=True)
+    model = WALS(**cfg.wals.estimator_kwargs())
+    model.user_factors = result.user_factors
+    model.set_item_factors(result.item_factors)
+    model.col_weight_values = result.col_weight_values
+    model.history = FitHistory(loss=result.loss, seconds=result.seconds)
+    return model
 
 
 def save_wals(directory: Path, model: WALS, dataset: Dataset) -> None:

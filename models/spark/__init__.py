@@ -1,0 +1,5 @@
+"""WALS on Apache Spark (``walrus train wals --engine spark``).
+
+Imports numpy, pyspark and ``models.core`` only, so a Spark worker image needs neither torch
+nor scipy (``make lint`` checks it).
+"""
