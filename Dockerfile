@@ -3,6 +3,8 @@
 #   pipeline  torch CPU + transformers: `walrus data|train|export` into a volume
 #   loadtest  locust and the load-test file
 #   serve-gpu CUDA base, onnxruntime-gpu and FAISS GPU (build with --target serve-gpu)
+#   spark     a Spark master, worker or driver for `wals.engine = "spark"`: a JRE, pyspark,
+#             numpy and the job's own modules (models.core, models.spark); no torch
 # BASE_IMAGE replaces python:3.11-slim (e.g. a mirror, or a locally imported stand-in).
 ARG BASE_IMAGE=python:3.11-slim
 ARG GPU_BASE_IMAGE=nvidia/cuda:13.0.1-cudnn-runtime-ubuntu24.04
@@ -46,6 +48,28 @@ RUN groupadd --system --gid 10001 walrus && useradd --system --uid 10001 --gid w
 USER 10001:10001
 ENTRYPOINT ["walrus"]
 CMD ["--help"]
+
+# ---------------------------------------------------------------- Spark (compose profile spark)
+FROM base AS spark
+ARG PYSPARK_VERSION=4.3.0
+ENV DEBIAN_FRONTEND=noninteractive
+# hadolint ignore=DL3008
+RUN apt-get update && apt-get install -y --no-install-recommends openjdk-17-jre-headless procps \
+    && rm -rf /var/lib/apt/lists/*
+RUN python -m venv /opt/venv \
+    && /opt/venv/bin/pip install --upgrade pip \
+    && /opt/venv/bin/pip install "pyspark==${PYSPARK_VERSION}" "numpy>=1.26"
+# Only what the job imports (import-linter keeps it so): the package roots, core and spark.
+COPY models/__init__.py models/__init__.py
+COPY models/core/ models/core/
+COPY models/spark/ models/spark/
+ENV PATH=/opt/venv/bin:$PATH PYTHONPATH=/app \
+    SPARK_HOME=/opt/venv/lib/python3.11/site-packages/pyspark \
+    PYSPARK_PYTHON=/opt/venv/bin/python SPARK_NO_DAEMONIZE=1
+RUN groupadd --system --gid 10001 walrus && useradd --system --uid 10001 --gid walrus --home-dir /app walrus \
+    && mkdir -p /app/work && chown 10001:10001 /app/work
+USER 10001:10001
+CMD ["spark-class", "org.apache.spark.deploy.master.Master"]
 
 FROM base AS loadtest
 RUN python -m venv /opt/venv && /opt/venv/bin/pip install "locust>=2.20"

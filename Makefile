@@ -51,8 +51,10 @@ format: install
 	$(BIN)/ruff format models export service bench tests
 	$(BIN)/ruff check --fix models export service bench tests
 
+# WALS vs implicit, then WALS on Spark vs MLlib ALS on local[2] (about 15 minutes on 2 cores).
 bench: install
 	$(BIN)/python -m bench.wals_vs_implicit $(if $(WALRUS_MOVIELENS_DIR),--movielens $(WALRUS_MOVIELENS_DIR),)
+	SPARK_LOCAL_IP=127.0.0.1 $(BIN)/python -m bench.spark_wals
 
 bench-quantization: install
 	$(BIN)/python -m bench.quantization

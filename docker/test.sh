@@ -179,5 +179,51 @@ code=$(docker inspect -f '{{.State.ExitCode}}' "$NAME")
 logs_have "SIGTERM: draining" || {
   docker logs "$NAME" 2>&1 | tail -20 >&2; echo "no drain on SIGTERM" >&2; exit 1; }
 
+say "the spark profile: a master and two workers; the job submitted to spark://spark-master:7077"
+SPARK="$COMPOSE -f docker-compose.yml -f docker/compose.build-host-network.yml --profile spark"
+$SPARK build spark-master >"$STATE/build-spark.log" 2>&1 || { tail -40 "$STATE/build-spark.log" >&2; exit 1; }
+docker run --rm --entrypoint python walrus-spark:docker-test -c \
+  "import importlib.util, sys; bad = [m for m in ('torch', 'scipy', 'pandas') if importlib.util.find_spec(m)]; sys.exit(f'spark image has {bad}' if bad else 0)"
+export WALRUS_SPARK_DATA="$WORK/spark" WALRUS_SPARK_UI_PORT=$("$VENV/bin/python" -c "import socket; s = socket.socket(); s.bind(('127.0.0.1', 0)); print(s.getsockname()[1])")
+mkdir -p "$WALRUS_SPARK_DATA" && chmod 777 "$WALRUS_SPARK_DATA"
+cp "$WORK/data/interactions.csv" "$WALRUS_SPARK_DATA/"
+spark_down() { $SPARK down -v --remove-orphans >/dev/null 2>&1 || true; }
+trap 'spark_down; cleanup' EXIT
+$SPARK up -d spark-master spark-worker-1 spark-worker-2 >"$STATE/spark-up.log" 2>&1 || { cat "$STATE/spark-up.log" >&2; exit 1; }
+workers=0
+for _ in $(seq 1 60); do
+  workers=$("$VENV/bin/python" -c "import json, sys, urllib.request; print(json.load(urllib.request.urlopen(sys.argv[1], timeout=2)).get('aliveworkers', 0))" "http://127.0.0.1:$WALRUS_SPARK_UI_PORT/json/" 2>/dev/null || echo 0)
+  [ "$workers" = 2 ] && break
+  sleep 1
+done
+[ "$workers" = 2 ] || { $SPARK logs >&2; echo "the Spark master has $workers live workers, not 2" >&2; exit 1; }
+JOB=(--interactions /data/interactions.csv --checkpoint-dir /data/checkpoints --blocks 4 --params '{"dim": 8, "iterations": 3, "regularization": 0.1}')
+$SPARK run --rm spark-job "${JOB[@]}" --out /data/cluster >"$STATE/spark-job.log" 2>&1 || { tail -40 "$STATE/spark-job.log" >&2; exit 1; }
+tail -1 "$STATE/spark-job.log"
+SPARK_LOCAL_IP=127.0.0.1 "$VENV/bin/python" -m models.spark.job --master 'local[2]' \
+  --interactions "$WALRUS_SPARK_DATA/interactions.csv" --checkpoint-dir "$WORK/checkpoints" --blocks 4 \
+  --params '{"dim": 8, "iterations": 3, "regularization": 0.1}' --out "$WORK/local" >"$STATE/spark-local.log" 2>&1 || {
+  tail -20 "$STATE/spark-local.log" >&2; exit 1; }
+"$VENV/bin/python" - "$WALRUS_SPARK_DATA/cluster" "$WORK/local" "http://127.0.0.1:$WALRUS_SPARK_UI_PORT/json/" <<'PY'
+import json, sys, urllib.request
+
+import numpy as np
+import pandas as pd
+
+cluster, local, master = sys.argv[1:]
+for side in ("user", "item"):
+    a = pd.read_parquet(f"{cluster}/{side}_factors.parquet").sort_values("id")
+    b = pd.read_parquet(f"{local}/{side}_factors.parquet").sort_values("id")
+    assert list(a["id"]) == list(b["id"]), f"{side} ids differ"
+    fa, fb = np.stack(a["factors"]), np.stack(b["factors"])
+    diff = float(np.abs(fa - fb).max() / np.abs(fb).max())
+    assert diff <= 1e-4, f"{side} factors differ by {diff:.2e} (relative)"
+    print(f"{side} factors: {len(a)} rows, cluster vs local[2] max relative difference {diff:.1e}")
+apps = json.load(urllib.request.urlopen(master, timeout=5))["completedapps"]
+assert any(a["name"] == "walrus-wals-job" for a in apps), "the job did not run on the cluster"
+print("the job ran on the standalone cluster's two workers; its factors equal the local run's")
+PY
+spark_down
+
 rm -rf "$WORK"
 say "docker-test passed"

@@ -16,7 +16,9 @@ an iterative job's lineage grows until the driver dies of a StackOverflowError.
 from __future__ import annotations
 
 import logging
+import os
 import socket
+import sys
 import time
 import warnings
 from collections.abc import Callable, Iterable, Iterator
@@ -27,6 +29,7 @@ from urllib.parse import urlparse
 import numpy as np
 from pyspark import RDD, SparkContext, StorageLevel
 from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
 from models.core.errors import WalrusError
@@ -86,6 +89,10 @@ def check_master(master: str, timeout_s: float = 5.0) -> None:
 def session(master: str, app_name: str = "walrus-wals", **conf: str) -> SparkSession:
     """A SparkSession on ``master`` (``local[*]``, ``spark://host:7077``, ``k8s://...``)."""
     check_master(master)
+    if master.startswith("local"):
+        # Workers on this machine run this interpreter (else: whatever `python3` is on PATH,
+        # which may lack numpy or pyarrow); a cluster's images set PYSPARK_PYTHON themselves.
+        os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
     # pyspark warns on every DataFrame conversion that pandas 3 is "not yet fully supported";
     # the job converts plain numeric columns only.
     warnings.filterwarnings("ignore", message="PySpark does not yet fully support pandas")
@@ -109,16 +116,24 @@ def _action(run: Callable[[], Any]) -> Any:
         raise
 
 
-def _to_arrays(rows: Iterable[Any], has_weight: bool) -> Iterator[Arrays]:
-    """One partition of (user, item, target[, weight]) rows as numpy arrays; every partition
-    yields one tuple, empty ones too."""
-    data = [tuple(r) for r in rows]
-    n = len(data)
-    u = np.fromiter((r[0] for r in data), dtype=np.int64, count=n)
-    i = np.fromiter((r[1] for r in data), dtype=np.int64, count=n)
-    a = np.fromiter((r[2] for r in data), dtype=np.float64, count=n)
-    w = np.fromiter((r[3] for r in data), dtype=np.float64, count=n) if has_weight else a * 0
-    yield u, i, a, w
+def _pack(batches: Iterable[Any], has_weight: bool) -> Iterator[Any]:
+    """Arrow batches of (user, item, target[, weight]) as one binary cell each: a (4, n)
+    float64 array (indices are exact below 2**53). Arrow in, bytes out: no Python object per
+    row crosses between the JVM and Python."""
+    import pyarrow as pa  # pyspark's own dependency for Arrow; present wherever mapInArrow runs
+
+    for batch in batches:
+        columns = [batch.column(k).to_numpy(zero_copy_only=False) for k in range(3)]
+        weight = batch.column(3).to_numpy(zero_copy_only=False) if has_weight else columns[2] * 0
+        packed = np.stack([np.asarray(c, dtype=np.float64) for c in (*columns, weight)])
+        yield pa.RecordBatch.from_arrays([pa.array([packed.tobytes()], pa.binary())], ["packed"])
+
+
+def _unpack(packed: bytes) -> Arrays:
+    data = np.frombuffer(packed, dtype=np.float64).reshape(4, -1)
+    if not np.all(np.isfinite(data[:2])):
+        raise ValueError(f"{MARK} a user or item index is empty (null)")
+    return data[0].astype(np.int64), data[1].astype(np.int64), data[2].copy(), data[3].copy()
 
 
 def _check(arrays: Arrays, n_users: int, n_items: int) -> Arrays:
@@ -188,10 +203,15 @@ def fit(
     missing = [c for c in columns if c not in interactions.columns]
     if missing:
         raise SparkWALSError(f"interactions lack the column(s) {missing}")
+    # Many small input partitions (a DataFrame made from pandas has one per 10,000 rows) cost
+    # a task each; a few per core are enough to read and cut the entries.
+    most = 4 * max(blocks_wanted, sc.defaultParallelism)
+    if interactions.rdd.getNumPartitions() > most:
+        interactions = interactions.coalesce(most)
     chunks = (
-        interactions.select(*columns)
-        .rdd.mapPartitions(lambda rows: _to_arrays(rows, has_weights))
-        .map(lambda arrays: _check(arrays, n_users, n_items))
+        interactions.select(*[F.col(c).cast("double") for c in columns])
+        .mapInArrow(lambda batches: _pack(batches, has_weights), "packed binary")
+        .rdd.map(lambda row: _check(_unpack(row[0]), n_users, n_items))
         .persist(StorageLevel.MEMORY_AND_DISK)
     )
     col_counts = _action(

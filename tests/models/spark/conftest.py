@@ -9,20 +9,18 @@ import pytest
 
 pytest.importorskip("pyspark", reason="the spark extra is not installed")
 
-from pyspark.sql import SparkSession
+from pyspark.sql import SparkSession  # noqa: E402
+
+from models.spark.wals import session  # noqa: E402
 
 
 @pytest.fixture(scope="session")
 def spark() -> Iterator[SparkSession]:
     os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
-    session = (
-        SparkSession.builder.master("local[2]")
-        .appName("walrus-tests")
-        .config("spark.ui.enabled", "false")
-        .config("spark.sql.shuffle.partitions", "4")
-        .config("spark.sql.execution.arrow.pyspark.enabled", "true")
-        .getOrCreate()
+    spark = session(
+        "local[2]",
+        "walrus-tests",
+        **{"spark.ui.enabled": "false", "spark.sql.shuffle.partitions": "4"},
     )
-    session.sparkContext.setLogLevel("ERROR")
-    yield session
-    session.stop()
+    yield spark
+    spark.stop()

@@ -186,3 +186,50 @@ def test_cli_spark_engine_bad_master_exits_2_and_writes_nothing(tiny_config, tmp
     assert "cannot reach the Spark master" in run.stdout + run.stderr
     assert "Traceback" not in run.stdout + run.stderr
     assert not (tmp_path / "out").exists() and not list(tmp_path.iterdir())
+
+
+def job(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "models.spark.job", "--master", "local[2]", *args],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+
+
+def test_the_standalone_job_numbers_ids_and_writes_parquet(synthetic_files, tmp_path):
+    """What the compose profile's driver runs: raw ids in, Parquet factors and wals.json out;
+    the factors equal the exact local solver's on the same (sorted) id numbering."""
+    out = tmp_path / "wals"
+    params = {"dim": 4, "iterations": 2, "regularization": 0.1}
+    run = job(
+        "--interactions", str(synthetic_files / "interactions.csv"), "--out", str(out),
+        "--checkpoint-dir", str(tmp_path / "ckpt"), "--params", json.dumps(params),
+    )  # fmt: skip
+    assert run.returncode == 0, run.stderr[-2000:]
+    meta = json.loads((out / "wals.json").read_text())
+    assert len(meta["history"]["loss"]) == 2
+    raw = pd.read_csv(synthetic_files / "interactions.csv").astype(str)
+    users, items = sorted(raw["user_id"].unique()), sorted(raw["item_id"].unique())
+    m = sp.csr_matrix(
+        (
+            np.ones(len(raw)),
+            (raw["user_id"].map(users.index), raw["item_id"].map(items.index)),
+        ),
+        shape=(len(users), len(items)),
+    )
+    model = local_exact(m, **params)
+    got = pd.read_parquet(out / "item_factors.parquet").sort_values("index")
+    assert list(got["id"]) == items
+    np.testing.assert_allclose(np.stack(got["factors"]), model.item_factors, atol=1e-4)
+
+
+def test_the_standalone_job_refuses_bad_input_in_one_line(tmp_path):
+    bad = tmp_path / "bad.csv"
+    bad.write_text("user,item\nu1,i1\n")
+    run = job(
+        "--interactions", str(bad), "--out", str(tmp_path / "o"), "--checkpoint-dir", str(tmp_path)
+    )
+    assert run.returncode == 2
+    assert "missing column(s) ['item_id', 'user_id']" in run.stderr
+    assert "Traceback" not in run.stderr and not (tmp_path / "o").exists()
