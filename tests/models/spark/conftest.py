@@ -9,9 +9,9 @@ import pytest
 
 pytest.importorskip("pyspark", reason="the spark extra is not installed")
 
-from pyspark.sql import SparkSession  # noqa: E402
+from pyspark.sql import SparkSession
 
-from models.spark.wals import session  # noqa: E402
+from models.spark.wals import session
 
 
 @pytest.fixture(scope="session")
