@@ -3,8 +3,8 @@
 #   pipeline  torch CPU + transformers: `walrus data|train|export` into a volume
 #   loadtest  locust and the load-test file
 #   serve-gpu CUDA base, onnxruntime-gpu and FAISS GPU (build with --target serve-gpu)
-#   spark     a Spark master, worker or driver for `wals.engine = "spark"`: a JRE, pyspark,
-#             numpy and the job's own modules (models.core, models.spark); no torch
+#   spark     a Spark master, worker or driver for `wals.engine = "spark"`: a JRE, pyspark
+#             (with its Arrow extras), numpy and the job's own modules; no torch, no scipy
 # BASE_IMAGE replaces python:3.11-slim (e.g. a mirror, or a locally imported stand-in).
 ARG BASE_IMAGE=python:3.11-slim
 ARG GPU_BASE_IMAGE=nvidia/cuda:13.0.1-cudnn-runtime-ubuntu24.04
@@ -58,7 +58,7 @@ RUN apt-get update && apt-get install -y --no-install-recommends openjdk-17-jre-
     && rm -rf /var/lib/apt/lists/*
 RUN python -m venv /opt/venv \
     && /opt/venv/bin/pip install --upgrade pip \
-    && /opt/venv/bin/pip install "pyspark==${PYSPARK_VERSION}" "numpy>=1.26"
+    && /opt/venv/bin/pip install "pyspark[sql]==${PYSPARK_VERSION}" "numpy>=1.26"
 # Only what the job imports (import-linter keeps it so): the package roots, core and spark.
 COPY models/__init__.py models/__init__.py
 COPY models/core/ models/core/

@@ -183,7 +183,7 @@ say "the spark profile: a master and two workers; the job submitted to spark://s
 SPARK="$COMPOSE -f docker-compose.yml -f docker/compose.build-host-network.yml --profile spark"
 $SPARK build spark-master >"$STATE/build-spark.log" 2>&1 || { tail -40 "$STATE/build-spark.log" >&2; exit 1; }
 docker run --rm --entrypoint python walrus-spark:docker-test -c \
-  "import importlib.util, sys; bad = [m for m in ('torch', 'scipy', 'pandas') if importlib.util.find_spec(m)]; sys.exit(f'spark image has {bad}' if bad else 0)"
+  "import importlib.util, sys; bad = [m for m in ('torch', 'scipy', 'transformers') if importlib.util.find_spec(m)]; sys.exit(f'spark image has {bad}' if bad else 0)"
 export WALRUS_SPARK_DATA="$WORK/spark" WALRUS_SPARK_UI_PORT=$("$VENV/bin/python" -c "import socket; s = socket.socket(); s.bind(('127.0.0.1', 0)); print(s.getsockname()[1])")
 mkdir -p "$WALRUS_SPARK_DATA" && chmod 777 "$WALRUS_SPARK_DATA"
 cp "$WORK/data/interactions.csv" "$WALRUS_SPARK_DATA/"
