@@ -20,6 +20,7 @@ executors of the fit's jobs); Recall@20 on the same holdout.
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import os
 import tempfile
@@ -226,15 +227,49 @@ def single_machine(train: sp.csr_matrix, solver: str):
     return run
 
 
+def report(r: dict[str, Any]) -> str:
+    """The Markdown table of docs/benchmarks.md, from a results file."""
+    m = r["machine"]
+    short, long = r["iterations"]
+    lines = [
+        f"Machine: {m['machine']}, {m['cpus']} CPUs, Python {m['python']}; Spark {r['master']}, "
+        f"dim {r['dim']}; Spark fits timed at {short} and {long} iterations after a warm-up.",
+        "",
+        "| data | engine | setup s | s / iteration | walrus ÷ this | shuffle / iteration MB "
+        "| peak JVM heap GB | peak Python RSS GB | Recall@20 |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for row in r["rows"]:
+        on_spark = "Spark" in row["engine"]
+        ratio = row.get("walrus_spark_ratio")
+        cells = [
+            row["dataset"],
+            row["engine"],
+            f"{row['setup_s']:.1f}",
+            f"{row['s_per_iter']:.2f}",
+            "" if ratio is None else f"{ratio:.2f}",
+            f"{row['shuffle_bytes_per_iter'] / 1e6:.0f}" if on_spark else "",
+            f"{row['peak_jvm_heap_bytes'] / 1e9:.2f}" if on_spark else "",
+            f"{row['peak_python_rss_bytes'] / 1e9:.2f}" if on_spark else "",
+            f"{row['recall_at_20']:.4f}",
+        ]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
+    parser.add_argument("--report", type=Path, help="print the Markdown table of a results file")
     parser.add_argument("--short", type=int, default=1)
     parser.add_argument("--long", type=int, default=3)
     parser.add_argument("--skip-large", action="store_true")
     parser.add_argument("--skip-mllib", action="store_true")
     args = parser.parse_args()
+    if args.report is not None:
+        print(report(json.loads(args.report.read_text())))
+        return
     logging.basicConfig(level=logging.WARNING)
     os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
     spark = session(
@@ -301,6 +336,7 @@ def main() -> None:
             "dim": DIM,
             "regularization": REG,
             "unobserved_weight": W0,
+            "iterations": [args.short, args.long],
             "rows": rows,
         },
     )

@@ -197,12 +197,13 @@ for _ in $(seq 1 60); do
   sleep 1
 done
 [ "$workers" = 2 ] || { $SPARK logs >&2; echo "the Spark master has $workers live workers, not 2" >&2; exit 1; }
-JOB=(--interactions /data/interactions.csv --checkpoint-dir /data/checkpoints --blocks 4 --params '{"dim": 8, "iterations": 3, "regularization": 0.1}')
-$SPARK run --rm spark-job "${JOB[@]}" --out /data/cluster >"$STATE/spark-job.log" 2>&1 || { tail -40 "$STATE/spark-job.log" >&2; exit 1; }
+PARAMS='{"dim": 8, "iterations": 2, "regularization": 0.1}'
+$SPARK run --rm spark-job --interactions /data/interactions.csv --checkpoint-dir /data/checkpoints \
+  --blocks 4 --shuffle-partitions 4 --params "$PARAMS" --out /data/cluster >"$STATE/spark-job.log" 2>&1 || { tail -40 "$STATE/spark-job.log" >&2; exit 1; }
 tail -1 "$STATE/spark-job.log"
 SPARK_LOCAL_IP=127.0.0.1 "$VENV/bin/python" -m models.spark.job --master 'local[2]' \
   --interactions "$WALRUS_SPARK_DATA/interactions.csv" --checkpoint-dir "$WORK/checkpoints" --blocks 4 \
-  --params '{"dim": 8, "iterations": 3, "regularization": 0.1}' --out "$WORK/local" >"$STATE/spark-local.log" 2>&1 || {
+  --shuffle-partitions 4 --params "$PARAMS" --out "$WORK/local" >"$STATE/spark-local.log" 2>&1 || {
   tail -20 "$STATE/spark-local.log" >&2; exit 1; }
 "$VENV/bin/python" - "$WALRUS_SPARK_DATA/cluster" "$WORK/local" "http://127.0.0.1:$WALRUS_SPARK_UI_PORT/json/" <<'PY'
 import json, sys, urllib.request

@@ -108,11 +108,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", required=True)
     parser.add_argument("--checkpoint-dir", required=True)
     parser.add_argument("--params", default="{}", help="WALS parameters as JSON")
-    parser.add_argument("--blocks", type=int, default=0)
+    parser.add_argument(
+        "--blocks", type=int, default=0, help="blocks per side (0: Spark's parallelism)"
+    )
+    parser.add_argument(
+        "--shuffle-partitions", type=int, default=200, help="spark.sql.shuffle.partitions (id maps)"
+    )
     args = parser.parse_args(argv)
     started = time.perf_counter()
     try:
-        spark = session(args.master, "walrus-wals-job")
+        spark = session(
+            args.master,
+            "walrus-wals-job",
+            **{"spark.sql.shuffle.partitions": str(args.shuffle_partitions)},
+        )
         meta = run(spark, args)
     except (WalrusError, json.JSONDecodeError, TypeError) as exc:
         print(f"error: {exc}", file=sys.stderr)
