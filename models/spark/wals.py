@@ -68,7 +68,6 @@ class SparkFit:
     loss: list[float] = field(default_factory=list)
     seconds: list[float] = field(default_factory=list)
     setup_seconds: float = 0.0
-    shuffle_bytes: list[int] = field(default_factory=list)
 
 
 def check_master(master: str, timeout_s: float = 5.0) -> None:

@@ -9,7 +9,7 @@ import pytest
 
 pytest.importorskip("pyspark", reason="the spark extra is not installed")
 
-from bench.spark_wals import report  # noqa: E402
+from bench.spark_wals import report
 
 REPO = Path(__file__).resolve().parents[2]
 

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import shutil
 import subprocess
 import sys
 
@@ -15,6 +17,11 @@ from models.spark.blocks import Params
 from models.spark.wals import SparkWALSError, check_master, fit
 from models.wals import WALS
 from tests.models.test_cli import walrus
+
+pytestmark = pytest.mark.skipif(
+    not (shutil.which("java") or os.environ.get("JAVA_HOME")),
+    reason="no Java runtime (java on PATH or JAVA_HOME): Spark needs Java 17",
+)
 
 
 def frame(spark, matrix: sp.csr_matrix, weights: np.ndarray | None = None):
