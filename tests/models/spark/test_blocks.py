@@ -95,3 +95,10 @@ def test_a_block_missing_a_sender_is_refused(tiny_matrix):
     _, _, users, _ = _blocks(tiny_matrix, 2, params)
     with pytest.raises(ValueError, match="received nothing"):
         solve_block(users[0], {}, np.eye(2), 0.1)
+
+
+def test_the_job_s_defaults_are_the_single_machine_s():
+    """The job cannot import models.wals (torch): its parameter defaults are a second copy."""
+    from models.wals import WALS
+
+    assert Params() == Params.from_mapping(WALS().get_params())

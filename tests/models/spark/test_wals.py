@@ -7,6 +7,7 @@ import os
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -142,23 +143,18 @@ def test_the_job_never_imports_torch_or_scipy():
     assert out.stdout.strip() == "[]"
 
 
+def train_on_spark(config: Path, master: str, out: Path, *extra: str):
+    return walrus(
+        "train", "wals", "-c", str(config), "--engine", "spark", "--master", master,
+        "--out", str(out), *extra,
+    )  # fmt: skip
+
+
 def test_cli_spark_engine_writes_parquet_and_the_local_model_files(tiny_config, tmp_path):
     """`walrus train wals --engine spark`: the same files the local engine writes (so train
     hybrid and export take either), equal to the local exact solver's, plus Parquet shards."""
     common = ("--set", "wals.solver=cholesky", "--set", "wals.iterations=2")
-    spark_run = walrus(
-        "train",
-        "wals",
-        "-c",
-        str(tiny_config),
-        "--engine",
-        "spark",
-        "--master",
-        "local[2]",
-        "--out",
-        str(tmp_path / "spark"),
-        *common,
-    )
+    spark_run = train_on_spark(tiny_config, "local[2]", tmp_path / "spark", *common)
     assert spark_run.returncode == 0, spark_run.stderr[-2000:]
     local_run = walrus(
         "train", "wals", "-c", str(tiny_config), "--out", str(tmp_path / "local"), *common
@@ -177,18 +173,7 @@ def test_cli_spark_engine_writes_parquet_and_the_local_model_files(tiny_config, 
 
 
 def test_cli_spark_engine_bad_master_exits_2_and_writes_nothing(tiny_config, tmp_path):
-    run = walrus(
-        "train",
-        "wals",
-        "-c",
-        str(tiny_config),
-        "--engine",
-        "spark",
-        "--master",
-        "spark://127.0.0.1:9",
-        "--out",
-        str(tmp_path / "out"),
-    )
+    run = train_on_spark(tiny_config, "spark://127.0.0.1:9", tmp_path / "out")
     assert run.returncode == 2
     assert "cannot reach the Spark master" in run.stdout + run.stderr
     assert "Traceback" not in run.stdout + run.stderr
