@@ -182,7 +182,16 @@ def test_cli_spark_engine_bad_master_exits_2_and_writes_nothing(tiny_config, tmp
 
 def job(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "models.spark.job", "--master", "local[2]", *args],
+        [
+            sys.executable,
+            "-m",
+            "models.spark.job",
+            "--master",
+            "local[2]",
+            "--shuffle-partitions",
+            "4",
+            *args,
+        ],
         capture_output=True,
         text=True,
         timeout=600,
