@@ -21,6 +21,7 @@ import sys
 import time
 import uuid
 from pathlib import Path
+from typing import Any
 
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
@@ -49,7 +50,7 @@ def id_map(frame: DataFrame, column: str) -> DataFrame:
     return ids.rdd.map(lambda r: r[0]).zipWithIndex().toDF(["id", "index"])
 
 
-def run(spark: SparkSession, args: argparse.Namespace) -> dict[str, object]:
+def run(spark: SparkSession, args: argparse.Namespace) -> dict[str, Any]:
     frame = read_interactions(spark, args.interactions)
     if frame.filter(F.col("user_id").isNull() | F.col("item_id").isNull()).limit(1).count():
         raise SparkWALSError(f"{args.interactions}: a user_id or item_id is empty")
@@ -126,7 +127,7 @@ def main(argv: list[str] | None = None) -> int:
     except (WalrusError, json.JSONDecodeError, TypeError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    losses = meta["history"]["loss"]  # type: ignore[index]
+    losses = meta["history"]["loss"]
     print(
         f"wals: {meta['n_users']} users x {meta['n_items']} items, final loss "
         f"{losses[-1] if losses else float('nan'):.6g}, "
