@@ -440,7 +440,7 @@ def roberta_bundle(bundle: Path, encoder_dir: Path, work: Path) -> Path:
 
     from export.format import MANIFEST, file_table
     from export.runtime import OnnxTextEncoder
-    from models.core.features import feature_dim
+    from models.core.features import N_FEATURES
     from models.head import ScoreHead
 
     out = work / "roberta-bundle"
@@ -460,7 +460,7 @@ def roberta_bundle(bundle: Path, encoder_dir: Path, work: Path) -> Path:
     index.add(embeddings)
     faiss.write_index(index, str(out / "text.faiss"))
     manifest = json.loads((out / MANIFEST).read_text())
-    width = feature_dim(manifest["dims"]["wals"], embeddings.shape[1])
+    width = N_FEATURES
     head = ScoreHead()
     rng = np.random.default_rng(0)
     head.weights = {

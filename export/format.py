@@ -38,8 +38,9 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 
 from models.core.errors import WalrusError
 
-FORMAT_VERSION = 2
-"""2: index factory strings and ParameterSpace search strings, the cold-item mask."""
+FORMAT_VERSION = 3
+"""2: index factory strings and ParameterSpace search strings, the cold-item mask.
+3: the head scores the pool features of ``models.core.features`` (ranks, cold flag)."""
 MANIFEST = "manifest.json"
 CURRENT = "current"
 REBUILD = "rebuild it with `walrus export -c CONFIG`"

@@ -151,25 +151,42 @@ class HeadConfig(_Strict):
     example_fraction: float = Field(
         0.2, gt=0, lt=1, description="Share of each user's positives the head learns to rank."
     )
-    max_examples: int = Field(20000, ge=10)
-    random_negatives: int = Field(10, ge=0)
-    hard_negatives: int = Field(10, ge=0, description="Split between the WALS and text indexes.")
-    no_query_share: float = Field(0.3, ge=0, le=1, description="Examples without a query.")
-    no_user_share: float = Field(0.2, ge=0, le=1, description="Examples without a user.")
+    max_requests: int = Field(
+        20000, ge=10, description="Training requests (each one pool) the head learns from."
+    )
+    user_share: float = Field(0.4, ge=0, le=1, description="Requests with a known user only.")
+    history_share: float = Field(
+        0.1, ge=0, le=1, description="Requests with a history only (user vector folded in)."
+    )
+    user_query_share: float = Field(0.3, ge=0, le=1, description="Requests with user and query.")
+    query_share: float = Field(0.2, ge=0, le=1, description="Requests with a query only.")
     cold_item_share: float = Field(
         0.05,
         ge=0,
         lt=1,
-        description="Share of items made cold while the head's examples are built, so the "
-        "head learns how ridge-mapped, zero-popularity items should score.",
+        description="Share of items made cold while the head's pools are built, so the "
+        "head learns how far to trust ridge-mapped, zero-popularity items.",
     )
     seed: int = 0
 
     @model_validator(mode="after")
-    def _some_negatives(self) -> HeadConfig:
-        if self.random_negatives + self.hard_negatives < 1:
-            raise ValueError("head needs at least one negative per example")
+    def _mix_sums_to_one(self) -> HeadConfig:
+        total = self.user_share + self.history_share + self.user_query_share + self.query_share
+        if abs(total - 1.0) > 1e-6:
+            raise ValueError(
+                "user_share + history_share + user_query_share + query_share must be 1, "
+                f"got {total:g}"
+            )
         return self
+
+    def request_mix(self) -> dict[str, float]:
+        """Request kind -> share of the head's training requests."""
+        return {
+            "user": self.user_share,
+            "history": self.history_share,
+            "user_query": self.user_query_share,
+            "query": self.query_share,
+        }
 
 
 class ColdStartConfig(_Strict):
@@ -184,6 +201,12 @@ class CandidatesConfig(_Strict):
 
     n_wals: int = Field(100, ge=1)
     n_text: int = Field(100, ge=1)
+    cold_every: int = Field(
+        0,
+        ge=0,
+        description="At least one cold item (the best-scored of the pool) in every this many "
+        "places of a response, when the pool has them: new items' exposure; 0: off.",
+    )
 
 
 class IndexConfig(_Strict):

@@ -1,16 +1,19 @@
 """The hybrid score head: Dense(hidden, relu) then Dense(1) over ``models.core.features``.
 
-Trained on groups of one positive and several negatives with a sampled-softmax (default)
-or BPR loss, Adam, and early stopping on a validation share of the groups. Weights are saved
-as a plain ``.npz`` (no pickle); ``ScoreHead.score`` is a numpy forward pass, so offline
-scoring needs no torch and matches the ONNX export (checked at export).
+Trained listwise on the candidate pools the service builds (``RankingPools``): softmax
+cross-entropy of each request's positives against its whole pool (default), or a pairwise BPR
+loss over (positive, pool negative) pairs; Adam, early stopping on a validation share of the
+requests. Weights are saved as a plain ``.npz`` (no pickle); ``ScoreHead.score`` is a numpy
+forward pass, so offline scoring needs no torch and matches the ONNX export (checked at
+export).
 """
 
 from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
@@ -18,6 +21,48 @@ import numpy as np
 import torch
 
 log = logging.getLogger(__name__)
+
+
+@dataclass
+class RankingPools:
+    """Requests' candidate pools, padded to the largest: what the head learns to order.
+
+    features: (n_requests, pool, n_features) float32; mask: (n_requests, pool) bool, the
+    real candidates; labels: (n_requests, pool) bool, the request's held-out positives.
+    """
+
+    features: np.ndarray
+    mask: np.ndarray
+    labels: np.ndarray
+
+    @classmethod
+    def stack(cls, pools: Sequence[tuple[np.ndarray, np.ndarray]], n_features: int) -> RankingPools:
+        """From per-request ``(features (n, F), labels (n,))``."""
+        size = max((len(f) for f, _ in pools), default=0)
+        features = np.zeros((len(pools), size, n_features), dtype=np.float32)
+        mask = np.zeros((len(pools), size), dtype=bool)
+        labels = np.zeros((len(pools), size), dtype=bool)
+        for row, (f, y) in enumerate(pools):
+            features[row, : len(f)] = f
+            mask[row, : len(f)] = True
+            labels[row, : len(f)] = y
+        return cls(features, mask, labels)
+
+    def __len__(self) -> int:
+        return len(self.features)
+
+    def take(self, rows: np.ndarray) -> RankingPools:
+        return RankingPools(self.features[rows], self.mask[rows], self.labels[rows])
+
+
+def pool_ndcg(scores: np.ndarray, pools: RankingPools, k: int = 20) -> float:
+    """Mean NDCG@k of the pools ranked by ``scores`` (n_requests, pool), binary gains."""
+    ranked = np.argsort(-np.where(pools.mask, scores, -np.inf), axis=1, kind="stable")[:, :k]
+    gains = np.take_along_axis(pools.labels, ranked, axis=1)
+    discount = 1.0 / np.log2(np.arange(2, gains.shape[1] + 2))
+    dcg = (gains * discount).sum(1)
+    ideal = np.array([discount[: min(int(n), k)].sum() for n in pools.labels.sum(1)])
+    return float(np.mean(dcg / np.maximum(ideal, 1e-12)))
 
 
 class ScoreHead:
@@ -31,10 +76,11 @@ class ScoreHead:
 
     Args:
         hidden: width of the hidden layer (the seed's 128).
-        loss: ``softmax`` (cross-entropy of the positive against its group) or ``bpr``.
+        loss: ``softmax`` (listwise: cross-entropy of the positives against their pool) or
+            ``bpr`` (pairwise: each positive against each negative of its pool).
         epochs, batch_size, learning_rate: Adam training schedule.
         patience: epochs without a lower validation loss before stopping.
-        validation_share: share of groups held out for early stopping.
+        validation_share: share of requests held out for early stopping.
         seed: seeds initialisation, shuffling and the validation draw.
     """
 
@@ -63,6 +109,7 @@ class ScoreHead:
         self.seed = seed
         self.weights: dict[str, np.ndarray] = {}
         self.history: dict[str, list[float]] = {"train_loss": [], "validation_loss": []}
+        self.importances: dict[str, float] = {}  # feature -> NDCG@20 drop when shuffled
 
     @classmethod
     def from_config(cls, config: Any) -> ScoreHead:
@@ -75,23 +122,35 @@ class ScoreHead:
         return int(self.weights["w1"].shape[0])
 
     def fit(
-        self, groups: np.ndarray, callback: Callable[[int, float, float], None] | None = None
+        self,
+        pools: RankingPools,
+        callback: Callable[[int, float, float], None] | None = None,
+        feature_names: Sequence[str] = (),
     ) -> ScoreHead:
-        """Train on ``groups`` (n_groups, 1 + n_negatives, n_features) float32: index 0 of each
-        group is the positive. Keeps the weights of the best validation epoch."""
-        if groups.ndim != 3 or groups.shape[1] < 2 or groups.shape[0] < 2:
+        """Train on requests' pools (each with at least one positive). Keeps the weights of
+        the best validation epoch; with ``feature_names``, also measures their permutation
+        importances on the validation requests (``importances``)."""
+        if len(pools) < 2 or pools.features.shape[1] < 2:
             raise ValueError(
-                "groups must be (n_groups >= 2, 1 + n_negatives >= 2, n_features), "
-                f"got {groups.shape}"
+                f"the head needs >= 2 pools of >= 2 candidates, got {pools.features.shape}"
             )
+        if not pools.labels.any(1).all():
+            raise ValueError("every pool needs at least one positive")
         torch.manual_seed(self.seed)
         rng = np.random.default_rng(self.seed)
-        order = rng.permutation(len(groups))
-        n_val = max(1, round(self.validation_share * len(groups)))
-        val = torch.from_numpy(np.ascontiguousarray(groups[order[:n_val]]))
-        train = torch.from_numpy(np.ascontiguousarray(groups[order[n_val:]]))
+        order = rng.permutation(len(pools))
+        n_val = max(1, round(self.validation_share * len(pools)))
+        val_pools = pools.take(order[:n_val])
+        train_pools = pools.take(order[n_val:])
+        # Inputs standardised for training (scores, ranks and log counts differ in scale),
+        # folded back into the first layer afterwards: the saved head takes raw features.
+        real = train_pools.features[train_pools.mask]
+        mean, sd = real.mean(0), real.std(0)
+        sd = np.where(sd > 1e-6, sd, 1.0).astype(np.float32)
+        val = self._tensors(val_pools, mean, sd)
+        train = self._tensors(train_pools, mean, sd)
         net = torch.nn.Sequential(
-            torch.nn.Linear(groups.shape[2], self.hidden),
+            torch.nn.Linear(pools.features.shape[2], self.hidden),
             torch.nn.ReLU(),
             torch.nn.Linear(self.hidden, 1),
         )
@@ -100,21 +159,23 @@ class ScoreHead:
         )
         best, best_state, since = float("inf"), None, 0
         self.history = {"train_loss": [], "validation_loss": []}
+        n_train = len(train[0])
         for epoch in range(self.epochs):
             net.train()
-            perm = torch.from_numpy(rng.permutation(len(train)))
+            perm = torch.from_numpy(rng.permutation(n_train))
             total = 0.0
-            for start in range(0, len(train), self.batch_size):
-                batch = train[perm[start : start + self.batch_size]]
-                loss = self._loss(net(batch).squeeze(-1))
+            for start in range(0, n_train, self.batch_size):
+                rows = perm[start : start + self.batch_size]
+                x, mask, labels = (t[rows] for t in train)
+                loss = self._loss(net(x).squeeze(-1), mask, labels)
                 opt.zero_grad()
                 loss.backward()
                 opt.step()
-                total += loss.item() * len(batch)
+                total += loss.item() * len(rows)
             net.eval()
             with torch.no_grad():
-                val_loss = float(self._loss(net(val).squeeze(-1)))
-            train_loss = total / max(len(train), 1)
+                val_loss = float(self._loss(net(val[0]).squeeze(-1), val[1], val[2]))
+            train_loss = total / max(n_train, 1)
             self.history["train_loss"].append(train_loss)
             self.history["validation_loss"].append(val_loss)
             if callback is not None:
@@ -126,20 +187,61 @@ class ScoreHead:
                 since += 1
                 if since >= self.patience:
                     break
-        assert best_state is not None
+        assert best_state is not None  # the first epoch always improves on inf
+        w1 = best_state["0.weight"].T.numpy().astype(np.float64) / sd[:, None]
         self.weights = {
-            "w1": best_state["0.weight"].T.numpy().astype(np.float32),
-            "b1": best_state["0.bias"].numpy().astype(np.float32),
+            "w1": w1.astype(np.float32),
+            "b1": (best_state["0.bias"].numpy() - mean @ w1).astype(np.float32),
             "w2": best_state["2.weight"].T.numpy()[:, 0].astype(np.float32),
             "b2": best_state["2.bias"].numpy().astype(np.float32),
         }
+        if feature_names:
+            self.importances = self.permutation_importance(val_pools, feature_names)
         return self
 
-    def _loss(self, scores: Any) -> Any:
+    @staticmethod
+    def _tensors(pools: RankingPools, mean: np.ndarray, sd: np.ndarray) -> tuple[Any, Any, Any]:
+        return (
+            torch.from_numpy(((pools.features - mean) / sd).astype(np.float32)),
+            torch.from_numpy(pools.mask),
+            torch.from_numpy(pools.labels),
+        )
+
+    def _loss(self, scores: Any, mask: Any, labels: Any) -> Any:
+        """Mean over requests. softmax: -mean over positives of log softmax over the pool;
+        bpr: -mean over (positive, negative) pairs of log sigmoid(s+ - s-)."""
         if self.loss == "softmax":
-            target = torch.zeros(scores.shape[0], dtype=torch.long)
-            return torch.nn.functional.cross_entropy(scores, target)
-        return -torch.nn.functional.logsigmoid(scores[:, :1] - scores[:, 1:]).mean()
+            logp = torch.log_softmax(scores.masked_fill(~mask, float("-inf")), dim=1)
+            logp = logp.masked_fill(~labels, 0.0)
+            return -(logp.sum(1) / labels.sum(1)).mean()
+        negatives = mask & ~labels
+        pairs = labels[:, :, None] & negatives[:, None, :]
+        diff = scores[:, :, None] - scores[:, None, :]
+        per_pair = torch.nn.functional.logsigmoid(diff).masked_fill(~pairs, 0.0)
+        return -(per_pair.sum((1, 2)) / pairs.sum((1, 2)).clamp(min=1)).mean()
+
+    def permutation_importance(
+        self, pools: RankingPools, names: Sequence[str], repeats: int = 3, k: int = 20
+    ) -> dict[str, float]:
+        """Per feature: how much the pools' NDCG@k drops when that feature's values are
+        shuffled across all candidates (mean of ``repeats`` shuffles); larger matters more."""
+        rng = np.random.default_rng(self.seed)
+        flat = pools.features[pools.mask]
+        base = pool_ndcg(self._pool_scores(pools.features, pools.mask), pools, k)
+        out = {}
+        for col, name in enumerate(names):
+            drops = []
+            for _ in range(repeats):
+                shuffled = pools.features.copy()
+                shuffled[pools.mask, col] = flat[rng.permutation(len(flat)), col]
+                drops.append(base - pool_ndcg(self._pool_scores(shuffled, pools.mask), pools, k))
+            out[name] = float(np.mean(drops))
+        return out
+
+    def _pool_scores(self, features: np.ndarray, mask: np.ndarray) -> np.ndarray:
+        scores = np.full(mask.shape, -np.inf, dtype=np.float32)
+        scores[mask] = self.score(features[mask])
+        return scores
 
     def score(self, features: np.ndarray) -> np.ndarray:
         """(n, n_features) -> (n,) float32 scores."""
@@ -178,7 +280,9 @@ class ScoreHead:
         path.mkdir(parents=True, exist_ok=True)
         np.savez(path / "head.npz", allow_pickle=False, **self.weights)
         params = {k: getattr(self, k) for k in self.PARAMS}
-        (path / "head.json").write_text(json.dumps({"params": params, "history": self.history}))
+        (path / "head.json").write_text(
+            json.dumps({"params": params, "history": self.history, "importances": self.importances})
+        )
 
     @classmethod
     def load(cls, path: str | Path) -> ScoreHead:
@@ -188,4 +292,5 @@ class ScoreHead:
         with np.load(path / "head.npz", allow_pickle=False) as data:
             head.weights = {k: data[k] for k in data.files}
         head.history = meta["history"]
+        head.importances = meta.get("importances", {})
         return head

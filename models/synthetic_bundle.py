@@ -15,6 +15,7 @@ peak is the export's own copy of them, not several.
 
 from __future__ import annotations
 
+import copy
 import logging
 import tempfile
 from collections.abc import Callable
@@ -33,7 +34,7 @@ from models.data import IdMap
 from models.data.vocabulary import TOPICS
 from models.encoder import TextEncoder
 from models.head import ScoreHead
-from models.training import HybridModel, TrainedArtifacts, make_head_examples
+from models.training import HybridModel, TrainedArtifacts, make_head_pools
 from models.wals import WALS
 
 log = logging.getLogger(__name__)
@@ -57,7 +58,7 @@ def seed_config(spec: SeedSpec, out: Path, encoder: str) -> PipelineConfig:
     cfg = PipelineConfig(
         output_dir=out,
         data=DataConfig(interactions=Path("synthetic-seed")),
-        head=HeadConfig(max_examples=spec.head_examples, epochs=10, cold_item_share=0.0),
+        head=HeadConfig(max_requests=spec.head_examples, epochs=10, cold_item_share=0.0),
         export=ExportConfig(bundles_dir=out, auto_large="ivf", ann_recall_queries=200),
     )
     cfg.wals.dim = spec.dim
@@ -177,7 +178,7 @@ def build_synthetic_bundle(
             wals.item_factors, counts, text, cfg.cold_start.min_interactions,
             cfg.cold_start.ridge_alpha,
         )  # fmt: skip
-        tables = ItemTables(factors, text, np.log1p(counts).astype(np.float32))
+        tables = ItemTables(factors, text, np.log1p(counts).astype(np.float32), cold)
 
         item_titles = [titles[int(i)] for i in item_title]
         progress(f"score head on {spec.head_examples} examples")
@@ -202,8 +203,8 @@ def train_head(
     encoder: TextEncoder,
 ) -> ScoreHead:
     """The head learns to rank each sampled user's last seen item within the service's pool
-    for a request built from the rest (``models.training.make_head_examples``)."""
-    sample = np.sort(rng.choice(seen.shape[0], size=cfg.head.max_examples, replace=False))
+    for a request built from the rest (``models.training.make_head_pools``)."""
+    sample = np.sort(rng.choice(seen.shape[0], size=cfg.head.max_requests, replace=False))
     rows = seen[sample].tocsr()
     last = rows.indptr[1:] - 1
     keep = np.ones(rows.nnz, dtype=bool)
@@ -214,10 +215,10 @@ def train_head(
     history.eliminate_zeros()
     positives = (rows - history).tocsr()
     positives.eliminate_zeros()
-    sampled = WALS(**cfg.wals.estimator_kwargs())
+    sampled = copy.copy(wals)  # the item side (and fold-in) shared, the sampled users' rows
     sampled.user_factors = np.asarray(wals.user_factors[sample])
-    groups = make_head_examples(
+    pools = make_head_pools(
         cfg, sampled, tables, history, positives, item_titles, {},
         lambda q: encoder.encode(q, batch_size=256),
     )  # fmt: skip
-    return ScoreHead.from_config(cfg.head).fit(groups)
+    return ScoreHead.from_config(cfg.head).fit(pools)

@@ -4,12 +4,12 @@
 what both ``walrus train`` (for the bundle) and ``walrus eval`` (per split) call, so the
 evaluated model is the exported one.
 
-How the head's examples are made: each user's training positives are split once more; WALS
-is fitted on the larger part, and the head learns to rank the smaller part's positives
-against random and hard negatives (the WALS and text indexes' top items), with the user's
-WALS vector and text profile built from the larger part only. Scores of positives therefore
-look like scores of unseen items, as they do at serving time. The final WALS is then refitted
-on all training data.
+How the head's training data is made: each user's training positives are split once more
+(and every interaction of a share of the items is hidden, so they turn cold); WALS is fitted
+on the larger part, and the head learns to order the candidate pools the service would build
+for requests made from the larger part, with the smaller part's items as positives
+(``make_head_pools``). Scores of positives therefore look like scores of unseen items, as
+they do at serving time. The final WALS is then refitted on all training data.
 """
 
 from __future__ import annotations
@@ -29,20 +29,21 @@ from models.cold_start import fill_cold_items
 from models.config import EncoderConfig, PipelineConfig
 from models.core.candidates import candidate_pools
 from models.core.errors import MissingArtifact
-from models.core.features import build_features, text_profile
+from models.core.features import FEATURES, N_FEATURES, text_profile
 from models.core.hybrid import (
     ItemTables,
     Recommendation,
     Request,
     build_request,
     exact_search,
+    pool_features,
     recommend,
 )
 from models.core.sparse import csr_row
 from models.data import Dataset, IdMap
 from models.data.splits import holdout_split
 from models.encoder import TextEncoder, build_tiny_roberta, fine_tune
-from models.head import ScoreHead
+from models.head import RankingPools, ScoreHead
 from models.pipeline import binarize, fit_wals, observed
 from models.wals import WALS
 
@@ -178,6 +179,7 @@ class HybridModel:
     cold_items: np.ndarray  # (n_items,) bool: factors came from the ridge map
     n_wals: int = 100
     n_text: int = 100
+    cold_every: int = 0
 
     def __post_init__(self) -> None:
         self._wals_search = exact_search(self.tables.item_factors)
@@ -218,6 +220,7 @@ class HybridModel:
             self.head.score,
             self.n_wals,
             self.n_text,
+            self.cold_every,
         )
 
 
@@ -232,10 +235,26 @@ def item_tables(
         cfg.cold_start.min_interactions,
         cfg.cold_start.ridge_alpha,
     )
-    return ItemTables(factors, text_embeddings, np.log1p(counts).astype(np.float32)), cold
+    tables = ItemTables(factors, text_embeddings, np.log1p(counts).astype(np.float32), cold)
+    return tables, cold
 
 
-def make_head_examples(
+REQUEST_KINDS = ("user", "history", "user_query", "query")
+
+
+def request_counts(cfg: PipelineConfig, n_users: int, n_positives: int) -> dict[str, int]:
+    """How many training requests of each kind: ``head.max_requests`` in the configured mix,
+    scaled down together when users (one user-only and one history-only request each at
+    most) or positives (one query request each) run out, so the mix holds."""
+    mix = cfg.head.request_mix()
+    room = [n_users / mix[k] for k in ("user", "history") if mix[k] > 0]
+    queries = mix["user_query"] + mix["query"]
+    room += [n_positives / queries] if queries > 0 else []
+    total = min([cfg.head.max_requests, *room])
+    return {kind: int(total * share) for kind, share in mix.items()}
+
+
+def make_head_pools(
     cfg: PipelineConfig,
     model: WALS,
     tables: ItemTables,
@@ -244,78 +263,66 @@ def make_head_examples(
     texts: Sequence[str],
     logged: dict[int, list[str]],
     encode_queries: Callable[[list[str]], np.ndarray],
-) -> np.ndarray:
-    """(n_examples, 1 + n_negatives, n_features) groups, positive first.
+) -> RankingPools:
+    """The pools the service would build for training requests, labelled by held-out positives.
 
-    Hard negatives come from the candidate pool the service would build for the example's
-    request (WALS top ``n_wals`` for the user, text top ``n_text`` for the query or profile,
-    seen items excluded), and only when the positive is in that pool: the head only ever
-    reranks candidates, so it must learn to order a pool, not to tell the pool from the
-    positive. Random negatives fill the rest.
+    Requests of each kind of ``head.request_mix``: ``user`` (the user's WALS vector and text
+    profile from ``history``; positives: all the user's held-out items), ``history`` (the same
+    with the vector folded in from the history, as for a request carrying ``history``),
+    ``user_query`` and ``query`` (a query derived from one held-out item, which is the
+    only positive; with or without the user). Pools come from ``candidate_pools``, features
+    from ``pool_features``: the service's own functions. Pools without a positive teach
+    nothing and are dropped.
     """
     hc, cc = cfg.head, cfg.candidates
     rng = np.random.default_rng(hc.seed)
+    users_with_positives = np.flatnonzero(np.diff(positives.indptr))
+    counts = request_counts(cfg, len(users_with_positives), positives.nnz)
     coo = positives.tocoo()
-    pick = rng.permutation(coo.nnz)[: hc.max_examples]
-    users, items = coo.row[pick], coo.col[pick]
-    n = len(users)
-    has_user = rng.random(n) >= hc.no_user_share
-    has_query = rng.random(n) >= hc.no_query_share
-    queries = [
-        derived_query(rng, int(i), texts, logged) if q else ""
-        for i, q in zip(items, has_query, strict=True)
-    ]
+    plan: list[tuple[str, int, int]] = []  # (kind, user, item; -1: all the user's positives)
+    for kind in ("user", "history"):
+        chosen = rng.choice(users_with_positives, size=counts[kind], replace=False)
+        plan += [(kind, int(u), -1) for u in chosen]
+    for kind in ("user_query", "query"):
+        pick = rng.choice(coo.nnz, size=counts[kind], replace=False)
+        plan += [(kind, int(coo.row[e]), int(coo.col[e])) for e in pick]
+    queries = [derived_query(rng, item, texts, logged) if item >= 0 else "" for _, _, item in plan]
     distinct = sorted({q for q in queries if q})
     query_vectors = dict(zip(distinct, encode_queries(distinct), strict=True)) if distinct else {}
 
-    n_items = tables.n_items
-    n_neg = hc.random_negatives + hc.hard_negatives
-    groups = []
-    for start in range(0, n, 512):
-        chunk = range(start, min(n, start + 512))
-        user_vecs, query_vecs, profiles, seens = [], [], [], []
+    out = []
+    for start in range(0, len(plan), 512):
+        chunk = range(start, min(len(plan), start + 512))
+        requests, labels = [], []
         for e in chunk:
-            user = int(users[e])
+            kind, user, item = plan[e]
             seen = csr_row(history, user).astype(np.int64)
-            seens.append(seen)
-            user_vecs.append(model.user_factors[user] if has_user[e] else None)
-            profiles.append(
-                text_profile(tables.item_text_embeddings, seen)
-                if has_user[e] and len(seen)
-                else None
+            with_user = kind != "query"
+            user_vector = None
+            if kind == "history":
+                user_vector = model.fold_in(seen)
+            elif with_user:
+                user_vector = model.user_factors[user]
+            profile = (
+                text_profile(tables.item_text_embeddings, seen) if with_user and len(seen) else None
             )
-            query_vecs.append(query_vectors.get(queries[e]))
-        requests = [
-            Request(0, user_vector=u, query_vector=q, profile_vector=p, exclude=seen)
-            for u, q, p, seen in zip(user_vecs, query_vecs, profiles, seens, strict=True)
-        ]
-        pools = candidate_pools(tables, requests, cc.n_wals, cc.n_text)
-        for b, e in enumerate(chunk):
-            item = int(items[e])
-            blocked = set(seens[b].tolist()) | {item}
-            pool = pools[b]
-            negatives: list[int] = []
-            if item in pool:
-                others = [c for c in pool if c != item]
-                if others:
-                    size = min(hc.hard_negatives, len(others))
-                    negatives = rng.choice(others, size=size, replace=False).tolist()
-            while len(negatives) < n_neg:
-                cand = int(rng.integers(n_items))
-                if cand not in blocked or len(blocked) >= n_items:
-                    negatives.append(cand)
-            ids = np.array([item, *negatives], dtype=np.int64)
-            groups.append(
-                build_features(
-                    user_vecs[b],
-                    query_vecs[b],
-                    profiles[b],
-                    tables.item_factors[ids],
-                    tables.item_text_embeddings[ids],
-                    tables.item_log_popularity[ids],
+            requests.append(
+                Request(
+                    0,
+                    user_vector=user_vector,
+                    query_vector=query_vectors.get(queries[e]),
+                    profile_vector=profile,
+                    exclude=seen if with_user else np.zeros(0, dtype=np.int64),
                 )
             )
-    return np.stack(groups)
+            labels.append(csr_row(positives, user) if item < 0 else np.array([item]))
+        pools = candidate_pools(tables, requests, cc.n_wals, cc.n_text)
+        for request, pool, positive in zip(requests, pools, labels, strict=True):
+            candidates, features = pool_features(tables, request, pool)
+            found = np.isin(candidates, positive)
+            if found.any() and len(candidates) >= 2:
+                out.append((features, found))
+    return RankingPools.stack(out, N_FEATURES)
 
 
 def example_split(train: sp.csr_matrix, cfg: PipelineConfig) -> tuple[sp.csr_matrix, sp.csr_matrix]:
@@ -348,17 +355,23 @@ def train_hybrid(
     first = fit_wals(cfg, history, has_weights)
     tables_first, _ = item_tables(first, history, text.embeddings, cfg)
     say("head examples")
-    groups = make_head_examples(
+    pools = make_head_pools(
         cfg, first, tables_first, history, positives, text.texts, text.logged, text.encode
     )
-    say(f"head on {len(groups)} examples")
-    hc = cfg.head
-    head = ScoreHead.from_config(hc).fit(groups)
+    say(f"head on {len(pools)} request pools")
+    head = ScoreHead.from_config(cfg.head).fit(pools, feature_names=FEATURES)
     say("WALS on all training data")
     final = fit_wals(cfg, train, has_weights)
     tables, cold = item_tables(final, train, text.embeddings, cfg)
     return HybridModel(
-        final, tables, head, binarize(train), cold, cfg.candidates.n_wals, cfg.candidates.n_text
+        final,
+        tables,
+        head,
+        binarize(train),
+        cold,
+        cfg.candidates.n_wals,
+        cfg.candidates.n_text,
+        cfg.candidates.cold_every,
     )
 
 
@@ -394,6 +407,7 @@ class TrainedArtifacts:
             "max_length": self.encoder.max_length,
             "n_wals": self.hybrid.n_wals,
             "n_text": self.hybrid.n_text,
+            "cold_every": self.hybrid.cold_every,
         }
         (path / "trained.json").write_text(json.dumps(meta))
 
@@ -408,6 +422,7 @@ class TrainedArtifacts:
             np.load(path / "item_factors.npy"),
             np.load(path / "item_text_embeddings.npy"),
             np.load(path / "item_log_popularity.npy"),
+            np.load(path / "cold_items.npy"),
         )
         hybrid = HybridModel(
             WALS.load(path / "wals"),
@@ -417,6 +432,7 @@ class TrainedArtifacts:
             np.load(path / "cold_items.npy"),
             meta["n_wals"],
             meta["n_text"],
+            meta.get("cold_every", 0),
         )
         return cls(
             hybrid,

@@ -98,6 +98,7 @@ class Recommender:
             np.load(p / Files.ITEM_FACTORS, mmap_mode="r"),
             np.load(p / Files.ITEM_TEXT_EMBEDDINGS, mmap_mode="r"),
             np.load(p / Files.ITEM_LOG_POPULARITY),
+            self.cold_items,
         )
         self.wals_params = self.manifest.wals
         self.n_wals = settings.n_wals or self.manifest.candidates.n_wals

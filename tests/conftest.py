@@ -103,7 +103,7 @@ name = "tiny-roberta"
 max_length = 32
 [head]
 epochs = 4
-max_examples = 400
+max_requests = 400
 [candidates]
 n_wals = 20
 n_text = 20

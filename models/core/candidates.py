@@ -2,10 +2,10 @@
 
 A request's pool is the first ``n_wals`` items of its WALS ranking and the first ``n_text``
 of its text ranking that are not excluded (at least ``k`` from each, so a large ``k`` is met
-from the rankings before popular items fill in), in that order (an item found by both carries both
-sources). The service ranks with FAISS one request at a time (``serve_pool``); head training
-ranks exactly, many requests at once (``candidate_pools``). With exact searches the two are
-equal, and a test proves it.
+from the rankings before popular items fill in), in that order; each item carries its rank
+in every source that found it (the head sees both). The service ranks with FAISS one
+request at a time (``serve_pool``); head training ranks exactly, many requests at once
+(``candidate_pools``). With exact searches the two are equal, and a test proves it.
 """
 
 from __future__ import annotations
@@ -23,6 +23,8 @@ if TYPE_CHECKING:
 SearchFn = Callable[[np.ndarray, int], tuple[np.ndarray, np.ndarray]]
 """(vector (dim,), k) -> (ids (<= k,), scores); ids < 0 (FAISS padding) are ignored."""
 SOURCES = ("wals", "text")
+Pool = dict[int, dict[str, int]]
+"""item -> {source: the item's rank among the source's allowed items}, in pool order."""
 
 
 def usable(vector: np.ndarray | None) -> bool:
@@ -76,9 +78,9 @@ def first_searches(
 
 def pool(
     rankings: Mapping[str, Iterable[int]], excluded: np.ndarray, sizes: Mapping[str, int]
-) -> dict[int, list[str]]:
-    """item -> sources: the first ``sizes[name]`` allowed items of each ranking."""
-    out: dict[int, list[str]] = {}
+) -> Pool:
+    """The first ``sizes[name]`` allowed items of each ranking, with their ranks there."""
+    out: Pool = {}
     for name in SOURCES:
         if name not in rankings:
             continue
@@ -87,7 +89,7 @@ def pool(
             if taken >= sizes[name]:
                 break
             if item >= 0 and not excluded[item]:
-                out.setdefault(int(item), []).append(name)
+                out.setdefault(int(item), {})[name] = taken
                 taken += 1
     return out
 
@@ -98,7 +100,7 @@ def serve_pool(
     searches: Mapping[str, SearchFn],
     n_wals: int,
     n_text: int,
-) -> dict[int, list[str]]:
+) -> Pool:
     """The pool through search functions (FAISS in the service), fetching more when an index
     returned fewer than ``n`` allowed items (padding, or exclusions beyond the first
     fetch)."""
@@ -118,7 +120,7 @@ def serve_pool(
 
 def candidate_pools(
     tables: ItemTables, requests: Sequence[Request], n_wals: int, n_text: int
-) -> list[dict[int, list[str]]]:
+) -> list[Pool]:
     """``serve_pool`` for many requests with exact search: one matrix product per index."""
     n_items = tables.n_items
     matrices = {"wals": tables.item_factors, "text": tables.item_text_embeddings}

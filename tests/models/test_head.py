@@ -6,28 +6,51 @@ import numpy as np
 import pytest
 
 from models.cold_start import RidgeMap, fill_cold_items
-from models.core.features import build_features, feature_dim, text_profile
-from models.core.hybrid import ItemTables, Request, exact_search, recommend
-from models.head import ScoreHead
+from models.core.features import COLUMN, FEATURES, N_FEATURES, build_features, text_profile
+from models.core.hybrid import ItemTables, Request, exact_search, recommend, reserve_cold
+from models.head import RankingPools, ScoreHead, pool_ndcg
 
 
 def test_feature_layout_and_flags():
     v = np.arange(6, dtype=np.float32).reshape(3, 2)
     t = np.eye(3, dtype=np.float32)
     pop = np.array([0.0, 1.0, 2.0], dtype=np.float32)
+    cold = np.array([True, False, False])
     u, q = np.array([1.0, 2.0], np.float32), np.array([0.0, 1.0, 0.0], np.float32)
-    f = build_features(u, q, None, v, t, pop)
-    assert f.shape == (3, feature_dim(2, 3))
-    np.testing.assert_allclose(f[:, :2], v * u)
-    np.testing.assert_allclose(f[:, 2:5], t * q)
-    np.testing.assert_allclose(f[:, 5], v @ u)
-    np.testing.assert_allclose(f[:, 6], t @ q)
-    np.testing.assert_allclose(f[:, 7], 0.0)  # no profile
-    np.testing.assert_allclose(f[:, 8], pop)
-    assert (f[:, 9] == 1).all() and (f[:, 10] == 1).all()
-    g = build_features(None, None, q, v, t, pop)
-    assert (g[:, :7] == 0).all() and (g[:, 9] == 0).all() and (g[:, 10] == 0).all()
-    np.testing.assert_allclose(g[:, 7], t @ q)
+    ranks = {"wals": np.array([0, -1, 2]), "text": np.array([-1, 0, -1])}
+    f = build_features(u, q, None, v, t, pop, cold, ranks)
+    assert f.shape == (3, N_FEATURES)
+    col = dict(zip(FEATURES, f.T, strict=True))
+    np.testing.assert_allclose(col["wals_score"], v @ u)
+    np.testing.assert_allclose(col["query_score"], t @ q)
+    z = (v @ u - (v @ u).mean()) / (v @ u).std()
+    np.testing.assert_allclose(col["wals_score_z"], z, rtol=1e-6)
+    np.testing.assert_allclose(col["wals_rank"], [1.0, 0.0, 0.5])  # 1/log2(2 + rank)
+    np.testing.assert_allclose(col["text_rank"], [0.0, 1.0, 0.0])
+    np.testing.assert_allclose(col["log_popularity"], pop)
+    np.testing.assert_array_equal(col["cold"], [1, 0, 0])
+    assert (col["profile_score"] == 0).all() and (col["history_present"] == 0).all()
+    assert (col["user_known"] == 1).all() and (col["query_present"] == 1).all()
+    g = build_features(None, None, q, v, t, pop, cold, {})
+    gcol = dict(zip(FEATURES, g.T, strict=True))
+    for name in ("wals_score", "wals_score_z", "query_score", "user_known", "query_present",
+                 "wals_rank", "text_rank"):  # fmt: skip
+        assert (gcol[name] == 0).all(), name
+    np.testing.assert_allclose(gcol["profile_score"], t @ q)
+    assert (gcol["history_present"] == 1).all()
+
+
+def pools_with_rule(rng, n, size=6, width=4):
+    """Pools whose one positive has a larger feature 0, padded to different sizes."""
+    rows = []
+    for _ in range(n):
+        m = int(rng.integers(3, size + 1))
+        x = rng.normal(size=(m, width)).astype(np.float32)
+        y = np.zeros(m, bool)
+        y[int(rng.integers(m))] = True
+        x[y, 0] += 3.0
+        rows.append((x, y))
+    return RankingPools.stack(rows, width)
 
 
 def test_text_profile_is_unit_mean():
@@ -36,33 +59,51 @@ def test_text_profile_is_unit_mean():
     assert not text_profile(emb, np.array([], dtype=np.int64)).any()
 
 
-def test_head_learns_a_known_rule():
-    """Positives have a larger feature 0: a trained head must rank them first."""
+@pytest.mark.parametrize("loss", ["softmax", "bpr"])
+def test_head_learns_a_known_rule(loss):
+    """Positives have a larger feature 0: a trained head must rank them first in their pool,
+    padding never wins, and the importances name feature 0 as the one that matters."""
     rng = np.random.default_rng(0)
-    groups = rng.normal(size=(600, 6, 4)).astype(np.float32)
-    groups[:, 0, 0] += 3.0
-    head = ScoreHead(hidden=16, epochs=40, learning_rate=1e-2, seed=0).fit(groups)
-    test = rng.normal(size=(200, 6, 4)).astype(np.float32)
-    test[:, 0, 0] += 3.0
-    scores = head.score(test.reshape(-1, 4)).reshape(200, 6)
-    assert (scores.argmax(1) == 0).mean() > 0.8
+    pools = pools_with_rule(rng, 600)
+    head = ScoreHead(hidden=16, epochs=40, learning_rate=1e-2, loss=loss, seed=0)
+    head.fit(pools, feature_names=["signal", "a", "b", "c"])
+    test = pools_with_rule(rng, 200)
+    scores = head._pool_scores(test.features, test.mask)
+    assert (scores.argmax(1) == test.labels.argmax(1)).mean() > 0.8
+    assert pool_ndcg(scores, test) > 0.85
     assert head.history["validation_loss"][-1] < head.history["validation_loss"][0]
+    assert max(head.importances, key=head.importances.get) == "signal"
+    assert head.importances["signal"] > 0.3 and abs(head.importances["a"]) < 0.05
 
 
-def test_head_bpr_numpy_matches_torch_and_roundtrips(tmp_path):
+def test_pool_ndcg_against_hand_computed_values():
+    pools = RankingPools.stack(
+        [(np.zeros((3, 1), np.float32), np.array([False, True, False])),
+         (np.zeros((2, 1), np.float32), np.array([True, True]))], 1,
+    )  # fmt: skip
+    scores = np.array([[3.0, 2.0, 1.0], [1.0, 2.0, 9.0]])  # the padded 9.0 must not count
+    assert pool_ndcg(scores, pools) == pytest.approx((1 / np.log2(3) + 1.0) / 2)
+
+
+def test_head_numpy_matches_torch_and_roundtrips(tmp_path):
     import torch
 
     rng = np.random.default_rng(1)
-    groups = rng.normal(size=(50, 3, 5)).astype(np.float32)
-    head = ScoreHead(hidden=8, loss="bpr", epochs=3, seed=1).fit(groups)
+    pools = pools_with_rule(rng, 50, width=5)
+    head = ScoreHead(hidden=8, loss="bpr", epochs=3, seed=1).fit(pools, feature_names="abcde")
     x = rng.normal(size=(7, 5)).astype(np.float32)
     with torch.no_grad():
         ref = head.torch_module()(torch.from_numpy(x)).numpy()
     np.testing.assert_allclose(head.score(x), ref, atol=1e-5)
     head.save(tmp_path)
-    np.testing.assert_array_equal(ScoreHead.load(tmp_path).score(x), head.score(x))
-    with pytest.raises(ValueError, match="groups must be"):
-        head.fit(np.zeros((5, 1, 5), np.float32))
+    loaded = ScoreHead.load(tmp_path)
+    np.testing.assert_array_equal(loaded.score(x), head.score(x))
+    assert loaded.importances == head.importances and set(loaded.importances) == set("abcde")
+    with pytest.raises(ValueError, match="the head needs"):
+        head.fit(pools.take(np.array([0])))
+    unlabelled = RankingPools(pools.features, pools.mask, np.zeros_like(pools.labels))
+    with pytest.raises(ValueError, match="positive"):
+        head.fit(unlabelled)
     with pytest.raises(ValueError, match="loss"):
         ScoreHead(loss="hinge")  # type: ignore[arg-type]
 
@@ -100,8 +141,8 @@ def _tables(n=40, wd=3, td=4, seed=0):
 
 
 def dot_head(features):
-    # scores = u.v + q.t (wals_dim 3, text_dim 4): a head whose ranking we can predict
-    return features[:, 7] + features[:, 8]
+    # scores = u.v + q.t: a head whose ranking we can predict
+    return features[:, COLUMN["wals_score"]] + features[:, COLUMN["query_score"]]
 
 
 def test_recommend_exactly_k_with_exclusions_and_over_fetch():
@@ -188,3 +229,23 @@ def test_the_head_is_built_from_its_config_through_one_parameter_list():
     assert {k: getattr(head, k) for k in ScoreHead.PARAMS} == {
         k: getattr(cfg, k) for k in ScoreHead.PARAMS
     }
+
+
+def test_reserve_cold_places_one_cold_item_in_every_n_and_keeps_prefixes():
+    order = np.arange(10)  # candidate positions, best first
+    cold = np.zeros(10, bool)
+    cold[[6, 8]] = True
+    np.testing.assert_array_equal(reserve_cold(order, cold, 5, 0), [0, 1, 2, 3, 4])
+    # every 3 places owe one cold item: place 3 gets item 6, place 6 item 8
+    np.testing.assert_array_equal(reserve_cold(order, cold, 7, 3), [0, 1, 6, 2, 3, 8, 4])
+    for k in range(1, 11):  # the top k is the top 10's first k
+        np.testing.assert_array_equal(
+            reserve_cold(order, cold, k, 3), reserve_cold(order, cold, 10, 3)[:k]
+        )
+    # a cold item the head already ranks high keeps its place and counts
+    cold = np.zeros(10, bool)
+    cold[[0, 9]] = True
+    np.testing.assert_array_equal(reserve_cold(order, cold, 4, 3), [0, 1, 2, 3])
+    np.testing.assert_array_equal(reserve_cold(order, cold, 6, 3), [0, 1, 2, 3, 4, 9])
+    # no cold item in the pool: the head's order
+    np.testing.assert_array_equal(reserve_cold(order, np.zeros(10, bool), 4, 2), [0, 1, 2, 3])

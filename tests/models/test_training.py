@@ -42,36 +42,45 @@ def test_example_split_moves_cold_items_entirely_to_the_positives(tiny_pipeline_
         assert positives[:, c].nnz == train[:, c].nnz
 
 
-def test_head_examples_follow_the_configured_request_mix(tiny_pipeline_config, tiny_trained):
-    """Examples without a user and without a query come in the configured shares; the
-    positive comes first, negatives differ from it, and a user-less example carries no
-    user signal at all."""
-    from models.core.features import N_SCALARS
-    from models.pipeline import load_dataset
-    from models.training import make_head_examples
+def test_head_pools_follow_the_configured_request_mix(tiny_pipeline_config, tiny_trained):
+    """Requests of each kind are planned in the configured shares; a pool
+    without a user carries no user signal at all; every pool holds a positive, no padded
+    candidate is one, and pools are the service's: each request's candidates are unique."""
+    from models.core.features import COLUMN
+    from models.training import make_head_pools, request_counts
 
     cfg = load_config(
         tiny_pipeline_config,
-        ["head.no_user_share=0.5", "head.no_query_share=0.25", "head.max_examples=400",
-         "head.random_negatives=2", "head.hard_negatives=3"],
+        ["head.user_share=0.4", "head.history_share=0.1", "head.user_query_share=0.2",
+         "head.query_share=0.3", "head.max_requests=100"],
     )  # fmt: skip
-    dataset = load_dataset(cfg.data)
     history, positives = example_split(tiny_trained.hybrid.seen, cfg)
     hybrid = tiny_trained.hybrid
-    groups = make_head_examples(
+    counts = request_counts(cfg, int((np.diff(positives.indptr) > 0).sum()), positives.nnz)
+    assert counts == {"user": 40, "history": 10, "user_query": 20, "query": 30}
+    pools = make_head_pools(
         cfg, hybrid.wals, hybrid.tables, history, positives, tiny_trained.texts, {},
         tiny_trained.encoder.encode,
     )  # fmt: skip
-    assert dataset.matrix.shape == hybrid.seen.shape
-    assert groups.shape[1] == 1 + 5 and len(groups) == min(400, positives.nnz)
-    scalars = groups.shape[2] - N_SCALARS
-    user_flag, query_flag = groups[:, 0, scalars + 4], groups[:, 0, scalars + 5]
-    assert abs(float((user_flag == 0).mean()) - 0.5) < 0.1
-    assert abs(float((query_flag == 0).mean()) - 0.25) < 0.1
-    no_user = user_flag == 0
-    wals_dim = hybrid.tables.item_factors.shape[1]
-    assert np.all(groups[no_user][:, :, :wals_dim] == 0)  # no u*v without a user
-    assert np.all(groups[no_user][:, :, scalars + 2] == 0)  # and no user text profile
-    # with a user, no negative is the positive item (their u*v features differ)
-    with_user = groups[~no_user][:50]
-    assert all(not np.array_equal(g[0], g[j]) for g in with_user for j in range(1, 6))
+    assert 0 < len(pools) <= 100
+    assert pools.labels.any(1).all() and not (pools.labels & ~pools.mask).any()
+    first = pools.features[:, 0]
+    user, query = first[:, COLUMN["user_known"]] == 1, first[:, COLUMN["query_present"]] == 1
+    # every kind made it (pools whose positive no source found are dropped: fewer survive
+    # for queries derived from the tiny encoder's texts than for users)
+    assert (~user & query).any() and (user & query).any() and (user & ~query).any()
+    no_user = pools.features[~user]
+    for name in ("wals_score", "wals_score_z", "profile_score", "history_present"):
+        assert np.all(no_user[..., COLUMN[name]] == 0), name
+
+
+def test_request_counts_keep_the_mix_when_users_run_out(tiny_pipeline_config):
+    from models.training import request_counts
+
+    cfg = load_config(tiny_pipeline_config, ["head.max_requests=1000"])
+    mix = cfg.head.request_mix()
+    counts = request_counts(cfg, n_users=20, n_positives=10_000)
+    assert counts["user"] <= 20 and counts["history"] <= 20
+    total = sum(counts.values())
+    for kind, share in mix.items():
+        assert abs(counts[kind] / total - share) < 0.02, kind
