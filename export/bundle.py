@@ -167,7 +167,9 @@ def build_bundle(
                 "int8_scheme": scheme,
             },
             wals=hybrid.wals.get_params(),
-            candidates=Candidates(n_wals=hybrid.n_wals, n_text=hybrid.n_text),
+            candidates=Candidates(
+                n_wals=hybrid.n_wals, n_text=hybrid.n_text, cold_every=hybrid.cold_every
+            ),
             cold_items=int(hybrid.cold_items.sum()),
             indexes=indexes,
             parity=parity,

@@ -122,6 +122,7 @@ class Dims(_Model):
 class Candidates(_Model):
     n_wals: int
     n_text: int
+    cold_every: int = 0
 
 
 class Manifest(_Model):

@@ -390,6 +390,10 @@ def eval_(
     models: Annotated[
         str | None, typer.Option(help="Comma-separated subset of models (default: all).")
     ] = None,
+    report: Annotated[
+        Path | None,
+        typer.Option(help="Write a report here: report.md, Recall/NDCG curves, importances."),
+    ] = None,
 ) -> None:
     """Recall@K and NDCG@K of every model on every configured split."""
     from models.config import load_config
@@ -433,6 +437,72 @@ def eval_(
         payload = {"config": cfg.model_dump(mode="json"), "results": results}
         json_out.write_text(json.dumps(payload, indent=2))
         console.print(f"wrote {json_out}")
+    if report is not None:
+        from models.report import write_eval_report
+
+        about = (
+            f"`walrus eval -c {config}`"
+            + "".join(f" --set {s}" for s in set_ or [])
+            + f": data {cfg.data.interactions}, WALS dim {cfg.wals.dim}, "
+            f"λ {cfg.wals.regularization:g}, w0 {cfg.wals.unobserved_weight:g}, "
+            f"encoder {cfg.encoder.name}, head loss {cfg.head.loss}."
+        )
+        console.print(f"wrote {write_eval_report(results, cfg.eval.ks, report, about)}")
+
+
+# ---------------------------------------------------------------- tune
+@app.command("tune")
+@user_errors
+def tune_cmd(
+    config: ConfigOption,
+    set_: SetOption = None,
+    out: Annotated[
+        Path | None,
+        typer.Option(help="Where the tuned config goes (default: CONFIG with .tuned.toml)."),
+    ] = None,
+    report: Annotated[
+        Path | None, typer.Option(help="Report folder (default: OUTPUT_DIR/tune).")
+    ] = None,
+) -> None:
+    """Search WALS's and the head's settings on a validation split of the training data and
+    write a config with the best values."""
+    from models.config import load_config, write_config
+    from models.evaluation import Shared
+    from models.pipeline import load_dataset, load_query_log
+    from models.report import write_tune_report
+    from models.tuning import tune
+
+    cfg = load_config(config, set_)
+    out = out or config.with_suffix(".tuned.toml")
+    report = report or cfg.output_dir / "tune"
+    dataset = load_dataset(cfg.data)
+    query_log = load_query_log(cfg.data.queries)
+    total = cfg.tune.wals_trials + cfg.tune.head_trials
+    with progress() as bar:
+        task = bar.add_task("tuning", total=total)
+        shared = Shared(cfg, dataset, query_log, lambda m: bar.update(task, description=m))
+
+        def on_trial(study: str, number: int, value: float) -> None:
+            bar.update(task, advance=1, description=f"{study} trial {number}: {value:.4f}")
+
+        best, studies = tune(shared, on_trial)
+    metric = cfg.tune.metric
+    lines = [
+        f"{s.name}: best {metric} {s.best_value:.4f} after {len(s.trials)} trials "
+        f"(first trial, the config's own values: {s.trials[0]['value']:.4f})"
+        for s in studies
+    ]
+    header = f"walrus tune -c {config}: {metric} on a {cfg.tune.validation_fraction:g} per-user "
+    header += "holdout of the training data. " + "; ".join(lines)
+    write_config(best, out, header)
+    for study in studies:
+        path = write_tune_report(
+            study.trials, metric, report / study.name, f"{header}\n\nStudy: {study.name}."
+        )
+        console.print(f"wrote {path}")
+    for line in lines:
+        console.print(line)
+    console.print(f"wrote {out}")
 
 
 def print_results(results: list[dict[str, Any]], ks: list[int]) -> None:

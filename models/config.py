@@ -11,12 +11,15 @@ import tomllib
 from pathlib import Path
 from typing import Any, Literal
 
+import tomli_w
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from models.core.errors import WalrusError
 
 SplitName = Literal["holdout", "users", "cold_items", "queries"]
 SPLIT_NAMES: tuple[SplitName, ...] = ("holdout", "users", "cold_items", "queries")
+FineTunePairs = Literal["queries", "co_consumed"]
+FINE_TUNE_PAIRS: tuple[FineTunePairs, ...] = ("queries", "co_consumed")
 
 
 class ConfigError(WalrusError, ValueError):
@@ -128,7 +131,13 @@ class EncoderConfig(_Strict):
     tiny_layers: int = Field(2, ge=1)
     tiny_heads: int = Field(2, ge=1)
     tiny_vocab_size: int = Field(1000, ge=300)
-    fine_tune: bool = Field(False, description="Contrastive query-to-item fine-tuning.")
+    fine_tune: bool = Field(False, description="Contrastive fine-tuning (docs/evaluation.md).")
+    fine_tune_pairs: list[FineTunePairs] = Field(
+        default_factory=lambda: list(FINE_TUNE_PAIRS),
+        min_length=1,
+        description="queries: (derived query, item text); co_consumed: (item, item) texts of "
+        "one user's training interactions.",
+    )
     fine_tune_epochs: int = Field(1, ge=1)
     fine_tune_learning_rate: float = Field(2e-5, gt=0)
     fine_tune_batch_size: int = Field(32, ge=2)
@@ -246,11 +255,49 @@ class EvalConfig(_Strict):
         0.2, gt=0, lt=1, description="Share of query-log rows held out for the query task."
     )
     splits: list[SplitName] = Field(default_factory=lambda: list(SPLIT_NAMES), min_length=1)
+    cold_every: int = Field(
+        10, ge=1, description="The model `hybrid_cold`: the hybrid with this cold_every."
+    )
 
     @model_validator(mode="after")
     def _positive_ks(self) -> EvalConfig:
         if any(k < 1 for k in self.ks):
             raise ValueError("every k in eval.ks must be >= 1")
+        return self
+
+
+class TuneConfig(_Strict):
+    """``walrus tune`` (``models.tuning``): the studies and their search spaces."""
+
+    validation_fraction: float = Field(
+        0.2, gt=0, lt=1, description="Per-user share of the training data every trial is scored on."
+    )
+    metric: Literal["recall@10", "recall@20", "recall@50", "ndcg@10", "ndcg@20", "ndcg@50"] = (
+        "recall@20"
+    )
+    wals_trials: int = Field(40, ge=1)
+    head_trials: int = Field(8, ge=0, description="0: tune WALS only.")
+    dims: list[int] = Field(default_factory=lambda: [32, 64, 128], min_length=1)
+    regularization: tuple[float, float] = (1e-3, 100.0)
+    unobserved_weight: tuple[float, float] = (1e-3, 1.0)
+    regularization_exp: tuple[float, float] = (0.0, 1.0)
+    learning_rate: tuple[float, float] = (3e-4, 1e-2)
+    weight_decay: tuple[float, float] = (1e-7, 1e-3)
+    cold_item_share: tuple[float, float] = (0.0, 0.2)
+    seed: int = 0
+
+    @model_validator(mode="after")
+    def _ranges(self) -> TuneConfig:
+        for name in ("regularization", "unobserved_weight", "learning_rate", "weight_decay"):
+            low, high = getattr(self, name)
+            if not 0 < low <= high:
+                raise ValueError(f"tune.{name} must be [low, high] with 0 < low <= high")
+        for name in ("regularization_exp", "cold_item_share"):
+            low, high = getattr(self, name)
+            if not 0 <= low <= high:
+                raise ValueError(f"tune.{name} must be [low, high] with 0 <= low <= high")
+        if self.cold_item_share[1] >= 1:
+            raise ValueError("tune.cold_item_share must stay below 1")
         return self
 
 
@@ -263,6 +310,7 @@ class PipelineConfig(_Strict):
     wals: WALSConfig = Field(default_factory=WALSConfig)
     spark: SparkConfig = Field(default_factory=SparkConfig)
     eval: EvalConfig = Field(default_factory=EvalConfig)
+    tune: TuneConfig = Field(default_factory=TuneConfig)
     encoder: EncoderConfig = Field(default_factory=EncoderConfig)
     head: HeadConfig = Field(default_factory=HeadConfig)
     cold_start: ColdStartConfig = Field(default_factory=ColdStartConfig)
@@ -311,3 +359,13 @@ def load_config(path: str | Path, overrides: list[str] | None = None) -> Pipelin
         err = exc.errors()[0]
         field = ".".join(str(p) for p in err["loc"])
         raise ConfigError(f"{path}: {field}: {err['msg']}") from exc
+
+
+def write_config(cfg: PipelineConfig, path: Path, header: str = "") -> None:
+    """``cfg`` as TOML (fields left at their defaults omitted), ``header`` as comments; the
+    file is renamed into place whole."""
+    tree = cfg.model_dump(mode="json", exclude_defaults=True, exclude_none=True)
+    comments = "".join(f"# {line}\n" for line in header.splitlines() if line)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(comments + tomli_w.dumps(tree))
+    tmp.replace(path)

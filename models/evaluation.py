@@ -7,6 +7,7 @@ embeddings are computed once per run and shared by all splits.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from collections.abc import Callable
@@ -45,6 +46,14 @@ class Shared:
     def text(self) -> TextResources:
         return prepare_text(self.cfg, self.dataset, self.query_log, progress=self.progress)
 
+    def with_config(self, cfg: PipelineConfig) -> Shared:
+        """The same data under another config (a tuning trial); the text half is shared,
+        built once, so ``cfg.encoder`` must not change."""
+        out = Shared(cfg, self.dataset, self.query_log, self.progress)
+        if "text" in self.__dict__:
+            out.text = self.text  # a cached_property: set, it is not built again
+        return out
+
 
 @dataclass
 class EvalContext:
@@ -67,12 +76,27 @@ class EvalContext:
         return self.split.fold_in if self.split.fold_in is not None else self.split.train
 
     @cached_property
+    def text(self) -> TextResources:
+        """The shared text half; with co-consumed fine-tuning, this split's own (its pairs
+        come from the split's training interactions only)."""
+        enc = self.cfg.encoder
+        if enc.fine_tune and "co_consumed" in enc.fine_tune_pairs:
+            return prepare_text(
+                self.cfg,
+                self.dataset,
+                self.shared.query_log,
+                progress=self.shared.progress,
+                train=self.split.train,
+            )
+        return self.shared.text
+
+    @cached_property
     def hybrid(self) -> HybridModel:
         return train_hybrid(
             self.cfg,
             self.split.train,
             self.dataset.weights is not None,
-            self.shared.text,
+            self.text,
             self.shared.progress,
         )
 
@@ -100,7 +124,7 @@ def wals_model(ctx: EvalContext) -> ScoreFn:
 
 def text_model(ctx: EvalContext) -> ScoreFn:
     """Text only: each user's text profile (mean embedding of their history) against items."""
-    emb = ctx.shared.text.embeddings
+    emb = ctx.text.embeddings
     history = ctx.history
 
     def score(rows: np.ndarray) -> np.ndarray:
@@ -117,10 +141,13 @@ def ranked_scores(n_items: int, items: np.ndarray) -> np.ndarray:
     return row
 
 
-def hybrid_model(ctx: EvalContext) -> ScoreFn:
+def hybrid_model(ctx: EvalContext, cold_every: int | None = None) -> ScoreFn:
     """The served path for a user-only request: known users by their WALS vector, held-out
-    users folded in from their history, exactly as the service resolves a request."""
+    users folded in from their history, exactly as the service resolves a request.
+    ``cold_every`` replaces ``candidates.cold_every`` when given."""
     hybrid = ctx.hybrid
+    if cold_every is not None:
+        hybrid = dataclasses.replace(hybrid, cold_every=cold_every)
     history = ctx.history
     folded = ctx.split.fold_in is not None
     k = max(ctx.cfg.eval.ks)
@@ -147,6 +174,7 @@ MODELS: dict[str, ModelFactory] = {
     "wals": wals_model,
     "text": text_model,
     "hybrid": hybrid_model,
+    "hybrid_cold": lambda ctx: hybrid_model(ctx, ctx.cfg.eval.cold_every),
 }
 
 
@@ -156,7 +184,8 @@ def evaluate(
     models: dict[str, ModelFactory] | None = None,
     on_done: Callable[[str, str], None] | None = None,
 ) -> list[dict[str, Any]]:
-    """Rows ``{split, model, recall@K..., ndcg@K..., users, seconds}``, one per pair."""
+    """Rows ``{split, model, recall@K..., ndcg@K..., users, seconds}``, one per pair; the
+    ``hybrid`` rows also hold its head's permutation ``importances``."""
     results: list[dict[str, Any]] = []
     for split in splits:
         ctx = EvalContext(shared, split)
@@ -164,14 +193,11 @@ def evaluate(
             start = time.perf_counter()
             score_fn = factory(ctx)
             metrics = evaluate_scores(score_fn, ctx.history, split.test, shared.cfg.eval.ks)
-            results.append(
-                {
-                    "split": split.name,
-                    "model": name,
-                    **metrics,
-                    "seconds": time.perf_counter() - start,
-                }
-            )
+            row = {"split": split.name, "model": name, **metrics}
+            row["seconds"] = time.perf_counter() - start
+            if name == "hybrid":
+                row["importances"] = ctx.hybrid.head.importances
+            results.append(row)
             if on_done is not None:
                 on_done(split.name, name)
     return results
@@ -237,7 +263,6 @@ def evaluate_query_task(
         raise WalrusError("the catalog changed while evaluating: item order differs")
     query_dataset = Dataset(dataset.users, clean, dataset.matrix, dataset.weights)
     shared = Shared(cfg, query_dataset, train_log, progress)
-    text = shared.text
 
     item_idx = test_log["item_id"].astype(str).map(dataset.items._index)
     keep = item_idx.notna().to_numpy()
@@ -246,11 +271,12 @@ def evaluate_query_task(
     users = test_log["user_id"].astype(str).map(dataset.users._index).to_numpy()
     known = ~np.isnan(users.astype(np.float64))
     users = np.where(known, users, -1).astype(np.int64)
-    queries = text.encode(test_log["query"].astype(str).tolist())
     n_q, n_items = len(items), len(dataset.items)
     test = sp.csr_matrix((np.ones(n_q), (np.arange(n_q), items)), shape=(n_q, n_items))
     nothing = sp.csr_matrix((n_q, n_items))
     ctx = EvalContext(shared, Split("queries", observed(dataset), test))
+    text = ctx.text
+    queries = text.encode(test_log["query"].astype(str).tolist())
     hybrid = ctx.hybrid
     k = max(cfg.eval.ks)
 
@@ -277,7 +303,9 @@ def evaluate_query_task(
     for name, fn in (("text", text_scores), ("wals", wals_scores), ("hybrid", hybrid_scores)):
         start = time.perf_counter()
         metrics = evaluate_scores(fn, nothing, test, cfg.eval.ks)
-        results.append(
-            {"split": "queries", "model": name, **metrics, "seconds": time.perf_counter() - start}
-        )
+        row = {"split": "queries", "model": name, **metrics}
+        row["seconds"] = time.perf_counter() - start
+        if name == "hybrid":
+            row["importances"] = hybrid.head.importances
+        results.append(row)
     return results

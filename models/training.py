@@ -104,25 +104,53 @@ def derived_query(
     return " ".join(rng.choice(words, size=n, replace=False))
 
 
+def co_consumed_pairs(
+    rng: np.random.Generator, train: sp.csr_matrix, n: int
+) -> list[tuple[int, int]]:
+    """``n`` (item, other item) pairs consumed by one user, users drawn in proportion to
+    their number of pairs' worth of items (users with at least two items)."""
+    counts = np.diff(train.indptr)
+    users = np.flatnonzero(counts >= 2)
+    if len(users) == 0 or n <= 0:
+        return []
+    weights = counts[users] / counts[users].sum()
+    out = []
+    for user in rng.choice(users, size=n, p=weights):
+        row = train.indices[train.indptr[user] : train.indptr[user + 1]]
+        a, b = rng.choice(len(row), size=2, replace=False)
+        out.append((int(row[a]), int(row[b])))
+    return out
+
+
 def fine_tune_encoder(
     encoder: TextEncoder,
     cfg: EncoderConfig,
     texts: Sequence[str],
     logged: dict[int, list[str]],
+    train: sp.csr_matrix | None = None,
 ) -> list[float]:
-    """Contrastive fine-tuning on (derived query, item text) pairs of catalog items.
-
-    The pairs come from item text and the query log only, never from interactions, so the
-    same fine-tuned encoder can serve every evaluation split without seeing its test data.
-    """
+    """Contrastive fine-tuning on ``encoder.fine_tune_pairs``: (derived query, item text)
+    pairs of catalog items (``queries``: item text and the query log only), and (item text,
+    co-consumed item text) pairs from ``train`` (``co_consumed``), half of
+    ``fine_tune_max_pairs`` each. Callers pass only training interactions (the split's, in
+    evaluation), so the encoder never sees test data."""
     rng = np.random.default_rng(cfg.seed)
-    size = min(len(texts), cfg.fine_tune_max_pairs)
-    items = rng.choice(len(texts), size=size, replace=False)
-    queries = [derived_query(rng, int(i), texts, logged) for i in items]
+    kinds = [k for k in cfg.fine_tune_pairs if k != "co_consumed" or train is not None]
+    per_kind = cfg.fine_tune_max_pairs // max(len(kinds), 1)
+    left: list[str] = []
+    right: list[str] = []
+    if "queries" in kinds:
+        items = rng.choice(len(texts), size=min(len(texts), per_kind), replace=False)
+        left += [derived_query(rng, int(i), texts, logged) for i in items]
+        right += [texts[int(i)] for i in items]
+    if "co_consumed" in kinds and train is not None:
+        for a, b in co_consumed_pairs(rng, train, per_kind):
+            left.append(texts[a])
+            right.append(texts[b])
     return fine_tune(
         encoder,
-        queries,
-        [texts[int(i)] for i in items],
+        left,
+        right,
         epochs=cfg.fine_tune_epochs,
         batch_size=cfg.fine_tune_batch_size,
         learning_rate=cfg.fine_tune_learning_rate,
@@ -151,9 +179,11 @@ def prepare_text(
     query_log: pd.DataFrame | None,
     work_dir: Path | None = None,
     progress: Progress | None = None,
+    train: sp.csr_matrix | None = None,
 ) -> TextResources:
-    """Encoder (fine-tuned when configured) and item text embeddings: the text half, built
-    the same way for the bundle (``train_all``) and for evaluation."""
+    """Encoder (fine-tuned when configured, co-consumed pairs from ``train``) and item text
+    embeddings: the text half, built the same way for the bundle (``train_all``) and for
+    evaluation."""
     say = progress or (lambda _msg: None)
     texts = list(dataset.catalog.texts)
     say("loading the encoder")
@@ -161,7 +191,7 @@ def prepare_text(
     logged = queries_by_item(query_log, dataset.items._index)
     if cfg.encoder.fine_tune:
         say("fine-tuning the encoder")
-        losses = fine_tune_encoder(encoder, cfg.encoder, texts, logged)
+        losses = fine_tune_encoder(encoder, cfg.encoder, texts, logged, train)
         log.info("fine-tuning loss per epoch: %s", losses)
     say(f"encoding {len(texts)} item texts")
     embeddings = encoder.encode(texts, batch_size=cfg.encoder.batch_size)
@@ -318,10 +348,10 @@ def make_head_pools(
             labels.append(csr_row(positives, user) if item < 0 else np.array([item]))
         pools = candidate_pools(tables, requests, cc.n_wals, cc.n_text)
         for request, pool, positive in zip(requests, pools, labels, strict=True):
+            if len(pool) < 2 or not any(int(i) in pool for i in positive):
+                continue
             candidates, features = pool_features(tables, request, pool)
-            found = np.isin(candidates, positive)
-            if found.any() and len(candidates) >= 2:
-                out.append((features, found))
+            out.append((features, np.isin(candidates, positive)))
     return RankingPools.stack(out, N_FEATURES)
 
 
@@ -453,8 +483,9 @@ def train_all(
     progress: Progress | None = None,
 ) -> TrainedArtifacts:
     """Encoder (optionally fine-tuned), item embeddings, then ``train_hybrid`` on all data."""
-    text = prepare_text(cfg, dataset, query_log, work_dir, progress)
-    hybrid = train_hybrid(cfg, observed(dataset), dataset.weights is not None, text, progress)
+    train = observed(dataset)
+    text = prepare_text(cfg, dataset, query_log, work_dir, progress, train)
+    hybrid = train_hybrid(cfg, train, dataset.weights is not None, text, progress)
     return TrainedArtifacts(
         hybrid,
         text.encoder,

@@ -103,6 +103,11 @@ class Recommender:
         self.wals_params = self.manifest.wals
         self.n_wals = settings.n_wals or self.manifest.candidates.n_wals
         self.n_text = settings.n_text or self.manifest.candidates.n_text
+        self.cold_every = (
+            settings.cold_every
+            if settings.cold_every is not None
+            else self.manifest.candidates.cold_every
+        )
 
         threads = process_plan(settings, usable_cpus()).threads
         faiss.omp_set_num_threads(threads)
@@ -276,6 +281,7 @@ class Recommender:
                     clock.timed("rerank", self.head.score),
                     self.n_wals,
                     self.n_text,
+                    self.cold_every,
                 )
                 clock.ms["total"] = (time.perf_counter() - start) * 1e3
                 results[i] = RecommendResponse(

@@ -40,6 +40,12 @@ class Settings(BaseSettings):
     )
     n_wals: int | None = Field(None, ge=1, le=10_000, description="Default: the bundle's.")
     n_text: int | None = Field(None, ge=1, le=10_000, description="Default: the bundle's.")
+    cold_every: int | None = Field(
+        None,
+        ge=0,
+        le=1000,
+        description="One cold item in every this many places; 0: off. Default: the bundle's.",
+    )
     max_k: int = Field(100, ge=1, le=1000)
     max_body_bytes: int = Field(
         65_536, ge=1024, description="Largest request body; larger ones get 413 unread."

@@ -135,6 +135,7 @@ def recommend(
         return Recommendation(np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.float32), [])
     candidates, features = pool_features(tables, request, pool)
     scores = np.asarray(head(features), dtype=np.float32).reshape(-1)
+    assert tables.item_cold is not None  # set in __post_init__
     order = reserve_cold(
         np.lexsort((candidates, -scores)), tables.item_cold[candidates], k, cold_every
     )

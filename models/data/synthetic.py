@@ -4,6 +4,9 @@ Users mix a few topics (Dirichlet); each item has one main topic and a power-law
 a user's interactions pick a topic from the user's mix, then an item of that topic in
 proportion to popularity. Item text is drawn from per-topic vocabularies, so text and
 interactions share the same hidden structure and both halves of the hybrid have signal.
+The vocabularies are plain English (``models.data.vocabulary``: space, cooking, jazz,
+mystery...), so a reader sees why "space robots" finds what it finds; a spec with more
+topics than those sixteen gets pronounceable pseudo-words for the rest.
 """
 
 from __future__ import annotations
@@ -12,6 +15,8 @@ from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
+
+from models.data.vocabulary import TOPICS
 
 
 @dataclass(frozen=True)
@@ -36,6 +41,29 @@ SIZES: dict[str, SyntheticSpec] = {
 
 # Consonant-vowel syllables: pseudo-words that tokenizers split like real ones.
 _SYLLABLES = tuple(c + v for c in "bdfghjklmnprstvz" for v in "aeiou")
+# Words of no topic, for descriptions that read like sentences.
+_COMMON = (
+    "classic", "new", "complete", "little", "great", "modern", "essential", "hidden",
+    "golden", "last", "first", "secret", "simple", "bold", "gentle", "wild",
+)  # fmt: skip
+_FORMS = ("guide", "story", "collection", "session", "journey", "handbook", "tale", "show")
+
+
+def topic_vocabularies(
+    rng: np.random.Generator, n_topics: int, words_per_topic: int
+) -> tuple[list[str], list[list[str]]]:
+    """Topic names and their words: the English topics first, pseudo-words beyond them."""
+    names = list(TOPICS)[:n_topics]
+    words = [list(TOPICS[name][:words_per_topic]) for name in names]
+    extra = n_topics - len(names)
+    if extra > 0:
+        taken = {w for ws in TOPICS.values() for w in ws}
+        fresh = [w for w in _words(rng, extra * (words_per_topic + 1) + 50) if w not in taken]
+        for t in range(extra):
+            chunk = fresh[t * (words_per_topic + 1) : (t + 1) * (words_per_topic + 1)]
+            names.append(chunk[0])
+            words.append(chunk[1:])
+    return names, words
 
 
 def _words(rng: np.random.Generator, n: int) -> list[str]:
@@ -60,20 +88,25 @@ def generate(spec: SyntheticSpec, seed: int = 0) -> tuple[pd.DataFrame, pd.DataF
     """
     rng = np.random.default_rng(seed)
     t = spec.n_topics
-    vocab = _words(rng, t * spec.words_per_topic + 60)
-    topic_words = np.array(vocab[: t * spec.words_per_topic]).reshape(t, spec.words_per_topic)
-    common = np.array(vocab[t * spec.words_per_topic :])
+    topic_names, topic_words = topic_vocabularies(rng, t, spec.words_per_topic)
 
     item_topic = rng.integers(0, t, size=spec.n_items)
     popularity = 1.0 / np.power(rng.permutation(spec.n_items) + 1.0, spec.popularity_exponent)
 
     titles, descriptions, tags = [], [], []
+    title_count: dict[str, int] = {}
     for j in range(spec.n_items):
-        words = topic_words[item_topic[j]]
-        own = rng.choice(words, size=8, replace=True)
-        filler = rng.choice(common, size=3)
-        titles.append(f"{own[0].capitalize()} {own[1]} {j}")
-        descriptions.append(" ".join(np.concatenate([own[2:], filler])))
+        name, words = topic_names[item_topic[j]], topic_words[item_topic[j]]
+        own = rng.choice(words, size=6, replace=len(words) < 6)
+        adjective, form = rng.choice(_COMMON), rng.choice(_FORMS)
+        title = f"{own[0].capitalize()} {own[1]}"
+        title_count[title] = title_count.get(title, 0) + 1
+        if title_count[title] > 1:  # titles stay distinct, like volumes of a series
+            title = f"{title}, vol. {title_count[title]}"
+        titles.append(title)
+        descriptions.append(
+            f"A {adjective} {name} {form} of {own[2]} and {own[3]}, with {own[4]} and {own[5]}."
+        )
         tags.append(", ".join(rng.choice(words, size=2, replace=False)))
     catalog = pd.DataFrame(
         {

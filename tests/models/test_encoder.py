@@ -93,10 +93,12 @@ def test_default_encoder_is_offline_minilm():
 
 def test_eval_and_training_share_the_fine_tuned_encoder(tiny_pipeline_config):
     """Evaluation builds its text half with the same function as the bundle, fine-tuning
-    included: with fine_tune on, the item embeddings evaluation sees must change."""
+    included: with fine_tune on, the item embeddings evaluation sees must change, and a
+    split fine-tunes on its own training interactions only (co-consumed pairs)."""
     from models.config import load_config
-    from models.evaluation import Shared
-    from models.pipeline import load_dataset
+    from models.data.splits import Split, holdout_split
+    from models.evaluation import EvalContext, Shared
+    from models.pipeline import load_dataset, observed
     from models.training import prepare_text
 
     plain_cfg = load_config(tiny_pipeline_config)
@@ -110,9 +112,14 @@ def test_eval_and_training_share_the_fine_tuned_encoder(tiny_pipeline_config):
     )
     dataset = load_dataset(plain_cfg.data)
     plain = prepare_text(plain_cfg, dataset, None)
-    tuned = Shared(tuned_cfg, dataset).text
+    everything = observed(dataset)
+    shared = Shared(tuned_cfg, dataset)
+    tuned = EvalContext(shared, Split("all", everything, everything)).text
     assert tuned.embeddings.shape == plain.embeddings.shape
     assert np.abs(tuned.embeddings - plain.embeddings).max() > 1e-3
+    part = holdout_split(everything, 0.5, seed=0)
+    own = EvalContext(shared, part).text  # pairs from half the interactions: another encoder
+    assert np.abs(own.embeddings - tuned.embeddings).max() > 1e-4
     # what the bundle is built from: the training pipeline's own text step
     from models.training import train_all
 
@@ -120,3 +127,18 @@ def test_eval_and_training_share_the_fine_tuned_encoder(tiny_pipeline_config):
     np.testing.assert_allclose(
         trained.hybrid.tables.item_text_embeddings, tuned.embeddings, atol=1e-5
     )
+
+
+def test_co_consumed_pairs_come_from_one_users_training_items():
+    import scipy.sparse as sp
+
+    from models.training import co_consumed_pairs
+
+    train = sp.csr_matrix(np.array([[1, 1, 0, 0, 0], [0, 0, 1, 1, 1], [0, 0, 0, 0, 1]], np.float32))
+    rows = [set(train[u].indices) for u in range(3)]
+    pairs = co_consumed_pairs(np.random.default_rng(0), train, 200)
+    assert len(pairs) == 200
+    for a, b in pairs:
+        assert a != b and any({a, b} <= row for row in rows[:2])  # user 2 has one item only
+    assert {frozenset(p) for p in pairs} == {frozenset(p) for p in
+                                            [(0, 1), (2, 3), (2, 4), (3, 4)]}  # fmt: skip

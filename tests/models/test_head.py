@@ -249,3 +249,16 @@ def test_reserve_cold_places_one_cold_item_in_every_n_and_keeps_prefixes():
     np.testing.assert_array_equal(reserve_cold(order, cold, 6, 3), [0, 1, 2, 3, 4, 9])
     # no cold item in the pool: the head's order
     np.testing.assert_array_equal(reserve_cold(order, np.zeros(10, bool), 4, 2), [0, 1, 2, 3])
+
+
+def test_recommend_keeps_cold_places_in_the_served_order():
+    tables = _tables()
+    tables.item_cold[:] = False
+    tables.item_cold[np.arange(0, 40, 4)] = True
+    wals, text = exact_search(tables.item_factors), exact_search(tables.item_text_embeddings)
+    req = Request(k=12, user_vector=np.array([1.0, 0.5, -0.2], np.float32))
+    plain = recommend(tables, req, wals, text, dot_head, n_wals=30, n_text=30)
+    placed = recommend(tables, req, wals, text, dot_head, n_wals=30, n_text=30, cold_every=3)
+    for n in (3, 6, 9, 12):
+        assert tables.item_cold[placed.items[:n]].sum() >= n // 3
+    assert tables.item_cold[placed.items].sum() > tables.item_cold[plain.items].sum()

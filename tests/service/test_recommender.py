@@ -94,6 +94,15 @@ def test_n_wals_setting_limits_the_pool(tiny_bundle):
     assert differs > 0, "the setting made no difference: the test could not fail"
 
 
+def test_cold_every_comes_from_the_bundle_unless_set(tiny_bundle):
+    """The bundle's ``candidates.cold_every`` (0 here) unless WALRUS_COLD_EVERY says
+    otherwise; what it does to a ranking is tested in tests/models/test_head.py."""
+    plain = Recommender(tiny_bundle, Settings(bundle=tiny_bundle))
+    every = Recommender(tiny_bundle, Settings(bundle=tiny_bundle, cold_every=2))
+    assert plain.manifest.candidates.cold_every == plain.cold_every == 0
+    assert every.cold_every == 2
+
+
 def test_exclusions_are_dropped_inside_faiss_with_the_same_answer(tiny_bundle):
     """A request excluding more items than its pool holds is searched with an IDSelector for
     just the pool's size; its answer equals the over-fetching path's (the GPU copy's)."""

@@ -1,0 +1,91 @@
+"""``walrus tune`` and ``walrus eval --report`` as a user runs them, on the tiny data."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from models.config import ConfigError, load_config, write_config
+
+
+def walrus(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "models.cli", *args], capture_output=True, text=True, timeout=900
+    )
+
+
+def test_write_config_round_trips_and_keeps_only_what_differs(tiny_pipeline_config, tmp_path):
+    cfg = load_config(tiny_pipeline_config, ["wals.regularization=2.5", "head.loss=bpr"])
+    out = tmp_path / "tuned.toml"
+    write_config(cfg, out, "first line\nsecond line")
+    text = out.read_text()
+    assert text.startswith("# first line\n# second line\n")
+    assert "cold_every" not in text  # defaults are left out
+    assert load_config(out) == cfg
+
+
+def test_tune_ranges_are_checked(tiny_pipeline_config):
+    with pytest.raises(ConfigError, match=r"tune\.regularization"):
+        load_config(tiny_pipeline_config, ["tune.regularization=[0, 1]"])
+    with pytest.raises(ConfigError, match="must be 1"):
+        load_config(tiny_pipeline_config, ["head.query_share=0.9"])
+
+
+def test_tune_writes_a_config_with_the_best_trial_and_a_report(tiny_pipeline_config, tmp_path):
+    """Both studies run; the first trial of each is the config's own values, the written
+    config carries the best trial's values, and the report lists every trial."""
+    out, report = tmp_path / "tuned.toml", tmp_path / "report"
+    run = walrus(
+        "tune", "-c", str(tiny_pipeline_config), "--out", str(out), "--report", str(report),
+        "--set", "tune.wals_trials=4", "--set", "tune.head_trials=2", "--set", "tune.dims=[4,8]",
+    )  # fmt: skip
+    assert run.returncode == 0, run.stderr
+    tuned, before = load_config(out), load_config(tiny_pipeline_config)
+    trials = {}
+    for study in ("wals", "head"):
+        md = (report / study / "tuning.md").read_text()
+        assert (report / study / "tuning.png").stat().st_size > 1000
+        rows = [line for line in md.splitlines() if line.startswith("| ") and "trial" not in line]
+        assert len(rows) == {"wals": 4, "head": 2}[study]
+        trials[study] = rows
+    best_wals = trials["wals"][0].split("|")[2:6]  # best first: dim, λ, w0, exp
+    assert int(best_wals[0]) == tuned.wals.dim
+    assert float(best_wals[1]) == pytest.approx(tuned.wals.regularization, rel=1e-3)
+    assert tuned.wals.iterations == before.wals.iterations  # not searched: kept
+    assert tuned.head.hidden == 128 and tuned.data == before.data
+    baseline = next(r for r in trials["wals"] if r.startswith("| 0 |"))
+    assert int(baseline.split("|")[2]) == before.wals.dim  # trial 0: the config's values
+
+
+def test_tune_bad_config_is_one_line_and_exit_2(tmp_path):
+    bad = tmp_path / "bad.toml"
+    bad.write_text('[data]\ninteractions = "x.csv"\n[tune]\nwals_trials = 0\n')
+    run = walrus("tune", "-c", str(bad))
+    assert run.returncode == 2
+    assert run.stderr.strip().count("\n") == 0 and "tune.wals_trials" in run.stderr
+
+
+def test_eval_report_has_curves_tables_and_importances(tiny_pipeline_config, tmp_path):
+    report, js = tmp_path / "report", tmp_path / "eval.json"
+    run = walrus(
+        "eval", "-c", str(tiny_pipeline_config), "--report", str(report), "--json", str(js),
+        "--set", 'eval.splits=["holdout"]', "--models", "wals,hybrid",
+    )  # fmt: skip
+    assert run.returncode == 0, run.stderr
+    md = (report / "report.md").read_text()
+    for png in ("recall.png", "ndcg.png", "importances.png"):
+        assert (report / png).stat().st_size > 1000 and f"({png})" in md
+    results = json.loads(js.read_text())["results"]
+    hybrid = next(r for r in results if r["model"] == "hybrid")
+    assert f"| holdout | hybrid | {hybrid['recall@10']:.4f} |" in md
+    importances = hybrid["importances"]
+    from models.core.features import FEATURES
+
+    assert list(importances) == list(FEATURES)
+    assert np.isfinite(list(importances.values())).all()
+    assert any(abs(v) > 0 for v in importances.values())
+    assert "| user_known |" in md
