@@ -12,7 +12,7 @@ WALRUS_URL ?= http://127.0.0.1:8000
 LOADTEST_USERS ?= 8
 LOADTEST_DURATION ?= 30s
 
-.PHONY: install demo data train export serve test lint format bench bench-quantization bench-serve soak seed-bundle gpu-check loadtest docker-test clean
+.PHONY: install demo data train export serve test lint format bench bench-quality bench-quantization bench-serve soak seed-bundle gpu-check loadtest docker-test clean
 
 # Re-install only when pyproject.toml changes.
 $(STAMP): pyproject.toml
@@ -55,6 +55,11 @@ format: install
 bench: install
 	$(BIN)/python -m bench.wals_vs_implicit $(if $(WALRUS_MOVIELENS_DIR),--movielens $(WALRUS_MOVIELENS_DIR),)
 	SPARK_LOCAL_IP=127.0.0.1 $(BIN)/python -m bench.spark_wals
+
+# The served hybrid against implicit's ALS, both tuned, on a MovieLens per-user holdout
+# (about 10 minutes on 2 cores).
+bench-quality: install
+	$(BIN)/python -m bench.quality $(if $(WALRUS_MOVIELENS_DIR),--movielens $(WALRUS_MOVIELENS_DIR),)
 
 bench-quantization: install
 	$(BIN)/python -m bench.quantization

@@ -49,10 +49,11 @@ from models.metrics import evaluate_scores
 from models.training import TrainedArtifacts
 
 K = 20
+# Wide enough that the best values sit inside it, not on its edge (``on_grid_edge`` says).
 GRID = {
-    "factors": [32, 64, 128],
-    "regularization": [0.01, 0.1, 1.0, 10.0],
-    "alpha": [1.0, 5.0, 20.0],
+    "factors": [16, 32, 64, 128],
+    "regularization": [0.1, 1.0, 10.0, 30.0, 100.0],
+    "alpha": [1.0, 2.0, 5.0, 10.0, 20.0],
 }
 
 
@@ -113,6 +114,7 @@ def tune_implicit(train: sp.csr_matrix, seed: int) -> dict[str, Any]:
         trials.append({"factors": factors, "regularization": reg, "alpha": alpha,
                        "validation_recall": m[f"recall@{K}"]})  # fmt: skip
     best = max(trials, key=lambda t: t["validation_recall"])
+    best["on_grid_edge"] = [k for k, v in GRID.items() if best[k] in (v[0], v[-1])]
     model = fit_implicit(train, best["factors"], best["regularization"], best["alpha"])
     return {"best": best, "trials": trials, "model": model}
 
