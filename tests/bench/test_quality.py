@@ -27,7 +27,7 @@ def test_training_files_hold_no_test_pair(movielens_dir, tmp_path):
     split = split_movielens(movielens_dir, tmp_path, seed=0)
     users, items, test = split["users"], split["items"], split["test"].tocoo()
     test_pairs = {(users.ids[u], items.ids[i]) for u, i in zip(test.row, test.col, strict=True)}
-    assert len(test_pairs) > 10_000  # a 20% holdout of about 48,580 positives
+    assert len(test_pairs) > 9_000  # a 20% holdout of 48,580 positives
     for name in ("interactions.csv", "queries.csv"):
         frame = pd.read_csv(tmp_path / "data" / name, dtype=str)
         pairs = set(zip(frame["user_id"], frame["item_id"], strict=True))
