@@ -492,8 +492,10 @@ def tune_cmd(
         f"(first trial, the config's own values: {s.trials[0]['value']:.4f})"
         for s in studies
     ]
-    header = f"walrus tune -c {config}: {metric} on a {cfg.tune.validation_fraction:g} per-user "
-    header += "holdout of the training data. " + "; ".join(lines)
+    header = (
+        f"walrus tune -c {config}: {metric} on a per-user {cfg.tune.validation_fraction:g} "
+        "validation split of the holdout split's training part. " + "; ".join(lines)
+    )
     write_config(best, out, header)
     for study in studies:
         path = write_tune_report(

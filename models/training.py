@@ -107,8 +107,8 @@ def derived_query(
 def co_consumed_pairs(
     rng: np.random.Generator, train: sp.csr_matrix, n: int
 ) -> list[tuple[int, int]]:
-    """``n`` (item, other item) pairs consumed by one user, users drawn in proportion to
-    their number of pairs' worth of items (users with at least two items)."""
+    """``n`` (item, other item) pairs consumed by one user; users (those with two items or
+    more) drawn in proportion to their number of items."""
     counts = np.diff(train.indptr)
     users = np.flatnonzero(counts >= 2)
     if len(users) == 0 or n <= 0:
@@ -143,7 +143,8 @@ def fine_tune_encoder(
         items = rng.choice(len(texts), size=min(len(texts), per_kind), replace=False)
         left += [derived_query(rng, int(i), texts, logged) for i in items]
         right += [texts[int(i)] for i in items]
-    if "co_consumed" in kinds and train is not None:
+    if "co_consumed" in kinds:
+        assert train is not None  # kinds holds co_consumed only with a train matrix
         for a, b in co_consumed_pairs(rng, train, per_kind):
             left.append(texts[a])
             right.append(texts[b])

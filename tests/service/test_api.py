@@ -12,6 +12,7 @@ import httpx
 import numpy as np
 import pytest
 
+from export.format import FORMAT_VERSION
 from tests.server import Server
 
 
@@ -241,7 +242,11 @@ def _drifted_parity(bundle):
     [
         (_corrupt, {}, "head.onnx is corrupt"),
         (shutil.rmtree, {}, "no manifest.json"),
-        (_old_version, {}, "format version 1, this walrus reads 2; rebuild it with `walrus export"),
+        (
+            _old_version,
+            {},
+            f"format version 1, this walrus reads {FORMAT_VERSION}; rebuild it with `walrus export",
+        ),
         (_drifted_parity, {"WALRUS_VERIFY_PARITY": "true"}, "encoder fp32 max abs diff"),
     ],
     ids=["corrupt", "missing", "old-format", "verify-parity"],
