@@ -126,6 +126,15 @@ def test_synthetic_is_deterministic_and_structured():
     assert 0.85 * 6000 < len(inter) < 1.15 * 6000
     pop = inter["item_id"].value_counts().to_numpy()
     assert pop[:20].sum() > 3 * pop[-20:].sum()  # power-law popularity: a heavy head
+    # plain English: every title word comes from one of the first topics' vocabularies, and
+    # the description names that topic
+    from models.data.vocabulary import TOPICS
+
+    names = list(TOPICS)[: SIZES["tiny"].n_topics]
+    for title, description in zip(a_cat["title"], a_cat["description"], strict=True):
+        words = title.split(",")[0].lower().split()
+        topic = next(n for n in names if set(words) <= set(TOPICS[n]))
+        assert f" {topic} " in description, (title, description)
 
 
 def test_movielens_loader(movielens_dir):
