@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
 
 from models.artifacts import atomic_directory
 
@@ -43,18 +44,21 @@ def importance_table(results: Sequence[dict[str, Any]]) -> str:
 
 def _curves(results: Sequence[dict[str, Any]], ks: Sequence[int], metric: str, path: Path) -> None:
     splits = list(dict.fromkeys(r["split"] for r in results))
-    fig = Figure(figsize=(4 * len(splits), 3.4))
+    models = list(dict.fromkeys(r["model"] for r in results))
+    colors = {m: f"C{i}" for i, m in enumerate(models)}  # one colour per model throughout
+    fig = Figure(figsize=(4 * len(splits), 3.8))
     axes = fig.subplots(1, len(splits), squeeze=False)
     for ax, split in zip(axes[0], splits, strict=True):
         for r in (r for r in results if r["split"] == split):
-            ax.plot(ks, [r[f"{metric}@{k}"] for k in ks], marker="o", label=r["model"])
+            ax.plot(ks, [r[f"{metric}@{k}"] for k in ks], marker="o", color=colors[r["model"]])
         ax.set_title(split)
         ax.set_xlabel("K")
         ax.set_xticks(list(ks))
         ax.grid(alpha=0.3)
     axes[0][0].set_ylabel(f"{metric}@K")
-    axes[0][-1].legend(fontsize=8)
-    fig.tight_layout()
+    handles = [Line2D([], [], color=colors[m], marker="o", label=m) for m in models]
+    fig.legend(handles=handles, loc="lower center", ncol=len(models), fontsize=8)
+    fig.tight_layout(rect=(0, 0.08, 1, 1))
     fig.savefig(path, dpi=110)
 
 
