@@ -97,7 +97,7 @@ dim = 8
 name = "tiny-roberta"
 [head]
 epochs = 3
-max_examples = 300
+max_requests = 300
 TOML
 "$VENV/bin/walrus" train hybrid -c "$WORK/c.toml" >/dev/null 2>&1
 "$VENV/bin/walrus" export -c "$WORK/c.toml" >/dev/null 2>&1
