@@ -18,7 +18,10 @@ from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
+import scipy.sparse as sp
 import torch
+
+from models.metrics import evaluate_scores
 
 log = logging.getLogger(__name__)
 
@@ -56,13 +59,10 @@ class RankingPools:
 
 
 def pool_ndcg(scores: np.ndarray, pools: RankingPools, k: int = 20) -> float:
-    """Mean NDCG@k of the pools ranked by ``scores`` (n_requests, pool), binary gains."""
-    ranked = np.argsort(-np.where(pools.mask, scores, -np.inf), axis=1, kind="stable")[:, :k]
-    gains = np.take_along_axis(pools.labels, ranked, axis=1)
-    discount = 1.0 / np.log2(np.arange(2, gains.shape[1] + 2))
-    dcg = (gains * discount).sum(1)
-    ideal = np.array([discount[: min(int(n), k)].sum() for n in pools.labels.sum(1)])
-    return float(np.mean(dcg / np.maximum(ideal, 1e-12)))
+    """Mean NDCG@k of the pools ranked by ``scores`` (n_requests, pool): the evaluation's
+    own ``evaluate_scores``, with each pool a row and its padding excluded like seen items."""
+    padding, positives = sp.csr_matrix(~pools.mask), sp.csr_matrix(pools.labels)
+    return evaluate_scores(lambda rows: scores[rows], padding, positives, (k,))[f"ndcg@{k}"]
 
 
 class ScoreHead:
