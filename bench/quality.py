@@ -120,7 +120,7 @@ def tune_implicit(train: sp.csr_matrix, seed: int) -> dict[str, Any]:
 
 
 def walrus_cli(*args: str) -> None:
-    cmd = [sys.executable, "-m", "models.cli", *args]
+    cmd = [sys.executable, "-m", "walrus.cli", *args]
     done = subprocess.run(cmd, capture_output=True, text=True)
     if done.returncode != 0:
         raise RuntimeError(f"{' '.join(args[:2])} failed: {done.stderr[-2000:]}")

@@ -14,7 +14,7 @@ from tests.server import Server
 
 def walrus(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "models.cli", *args], capture_output=True, text=True, timeout=600
+        [sys.executable, "-m", "walrus.cli", *args], capture_output=True, text=True, timeout=600
     )
 
 
@@ -54,7 +54,7 @@ def test_cli_pipeline_end_to_end(tmp_path):
 
 def test_serve_rejects_bad_settings(tmp_path):
     run = subprocess.run(
-        [sys.executable, "-m", "models.cli", "serve"],
+        [sys.executable, "-m", "walrus.cli", "serve"],
         env={"WALRUS_THREADS": "-3", "PATH": "/usr/bin:/bin"},
         capture_output=True,
         text=True,

@@ -161,7 +161,7 @@ def test_failed_export_leaves_nothing_and_keeps_current(
 def test_export_cli_verify_and_errors(tiny_bundle, tmp_path):
     def walrus(*args):
         return subprocess.run(
-            [sys.executable, "-m", "models.cli", *args], capture_output=True, text=True, timeout=300
+            [sys.executable, "-m", "walrus.cli", *args], capture_output=True, text=True, timeout=300
         )
 
     ok = walrus("export", "--verify", str(tiny_bundle.parent))

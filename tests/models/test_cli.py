@@ -12,7 +12,7 @@ import pytest
 
 def walrus(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "models.cli", *args],
+        [sys.executable, "-m", "walrus.cli", *args],
         capture_output=True,
         text=True,
         cwd=cwd,

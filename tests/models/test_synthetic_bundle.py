@@ -11,9 +11,9 @@ import pytest
 from typer.testing import CliRunner
 
 from export.runtime import verify_bundle
-from models.cli import app
+from walrus.cli import app
 from models.data.vocabulary import TOPICS
-from models.synthetic_bundle import SeedSpec, build_synthetic_bundle
+from export.synthetic import SeedSpec, build_synthetic_bundle
 from service.recommender import Recommender
 from service.schemas import RecommendRequest
 from service.settings import Settings

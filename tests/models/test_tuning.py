@@ -14,7 +14,7 @@ from models.config import ConfigError, load_config, write_config
 
 def walrus(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "models.cli", *args], capture_output=True, text=True, timeout=900
+        [sys.executable, "-m", "walrus.cli", *args], capture_output=True, text=True, timeout=900
     )
 
 

@@ -1,0 +1,93 @@
+"""`walrus export` (a bundle from `walrus train hybrid`, or --verify one) and
+`walrus bundle` (bundles made without the training pipeline)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from models.core.errors import WalrusError
+from walrus.cli.common import SetOption, console, progress, user_errors
+
+app = typer.Typer(help="Bundles made without the training pipeline.", no_args_is_help=True)
+
+
+@app.command("synthetic")
+@user_errors
+def bundle_synthetic(
+    out: Annotated[Path, typer.Option(help="Bundles directory; the new bundle becomes current.")],
+    users: Annotated[int, typer.Option(min=1, help="Users (the seed: 10,000,000).")] = 10_000_000,
+    items: Annotated[int, typer.Option(min=2, help="Items (the seed: 500,000).")] = 500_000,
+    dim: Annotated[int, typer.Option(min=1, max=4096, help="WALS dimension.")] = 64,
+    seen_per_user: Annotated[int, typer.Option(min=1, help="Mean seen items per user.")] = 10,
+    titles: Annotated[int, typer.Option(min=1, help="Distinct item titles.")] = 50_000,
+    head_examples: Annotated[int, typer.Option(min=10)] = 4_000,
+    encoder: Annotated[str, typer.Option(help="Encoder package or path.")] = "",
+    seed: int = 0,
+) -> None:
+    """A seed-scale bundle (clustered WALS factors, real titles and encoder, a trained head)
+    for load tests: `walrus bundle synthetic --out artifacts/seed/bundles`."""
+    from export.synthetic import SeedSpec, build_synthetic_bundle
+    from models.config import EncoderConfig
+
+    if head_examples > users:
+        raise WalrusError(f"--head-examples {head_examples} > --users {users}: lower it")
+    spec = SeedSpec(users, items, dim, seen_per_user, min(titles, items), head_examples, seed)
+    with progress() as bar:
+        task = bar.add_task("seed bundle", total=None)
+        path = build_synthetic_bundle(
+            spec, out, encoder or EncoderConfig().name, lambda m: bar.update(task, description=m)
+        )
+        bar.update(task, description="done", completed=1, total=1)
+    manifest = json.loads((path / "manifest.json").read_text())
+    indexes = ", ".join(
+        f"{name} {e['factory']} {e['search_params']} recall@100 {e['recall_at_100']:.3f} "
+        f"{e['speedup_over_flat']:.1f}x flat"
+        for name, e in manifest["indexes"].items()
+    )
+    console.print(f"bundle {manifest['bundle_id']} -> {path} (current); {indexes}")
+
+
+@user_errors
+def export(
+    config: Annotated[
+        Path | None, typer.Option("--config", "-c", help="Pipeline TOML config.")
+    ] = None,
+    set_: SetOption = None,
+    verify: Annotated[
+        Path | None, typer.Option(help="Re-check a bundle's checksums and parity instead.")
+    ] = None,
+) -> None:
+    """Build a bundle (FAISS, ONNX, manifest) from `walrus train hybrid`, or --verify one."""
+    if verify is not None:
+        from export.runtime import verify_bundle
+
+        report = verify_bundle(verify)
+        print(json.dumps(report, indent=2))
+        console.print(f"bundle {report['bundle_id']}: {report['files']} files and parity OK")
+        return
+    if config is None:
+        raise WalrusError("give --config to build a bundle, or --verify BUNDLE to check one")
+    from export.bundle import build_bundle
+    from models.config import load_config
+    from models.training import TrainedArtifacts
+
+    cfg = load_config(config, set_)
+    trained = TrainedArtifacts.load(cfg.output_dir / "hybrid")
+    with progress() as bar:
+        task = bar.add_task("export", total=None)
+        path = build_bundle(
+            cfg, trained, cfg.bundles_dir, lambda m: bar.update(task, description=m)
+        )
+        bar.update(task, description="done", completed=1, total=1)
+    manifest = json.loads((path / "manifest.json").read_text())
+    console.print(
+        f"bundle {manifest['bundle_id']} -> {path} (current); "
+        f"recall@100 wals {manifest['indexes']['wals']['recall_at_100']:.3f} "
+        f"text {manifest['indexes']['text']['recall_at_100']:.3f}; "
+        f"encoder fp32 diff {manifest['parity']['encoder_fp32_max_abs_diff']:.1e}, "
+        f"int8 cosine {manifest['parity']['encoder_int8_min_cosine']}"
+    )

@@ -1,0 +1,88 @@
+"""`walrus data`: prepare and check input data."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from models.core.errors import WalrusError
+from walrus.cli.common import ConfigOption, SetOption, console, progress, user_errors
+
+app = typer.Typer(help="Prepare and check input data.", no_args_is_help=True)
+
+
+@app.command("synthetic")
+@user_errors
+def data_synthetic(
+    out: Annotated[Path, typer.Option(help="Directory to write interactions.csv and catalog.csv.")],
+    size: Annotated[str, typer.Option(help="tiny, small, medium (5M) or large (10M).")] = "small",
+    seed: int = 0,
+) -> None:
+    """Generate a seeded synthetic data set with latent topics."""
+    from models.artifacts import atomic_directory
+    from models.data.synthetic import SIZES, generate
+
+    if size not in SIZES:
+        raise WalrusError(f"--size {size!r} is unknown: use one of {', '.join(SIZES)}")
+    with progress() as bar:
+        task = bar.add_task(f"synthetic {size}", total=2)
+        interactions, catalog = generate(SIZES[size], seed)
+        bar.advance(task)
+        with atomic_directory(out) as tmp:
+            interactions.to_csv(tmp / "interactions.csv", index=False)
+            catalog.to_csv(tmp / "catalog.csv", index=False)
+        bar.advance(task)
+    console.print(f"wrote {len(interactions)} interactions, {len(catalog)} items to {out}")
+
+
+@app.command("movielens")
+@user_errors
+def data_movielens(
+    movielens_dir: Annotated[Path, typer.Option("--dir", help="ml-latest-small directory.")],
+    out: Annotated[Path, typer.Option(help="Directory to write walrus-format files.")],
+) -> None:
+    """Convert MovieLens ml-latest-small to interactions.csv, catalog.csv and queries.csv."""
+    from models.artifacts import atomic_directory
+    from models.data.movielens import load_movielens
+
+    with progress() as bar:
+        task = bar.add_task("reading MovieLens", total=2)
+        interactions, catalog, queries = load_movielens(movielens_dir)
+        bar.update(task, advance=1, description="writing")
+        with atomic_directory(out) as tmp:
+            interactions.to_csv(tmp / "interactions.csv", index=False)
+            catalog.to_csv(tmp / "catalog.csv", index=False)
+            queries.to_csv(tmp / "queries.csv", index=False)
+        bar.advance(task)
+    console.print(
+        f"wrote {len(interactions)} ratings, {len(catalog)} movies, "
+        f"{len(queries)} tag queries to {out}"
+    )
+
+
+@app.command("check")
+@user_errors
+def data_check(config: ConfigOption, set_: SetOption = None) -> None:
+    """Load and validate the configured data; print its size."""
+    from models.config import load_config
+    from models.pipeline import load_dataset
+
+    cfg = load_config(config, set_)
+    with progress() as bar:
+        bar.add_task("reading and validating", total=None)
+        dataset = load_dataset(cfg.data)
+    counts = dataset.item_popularity
+    print(
+        json.dumps(
+            {
+                "users": len(dataset.users),
+                "items": len(dataset.items),
+                "interactions": int(dataset.matrix.nnz),
+                "items_without_interactions": int((counts == 0).sum()),
+                "has_weights": dataset.weights is not None,
+            }
+        )
+    )

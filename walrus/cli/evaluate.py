@@ -1,0 +1,96 @@
+"""`walrus eval`: Recall@K and NDCG@K of every model on every configured split."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from models.core.errors import WalrusError
+from walrus.cli.common import ConfigOption, SetOption, console, progress, user_errors
+
+
+@user_errors
+def eval_(
+    config: ConfigOption,
+    set_: SetOption = None,
+    json_out: Annotated[Path | None, typer.Option("--json", help="Write results here.")] = None,
+    models: Annotated[
+        str | None, typer.Option(help="Comma-separated subset of models (default: all).")
+    ] = None,
+    report: Annotated[
+        Path | None,
+        typer.Option(help="Write a report here: report.md, Recall/NDCG curves, importances."),
+    ] = None,
+) -> None:
+    """Recall@K and NDCG@K of every model on every configured split."""
+    from models.config import load_config
+    from models.data import read_catalog
+    from models.evaluation import MODELS, Shared, evaluate, evaluate_query_task
+    from models.pipeline import load_dataset, load_query_log, make_split
+
+    cfg = load_config(config, set_)
+    chosen = MODELS
+    if models:
+        names = [m.strip() for m in models.split(",")]
+        unknown = [m for m in names if m not in MODELS]
+        if unknown:
+            raise WalrusError(f"--models: unknown model {unknown[0]!r}; known: {', '.join(MODELS)}")
+        chosen = {m: MODELS[m] for m in names}
+    dataset = load_dataset(cfg.data)
+    query_log = load_query_log(cfg.data.queries)
+    names = [s for s in cfg.eval.splits if s != "queries"]
+    splits = [make_split(dataset, name, cfg.split) for name in names]
+    with_queries = "queries" in cfg.eval.splits and query_log is not None
+    with progress() as bar:
+        task = bar.add_task("evaluating", total=len(splits) * len(chosen) + int(with_queries))
+        shared = Shared(cfg, dataset, query_log, lambda m: bar.update(task, description=m))
+        results = evaluate(
+            shared,
+            splits,
+            chosen,
+            on_done=lambda s, m: bar.update(task, advance=1, description=f"{s}/{m}"),
+        )
+        if with_queries:
+            assert cfg.data.catalog is not None and query_log is not None
+            results += evaluate_query_task(
+                cfg, dataset, read_catalog(cfg.data.catalog), query_log, shared.progress
+            )
+            bar.advance(task)
+    if "queries" in cfg.eval.splits and query_log is None:
+        console.print("queries: skipped (no data.queries query log in the config)")
+    print_results(results, cfg.eval.ks)
+    if json_out is not None:
+        json_out.parent.mkdir(parents=True, exist_ok=True)
+        payload = {"config": cfg.model_dump(mode="json"), "results": results}
+        json_out.write_text(json.dumps(payload, indent=2))
+        console.print(f"wrote {json_out}")
+    if report is not None:
+        from models.report import write_eval_report
+
+        about = (
+            f"`walrus eval -c {config}`"
+            + "".join(f" --set {s}" for s in set_ or [])
+            + f": data {cfg.data.interactions}, WALS dim {cfg.wals.dim}, "
+            f"λ {cfg.wals.regularization:g}, w0 {cfg.wals.unobserved_weight:g}, "
+            f"encoder {cfg.encoder.name}, head loss {cfg.head.loss}."
+        )
+        console.print(f"wrote {write_eval_report(results, cfg.eval.ks, report, about)}")
+
+
+def print_results(results: list[dict[str, Any]], ks: list[int]) -> None:
+    table = Table(title="walrus eval")
+    table.add_column("split")
+    table.add_column("model")
+    for k in ks:
+        table.add_column(f"R@{k}", justify="right")
+        table.add_column(f"N@{k}", justify="right")
+    table.add_column("users", justify="right")
+    for row in results:
+        cells = [f"{row[f'{m}@{k}']:.4f}" for k in ks for m in ("recall", "ndcg")]
+        table.add_row(str(row["split"]), str(row["model"]), *cells, str(int(row["users"])))
+    Console(width=max(100, 24 + 18 * len(ks))).print(table)
