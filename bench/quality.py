@@ -44,7 +44,7 @@ from models.config import load_config
 from models.core.ids import IdMap
 from models.data.movielens import load_movielens
 from models.data.splits import holdout_split
-from models.evaluation import ranked_scores
+from models.evaluation import ranked_rows
 from models.metrics import evaluate_scores
 from models.training import TrainedArtifacts
 
@@ -142,7 +142,7 @@ def served_scores(url: str, split: dict[str, Any]) -> tuple[np.ndarray, float]:
 
 
 def from_rankings(ranked: np.ndarray, n_items: int) -> Any:
-    return lambda rows: np.stack([ranked_scores(n_items, ranked[r][ranked[r] >= 0]) for r in rows])
+    return lambda rows: ranked_rows(n_items, [ranked[r][ranked[r] >= 0] for r in rows])
 
 
 def main(argv: list[str] | None = None) -> int:

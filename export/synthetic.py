@@ -29,7 +29,7 @@ from export.bundle import build_bundle
 from models.cold_start import fill_cold_items
 from models.config import DataConfig, ExportConfig, HeadConfig, PipelineConfig
 from models.core.fold_in import weights_from_counts
-from models.core.hybrid import ItemTables
+from models.core.types import ItemTables
 from models.data import IdMap
 from models.data.vocabulary import TOPICS
 from models.encoder import TextEncoder

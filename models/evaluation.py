@@ -10,7 +10,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Any
@@ -134,11 +134,12 @@ def text_model(ctx: EvalContext) -> ScoreFn:
     return score
 
 
-def ranked_scores(n_items: int, items: np.ndarray) -> np.ndarray:
-    """A score row that ranks ``items`` first, in order, and everything else last."""
-    row = np.full(n_items, -np.inf, dtype=np.float32)
-    row[items] = np.arange(len(items), 0, -1, dtype=np.float32)
-    return row
+def ranked_rows(n_items: int, rankings: Sequence[np.ndarray]) -> np.ndarray:
+    """Score rows that rank each ranking's items first, in order, and everything else last."""
+    out = np.full((len(rankings), n_items), -np.inf, dtype=np.float32)
+    for row, items in zip(out, rankings, strict=True):
+        row[items] = np.arange(len(items), 0, -1, dtype=np.float32)
+    return out
 
 
 def hybrid_model(ctx: EvalContext, cold_every: int | None = None) -> ScoreFn:
@@ -153,18 +154,17 @@ def hybrid_model(ctx: EvalContext, cold_every: int | None = None) -> ScoreFn:
     k = max(ctx.cfg.eval.ks)
 
     def score(rows: np.ndarray) -> np.ndarray:
-        out = np.empty((len(rows), hybrid.tables.n_items), dtype=np.float32)
-        for b, row in enumerate(rows):
-            items = csr_row(history, row)
-            rec = hybrid.recommend(
-                hybrid.request(
-                    k,
-                    user=None if folded else int(row),
-                    history=items if folded else None,
-                )
+        requests = [
+            hybrid.request(
+                k,
+                user=None if folded else int(row),
+                history=csr_row(history, row) if folded else None,
             )
-            out[b] = ranked_scores(hybrid.tables.n_items, rec.items)
-        return out
+            for row in rows
+        ]
+        return ranked_rows(
+            hybrid.tables.n_items, [r.items for r in hybrid.recommend_batch(requests)]
+        )
 
     return score
 
@@ -290,14 +290,16 @@ def evaluate_query_task(
         return vectors @ hybrid.wals.item_factors.T + hybrid.tables.item_log_popularity * 1e-6
 
     def hybrid_scores(rows: np.ndarray) -> np.ndarray:
-        out = np.empty((len(rows), n_items), dtype=np.float32)
-        for b, row in enumerate(rows):
-            user = int(users[row])
-            request = hybrid.request(
-                k, user=user if user >= 0 else None, query_vector=queries[row], exclude_seen=False
+        requests = [
+            hybrid.request(
+                k,
+                user=int(users[row]) if users[row] >= 0 else None,
+                query_vector=queries[row],
+                exclude_seen=False,
             )
-            out[b] = ranked_scores(n_items, hybrid.recommend(request).items)
-        return out
+            for row in rows
+        ]
+        return ranked_rows(n_items, [r.items for r in hybrid.recommend_batch(requests)])
 
     results = []
     for name, fn in (("text", text_scores), ("wals", wals_scores), ("hybrid", hybrid_scores)):

@@ -27,19 +27,12 @@ import scipy.sparse as sp
 
 from models.cold_start import fill_cold_items
 from models.config import EncoderConfig, PipelineConfig
-from models.core.candidates import candidate_pools
+from models.core.candidates import ExactSearch, candidate_pools
 from models.core.errors import MissingArtifact
 from models.core.features import FEATURES, N_FEATURES, text_profile
-from models.core.hybrid import (
-    ItemTables,
-    Recommendation,
-    Request,
-    build_request,
-    exact_search,
-    pool_features,
-    recommend,
-)
+from models.core.hybrid import PoolSizes, build_request, pool_features, recommend_batch
 from models.core.sparse import csr_row
+from models.core.types import SOURCES, ItemTables, Recommendation, Request
 from models.data import Dataset, IdMap
 from models.data.splits import holdout_split
 from models.encoder import TextEncoder, build_tiny_roberta, fine_tune
@@ -213,8 +206,7 @@ class HybridModel:
     cold_every: int = 0
 
     def __post_init__(self) -> None:
-        self._wals_search = exact_search(self.tables.item_factors)
-        self._text_search = exact_search(self.tables.item_text_embeddings)
+        self.searcher = exact_search(self.tables)
 
     def request(
         self,
@@ -242,17 +234,18 @@ class HybridModel:
             fold_in=self.wals.fold_in,
         )
 
+    def recommend_batch(self, requests: Sequence[Request]) -> list[Recommendation]:
+        """The service's ``recommend_batch``, with exact search and the numpy head."""
+        sizes = PoolSizes(self.n_wals, self.n_text, self.cold_every)
+        return recommend_batch(self.tables, requests, self.searcher, self.head.score, sizes)
+
     def recommend(self, request: Request) -> Recommendation:
-        return recommend(
-            self.tables,
-            request,
-            self._wals_search,
-            self._text_search,
-            self.head.score,
-            self.n_wals,
-            self.n_text,
-            self.cold_every,
-        )
+        return self.recommend_batch([request])[0]
+
+
+def exact_search(tables: ItemTables) -> ExactSearch:
+    """Exact search over both of a model's indexes: what evaluation and head training run."""
+    return ExactSearch({name: tables.index(name) for name in SOURCES})
 
 
 def item_tables(
@@ -347,7 +340,9 @@ def make_head_pools(
                 )
             )
             labels.append(csr_row(positives, user) if item < 0 else np.array([item]))
-        pools = candidate_pools(tables, requests, cc.n_wals, cc.n_text)
+        pools = candidate_pools(
+            requests, tables.n_items, exact_search(tables), cc.n_wals, cc.n_text
+        )
         for request, pool, positive in zip(requests, pools, labels, strict=True):
             if len(pool) < 2 or not any(int(i) in pool for i in positive):
                 continue

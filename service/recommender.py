@@ -6,32 +6,17 @@ Runs on onnxruntime, tokenizers, faiss and numpy only. The request logic itself 
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from collections.abc import Callable
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any
 
-import faiss
 import numpy as np
 
-from export.format import BundleError, Files, read_manifest, resolve_bundle
-from export.runtime import (
-    OnnxHead,
-    OnnxTextEncoder,
-    ServedIndex,
-    load_index,
-    onnx_providers,
-    usable_cpus,
-    verify_bundle,
-)
-from models.core.candidates import FirstSearch, first_searches
-from models.core.fold_in import fold_in_user
-from models.core.hybrid import ItemTables, Request, build_request, recommend
-from models.core.ids import IdMap
-from models.core.sparse import csr_row
+from export.runtime import LoadOptions, ServedIndexes, load_bundle, usable_cpus
+from models.core.hybrid import PoolSizes, build_request, recommend_batch
+from models.core.types import Request
 from service.cache import QueryCache
 from service.schemas import Item, RecommendRequest, RecommendResponse, SimilarResponse
 from service.settings import Settings, process_plan
@@ -68,136 +53,51 @@ class Stopwatch:
         return wrapper
 
 
+class TimedSearcher:
+    """The served indexes as the core's searcher, adding each search's time to ``ann``."""
+
+    def __init__(self, indexes: ServedIndexes, clock: Stopwatch) -> None:
+        self.indexes, self.filtering = indexes, indexes.filtering
+        self.search = clock.timed("ann", indexes.search)
+
+
 class Recommender:
-    """Everything loaded from one bundle. Thread-safe for concurrent requests."""
+    """What a request does with one loaded bundle. Thread-safe for concurrent requests."""
 
     def __init__(
         self, bundle: Path, settings: Settings, query_cache: QueryCache | None = None
     ) -> None:
-        self.path = p = resolve_bundle(bundle)
-        self.manifest = read_manifest(p)  # format version, file list and every sha256
-        if settings.verify_parity:
-            verify_bundle(p)
-        self.settings = settings
-        self.bundle_id = self.manifest.bundle_id
-        self.users = IdMap.load(p / Files.USER_IDS)
-        self.items = IdMap.load(p / Files.ITEM_IDS)
-        self.titles = [it["title"] for it in json.loads((p / Files.ITEMS).read_text())]
-        # The large arrays are memory-mapped: pages load when a request touches them, and
-        # several workers on one machine share them.
-        self.user_factors = np.load(p / Files.USER_FACTORS, mmap_mode="r")
-        self.wals_item_factors = np.load(p / Files.WALS_ITEM_FACTORS, mmap_mode="r")
-        self.gramian = np.load(p / Files.ITEM_GRAMIAN)
-        self.col_weights = np.load(p / Files.COL_WEIGHTS)
-        self.cold_items = np.load(p / Files.COLD_ITEMS)
-        self.seen_lists = SimpleNamespace(
-            indptr=np.load(p / Files.SEEN_INDPTR, mmap_mode="r"),
-            indices=np.load(p / Files.SEEN_INDICES, mmap_mode="r"),
-        )
-        self.tables = ItemTables(
-            np.load(p / Files.ITEM_FACTORS, mmap_mode="r"),
-            np.load(p / Files.ITEM_TEXT_EMBEDDINGS, mmap_mode="r"),
-            np.load(p / Files.ITEM_LOG_POPULARITY),
-            self.cold_items,
-        )
-        self.wals_params = self.manifest.wals
-        self.n_wals = settings.n_wals or self.manifest.candidates.n_wals
-        self.n_text = settings.n_text or self.manifest.candidates.n_text
-        self.cold_every = (
-            settings.cold_every
-            if settings.cold_every is not None
-            else self.manifest.candidates.cold_every
-        )
-
         threads = process_plan(settings, usable_cpus()).threads
-        faiss.omp_set_num_threads(threads)
-        self.indexes: dict[str, ServedIndex] = {
-            name: load_index(
-                p / Files.index(name),
-                entry.kind,
-                entry.search_params,
-                use_gpu=settings.device != "cpu",
-            )
-            for name, entry in self.manifest.indexes.items()
-        }
-        # Indexes that drop excluded ids inside the search (the GPU copies over-fetch).
-        self.filtering = frozenset(n for n, index in self.indexes.items() if index.filters)
-        on_gpu = any(index.device == "gpu" for index in self.indexes.values())
-        self.faiss_device = "gpu" if on_gpu else "cpu"
-
-        providers = onnx_providers(settings.device)
-        precision = settings.encoder_precision
-        if precision == "auto":
-            precision = "fp16" if "CUDAExecutionProvider" in providers else "int8"
-        if Files.ENCODER[precision] not in self.manifest.files:
-            log.warning("bundle has no %s encoder; serving fp32", precision)
-            precision = "fp32"
-        tokenizer_cfg = json.loads((p / Files.TOKENIZER_CONFIG).read_text())
-        self.encoder = OnnxTextEncoder(
-            p / Files.ENCODER[precision],
-            p / Files.TOKENIZER,
-            tokenizer_cfg["max_length"],
-            providers,
-            threads,
+        self.bundle = loaded = load_bundle(
+            bundle,
+            LoadOptions(
+                settings.device, settings.encoder_precision, threads, settings.verify_parity
+            ),
         )
-        self.encoder_precision = precision
-        # The head is a 2-layer MLP over a few hundred rows: a GPU round trip costs more than
-        # it saves, so it always runs on the CPU.
-        self.head = OnnxHead(p / Files.HEAD, ["CPUExecutionProvider"], threads)
+        self.settings = settings
+        self.path, self.bundle_id = loaded.path, loaded.bundle_id
+        self.users, self.items, self.titles = loaded.users, loaded.items, loaded.titles
+        self.tables, self.indexes, self.encoder = loaded.tables, loaded.indexes, loaded.encoder
+        self.head, self.encoder_precision = loaded.head, loaded.encoder_precision
+        candidates = loaded.manifest.candidates
+        self.sizes = PoolSizes(
+            settings.n_wals or candidates.n_wals,
+            settings.n_text or candidates.n_text,
+            candidates.cold_every if settings.cold_every is None else settings.cold_every,
+        )
+        on_gpu = any(ix.device == "gpu" for ix in self.indexes.indexes.values())
+        self.faiss_device = "gpu" if on_gpu else "cpu"
         self.query_cache = query_cache if query_cache is not None else QueryCache(0)
         self.onnx_providers = self.encoder.providers
-        self.check_sizes()
         log.info(
             "bundle %s: %d users, %d items; ONNX on %s; FAISS on %s; %d threads",
-            self.bundle_id, len(self.users), len(self.items), self.onnx_providers,
-            self.faiss_device, threads,
-        )  # fmt: skip
-
-    def check_sizes(self) -> None:
-        """Files that are each intact can still disagree with each other (a bundle assembled
-        by hand, a partial copy): every array, index and model is cross-checked against the
-        id maps and the manifest's dimensions. ``BundleError`` names the first mismatch."""
-        n_users, n_items, dims = len(self.users), len(self.items), self.manifest.dims
-        head_width = self.head.session.get_inputs()[0].shape[-1]
-        checks = [
-            ("titles in items.json", len(self.titles), n_items),
-            ("user factor rows", self.user_factors.shape[0], n_users),
-            ("seen list offsets", len(self.seen_lists.indptr), n_users + 1),
-            ("seen lists' end offset", int(self.seen_lists.indptr[-1]),
-             len(self.seen_lists.indices)),
-            ("item factor rows", self.tables.n_items, n_items),
-            ("item text embedding rows", self.tables.item_text_embeddings.shape[0], n_items),
-            ("WALS item factor rows", self.wals_item_factors.shape[0], n_items),
-            ("cold item flags", len(self.cold_items), n_items),
-            ("item factor width", self.tables.item_factors.shape[1], dims.wals),
-            ("user factor width", self.user_factors.shape[1], dims.wals),
-            ("text embedding width", self.tables.item_text_embeddings.shape[1], dims.text),
-            ("encoder output width", self.encoder.dim, dims.text),
-            ("head input width", head_width, dims.features),
-            *((f"{name} index size", ix.ntotal, n_items) for name, ix in self.indexes.items()),
-        ]  # fmt: skip
-        for what, got, expected in checks:
-            if isinstance(got, int) and got != expected:  # ONNX may name a dim, not size it
-                raise BundleError(f"{self.path}: {what} is {got}, expected {expected}")
-
-    # ------------------------------------------------------------------ helpers
-    def _search_fn(
-        self, name: str, prefetched: tuple[np.ndarray, np.ndarray] | None = None
-    ) -> Callable[[np.ndarray, int], tuple[np.ndarray, np.ndarray]]:
-        """One vector's search. The first call is answered from ``prefetched`` (the request's
-        row of the batched first search, made for exactly that call); later calls (over-fetch
-        rounds) search the index."""
-        index = self.indexes[name]
-        first = [prefetched]
-
-        def search(vector: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-            found, first[0] = first[0], None
-            if found is not None:
-                return found[0][:k], found[1][:k]
-            ids, scores = index.search(vector[None, :], k)
-            return ids[0], scores[0]
-
-        return search
+            self.bundle_id,
+            len(self.users),
+            len(self.items),
+            self.onnx_providers,
+            self.faiss_device,
+            threads,
+        )
 
     def _lookup(self, ids: list[str] | None, what: str, warnings: list[str]) -> np.ndarray:
         found, unknown = self.items.lookup(ids or [])
@@ -207,12 +107,7 @@ class Recommender:
         return found
 
     def seen(self, user: int) -> np.ndarray:
-        return csr_row(self.seen_lists, user).astype(np.int64)
-
-    def fold_in(self, items: np.ndarray) -> np.ndarray:
-        return fold_in_user(
-            self.wals_item_factors, self.gramian, self.col_weights, self.wals_params, items
-        )
+        return self.bundle.seen.row(user)
 
     def check(self, req: RecommendRequest) -> None:
         s = self.settings
@@ -244,9 +139,9 @@ class Recommender:
 
     def recommend_batch(self, reqs: list[RecommendRequest]) -> list[RecommendResponse | Exception]:
         """Serve requests together, the dynamic batcher's unit of work: one encoder call for
-        their distinct queries and one FAISS search per index for their first searches, then
-        each request's own exclusions and rerank. Each answer equals what the request gets
-        alone; a request that fails gets its exception, the others their answers."""
+        their distinct queries, the core's batched pools (one FAISS call per index and
+        round) and one head call. Each answer equals what the request gets alone; a request
+        that fails gets its exception, the others their answers."""
         start = time.perf_counter()
         results: list[RecommendResponse | Exception | None] = [None] * len(reqs)
         live = []
@@ -257,42 +152,30 @@ class Recommender:
             except InputError as exc:
                 results[i] = exc
         encoded, encode_ms = self._encode({q for i in live if (q := reqs[i].query) is not None})
-
         prepared = []
         for i in live:
             try:
                 prepared.append((i, *self._prepare(reqs[i], encoded, encode_ms)))
             except Exception as exc:  # one request's bug must not fail the batch
                 results[i] = exc
-        prefetched, ann_ms = self._search_first(
-            [first_searches(r, self.tables.n_items, self.n_wals, self.n_text, self.filtering)
-             for _, r, _, _, _ in prepared]
-        )  # fmt: skip
-        for (i, request, clock, warnings, user_known), found in zip(
-            prepared, prefetched, strict=True
-        ):
-            try:
-                clock.ms["ann"] = ann_ms
-                rec = recommend(
-                    self.tables,
-                    request,
-                    clock.timed("ann", self._search_fn("wals", found.get("wals"))),
-                    clock.timed("ann", self._search_fn("text", found.get("text"))),
-                    clock.timed("rerank", self.head.score),
-                    self.n_wals,
-                    self.n_text,
-                    self.cold_every,
-                )
-                clock.ms["total"] = (time.perf_counter() - start) * 1e3
-                results[i] = RecommendResponse(
-                    items=self._items(rec.items, rec.scores, rec.sources),
-                    user_known=user_known,
-                    bundle_id=self.bundle_id,
-                    timings_ms={k: round(v, 3) for k, v in clock.ms.items()},
-                    warnings=warnings,
-                )
-            except Exception as exc:
-                results[i] = exc
+        batch = Stopwatch()
+        recs = recommend_batch(
+            self.tables,
+            [request for _, request, _, _, _ in prepared],
+            TimedSearcher(self.indexes, batch),
+            batch.timed("rerank", self.head.score),
+            self.sizes,
+        )
+        for (i, _, clock, warnings, user_known), rec in zip(prepared, recs, strict=True):
+            clock.ms.update(batch.ms)
+            clock.ms["total"] = (time.perf_counter() - start) * 1e3
+            results[i] = RecommendResponse(
+                items=self._items(rec.items, rec.scores, rec.sources),
+                user_known=user_known,
+                bundle_id=self.bundle_id,
+                timings_ms={k: round(v, 3) for k, v in clock.ms.items()},
+                warnings=warnings,
+            )
         return [r if r is not None else RuntimeError("request not served") for r in results]
 
     def _encode(self, queries: set[str]) -> tuple[dict[str, np.ndarray], float]:
@@ -331,43 +214,16 @@ class Recommender:
             clock.ms["encode"] = encode_ms
         request = build_request(
             req.k,
-            user_vector=np.asarray(self.user_factors[user]) if user is not None else None,
+            user_vector=np.asarray(self.bundle.user_factors[user]) if user is not None else None,
             seen=self.seen(user) if user is not None else np.zeros(0, np.int64),
             history=history,
             exclude=exclude,
             exclude_seen=req.exclude_seen,
             query_vector=query_vector,
             item_text_embeddings=self.tables.item_text_embeddings,
-            fold_in=clock.timed("fold_in", self.fold_in),
+            fold_in=clock.timed("fold_in", self.bundle.fold_in),
         )
         return request, clock, warnings, user is not None
-
-    def _search_first(
-        self, searches: list[dict[str, FirstSearch]]
-    ) -> tuple[list[dict[str, tuple[np.ndarray, np.ndarray]]], float]:
-        """Run every request's first searches: the over-fetched ones in one FAISS call per
-        index (per k for HNSW, whose results for a smaller k are not a prefix of a larger
-        k's), the filtered ones one by one with their own exclusions. Returns each request's
-        (ids, scores) by index name and the milliseconds spent."""
-        start = time.perf_counter()
-        found: list[dict[str, tuple[np.ndarray, np.ndarray]]] = [{} for _ in searches]
-        for name, index in self.indexes.items():
-            groups: dict[int, list[tuple[int, np.ndarray, int]]] = {}
-            for j, wanted in enumerate(searches):
-                if name not in wanted:
-                    continue
-                vector, k, exclude = wanted[name]
-                if exclude is not None:
-                    ids, scores = index.search(vector[None, :], k, exclude)
-                    found[j][name] = (ids[0], scores[0])
-                else:
-                    groups.setdefault(k if index.kind == "hnsw" else 0, []).append((j, vector, k))
-            for members in groups.values():
-                k = max(m[2] for m in members)
-                ids, scores = index.search(np.stack([m[1] for m in members]), k)
-                for row, (j, _, _) in enumerate(members):
-                    found[j][name] = (ids[row], scores[row])
-        return found, (time.perf_counter() - start) * 1e3
 
     def similar(self, item_id: str, k: int) -> SimilarResponse:
         """Item-to-item: WALS factors, or the text index for cold items."""
@@ -378,12 +234,14 @@ class Recommender:
         clock = Stopwatch()
         start = time.perf_counter()
         item = self.items.index(item_id)
-        cold = bool(self.cold_items[item])  # the training's own cold rule, exported
+        cold = bool(self.tables.item_cold[item])  # the training's own cold rule, exported
         source = "text" if cold else "wals"
         vector = (self.tables.item_text_embeddings if cold else self.tables.item_factors)[item]
-        ids, scores = clock.timed("ann", self._search_fn(source))(vector, k + 1)
-        keep = (ids >= 0) & (ids != item)
-        ids, scores = ids[keep][:k], scores[keep][:k]
+        found, found_scores = clock.timed("ann", self.indexes[source].search)(
+            vector[None, :], k + 1
+        )
+        keep = (found[0] >= 0) & (found[0] != item)
+        ids, scores = found[0][keep][:k], found_scores[0][keep][:k]
         clock.ms["total"] = (time.perf_counter() - start) * 1e3
         return SimilarResponse(
             item_id=item_id,

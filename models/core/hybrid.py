@@ -1,67 +1,42 @@
-"""One request's path through the hybrid recommender, in numpy only.
+"""A batch of requests through the hybrid recommender, in numpy only.
 
 Candidates from the WALS index (user vector) and the text index (query vector, or the user's
-text profile when there is no query), the pool rule of ``models.core.candidates`` (shared
+text profile when there is no query), by the pool rule of ``models.core.candidates`` (shared
 with head training), topped up with popular items so that exactly k come back whenever the
-catalog allows, rerank with the head, top k.
+catalog allows; the head scores every pool's features in one call; top k.
 
-The service calls this with FAISS searches and the ONNX head; offline evaluation calls it
-with exact searches and the numpy head. Same code, so serving and evaluation cannot drift.
+The service calls this with its FAISS searcher and the ONNX head; offline evaluation with
+``ExactSearch`` and the numpy head. Same code, so serving and evaluation cannot drift.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
 import numpy as np
 
-from models.core.candidates import SOURCES, Pool, SearchFn, search_vectors, serve_pool, usable
+from models.core.candidates import candidate_pools, search_vectors, usable
 from models.core.features import build_features, text_profile
-from models.core.topk import top_k
-
-HeadFn = Callable[[np.ndarray], np.ndarray]
-"""(n, n_features) features -> (n,) scores."""
-
-
-@dataclass
-class ItemTables:
-    """Per-item arrays, rows in item index order."""
-
-    item_factors: np.ndarray  # (n_items, wals_dim), cold items filled by the ridge map
-    item_text_embeddings: np.ndarray  # (n_items, text_dim), unit norm
-    item_log_popularity: np.ndarray  # (n_items,) log1p(training count)
-    item_cold: np.ndarray | None = None  # (n_items,) bool; None: items without interactions
-    popular_order: np.ndarray = field(init=False)  # item indices, most popular first
-
-    def __post_init__(self) -> None:
-        if self.item_cold is None:
-            self.item_cold = np.asarray(self.item_log_popularity) <= 0
-        self.popular_order = np.lexsort(
-            (np.arange(len(self.item_log_popularity)), -self.item_log_popularity)
-        )
-
-    @property
-    def n_items(self) -> int:
-        return int(self.item_factors.shape[0])
+from models.core.types import (
+    SOURCES,
+    HeadFn,
+    ItemTables,
+    Pool,
+    Recommendation,
+    Request,
+    Searcher,
+    no_items,
+)
 
 
-@dataclass
-class Request:
-    """One request, already resolved to vectors and item indices."""
+@dataclass(frozen=True)
+class PoolSizes:
+    """How many candidates each index gives a pool, and the places kept for cold items."""
 
-    k: int
-    user_vector: np.ndarray | None = None
-    query_vector: np.ndarray | None = None
-    profile_vector: np.ndarray | None = None
-    exclude: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
-
-
-@dataclass
-class Recommendation:
-    items: np.ndarray  # (k,) item indices, best first
-    scores: np.ndarray  # (k,) head scores
-    sources: list[list[str]]  # per item: "wals", "text", "popular"
+    n_wals: int = 100
+    n_text: int = 100
+    cold_every: int = 0  # > 0: a cold item in every ``cold_every`` places (``reserve_cold``)
 
 
 def pool_features(
@@ -74,7 +49,6 @@ def pool_features(
         name: np.array([found.get(name, -1) for found in pool.values()], dtype=np.int64)
         for name in SOURCES
     }
-    assert tables.item_cold is not None  # set in __post_init__
     features = build_features(
         request.user_vector if usable(request.user_vector) else None,
         request.query_vector if usable(request.query_vector) else None,
@@ -88,54 +62,75 @@ def pool_features(
     return candidates, features
 
 
-def exact_search(matrix: np.ndarray) -> SearchFn:
-    """Exact inner-product top-k over the rows of ``matrix``: the search used offline."""
-
-    def search(vector: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-        scores = matrix @ vector
-        top = top_k(scores, k)
-        return top, scores[top]
-
-    return search
+def answer_size(tables: ItemTables, request: Request) -> int:
+    """``k``, or fewer when the exclusions leave fewer items."""
+    return max(0, min(request.k, tables.n_items - len(np.unique(request.exclude))))
 
 
-def recommend(
+def most_popular(tables: ItemTables, request: Request) -> Recommendation:
+    """Nothing known about the request: the most popular items, as they are."""
+    order = tables.popular_order
+    popular = order[~np.isin(order, request.exclude)][: answer_size(tables, request)]
+    return Recommendation(
+        popular, tables.item_log_popularity[popular], [["popular"]] * len(popular)
+    )
+
+
+def top_up(tables: ItemTables, request: Request, pool: Pool) -> Pool:
+    """Popular items after the pool's own, until it holds ``k`` (or the catalog runs out)."""
+    k = answer_size(tables, request)
+    if len(pool) >= k:
+        return pool
+    blocked = set(request.exclude.tolist()) | set(pool)
+    for item in tables.popular_order.tolist():
+        if item not in blocked:
+            pool[item] = {"popular": len(pool)}
+            if len(pool) >= k:
+                break
+    return pool
+
+
+def recommend_batch(
+    tables: ItemTables,
+    requests: Sequence[Request],
+    searcher: Searcher,
+    head: HeadFn,
+    sizes: PoolSizes = PoolSizes(),
+) -> list[Recommendation]:
+    """Every request's answer: pools planned and searched once per batch, one head call for
+    all their features, each request's own top k. A request's answer does not depend on the
+    others in its batch."""
+    searched = [i for i, r in enumerate(requests) if search_vectors(r)]
+    out = {i: most_popular(tables, r) for i, r in enumerate(requests) if i not in set(searched)}
+    pools = candidate_pools(
+        [requests[i] for i in searched], tables.n_items, searcher, sizes.n_wals, sizes.n_text
+    )
+    scored = [
+        (i, pool, *pool_features(tables, requests[i], pool))
+        for i, raw in zip(searched, pools, strict=True)
+        if (pool := top_up(tables, requests[i], raw)) and answer_size(tables, requests[i])
+    ]
+    if scored:
+        all_scores = np.asarray(head(np.concatenate([f for *_, f in scored])), np.float32)
+        ends = np.cumsum([len(c) for _, _, c, _ in scored])[:-1]
+        for (i, pool, candidates, _), scores in zip(
+            scored, np.split(all_scores.reshape(-1), ends), strict=True
+        ):
+            out[i] = ranked(tables, requests[i], pool, candidates, scores, sizes.cold_every)
+    empty = Recommendation(no_items(), np.zeros(0, dtype=np.float32), [])
+    return [out.get(i, empty) for i in range(len(requests))]
+
+
+def ranked(
     tables: ItemTables,
     request: Request,
-    wals_search: SearchFn,
-    text_search: SearchFn,
-    head: HeadFn,
-    n_wals: int = 100,
-    n_text: int = 100,
-    cold_every: int = 0,
+    pool: Pool,
+    candidates: np.ndarray,
+    scores: np.ndarray,
+    cold_every: int,
 ) -> Recommendation:
-    """Candidates, exclusions, rerank; see the module docstring. ``n_wals``/``n_text`` are the
-    candidates wanted from each index after exclusions; ``cold_every`` > 0 puts a cold item
-    in every ``cold_every`` places (``reserve_cold``)."""
-    n_items = tables.n_items
-    excluded = np.zeros(n_items, dtype=bool)
-    excluded[request.exclude] = True
-    k = max(0, min(request.k, n_items - int(excluded.sum())))
-    if not search_vectors(request):
-        # Nothing known about the request: the most popular items, as they are.
-        order = tables.popular_order
-        popular = order[~excluded[order]][:k]
-        return Recommendation(
-            popular, tables.item_log_popularity[popular], [["popular"]] * len(popular)
-        )
-
-    pool = serve_pool(request, excluded, {"wals": wals_search, "text": text_search}, n_wals, n_text)
-    if len(pool) < k:
-        for item in tables.popular_order.tolist():
-            if not excluded[item] and item not in pool:
-                pool[item] = {"popular": len(pool)}
-                if len(pool) >= k:
-                    break
-    if k == 0 or not pool:
-        return Recommendation(np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.float32), [])
-    candidates, features = pool_features(tables, request, pool)
-    scores = np.asarray(head(features), dtype=np.float32).reshape(-1)
-    assert tables.item_cold is not None  # set in __post_init__
+    """A pool's top k by head score (ties by item index), with the cold places kept."""
+    k = answer_size(tables, request)
     order = reserve_cold(
         np.lexsort((candidates, -scores)), tables.item_cold[candidates], k, cold_every
     )

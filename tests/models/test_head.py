@@ -7,7 +7,9 @@ import pytest
 
 from models.cold_start import RidgeMap, fill_cold_items
 from models.core.features import COLUMN, FEATURES, N_FEATURES, build_features, text_profile
-from models.core.hybrid import ItemTables, Request, exact_search, recommend, reserve_cold
+from models.core.candidates import ExactSearch
+from models.core.hybrid import PoolSizes, recommend_batch, reserve_cold
+from models.core.types import ItemTables, Request, SearchBatch
 from models.head import RankingPools, ScoreHead, pool_ndcg
 
 
@@ -140,6 +142,20 @@ def _tables(n=40, wd=3, td=4, seed=0):
     )
 
 
+def exact(tables):
+    return ExactSearch({"wals": tables.item_factors, "text": tables.item_text_embeddings})
+
+
+def recommend(tables, req, head, searcher=None, n_wals=100, n_text=100, cold_every=0):
+    """One request through the batched core, exact search unless told otherwise."""
+    sizes = PoolSizes(n_wals, n_text, cold_every)
+    return recommend_batch(tables, [req], searcher or exact(tables), head, sizes)[0]
+
+
+def best(matrix, vector, k):
+    return np.argsort(-(matrix @ vector), kind="stable")[:k]
+
+
 def dot_head(features):
     # scores = u.v + q.t: a head whose ranking we can predict
     return features[:, COLUMN["wals_score"]] + features[:, COLUMN["query_score"]]
@@ -147,11 +163,10 @@ def dot_head(features):
 
 def test_recommend_exactly_k_with_exclusions_and_over_fetch():
     tables = _tables()
-    wals, text = exact_search(tables.item_factors), exact_search(tables.item_text_embeddings)
     user = np.array([1.0, 0.5, -0.2], np.float32)
-    exclude = exact_search(tables.item_factors)(user, 15)[0]  # the 15 best WALS items
+    exclude = np.sort(best(tables.item_factors, user, 15))  # the 15 best WALS items
     req = Request(k=10, user_vector=user, exclude=exclude)
-    rec = recommend(tables, req, wals, text, dot_head, n_wals=5, n_text=5)
+    rec = recommend(tables, req, dot_head, n_wals=5, n_text=5)
     assert len(rec.items) == 10 and not set(rec.items) & set(exclude)
     assert all(s == ["wals"] for s in rec.sources)
     # oracle: the best 10 by u.v among non-excluded items
@@ -162,8 +177,7 @@ def test_recommend_exactly_k_with_exclusions_and_over_fetch():
 
 def test_recommend_fills_with_popular_and_caps_at_catalog():
     tables = _tables(n=12)
-    wals, text = exact_search(tables.item_factors), exact_search(tables.item_text_embeddings)
-    rec = recommend(tables, Request(k=50, exclude=np.array([0, 1])), wals, text, dot_head)
+    rec = recommend(tables, Request(k=50, exclude=np.array([0, 1])), dot_head)
     assert len(rec.items) == 10  # 12 items, 2 excluded
     assert all(s == ["popular"] for s in rec.sources)
     order = [i for i in tables.popular_order if i not in (0, 1)]
@@ -172,14 +186,14 @@ def test_recommend_fills_with_popular_and_caps_at_catalog():
 
 def test_recommend_marks_both_sources():
     tables = _tables()
-    wals, text = exact_search(tables.item_factors), exact_search(tables.item_text_embeddings)
     q = tables.item_text_embeddings[3]
     user = tables.item_factors[3]
-    rec = recommend(tables, Request(k=5, user_vector=user, query_vector=q), wals, text,
-                    dot_head, n_wals=5, n_text=5)  # fmt: skip
+    req = Request(k=5, user_vector=user, query_vector=q)
+    rec = recommend(tables, req, dot_head, n_wals=5, n_text=5)
     assert rec.sources[list(rec.items).index(3)] == ["wals", "text"]
     # every other item's sources say which top-5 it came from
-    top_wals, top_text = set(wals(user, 5)[0].tolist()), set(text(q, 5)[0].tolist())
+    top_wals = set(best(tables.item_factors, user, 5).tolist())
+    top_text = set(best(tables.item_text_embeddings, q, 5).tolist())
     for item, sources in zip(rec.items.tolist(), rec.sources, strict=True):
         assert ("wals" in sources) == (item in top_wals)
         assert ("text" in sources) == (item in top_text)
@@ -188,11 +202,10 @@ def test_recommend_marks_both_sources():
 
 def test_popular_items_top_up_a_request_with_a_user_vector():
     tables = _tables(n=12)
-    wals, text = exact_search(tables.item_factors), exact_search(tables.item_text_embeddings)
     user = np.array([1.0, 0.0, 0.0], np.float32)
     exclude = np.arange(6)
-    rec = recommend(tables, Request(k=6, user_vector=user, exclude=exclude), wals, text,
-                    dot_head, n_wals=2, n_text=2)  # fmt: skip
+    req = Request(k=6, user_vector=user, exclude=exclude)
+    rec = recommend(tables, req, dot_head, n_wals=2, n_text=2)
     assert len(rec.items) == 6 and not set(rec.items.tolist()) & set(exclude.tolist())
     assert sorted(rec.items.tolist()) == list(range(6, 12))  # all that is left
     assert {"wals"} <= {s for src in rec.sources for s in src}
@@ -200,22 +213,22 @@ def test_popular_items_top_up_a_request_with_a_user_vector():
 
 def test_excluding_every_item_returns_nothing():
     tables = _tables(n=8)
-    wals, text = exact_search(tables.item_factors), exact_search(tables.item_text_embeddings)
     req = Request(k=5, user_vector=np.ones(3, np.float32), exclude=np.arange(8))
-    rec = recommend(tables, req, wals, text, dot_head)
+    rec = recommend(tables, req, dot_head)
     assert len(rec.items) == 0 and rec.sources == []
 
 
 def test_search_ignores_faiss_padding():
     tables = _tables(n=5)
 
-    def padded(vector, k):
-        ids, scores = exact_search(tables.item_factors)(vector, k)
-        return np.concatenate([ids, [-1, -1]]), np.concatenate([scores, [0, 0]])
+    class Padded:  # FAISS pads a short answer with -1
+        filtering = frozenset()
 
-    rec = recommend(
-        tables, Request(k=3, user_vector=np.ones(3, np.float32)), padded, padded, dot_head
-    )
+        def search(self, name: str, batch: SearchBatch) -> np.ndarray:
+            ids = exact(tables).search(name, batch)
+            return np.concatenate([ids, np.full((len(ids), 2), -1)], axis=1)
+
+    rec = recommend(tables, Request(k=3, user_vector=np.ones(3, np.float32)), dot_head, Padded())
     assert len(rec.items) == 3 and (rec.items >= 0).all()
 
 
@@ -255,10 +268,9 @@ def test_recommend_keeps_cold_places_in_the_served_order():
     tables = _tables()
     tables.item_cold[:] = False
     tables.item_cold[np.arange(0, 40, 4)] = True
-    wals, text = exact_search(tables.item_factors), exact_search(tables.item_text_embeddings)
     req = Request(k=12, user_vector=np.array([1.0, 0.5, -0.2], np.float32))
-    plain = recommend(tables, req, wals, text, dot_head, n_wals=30, n_text=30)
-    placed = recommend(tables, req, wals, text, dot_head, n_wals=30, n_text=30, cold_every=3)
+    plain = recommend(tables, req, dot_head, n_wals=30, n_text=30)
+    placed = recommend(tables, req, dot_head, n_wals=30, n_text=30, cold_every=3)
     for n in (3, 6, 9, 12):
         assert tables.item_cold[placed.items[:n]].sum() >= n // 3
     assert tables.item_cold[placed.items].sum() > tables.item_cold[plain.items].sum()

@@ -80,11 +80,11 @@ def test_n_wals_setting_limits_the_pool(tiny_bundle):
 
     narrow = Recommender(tiny_bundle, Settings(bundle=tiny_bundle, n_wals=1, n_text=1))
     wide = Recommender(tiny_bundle, Settings(bundle=tiny_bundle))
-    assert (narrow.n_wals, narrow.n_text) == (1, 1) and wide.n_wals > 1
+    assert (narrow.sizes.n_wals, narrow.sizes.n_text) == (1, 1) and wide.sizes.n_wals > 1
     differs = 0
     for user in narrow.users.ids[:20]:
         got = narrow.recommend(RecommendRequest(user_id=user, k=1, exclude_seen=False))
-        vector = np.asarray(narrow.user_factors[narrow.users.index(user)])
+        vector = np.asarray(narrow.bundle.user_factors[narrow.users.index(user)])
         wals_top = int(np.argmax(narrow.tables.item_factors @ vector))
         emb = narrow.tables.item_text_embeddings
         text_top = int(np.argmax(emb @ text_profile(emb, narrow.seen(narrow.users.index(user)))))
@@ -99,8 +99,8 @@ def test_cold_every_comes_from_the_bundle_unless_set(tiny_bundle):
     otherwise; what it does to a ranking is tested in tests/models/test_head.py."""
     plain = Recommender(tiny_bundle, Settings(bundle=tiny_bundle))
     every = Recommender(tiny_bundle, Settings(bundle=tiny_bundle, cold_every=2))
-    assert plain.manifest.candidates.cold_every == plain.cold_every == 0
-    assert every.cold_every == 2
+    assert plain.bundle.manifest.candidates.cold_every == plain.sizes.cold_every == 0
+    assert every.sizes.cold_every == 2
 
 
 def test_exclusions_are_dropped_inside_faiss_with_the_same_answer(tiny_bundle):
@@ -108,10 +108,10 @@ def test_exclusions_are_dropped_inside_faiss_with_the_same_answer(tiny_bundle):
     just the pool's size; its answer equals the over-fetching path's (the GPU copy's)."""
     settings = Settings(bundle=tiny_bundle, n_wals=3, n_text=3)
     filtered, overfetched = Recommender(tiny_bundle, settings), Recommender(tiny_bundle, settings)
-    overfetched.filtering = frozenset()
-    assert filtered.filtering == {"wals", "text"}
+    overfetched.indexes.filtering = frozenset()
+    assert filtered.indexes.filtering == {"wals", "text"}
     asked: list[tuple[int, bool]] = []
-    for index in filtered.indexes.values():
+    for index in filtered.indexes.indexes.values():
         original = index.search
 
         def spy(queries, k, exclude=None, original=original):

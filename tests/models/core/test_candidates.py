@@ -1,21 +1,23 @@
-"""One pool rule: the service's (search functions, one request) equals head training's
-(exact, batched), and the batched service search equals the per-request one."""
+"""One pool rule, planned once per batch: checked against a brute-force oracle, for a
+searcher that filters inside the search (offline) and one that over-fetches (the service's
+GPU copies, an ANN index answering short), alone and in batches."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from models.core.candidates import candidate_pools, serve_pool
-from models.core.hybrid import ItemTables, Request, exact_search
+from models.core.candidates import ExactSearch, candidate_pools, pool_sizes, search_vectors
+from models.core.types import ItemTables, Request, SearchBatch
 
 
 def tables(n: int = 300, seed: int = 0) -> ItemTables:
     rng = np.random.default_rng(seed)
     t = rng.normal(size=(n, 6)).astype(np.float32)
     t /= np.linalg.norm(t, axis=1, keepdims=True)
-    return ItemTables(rng.normal(size=(n, 4)).astype(np.float32), t,
-                      rng.random(n).astype(np.float32))  # fmt: skip
+    return ItemTables(
+        rng.normal(size=(n, 4)).astype(np.float32), t, rng.random(n).astype(np.float32)
+    )
 
 
 def random_requests(tab: ItemTables, n: int, seed: int) -> list[Request]:
@@ -26,56 +28,92 @@ def random_requests(tab: ItemTables, n: int, seed: int) -> list[Request]:
         user = rng.normal(size=4).astype(np.float32) if kind in (0, 2) else None
         query = rng.normal(size=6).astype(np.float32) if kind in (1, 2) else None
         profile = tab.item_text_embeddings[rng.integers(0, tab.n_items)] if kind == 3 else None
-        # exclusions both inside and far outside the rankings' heads
+        # exclusions both inside and far outside the rankings' heads, some beyond the pool
         exclude = np.unique(rng.integers(0, tab.n_items, size=rng.integers(0, 60)))
         out.append(Request(int(rng.integers(0, 30)), user, query, profile, exclude))
     return out
 
 
+def exact(tab: ItemTables) -> ExactSearch:
+    return ExactSearch({"wals": tab.item_factors, "text": tab.item_text_embeddings})
+
+
+class OverFetching:
+    """Exact search that cannot filter and answers only ``answered`` of every k (padding
+    the rest), like an ANN index; it records the rows of each call."""
+
+    def __init__(self, tab: ItemTables, answered: float = 1.0) -> None:
+        self.inner, self.answered = exact(tab), answered
+        self.filtering: frozenset[str] = frozenset()
+        self.calls: list[int] = []
+
+    def search(self, name: str, batch: SearchBatch) -> np.ndarray:
+        assert all(e is None for e in batch.exclude), "asked to filter, but it cannot"
+        self.calls.append(len(batch.k))
+        ids = self.inner.search(name, batch).copy()
+        ids[:, int(ids.shape[1] * self.answered) :] = -1
+        return ids
+
+
+def oracle(tab: ItemTables, request: Request, n_wals: int, n_text: int) -> dict[int, set[str]]:
+    """The rule written out by brute force: each source's best allowed items by a full sort."""
+    sizes = pool_sizes(request, n_wals, n_text)
+    out: dict[int, set[str]] = {}
+    for name, vector in search_vectors(request).items():
+        ranking = np.argsort(-(tab.index(name) @ vector), kind="stable")
+        allowed = [i for i in ranking.tolist() if i not in set(request.exclude.tolist())]
+        for item in allowed[: sizes[name]]:
+            out.setdefault(item, set()).add(name)
+    return out
+
+
 @pytest.mark.parametrize("seed", [0, 1, 2])
-def test_training_pools_equal_the_service_pools(seed):
+def test_pools_follow_the_rule_and_match_an_oracle(seed):
     tab = tables(seed=seed)
     reqs = random_requests(tab, 40, seed)
-    searches = {
-        "wals": exact_search(tab.item_factors),
-        "text": exact_search(tab.item_text_embeddings),
-    }
-    batched = candidate_pools(tab, reqs, n_wals=12, n_text=9)
-    for req, got in zip(reqs, batched, strict=True):
-        excluded = np.zeros(tab.n_items, bool)
-        excluded[req.exclude] = True
-        served = serve_pool(req, excluded, searches, n_wals=12, n_text=9)
-        assert got == served  # same items, same sources, same order
-        assert not any(excluded[i] for i in served)
+    for req, got in zip(reqs, candidate_pools(reqs, tab.n_items, exact(tab), 12, 9), strict=True):
+        assert {item: set(found) for item, found in got.items()} == oracle(tab, req, 12, 9)
+        assert not set(got) & set(req.exclude.tolist())
+        for name in search_vectors(req):  # ranks count allowed items only: 0, 1, 2, ...
+            ranks = sorted(found[name] for found in got.values() if name in found)
+            assert ranks == list(range(pool_sizes(req, 12, 9)[name]))
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_over_fetching_and_filtering_searchers_build_the_same_pools(seed):
+    tab = tables(seed=seed)
+    reqs = random_requests(tab, 40, seed)
+    filtered = candidate_pools(reqs, tab.n_items, exact(tab), 12, 9)
+    over = candidate_pools(reqs, tab.n_items, OverFetching(tab), 12, 9)
+    assert filtered == over  # same items, same sources, same ranks, same order
+
+
+def test_a_request_gets_the_same_pool_alone_and_in_a_batch():
+    tab = tables()
+    reqs = random_requests(tab, 24, 5)
+    together = candidate_pools(reqs, tab.n_items, OverFetching(tab, 0.5), 12, 9)
+    alone = [candidate_pools([r], tab.n_items, OverFetching(tab, 0.5), 12, 9)[0] for r in reqs]
+    assert together == alone
 
 
 def test_each_source_gives_exactly_n_allowed_items():
-    """The old service over-fetched n + |excluded| and kept every allowed item: with
-    exclusions outside the ranking's head its pools were larger than training's."""
+    """Over-fetching n + |excluded| must still keep only the first n allowed items: with
+    exclusions far outside the ranking's head the pool would otherwise grow."""
     tab = tables()
     user = np.ones(4, np.float32)
-    ranking = exact_search(tab.item_factors)(user, tab.n_items)[0]
-    far = ranking[-20:]  # excluded, but nowhere near the top
-    req = Request(0, user_vector=user, exclude=far)
-    excluded = np.zeros(tab.n_items, bool)
-    excluded[far] = True
-    pool = serve_pool(req, excluded, {"wals": exact_search(tab.item_factors)}, 10, 10)
+    ranking = np.argsort(-(tab.item_factors @ user), kind="stable")
+    req = Request(0, user_vector=user, exclude=np.sort(ranking[-20:]))
+    (pool,) = candidate_pools([req], tab.n_items, OverFetching(tab), 10, 10)
     assert list(pool) == ranking[:10].tolist()
 
 
-def test_a_short_index_answer_is_fetched_again():
+def test_short_answers_are_fetched_again_together():
+    """An index answering half of every k: the rows that came up short are searched again,
+    in one call per round, until each pool is full."""
     tab = tables()
-    full = exact_search(tab.item_factors)
-    calls = []
-
-    def padded(vector, k):  # an ANN index that answers half of what it is asked, padded
-        calls.append(k)
-        ids, scores = full(vector, k)
-        ids = ids.copy()
-        ids[len(ids) // 2 :] = -1
-        return ids, scores
-
-    user = np.ones(4, np.float32)
-    req = Request(0, user_vector=user)
-    pool = serve_pool(req, np.zeros(tab.n_items, bool), {"wals": padded}, 10, 10)
-    assert len(pool) == 10 and len(calls) >= 2
+    rng = np.random.default_rng(3)
+    reqs = [Request(0, user_vector=rng.normal(size=4).astype(np.float32)) for _ in range(16)]
+    searcher = OverFetching(tab, 0.5)
+    pools = candidate_pools(reqs, tab.n_items, searcher, 10, 10)
+    assert all(len(p) == 10 for p in pools)
+    assert searcher.calls == [16, 16]  # the first round, then every short row at once

@@ -1,0 +1,188 @@
+"""A bundle read into typed arrays, its indexes and its ONNX models, cross-checked: the one
+object the service asks for (``load_bundle``), so only this module knows the bundle's files.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import faiss
+import numpy as np
+
+from export.format import BundleError, Files, Manifest, read_manifest, resolve_bundle
+from export.runtime.hardware import DevicePreference, onnx_providers
+from export.runtime.index import ServedIndexes, load_index
+from export.runtime.parity import verify_bundle
+from export.runtime.sessions import OnnxHead, OnnxTextEncoder
+from models.core.fold_in import fold_in_user
+from models.core.ids import IdMap
+from models.core.types import ItemTables
+
+log = logging.getLogger(__name__)
+
+EncoderPrecision = Literal["auto", "fp32", "int8", "fp16"]
+
+
+@dataclass(frozen=True)
+class LoadOptions:
+    """How to load a bundle on this machine."""
+
+    device: DevicePreference = "auto"
+    encoder_precision: EncoderPrecision = "auto"  # auto: fp16 on CUDA, int8 on the CPU
+    threads: int = 0  # FAISS and onnxruntime threads; 0 lets each choose
+    verify_parity: bool = False  # re-run the parity check before serving
+
+
+@dataclass(frozen=True)
+class SeenLists:
+    """Each user's training items, CSR: user u's are ``indices[indptr[u]:indptr[u + 1]]``."""
+
+    indptr: np.ndarray
+    indices: np.ndarray
+
+    def row(self, user: int) -> np.ndarray:
+        return np.asarray(self.indices[self.indptr[user] : self.indptr[user + 1]], np.int64)
+
+
+@dataclass
+class LoadedBundle:
+    """Everything loaded from one bundle. Read-only once loaded: safe across threads."""
+
+    path: Path
+    manifest: Manifest
+    users: IdMap
+    items: IdMap
+    titles: list[str]
+    user_factors: np.ndarray  # (n_users, wals_dim), memory-mapped
+    wals_item_factors: np.ndarray  # as WALS fitted them: fold-in solves against these
+    gramian: np.ndarray
+    col_weights: np.ndarray
+    seen: SeenLists
+    tables: ItemTables
+    indexes: ServedIndexes
+    encoder: OnnxTextEncoder
+    encoder_precision: str
+    head: OnnxHead
+
+    @property
+    def bundle_id(self) -> str:
+        return self.manifest.bundle_id
+
+    def fold_in(self, items: np.ndarray) -> np.ndarray:
+        """A user vector from item indices, with the weights WALS trained with."""
+        return fold_in_user(
+            self.wals_item_factors, self.gramian, self.col_weights, self.manifest.wals, items
+        )
+
+    def check_sizes(self) -> None:
+        """Files that are each intact can still disagree with each other (a bundle assembled
+        by hand, a partial copy): every array, index and model is cross-checked against the
+        id maps and the manifest's dimensions. ``BundleError`` names the first mismatch."""
+        for what, got, expected in self._sizes():
+            if isinstance(got, int) and got != expected:  # ONNX may name a dim, not size it
+                raise BundleError(f"{self.path}: {what} is {got}, expected {expected}")
+
+    def _sizes(self) -> list[tuple[str, object, int]]:
+        n_users, n_items, dims, tables = (
+            len(self.users),
+            len(self.items),
+            self.manifest.dims,
+            self.tables,
+        )
+        return [
+            ("titles in items.json", len(self.titles), n_items),
+            ("user factor rows", self.user_factors.shape[0], n_users),
+            ("seen list offsets", len(self.seen.indptr), n_users + 1),
+            ("seen lists' end offset", int(self.seen.indptr[-1]), len(self.seen.indices)),
+            ("item factor rows", tables.n_items, n_items),
+            ("item text embedding rows", tables.item_text_embeddings.shape[0], n_items),
+            ("WALS item factor rows", self.wals_item_factors.shape[0], n_items),
+            ("cold item flags", len(tables.item_cold), n_items),
+            ("item factor width", tables.item_factors.shape[1], dims.wals),
+            ("user factor width", self.user_factors.shape[1], dims.wals),
+            ("text embedding width", tables.item_text_embeddings.shape[1], dims.text),
+            ("encoder output width", self.encoder.dim, dims.text),
+            ("head input width", self.head.session.get_inputs()[0].shape[-1], dims.features),
+            *(
+                (f"{name} index size", ix.ntotal, n_items)
+                for name, ix in self.indexes.indexes.items()
+            ),
+        ]
+
+
+def load_bundle(bundle: str | Path, options: LoadOptions = LoadOptions()) -> LoadedBundle:
+    """Read, check (manifest, every sha256, sizes; parity when asked) and load a bundle.
+    The large arrays are memory-mapped: pages load when a request touches them, and
+    several processes on one machine share them."""
+    p = resolve_bundle(bundle)
+    manifest = read_manifest(p)  # format version, file list and every sha256
+    if options.verify_parity:
+        verify_bundle(p)
+
+    def array(name: str) -> np.ndarray:
+        return np.load(p / name, mmap_mode="r")
+
+    if options.threads:
+        faiss.omp_set_num_threads(options.threads)
+    encoder, precision = load_encoder(p, manifest, options)
+    loaded = LoadedBundle(
+        path=p,
+        manifest=manifest,
+        users=IdMap.load(p / Files.USER_IDS),
+        items=IdMap.load(p / Files.ITEM_IDS),
+        titles=[it["title"] for it in json.loads((p / Files.ITEMS).read_text())],
+        user_factors=array(Files.USER_FACTORS),
+        wals_item_factors=array(Files.WALS_ITEM_FACTORS),
+        gramian=np.load(p / Files.ITEM_GRAMIAN),
+        col_weights=np.load(p / Files.COL_WEIGHTS),
+        seen=SeenLists(array(Files.SEEN_INDPTR), array(Files.SEEN_INDICES)),
+        tables=ItemTables(
+            array(Files.ITEM_FACTORS),
+            array(Files.ITEM_TEXT_EMBEDDINGS),
+            np.load(p / Files.ITEM_LOG_POPULARITY),
+            np.load(p / Files.COLD_ITEMS),
+        ),
+        indexes=load_indexes(p, manifest, options),
+        encoder=encoder,
+        encoder_precision=precision,
+        # The head is a 2-layer MLP over a few hundred rows: a GPU round trip costs more
+        # than it saves, so it always runs on the CPU.
+        head=OnnxHead(p / Files.HEAD, ["CPUExecutionProvider"], options.threads),
+    )
+    loaded.check_sizes()
+    return loaded
+
+
+def load_indexes(p: Path, manifest: Manifest, options: LoadOptions) -> ServedIndexes:
+    return ServedIndexes(
+        {
+            name: load_index(
+                p / Files.index(name),
+                entry.kind,
+                entry.search_params,
+                use_gpu=options.device != "cpu",
+            )
+            for name, entry in manifest.indexes.items()
+        }
+    )
+
+
+def load_encoder(p: Path, manifest: Manifest, options: LoadOptions) -> tuple[OnnxTextEncoder, str]:
+    """The encoder at the asked precision (auto: fp16 on CUDA, int8 on the CPU), fp32 when
+    the bundle lacks it."""
+    providers = onnx_providers(options.device)
+    precision: str = options.encoder_precision
+    if precision == "auto":
+        precision = "fp16" if "CUDAExecutionProvider" in providers else "int8"
+    if Files.ENCODER[precision] not in manifest.files:
+        log.warning("bundle has no %s encoder; serving fp32", precision)
+        precision = "fp32"
+    max_length = json.loads((p / Files.TOKENIZER_CONFIG).read_text())["max_length"]
+    encoder = OnnxTextEncoder(
+        p / Files.ENCODER[precision], p / Files.TOKENIZER, max_length, providers, options.threads
+    )
+    return encoder, precision
