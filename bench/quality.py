@@ -223,7 +223,7 @@ def main(argv: list[str] | None = None) -> int:
             "served_equals_offline_share": agree,
             "implicit": {"best": implicit["best"], "trials": implicit["trials"], "seconds": implicit_s},
             "walrus_tuned": {
-                "wals": cfg.wals.model_dump(include={"dim", "regularization", "unobserved_weight", "regularization_exp"}),
+                "wals": {k: getattr(cfg.wals, k) for k in ("dim", "regularization", "unobserved_weight", "regularization_exp")},
                 "head": cfg.head.model_dump(include={"loss", "learning_rate", "weight_decay", "cold_item_share"}),
                 **timings,
                 "serve_s": serve_s,

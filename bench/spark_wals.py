@@ -35,10 +35,10 @@ import pandas as pd
 import scipy.sparse as sp
 
 from bench.common import print_table, write_results
+from models.core.params import WALSParams
 from models.data import build_dataset, read_catalog, read_interactions
 from models.data.splits import holdout_split
 from models.metrics import ranking_metrics
-from models.spark.blocks import Params
 from models.spark.wals import fit as spark_fit
 from models.spark.wals import session
 from models.wals import WALS
@@ -159,7 +159,9 @@ def walrus_spark(spark: Any, metrics: SparkMetrics, train: sp.csr_matrix, work: 
 
     def run(iterations: int):
         metrics.mark()
-        params = Params(dim=DIM, regularization=REG, unobserved_weight=W0, iterations=iterations)
+        params = WALSParams(
+            dim=DIM, regularization=REG, unobserved_weight=W0, iterations=iterations
+        )
         result, users, items = spark_fit(
             spark, frame, train.shape[0], train.shape[1], params, tempfile.mkdtemp(dir=work)
         )

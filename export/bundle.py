@@ -166,7 +166,7 @@ def build_bundle(
                 "fine_tuned": trained.fine_tuned,
                 "int8_scheme": scheme,
             },
-            wals=hybrid.wals.get_params(),
+            wals=hybrid.wals.params,
             candidates=Candidates(
                 n_wals=hybrid.n_wals, n_text=hybrid.n_text, cold_every=hybrid.cold_every
             ),

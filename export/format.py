@@ -37,6 +37,7 @@ from typing import Any, ClassVar
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from models.core.errors import WalrusError
+from models.core.params import WALSParams
 
 FORMAT_VERSION = 3
 """2: index factory strings and ParameterSpace search strings, the cold-item mask.
@@ -134,7 +135,7 @@ class Manifest(_Model):
     counts: dict[str, int]
     dims: Dims
     encoder: dict[str, Any]
-    wals: dict[str, Any]
+    wals: WALSParams  # what fold-in needs to solve as training did
     candidates: Candidates
     cold_items: int
     indexes: dict[str, IndexEntry]

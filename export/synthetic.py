@@ -34,6 +34,7 @@ from models.data import IdMap
 from models.data.vocabulary import TOPICS
 from models.encoder import TextEncoder
 from models.head import ScoreHead
+from models.pipeline import local_wals
 from models.training import HybridModel, TrainedArtifacts, make_head_pools
 from models.wals import WALS
 
@@ -166,13 +167,13 @@ def build_synthetic_bundle(
         counts = np.bincount(indices, minlength=spec.items)
 
         progress("item factors, cold items and the WALS state fold-in needs")
-        wals = WALS(**cfg.wals.estimator_kwargs())
+        wals = local_wals(cfg)
         wals.user_factors = np.load(Path(work) / "users.npy", mmap_mode="r")
         item_factors = clustered(rng, centers, item_topics)
         item_factors[counts == 0] = 0.0  # never seen: WALS would leave them near zero
         wals.set_item_factors(item_factors)
         wals.col_weight_values = weights_from_counts(
-            counts, wals.col_weights, wals.weight_scale, wals.weight_exponent
+            counts, wals.params.col_weights, wals.params.weight_scale, wals.params.weight_exponent
         )
         factors, cold = fill_cold_items(
             wals.item_factors, counts, text, cfg.cold_start.min_interactions,

@@ -13,8 +13,10 @@ from typing import Any, Literal
 
 import tomli_w
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic.dataclasses import dataclass as pydantic_dataclass
 
 from models.core.errors import WalrusError
+from models.core.params import InvalidParam, WALSParams
 
 SplitName = Literal["holdout", "users", "cold_items", "queries"]
 SPLIT_NAMES: tuple[SplitName, ...] = ("holdout", "users", "cold_items", "queries")
@@ -66,23 +68,11 @@ class SplitConfig(_Strict):
     seed: int = 0
 
 
-class WALSConfig(_Strict):
-    """Hyper-parameters of ``models.wals.WALS`` (same names)."""
+@pydantic_dataclass(config=ConfigDict(extra="forbid", validate_assignment=True))
+class WALSConfig(WALSParams):
+    """The ``[wals]`` section: ``WALSParams`` (the hyper-parameters, defined once in
+    ``models.core.params``), then where and how this machine fits them."""
 
-    dim: int = Field(64, ge=1, le=4096)
-    regularization: float = Field(0.001, ge=0)
-    unobserved_weight: float = Field(0.1, ge=0)
-    iterations: int = Field(10, ge=0)
-    seed: int = 0
-    regularization_exp: float = Field(
-        0.0, ge=0, description="iALS frequency-scaled lambda exponent."
-    )
-    row_weights: Literal["uniform", "linear", "power"] = "uniform"
-    col_weights: Literal["uniform", "linear", "power"] = "uniform"
-    weight_scale: float = Field(1.0, gt=0)
-    weight_exponent: float = Field(0.08, ge=0)
-    solver: Literal["cg", "cholesky"] = "cg"
-    cg_steps: int = Field(3, ge=1)
     device: Literal["auto", "cpu", "cuda"] = "auto"
     num_threads: int = Field(0, ge=0, description="Torch CPU threads; 0 keeps torch's default.")
     calculate_training_loss: bool = Field(
@@ -91,13 +81,9 @@ class WALSConfig(_Strict):
     early_stopping_patience: int = Field(
         0, ge=0, description="Iterations without better validation recall before stopping; 0 = off."
     )
-
     engine: Literal["local", "spark"] = Field(
         "local", description="local: this machine (torch, CPU or CUDA); spark: the [spark] cluster."
     )
-
-    def estimator_kwargs(self) -> dict[str, Any]:
-        return self.model_dump(exclude={"early_stopping_patience", "engine"})
 
 
 class SparkConfig(_Strict):
@@ -357,8 +343,11 @@ def load_config(path: str | Path, overrides: list[str] | None = None) -> Pipelin
         return PipelineConfig.model_validate(tree)
     except ValidationError as exc:
         err = exc.errors()[0]
-        field = ".".join(str(p) for p in err["loc"])
-        raise ConfigError(f"{path}: {field}: {err['msg']}") from exc
+        loc, message = [str(p) for p in err["loc"]], err["msg"]
+        error = err.get("ctx", {}).get("error")
+        if isinstance(error, InvalidParam):  # a check of the parameter's own type
+            loc, message = [*loc, error.field], str(error)
+        raise ConfigError(f"{path}: {'.'.join(loc)}: {message}") from exc
 
 
 def write_config(cfg: PipelineConfig, path: Path, header: str = "") -> None:

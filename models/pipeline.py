@@ -68,22 +68,34 @@ def fit_wals(
     has_weights: bool,
     validation: sp.csr_matrix | None = None,
     callback: Callable[[int, float, float | None], None] | None = None,
+    parquet: ParquetOutput | None = None,
 ) -> WALS:
     """Fit WALS on ``train`` (targets 1.0; its values are weights when ``has_weights``), on
-    the engine ``wals.engine`` names."""
+    the engine ``wals.engine`` names: the one place that chooses it. The Spark engine also
+    writes the factors as Parquet when given ``parquet``."""
     if cfg.wals.engine == "spark":
         if validation is not None or cfg.wals.early_stopping_patience:
             raise WalrusError(
                 "wals.engine = 'spark' has no validation or early stopping: use the local engine"
             )
-        return fit_wals_spark(cfg, train, has_weights, callback)
-    model = WALS(**cfg.wals.estimator_kwargs())
-    return model.fit(
+        return fit_wals_spark(cfg, train, has_weights, callback, parquet)
+    return local_wals(cfg).fit(
         binarize(train),
         train if has_weights else None,
         validation=validation,
         early_stopping_patience=cfg.wals.early_stopping_patience,
         callback=callback,
+    )
+
+
+def local_wals(cfg: PipelineConfig) -> WALS:
+    """An unfitted ``WALS`` with the config's parameters and machine settings."""
+    w = cfg.wals
+    return WALS(
+        w.as_params(),
+        device=w.device,
+        num_threads=w.num_threads,
+        calculate_training_loss=w.calculate_training_loss,
     )
 
 
@@ -106,7 +118,6 @@ def fit_wals_spark(
     """WALS on the Spark cluster ``cfg.spark`` names: the same objective, initialisation and
     order as the local engine's exact solver; returned as a ``WALS`` with its factors."""
     # pyspark is the optional `spark` extra: imported only when this engine is chosen.
-    from models.spark.blocks import Params
     from models.spark.wals import fit, session, write_factors
 
     spark = session(
@@ -131,7 +142,7 @@ def fit_wals_spark(
             frame,
             train.shape[0],
             train.shape[1],
-            Params.from_mapping(cfg.wals.estimator_kwargs()),
+            cfg.wals.as_params(),
             checkpoints,
             has_weights=has_weights,
             n_blocks=cfg.spark.blocks,
@@ -156,7 +167,7 @@ def fit_wals_spark(
     finally:
         if "://" not in checkpoints:
             shutil.rmtree(checkpoints, ignore_errors=True)
-    model = WALS(**cfg.wals.estimator_kwargs())
+    model = local_wals(cfg)
     model.user_factors = result.user_factors
     model.set_item_factors(result.item_factors)
     model.col_weight_values = result.col_weight_values

@@ -15,6 +15,7 @@ factors (as implicit's ``cg_steps``), ``cholesky`` builds and factors every row'
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import math
@@ -29,15 +30,15 @@ import numpy as np
 import scipy.sparse as sp
 import torch
 
-from models.core.fold_in import WeightScheme, fold_in_user, row_regularization, weights_from_counts
+from models.core.fold_in import fold_in_user, row_regularization, weights_from_counts
+from models.core.glorot import glorot
+from models.core.params import WALSParams
 from models.core.sparse import csr_row
 from models.core.topk import top_k
 from models.device import pick_torch_device
 from models.metrics import ranking_metrics
 
 log = logging.getLogger(__name__)
-
-Solver = Literal["cg", "cholesky"]
 
 
 @dataclass
@@ -86,89 +87,43 @@ class WALS:
     """WALS matrix factorisation with the public surface of benfred/implicit's ALS.
 
     Args:
-        dim: latent dimension.
-        regularization: lambda, the L2 strength on both factor matrices.
-        unobserved_weight: w0, the weight of every unobserved (target 0) entry.
-        iterations: full sweeps (items, then users, so the users are solved last against
-            the final item factors and ``fold_in`` of a training user reproduces its row).
-        seed: seeds the Glorot-uniform initialisation.
-        regularization_exp: 0 gives TF's constant lambda; >0 scales lambda per row by
-            ``(n_observed + w0 * n_cols) ** regularization_exp`` (iALS, Rendle et al. 2021).
-        row_weights, col_weights: ``r_i`` and ``c_j`` of ``W_ij = w0 + r_i c_j``, from counts
-            (see ``weights_from_counts``); ignored when ``fit`` is given explicit weights.
-        weight_scale, weight_exponent: parameters of the weight schemes.
-        solver: ``cg`` (batched conjugate gradient, ``cg_steps`` per half-step) or
-            ``cholesky`` (exact per-row solves).
+        params: the hyper-parameters (``models.core.params.WALSParams``, their one
+            definition); keyword arguments of the same names override them, so
+            ``WALS(dim=32, regularization=0.01)`` reads as implicit's ``ALS(factors=32, ...)``.
         device: ``auto``, ``cpu`` or ``cuda``.
         num_threads: torch intra-op threads on the CPU; 0 keeps torch's default.
         calculate_training_loss: compute the objective after every iteration (as implicit's
             flag of that name; it costs about a fifth of an iteration). Off, only the final
             loss is computed and the callback gets NaN for the others.
+        chunk_bytes, block_bytes: memory bounds of the solves and the sparse products.
+
+    ``iterations`` sweep items, then users, so the users are solved last against the final
+    item factors and ``fold_in`` of a training user reproduces its row.
     """
 
     def __init__(
         self,
-        dim: int = 64,
-        regularization: float = 0.001,
-        unobserved_weight: float = 0.1,
-        iterations: int = 10,
-        seed: int = 0,
+        params: WALSParams | None = None,
         *,
-        regularization_exp: float = 0.0,
-        row_weights: WeightScheme = "uniform",
-        col_weights: WeightScheme = "uniform",
-        weight_scale: float = 1.0,
-        weight_exponent: float = 0.08,
-        solver: Solver = "cg",
-        cg_steps: int = 3,
         device: Literal["auto", "cpu", "cuda"] = "auto",
         num_threads: int = 0,
         calculate_training_loss: bool = False,
         chunk_bytes: int = 256 << 20,
         block_bytes: int = 3 << 20,
+        **overrides: Any,
     ) -> None:
-        if dim < 1:
-            raise ValueError(f"dim must be >= 1, got {dim}")
-        if regularization < 0 or unobserved_weight < 0:
-            raise ValueError("regularization and unobserved_weight must be >= 0")
-        if iterations < 0:
-            raise ValueError(f"iterations must be >= 0, got {iterations}")
-        if solver not in ("cg", "cholesky"):
-            raise ValueError(f"solver must be 'cg' or 'cholesky', got {solver!r}")
-        if solver == "cg" and cg_steps < 1:
-            raise ValueError(f"cg_steps must be >= 1, got {cg_steps}")
-        self.dim = dim
-        self.regularization = regularization
-        self.unobserved_weight = unobserved_weight
-        self.iterations = iterations
-        self.seed = seed
-        self.regularization_exp = regularization_exp
-        self.row_weights = row_weights
-        self.col_weights = col_weights
-        self.weight_scale = weight_scale
-        self.weight_exponent = weight_exponent
-        self.solver = solver
-        self.cg_steps = cg_steps
+        self.params = dataclasses.replace(params or WALSParams(), **overrides).as_params()
         self.device = device
         self.num_threads = num_threads
         self.calculate_training_loss = calculate_training_loss
         self.chunk_bytes = chunk_bytes
         self.block_bytes = block_bytes
+        dim = self.params.dim
         self.user_factors: np.ndarray = np.zeros((0, dim), dtype=np.float32)
         self.item_factors: np.ndarray = np.zeros((0, dim), dtype=np.float32)
         self.item_gramian: np.ndarray = np.zeros((dim, dim), dtype=np.float32)
         self.col_weight_values: np.ndarray = np.zeros(0, dtype=np.float64)
         self.history = FitHistory()
-
-    # ------------------------------------------------------------------ parameters
-    def get_params(self) -> dict[str, Any]:
-        """Hyper-parameters as plain JSON types (what ``save`` writes)."""
-        keys = (
-            "dim", "regularization", "unobserved_weight", "iterations", "seed",
-            "regularization_exp", "row_weights", "col_weights", "weight_scale",
-            "weight_exponent", "solver", "cg_steps",
-        )  # fmt: skip
-        return {k: getattr(self, k) for k in keys}
 
     # ------------------------------------------------------------------ fitting
     def fit(
@@ -234,14 +189,14 @@ class WALS:
             perm = _inverse(items_order)[_inverse(by_item)[users_order]]
             users_side.from_other = torch.from_numpy(perm).to(dev)
 
-        rng = np.random.default_rng(self.seed)
-        user_f = torch.from_numpy(_glorot(rng, n_users, self.dim)).to(dev)
-        item_f = torch.from_numpy(_glorot(rng, n_items, self.dim)).to(dev)
+        seed, dim = self.params.seed, self.params.dim
+        user_f = torch.from_numpy(glorot(seed, n_users, dim)).to(dev)
+        item_f = torch.from_numpy(glorot(seed, n_items, dim, skip=n_users * dim)).to(dev)
 
         self.history = FitHistory()
         best: tuple[float, np.ndarray, np.ndarray] | None = None
         since_best = 0
-        for it in range(self.iterations):
+        for it in range(self.params.iterations):
             start = time.perf_counter()
             item_f = self._half_step(items_side, item_f, user_f)
             user_f = self._half_step(users_side, user_f, item_f)
@@ -271,7 +226,7 @@ class WALS:
                 log.info("early stop after iteration %d", it)
                 break
 
-        if self.iterations and not self.calculate_training_loss:
+        if self.params.iterations and not self.calculate_training_loss:
             self.history.loss.append(self._loss(users_side, items_side, user_f, item_f))
         if best is not None and early_stopping_patience:
             self.user_factors, self.item_factors = best[1], best[2]
@@ -289,13 +244,13 @@ class WALS:
     def _observed_weights(
         self, matrix: sp.csr_matrix, weights: sp.spmatrix | None
     ) -> sp.csr_matrix:
-        w0 = self.unobserved_weight
+        w0 = self.params.unobserved_weight
         n_users, n_items = matrix.shape
         self.col_weight_values = weights_from_counts(
             np.bincount(matrix.indices, minlength=n_items),
-            self.col_weights,
-            self.weight_scale,
-            self.weight_exponent,
+            self.params.col_weights,
+            self.params.weight_scale,
+            self.params.weight_exponent,
         )
         if weights is not None:
             weights = _check_csr(weights, "weights")
@@ -308,7 +263,10 @@ class WALS:
                 raise ValueError("weights must be > 0 on every observed entry")
             return weights
         row_w = weights_from_counts(
-            np.diff(matrix.indptr), self.row_weights, self.weight_scale, self.weight_exponent
+            np.diff(matrix.indptr),
+            self.params.row_weights,
+            self.params.weight_scale,
+            self.params.weight_exponent,
         )
         rows = np.repeat(np.arange(n_users), np.diff(matrix.indptr))
         data = w0 + row_w[rows] * self.col_weight_values[matrix.indices]
@@ -327,11 +285,15 @@ class WALS:
         n_rows = len(indptr) - 1
         counts = np.diff(indptr)
         reg = row_regularization(
-            self.regularization, self.regularization_exp, counts, n_cols, self.unobserved_weight
+            self.params.regularization,
+            self.params.regularization_exp,
+            counts,
+            n_cols,
+            self.params.unobserved_weight,
         )
         n_blocks = 1
-        if self.solver == "cg" and dev.type == "cpu":
-            n_blocks = max(1, math.ceil(n_cols * self.dim * 4 / self.block_bytes))
+        if self.params.solver == "cg" and dev.type == "cpu":
+            n_blocks = max(1, math.ceil(n_cols * self.params.dim * 4 / self.block_bytes))
         edges = np.linspace(0, n_cols, n_blocks + 1).astype(np.int64)
         rows = np.repeat(np.arange(n_rows, dtype=np.int32), counts)
         # Small unsigned keys make numpy's stable argsort a radix sort: linear time.
@@ -362,7 +324,9 @@ class WALS:
         side = _Side(
             shape=(n_rows, n_cols),
             blocks=blocks,
-            excess_weight=torch.from_numpy((w - self.unobserved_weight).astype(np.float32)).to(dev),
+            excess_weight=torch.from_numpy(
+                (w - self.params.unobserved_weight).astype(np.float32)
+            ).to(dev),
             weighted_target=torch.from_numpy((w * targets[order]).astype(np.float32)).to(dev),
             regularization=torch.from_numpy(reg.astype(np.float32)).to(dev),
         )
@@ -427,8 +391,8 @@ class WALS:
         return self._spmm(side, torch.sub(minus, values), fixed, out.neg_())
 
     def _half_step(self, side: _Side, x: torch.Tensor, fixed: torch.Tensor) -> torch.Tensor:
-        w0_gram = self.unobserved_weight * (fixed.T @ fixed)
-        if self.solver == "cholesky":
+        w0_gram = self.params.unobserved_weight * (fixed.T @ fixed)
+        if self.params.solver == "cholesky":
             rhs = self._spmm(side, side.weighted_target, fixed, torch.zeros_like(x))
             return self._cholesky(side, fixed, w0_gram, rhs)
         # Batched CG, warm-started from x; updates in place: rows are large (n_rows, dim).
@@ -437,7 +401,7 @@ class WALS:
         p = r.clone()
         rs_old = torch.linalg.vecdot(r, r)
         tiny = torch.finfo(x.dtype).tiny
-        for _ in range(self.cg_steps):
+        for _ in range(self.params.cg_steps):
             ap = self._apply(side, p, fixed, w0_gram)
             denom = torch.linalg.vecdot(p, ap)
             alpha = torch.where(denom > tiny, rs_old / denom.clamp_min(tiny), 0.0)[:, None]
@@ -484,7 +448,7 @@ class WALS:
         self, users: _Side, items: _Side, user_f: torch.Tensor, item_f: torch.Tensor
     ) -> float:
         """The full objective, computed without the dense matrix."""
-        w0 = self.unobserved_weight
+        w0 = self.params.unobserved_weight
         f64 = torch.float64
         pred = self._predict(users, user_f, item_f)
         weight = users.excess_weight + w0
@@ -519,7 +483,7 @@ class WALS:
             self.item_factors,
             self.item_gramian,
             self.col_weight_values,
-            self.get_params(),
+            self.params,
             item_indices,
             weights,
             targets,
@@ -530,7 +494,7 @@ class WALS:
         ``matrix`` holds the targets and ``weights`` the optional observed-entry weights."""
         matrix = _check_csr(matrix, "matrix")
         weights_csr = None if weights is None else _check_csr(weights, "weights")
-        out = np.zeros((matrix.shape[0], self.dim), dtype=np.float32)
+        out = np.zeros((matrix.shape[0], self.params.dim), dtype=np.float32)
         for row in range(matrix.shape[0]):
             items = csr_row(matrix, row)
             if len(items):
@@ -564,7 +528,7 @@ class WALS:
         np.save(path / "item_factors.npy", self.item_factors)
         np.save(path / "item_gramian.npy", self.item_gramian)
         np.save(path / "col_weights.npy", self.col_weight_values)
-        meta = {"params": self.get_params(), "history": self.history.__dict__}
+        meta = {"params": self.params.to_dict(), "history": self.history.__dict__}
         (path / "wals.json").write_text(json.dumps(meta, indent=2))
 
     @classmethod
@@ -572,7 +536,7 @@ class WALS:
         """Inverse of ``save``; ``mmap`` memory-maps the user factors."""
         path = Path(path)
         meta = json.loads((path / "wals.json").read_text())
-        model = cls(**meta["params"])
+        model = cls(WALSParams.from_mapping(meta["params"]))
         model.user_factors = np.load(path / "user_factors.npy", mmap_mode="r" if mmap else None)
         model.item_factors = np.load(path / "item_factors.npy")
         model.item_gramian = np.load(path / "item_gramian.npy")
@@ -586,12 +550,6 @@ def _inverse(permutation: np.ndarray) -> np.ndarray:
     out = np.empty_like(permutation)
     out[permutation] = np.arange(len(permutation), dtype=permutation.dtype)
     return out
-
-
-def _glorot(rng: np.random.Generator, n: int, dim: int) -> np.ndarray:
-    """Glorot-uniform init of an (n, dim) variable, as TF's default initializer."""
-    limit = math.sqrt(6.0 / (n + dim))
-    return rng.uniform(-limit, limit, size=(n, dim)).astype(np.float32)
 
 
 def _check_csr(matrix: Any, name: str) -> sp.csr_matrix:

@@ -6,12 +6,10 @@ same vector as offline. No torch here: the service imports this module.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from typing import Any, Literal
-
 import numpy as np
 
-WeightScheme = Literal["uniform", "linear", "power"]
+from models.core.params import WALSParams, WeightScheme
+from models.core.solve import observed_sums, solve_rows
 
 
 def weights_from_counts(
@@ -63,10 +61,7 @@ def fold_in(
     unobserved_weight: float,
     regularization: float,
 ) -> np.ndarray:
-    """Solve one row of the WALS objective exactly.
-
-    Minimises ``sum_j W_j (A_j - u.v_j)^2 + w0 * sum_{j unobserved} (u.v_j)^2 + lambda |u|^2``
-    via ``(w0 G + lambda I + V_o^T diag(W - w0) V_o) u = V_o^T (W * A)``.
+    """Solve one row of the WALS objective exactly (``models.core.solve``), in float64.
 
     Args:
         item_factors: (n_items, dim) float32, the fixed side V.
@@ -80,33 +75,32 @@ def fold_in(
     Returns:
         (dim,) float32 user vector; zeros when ``item_indices`` is empty.
     """
-    dim = item_factors.shape[1]
     if len(item_indices) == 0:
-        return np.zeros(dim, dtype=np.float32)
-    v = item_factors[item_indices].astype(np.float64)
+        return np.zeros(item_factors.shape[1], dtype=np.float32)
     w = np.asarray(weights, dtype=np.float64)
-    a = np.asarray(targets, dtype=np.float64)
-    lhs = unobserved_weight * gramian.astype(np.float64) + regularization * np.eye(dim)
-    lhs += (v * (w - unobserved_weight)[:, None]).T @ v
-    rhs = v.T @ (w * a)
-    return np.linalg.solve(lhs, rhs).astype(np.float32)
+    sums = observed_sums(
+        item_factors[item_indices].astype(np.float64),
+        np.array([0, len(item_indices)]),
+        w - unobserved_weight,
+        w * np.asarray(targets, dtype=np.float64),
+    )
+    w0_gramian = unobserved_weight * gramian.astype(np.float64)
+    return solve_rows(sums, w0_gramian, np.array([regularization]))[0]
 
 
 def fold_in_user(
     item_factors: np.ndarray,
     gramian: np.ndarray,
     col_weights: np.ndarray,
-    params: Mapping[str, Any],
+    params: WALSParams,
     item_indices: np.ndarray | list[int],
     weights: np.ndarray | list[float] | None = None,
     targets: np.ndarray | list[float] | None = None,
 ) -> np.ndarray:
     """A new user's vector (dim,) with the weights and regularization WALS trained with.
 
-    ``params`` holds WALS' ``get_params()`` (unobserved_weight, regularization,
-    regularization_exp, row_weights, weight_scale, weight_exponent); ``col_weights`` the
-    fitted c_j. Without weights or targets, duplicate indices count once. Raises
-    ``ValueError`` on indices out of range.
+    ``params`` are the fitted model's; ``col_weights`` the fitted c_j. Without weights or
+    targets, duplicate indices count once. Raises ``ValueError`` on indices out of range.
     """
     n_items = item_factors.shape[0]
     idx = np.asarray(item_indices, dtype=np.int64).reshape(-1)
@@ -114,13 +108,10 @@ def fold_in_user(
         idx = np.unique(idx)  # a repeated item is one interaction, not a heavier one
     if idx.size and (idx.min() < 0 or idx.max() >= n_items):
         raise ValueError(f"item indices must lie in [0, {n_items}), got {idx.min()}..{idx.max()}")
-    w0 = float(params["unobserved_weight"])
+    w0 = params.unobserved_weight
     if weights is None:
         row_w = weights_from_counts(
-            np.array([len(idx)]),
-            params["row_weights"],
-            params["weight_scale"],
-            params["weight_exponent"],
+            np.array([len(idx)]), params.row_weights, params.weight_scale, params.weight_exponent
         )[0]
         w = w0 + row_w * col_weights[idx]
     else:
@@ -129,6 +120,6 @@ def fold_in_user(
     if w.shape != idx.shape or a.shape != idx.shape:
         raise ValueError("weights and targets must have one value per distinct item index")
     reg = row_regularization(
-        float(params["regularization"]), float(params["regularization_exp"]), len(idx), n_items, w0
+        params.regularization, params.regularization_exp, len(idx), n_items, w0
     )
     return fold_in(item_factors, gramian, idx, w, a, w0, float(reg))

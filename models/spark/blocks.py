@@ -10,39 +10,17 @@ what it receives. Every function here is plain numpy, so the rules are tested wi
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
 
 import numpy as np
 
-from models.core.fold_in import WeightScheme, row_regularization
+from models.core.fold_in import row_regularization
+from models.core.params import WALSParams
+from models.core.solve import observed_sums, solve_rows
 
 # Rows whose normal equations are built and solved together: 1,024 x dim^2 float64.
 SOLVE_CHUNK = 1024
-
-
-@dataclass(frozen=True)
-class Params:
-    """The WALS hyper-parameters the Spark job uses, named as ``models.wals.WALS``'s."""
-
-    dim: int = 64
-    regularization: float = 0.001
-    unobserved_weight: float = 0.1
-    iterations: int = 10
-    seed: int = 0
-    regularization_exp: float = 0.0
-    row_weights: WeightScheme = "uniform"
-    col_weights: WeightScheme = "uniform"
-    weight_scale: float = 1.0
-    weight_exponent: float = 0.08
-
-    @classmethod
-    def from_mapping(cls, params: Mapping[str, Any]) -> Params:
-        """From ``WALS.get_params()`` or a config section; other keys (the solver's) ignored."""
-        names = cls.__dataclass_fields__
-        return cls(**{k: v for k, v in params.items() if k in names})
 
 
 def block_edges(n_rows: int, n_blocks: int) -> np.ndarray:
@@ -53,23 +31,6 @@ def block_edges(n_rows: int, n_blocks: int) -> np.ndarray:
 
 def block_of(index: np.ndarray, edges: np.ndarray) -> np.ndarray:
     return np.searchsorted(edges, index, side="right") - 1
-
-
-def glorot_rows(
-    seed: int, n_rows: int, dim: int, start: int, stop: int, skip: int = 0
-) -> np.ndarray:
-    """Rows ``start:stop`` of ``models.wals._glorot(rng, n_rows, dim)`` where ``rng`` is
-    ``default_rng(seed)`` after ``skip`` draws, bit for bit, without drawing the rows before
-    them: PCG64 jumps ahead by the draws it skips (one 64-bit draw per uniform double).
-    ``models.wals.WALS.fit`` draws the users, then the items (``skip = n_users * dim``)."""
-    limit = math.sqrt(6.0 / (n_rows + dim))
-    bits = np.random.PCG64(seed)
-    bits.advance(int(skip) + int(start) * dim)
-    return (
-        np.random.Generator(bits)
-        .uniform(-limit, limit, size=(int(stop) - int(start), dim))
-        .astype(np.float32)
-    )
 
 
 @dataclass
@@ -107,7 +68,7 @@ def build_block(
     cols: np.ndarray,
     targets: np.ndarray,
     weights: np.ndarray,
-    params: Params,
+    params: WALSParams,
 ) -> Block:
     """The block ``index`` of a side from all its entries (global row and column indices)."""
     start, stop = int(row_edges[index]), int(row_edges[index + 1])
@@ -199,39 +160,29 @@ def solve_block(
         if part.shape != (size, dim):
             raise ValueError(f"block {block.index}: block {s} sent {part.shape}, not {(size, dim)}")
     fixed = np.concatenate(parts) if parts else np.zeros((0, dim), dtype=np.float32)
-    excess_all = block.excess_weight.astype(np.float32)
     x = np.zeros((block.n_rows, dim), dtype=np.float32)
-    diagonal = np.arange(dim)
     observed = 0.0
     # Chunks of rows: their entries' factors are gathered once per chunk (never all of the
-    # block's at once: nnz x dim would be half a gigabyte per million entries); one small
-    # BLAS product per row builds its matrix, and the solves run batched. (Padding a chunk's
-    # rows into one batched matmul measured 1.5x slower: the long rows dominate.)
+    # block's at once: nnz x dim would be half a gigabyte per million entries).
     for lo in range(0, block.n_rows, SOLVE_CHUNK):
         hi = min(block.n_rows, lo + SOLVE_CHUNK)
         first, last = block.indptr[lo], block.indptr[hi]
-        v = fixed[block.position[first:last]]
-        excess = excess_all[first:last]
         weighted = block.weighted_target[first:last]
-        observed_part = np.zeros((hi - lo, dim, dim))  # sum_j (W - w0) v_j v_j^T per row
-        rhs = np.zeros((hi - lo, dim))
-        for row in range(lo, hi):
-            a, b = block.indptr[row] - first, block.indptr[row + 1] - first
-            if a < b:
-                vr = v[a:b]
-                observed_part[row - lo] = (vr * excess[a:b, None]).T @ vr  # float32, as torch's
-                rhs[row - lo] = weighted[a:b] @ vr
-        lhs = observed_part + w0_gramian
-        lhs[:, diagonal, diagonal] += block.regularization[lo:hi, None]
-        x[lo:hi] = np.linalg.solve(lhs, rhs[:, :, None])[:, :, 0]
+        sums = observed_sums(
+            fixed[block.position[first:last]],  # float32 products, as torch's solvers
+            block.indptr[lo : hi + 1],
+            block.excess_weight[first:last],
+            weighted,
+        )
+        x[lo:hi] = solve_rows(sums, w0_gramian, block.regularization[lo:hi])
         # The chunk's sum_obs W (A - x.v)^2 - w0 (x.v)^2 without a prediction per entry:
         # sum W A^2 - 2 x.rhs + x^T (sum (W - w0) v v^T) x, with the float32 x returned.
         xc = x[lo:hi].astype(np.float64)
         weight = block.excess_weight[first:last] + unobserved_weight
         observed += float(
             np.sum(weighted * weighted / weight)
-            - 2.0 * np.einsum("ij,ij->", xc, rhs)
-            + np.einsum("ni,nij,nj->", xc, observed_part, xc)
+            - 2.0 * np.einsum("ij,ij->", xc, sums.rhs)
+            + np.einsum("ni,nij,nj->", xc, sums.matrices, xc)
         )
     x64 = x.astype(np.float64)
     reg = float(block.regularization @ np.einsum("ij,ij->i", x64, x64))

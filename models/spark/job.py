@@ -27,7 +27,7 @@ from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
 from models.core.errors import WalrusError
-from models.spark.blocks import Params
+from models.core.params import WALSParams
 from models.spark.wals import SparkWALSError, fit, session, write_factors
 
 
@@ -70,7 +70,7 @@ def run(spark: SparkSession, args: argparse.Namespace) -> dict[str, Any]:
     )
     if has_weights:
         indexed = indexed.withColumn("weight", F.col("weight").cast("double"))
-    params = Params.from_mapping(json.loads(args.params))
+    params = WALSParams.from_mapping(json.loads(args.params))
     result, user_factors, item_factors = fit(
         spark,
         indexed,

@@ -34,14 +34,14 @@ from pyspark.sql import types as T
 
 from models.core.errors import WalrusError
 from models.core.fold_in import weights_from_counts
+from models.core.glorot import glorot_rows
+from models.core.params import WALSParams
 from models.spark.blocks import (
     Block,
-    Params,
     Stats,
     block_edges,
     block_of,
     build_block,
-    glorot_rows,
     messages,
     solve_block,
 )
@@ -171,7 +171,7 @@ def fit(
     interactions: DataFrame,
     n_users: int,
     n_items: int,
-    params: Params,
+    params: WALSParams,
     checkpoint_dir: str,
     *,
     has_weights: bool = False,

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 
 from models.cold_start import RidgeMap, fill_cold_items
-from models.core.features import COLUMN, FEATURES, N_FEATURES, build_features, text_profile
 from models.core.candidates import ExactSearch
+from models.core.features import COLUMN, FEATURES, N_FEATURES, build_features, text_profile
 from models.core.hybrid import PoolSizes, recommend_batch, reserve_cold
 from models.core.types import ItemTables, Request, SearchBatch
 from models.head import RankingPools, ScoreHead, pool_ndcg

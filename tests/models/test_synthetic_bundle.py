@@ -11,12 +11,12 @@ import pytest
 from typer.testing import CliRunner
 
 from export.runtime import verify_bundle
-from walrus.cli import app
-from models.data.vocabulary import TOPICS
 from export.synthetic import SeedSpec, build_synthetic_bundle
+from models.data.vocabulary import TOPICS
 from service.recommender import Recommender
 from service.schemas import RecommendRequest
 from service.settings import Settings
+from walrus.cli import app
 
 pytestmark = pytest.mark.slow
 TOPIC_OF = {word: topic for topic, words in TOPICS.items() for word in words}

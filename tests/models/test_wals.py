@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import scipy.sparse as sp
 
+from models.core.glorot import glorot
 from models.wals import WALS, weights_from_counts
 
 
@@ -20,21 +21,24 @@ def dense_loss(a, w, u, v, lam_u, lam_v):
 
 
 def dense_weights(model: WALS, matrix: sp.csr_matrix, weights=None) -> np.ndarray:
-    w = np.full(matrix.shape, model.unobserved_weight)
+    w = np.full(matrix.shape, model.params.unobserved_weight)
     if weights is not None:
         w[weights.nonzero()] = weights.toarray()[weights.nonzero()]
         return w
     rows, cols = matrix.nonzero()
     r = weights_from_counts(
-        np.diff(matrix.indptr), model.row_weights, model.weight_scale, model.weight_exponent
+        np.diff(matrix.indptr),
+        model.params.row_weights,
+        model.params.weight_scale,
+        model.params.weight_exponent,
     )
     c = weights_from_counts(
         np.bincount(matrix.indices, minlength=matrix.shape[1]),
-        model.col_weights,
-        model.weight_scale,
-        model.weight_exponent,
+        model.params.col_weights,
+        model.params.weight_scale,
+        model.params.weight_exponent,
     )
-    w[rows, cols] = model.unobserved_weight + r[rows] * c[cols]
+    w[rows, cols] = model.params.unobserved_weight + r[rows] * c[cols]
     return w
 
 
@@ -63,11 +67,14 @@ def test_loss_equals_dense_objective(tiny_matrix, col_weights, regularization_ex
     w = dense_weights(model, tiny_matrix)
     n_u, n_i = tiny_matrix.shape
     lam_u = (
-        model.regularization
-        * (np.diff(tiny_matrix.indptr) + model.unobserved_weight * n_i) ** regularization_exp
+        model.params.regularization
+        * (np.diff(tiny_matrix.indptr) + model.params.unobserved_weight * n_i) ** regularization_exp
     )
     counts = np.bincount(tiny_matrix.indices, minlength=n_i)
-    lam_v = model.regularization * (counts + model.unobserved_weight * n_u) ** regularization_exp
+    lam_v = (
+        model.params.regularization
+        * (counts + model.params.unobserved_weight * n_u) ** regularization_exp
+    )
     expected = dense_loss(
         tiny_matrix.toarray(),
         w,
@@ -118,10 +125,7 @@ def test_each_half_step_is_the_dense_closed_form(tiny_matrix, solver):
     model.fit(tiny_matrix)
     a = tiny_matrix.toarray()
     w = dense_weights(model, tiny_matrix)
-    from models.wals import _glorot
-
-    rng = np.random.default_rng(3)
-    u0 = _glorot(rng, 30, dim).astype(np.float64)
+    u0 = glorot(3, 30, dim).astype(np.float64)
     v1 = closed_form_rows(a.T, w.T, u0, np.full(20, 0.2))
     np.testing.assert_allclose(model.item_factors, v1, atol=2e-4)
     u1 = closed_form_rows(a, w, model.item_factors.astype(np.float64), np.full(30, 0.2))
@@ -214,19 +218,19 @@ def test_fold_in_reproduces_the_default_cg_fit_when_cg_has_converged(tiny_matrix
     kwargs = dict(dim=4, regularization=0.1, iterations=5, row_weights=row_weights,
                   weight_scale=3.0, device="cpu", seed=1)  # fmt: skip
     converged = WALS(cg_steps=24, **kwargs).fit(tiny_matrix)
-    assert converged.solver == "cg"
+    assert converged.params.solver == "cg"
     for user in (0, 7, 19):
         items = tiny_matrix[user].indices
         # fold_in takes the row weight the fit used for this user
         count = len(items)
         r = {"uniform": 3.0, "linear": 3.0 / count}[row_weights]
-        weights = converged.unobserved_weight + r * converged.col_weight_values[items]
+        weights = converged.params.unobserved_weight + r * converged.col_weight_values[items]
         np.testing.assert_allclose(converged.fold_in(items, weights), converged.user_factors[user],
                                    atol=1e-4)  # fmt: skip
     starved = WALS(cg_steps=1, **kwargs).fit(tiny_matrix)
     items = tiny_matrix[7].indices
     r = {"uniform": 3.0, "linear": 3.0 / len(items)}[row_weights]
-    weights = starved.unobserved_weight + r * starved.col_weight_values[items]
+    weights = starved.params.unobserved_weight + r * starved.col_weight_values[items]
     assert np.abs(starved.fold_in(items, weights) - starved.user_factors[7]).max() > 1e-3
 
 

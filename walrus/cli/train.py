@@ -34,7 +34,6 @@ def train_wals(
     from models.pipeline import (
         ParquetOutput,
         fit_wals,
-        fit_wals_spark,
         load_dataset,
         observed,
         save_wals,
@@ -57,14 +56,11 @@ def train_wals(
                 shown = f"loss {loss:.5g}" if math.isfinite(loss) else f"iteration {it + 1}"
                 bar.update(task, advance=1, description=f"WALS {shown}")
 
-            if cfg.wals.engine == "spark":
-                parquet = ParquetOutput(tmp, dataset.users, dataset.items)
-                model = fit_wals_spark(cfg, observed(dataset), has_weights, report, parquet)
-            else:
-                model = fit_wals(cfg, observed(dataset), has_weights, callback=report)
+            parquet = ParquetOutput(tmp, dataset.users, dataset.items)
+            model = fit_wals(cfg, observed(dataset), has_weights, callback=report, parquet=parquet)
         save_wals(tmp, model, dataset)
     console.print(
-        f"WALS dim={model.dim} ({cfg.wals.engine}): {len(dataset.users)} users x "
+        f"WALS dim={model.params.dim} ({cfg.wals.engine}): {len(dataset.users)} users x "
         f"{len(dataset.items)} items, "
         f"final loss {model.history.loss[-1] if model.history.loss else float('nan'):.6g}, "
         f"{sum(model.history.seconds):.1f}s -> {out}"

@@ -7,25 +7,13 @@ import pytest
 import scipy.sparse as sp
 
 from models.core.fold_in import fold_in
+from models.core.params import WALSParams
 from models.spark.blocks import (
-    Params,
     block_edges,
     build_block,
-    glorot_rows,
     messages,
     solve_block,
 )
-from models.wals import _glorot
-
-
-@pytest.mark.parametrize(("start", "stop", "skip"), [(0, 7, 0), (13, 29, 0), (0, 5, 30 * 4)])
-def test_glorot_rows_are_the_single_machine_draws(start, stop, skip):
-    rng = np.random.default_rng(11)
-    users = _glorot(rng, 30, 4)
-    items = _glorot(rng, 40, 4)
-    want = users if skip == 0 else items
-    n_rows = 30 if skip == 0 else 40
-    np.testing.assert_array_equal(glorot_rows(11, n_rows, 4, start, stop, skip), want[start:stop])
 
 
 def test_block_edges_cover_every_row_once():
@@ -34,7 +22,7 @@ def test_block_edges_cover_every_row_once():
     assert len(block_edges(3, 8)) == 4  # never more blocks than rows
 
 
-def _blocks(matrix: sp.csr_matrix, n_blocks: int, params: Params):
+def _blocks(matrix: sp.csr_matrix, n_blocks: int, params: WALSParams):
     coo = matrix.tocoo()
     ue, ie = block_edges(matrix.shape[0], n_blocks), block_edges(matrix.shape[1], n_blocks)
     w = np.full(coo.nnz, 1.0 + params.unobserved_weight)
@@ -56,7 +44,7 @@ def _blocks(matrix: sp.csr_matrix, n_blocks: int, params: Params):
 def test_each_block_receives_exactly_the_factors_its_entries_need(tiny_matrix):
     """What item blocks send (their out-blocks) is what user blocks expect (their in-blocks):
     entry k of a user block sees the factor of its own item."""
-    params = Params(dim=3)
+    params = WALSParams(dim=3)
     ue, ie, users, items = _blocks(tiny_matrix, 3, params)
     factors = np.arange(tiny_matrix.shape[1] * 3, dtype=np.float32).reshape(-1, 3)
     inbox: dict[int, dict[int, np.ndarray]] = {}
@@ -76,7 +64,7 @@ def test_each_block_receives_exactly_the_factors_its_entries_need(tiny_matrix):
 
 
 def test_solve_block_is_fold_in_row_by_row(tiny_matrix):
-    params = Params(dim=4, regularization=0.3, unobserved_weight=0.2)
+    params = WALSParams(dim=4, regularization=0.3, unobserved_weight=0.2)
     ue, ie, users, items = _blocks(tiny_matrix, 2, params)
     v = np.random.default_rng(0).normal(size=(tiny_matrix.shape[1], 4)).astype(np.float32)
     gram = v.astype(np.float64).T @ v
@@ -91,14 +79,7 @@ def test_solve_block_is_fold_in_row_by_row(tiny_matrix):
 
 
 def test_a_block_missing_a_sender_is_refused(tiny_matrix):
-    params = Params(dim=2)
+    params = WALSParams(dim=2)
     _, _, users, _ = _blocks(tiny_matrix, 2, params)
     with pytest.raises(ValueError, match="received nothing"):
         solve_block(users[0], {}, np.eye(2), 0.1)
-
-
-def test_the_job_s_defaults_are_the_single_machine_s():
-    """The job cannot import models.wals (torch): its parameter defaults are a second copy."""
-    from models.wals import WALS
-
-    assert Params() == Params.from_mapping(WALS().get_params())

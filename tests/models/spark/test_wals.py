@@ -14,7 +14,7 @@ import pandas as pd
 import pytest
 import scipy.sparse as sp
 
-from models.spark.blocks import Params
+from models.core.params import WALSParams
 from models.spark.wals import SparkWALSError, check_master, fit
 from models.wals import WALS
 from tests.models.test_cli import walrus
@@ -78,7 +78,7 @@ def test_equal_to_the_single_machine_exact_solver(spark, tmp_path, params):
         frame(spark, m),
         40,
         25,
-        Params(**params),
+        WALSParams(**params),
         str(tmp_path / "ckpt"),
         n_blocks=3,
         checkpoint_interval=1,
@@ -99,7 +99,7 @@ def test_explicit_weights_equal_too(spark, tmp_path, tiny_matrix):
         frame(spark, tiny_matrix, weights),
         30,
         20,
-        Params(**params),
+        WALSParams(**params),
         str(tmp_path),
         has_weights=True,
         n_blocks=2,
@@ -121,13 +121,13 @@ def test_explicit_weights_equal_too(spark, tmp_path, tiny_matrix):
 def test_bad_input_is_one_clear_error(spark, tmp_path, rows, message):
     df = spark.createDataFrame(pd.DataFrame(rows)).repartition(3)  # some partitions empty
     with pytest.raises(SparkWALSError, match=message):
-        fit(spark, df, 3, 3, Params(dim=2, iterations=1), str(tmp_path))
+        fit(spark, df, 3, 3, WALSParams(dim=2, iterations=1), str(tmp_path))
 
 
 def test_empty_input_is_refused(spark, tmp_path):
     df = spark.createDataFrame(pd.DataFrame({"user": [0], "item": [0], "target": [1.0]})).limit(0)
     with pytest.raises(SparkWALSError, match="empty"):
-        fit(spark, df, 3, 3, Params(dim=2, iterations=1), str(tmp_path))
+        fit(spark, df, 3, 3, WALSParams(dim=2, iterations=1), str(tmp_path))
 
 
 def test_an_unreachable_master_fails_fast():
