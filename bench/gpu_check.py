@@ -276,8 +276,12 @@ def threaded_search_check(served: Any, queries: np.ndarray, threads: int) -> dic
         t.start()
     for t in pool:
         t.join()
-    return {"threads": threads, "searches": len(queries), "mismatches": mismatches[0],
-            "errors": errors[:3]}  # fmt: skip
+    return {
+        "threads": threads,
+        "searches": len(queries),
+        "mismatches": mismatches[0],
+        "errors": errors[:3],
+    }
 
 
 def faiss_search_cpu(served: Any, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
@@ -352,8 +356,11 @@ def onnx_section(out: dict[str, Any], res: Results, smoke: bool, bundle: Path, w
     demo: dict[str, Any] = {}
     out["demo_encoder"] = demo
     reference = None
-    for precision, file in (("fp32", "encoder.onnx"), ("fp16", "encoder.fp16.onnx"),
-                            ("int8", "encoder.int8.onnx")):  # fmt: skip
+    for precision, file in (
+        ("fp32", "encoder.onnx"),
+        ("fp16", "encoder.fp16.onnx"),
+        ("int8", "encoder.int8.onnx"),
+    ):
         if not (bundle / file).is_file():
             demo[f"{precision}_missing"] = True
             continue
@@ -420,9 +427,15 @@ def build_roberta_base_onnx(work: Path, smoke: bool) -> Path:
     sizes: dict[str, int] = (
         {"hidden_size": 32, "layers": 2, "heads": 2}
         if smoke
-        else {"hidden_size": 768, "layers": 12, "heads": 12, "intermediate_size": 3072,
-              "max_position": 514, "vocab_size": 8000}
-    )  # fmt: skip
+        else {
+            "hidden_size": 768,
+            "layers": 12,
+            "heads": 12,
+            "intermediate_size": 3072,
+            "max_position": 514,
+            "vocab_size": 8000,
+        }
+    )
     texts = [" ".join(WORDS[i:] + WORDS[:i]) for i in range(len(WORDS))] * 20
     build_tiny_roberta(texts, path / "hf", **sizes)
     encoder = TextEncoder.load(str(path / "hf"), max_length=64)
@@ -484,8 +497,15 @@ def roberta_bundle(bundle: Path, encoder_dir: Path, work: Path) -> Path:
     return out
 
 
-def serving_section(out: dict[str, Any], res: Results, smoke: bool, bundle: Path, work: Path,
-                    wrk: str | None, workers_list: tuple[int, ...] = (1, 4)) -> None:  # fmt: skip
+def serving_section(
+    out: dict[str, Any],
+    res: Results,
+    smoke: bool,
+    bundle: Path,
+    work: Path,
+    wrk: str | None,
+    workers_list: tuple[int, ...] = (1, 4),
+) -> None:
     """The service on this machine's device with dynamic batching, loaded by wrk."""
     import httpx
 
@@ -509,8 +529,13 @@ def serving_section(out: dict[str, Any], res: Results, smoke: bool, bundle: Path
                 continue
             entry: dict[str, Any] = {"env": env, "uvicorn_workers": workers}
             out[f"{name}_{label}"] = entry
-            server = Server(path, WALRUS_DEVICE="auto", WALRUS_LOG_LEVEL="warning",
-                            extra_args=["--workers", str(workers)], **env)  # fmt: skip
+            server = Server(
+                path,
+                WALRUS_DEVICE="auto",
+                WALRUS_LOG_LEVEL="warning",
+                extra_args=["--workers", str(workers)],
+                **env,
+            )
             try:
                 server.wait(timeout=120)
                 ready = httpx.get(server.url + "/readyz").json()
@@ -522,8 +547,9 @@ def serving_section(out: dict[str, Any], res: Results, smoke: bool, bundle: Path
                 entry["probe_timings_ms"] = probe.json().get("timings_ms")
                 conns = (8, 64) if smoke else (1, 32, 128, 512)
                 for c in conns:
-                    entry[f"c{c}"] = run_wrk(wrk, server.url, "/v1/recommend", c, seconds,
-                                             min(8, c), script)  # fmt: skip
+                    entry[f"c{c}"] = run_wrk(
+                        wrk, server.url, "/v1/recommend", c, seconds, min(8, c), script
+                    )
                     res.write()
                 if name == "demo":
                     entry["healthz_c128"] = run_wrk(
@@ -546,8 +572,13 @@ def wals_scale_section(out: dict[str, Any], res: Results, smoke: bool) -> None:
     n_users, n_items, nnz = (20_000, 2_000, 200_000) if smoke else (1_000_000, 100_000, 52_000_000)
     start = time.perf_counter()
     matrix = power_law_matrix(n_users, n_items, nnz, seed=5)
-    out["data"] = {"users": n_users, "items": n_items, "nnz": matrix.nnz, "dim": 64,
-                   "generate_s": round(time.perf_counter() - start, 2)}  # fmt: skip
+    out["data"] = {
+        "users": n_users,
+        "items": n_items,
+        "nnz": matrix.nnz,
+        "dim": 64,
+        "generate_s": round(time.perf_counter() - start, 2),
+    }
     res.write()
     runs = [("cuda", 5)] if torch.cuda.is_available() else []
     runs.append(("cpu", 2))
@@ -584,8 +615,10 @@ def report(paths: list[Path]) -> str:
     runs = [json.loads(p.read_text()) for p in paths]
     full = next(r for r in runs if "wals_scale" in r)
     env, lines = full["env"], []
-    lines.append(f"Machine: {env.get('nvidia_smi', env.get('gpu'))}, {env['cpus']} CPU cores; "
-                 f"torch {env['torch']}, onnxruntime {env['onnxruntime']}, faiss {env['faiss']}.")  # fmt: skip
+    lines.append(
+        f"Machine: {env.get('nvidia_smi', env.get('gpu'))}, {env['cpus']} CPU cores; "
+        f"torch {env['torch']}, onnxruntime {env['onnxruntime']}, faiss {env['faiss']}."
+    )
     lines += [
         "",
         "| WALS (dim 64) | seconds / iteration | setup + loss s | threads |",
@@ -596,49 +629,72 @@ def report(paths: list[Path]) -> str:
     for dev in ("cuda", "cpu"):
         if "seconds_per_iteration" in ws.get(dev, {}):
             r = ws[dev]
-            lines.append(f"| {dev}, {d['users']:,} × {d['items']:,}, {d['nnz']:,} nnz | "
-                         f"{np.median(r['seconds_per_iteration']):.3f} | {r['setup_and_loss_s']} | {r['threads']} |")  # fmt: skip
+            lines.append(
+                f"| {dev}, {d['users']:,} × {d['items']:,}, {d['nnz']:,} nnz | "
+                f"{np.median(r['seconds_per_iteration']):.3f} | {r['setup_and_loss_s']} | {r['threads']} |"
+            )
     if "speedup_per_iteration" in ws:
         lines.append(f"| speed-up per iteration | {ws['speedup_per_iteration']:.1f}× | | |")
     wp = full["wals_parity"]
-    lines += ["", "| WALS CPU vs CUDA (same fit) | loss relative diff | max abs diff (items / users) |",
-              "|---|---|---|"]  # fmt: skip
+    lines += [
+        "",
+        "| WALS CPU vs CUDA (same fit) | loss relative diff | max abs diff (items / users) |",
+        "|---|---|---|",
+    ]
     for solver in ("cg", "cholesky"):
         a = wp.get(f"{solver}_agreement")
         if a:
-            lines.append(f"| {solver} | {a['loss_relative_diff']:.1e} | "
-                         f"{a['item_factors_max_abs_diff']:.1e} / {a['user_factors_max_abs_diff']:.1e} |")  # fmt: skip
+            lines.append(
+                f"| {solver} | {a['loss_relative_diff']:.1e} | "
+                f"{a['item_factors_max_abs_diff']:.1e} / {a['user_factors_max_abs_diff']:.1e} |"
+            )
     fa = full["faiss"]
-    lines += ["", "| FAISS 500k × 64, k=100 | recall@100 | ms/query batch 1 (GPU / CPU) | ms/query batch 64 (GPU / CPU) | 16 threads: mismatches | k > 2048 |",
-              "|---|---|---|---|---|---|"]  # fmt: skip
+    lines += [
+        "",
+        "| FAISS 500k × 64, k=100 | recall@100 | ms/query batch 1 (GPU / CPU) | ms/query batch 64 (GPU / CPU) | 16 threads: mismatches | k > 2048 |",
+        "|---|---|---|---|---|---|",
+    ]
     for kind in ("flat", "ivf"):
         e = fa.get(kind)
         if e:
             t = e["timing"]
-            lines.append(f"| {kind} ({e['served_on']}) | {e['recall_at_100']:.5f} | "
-                         f"{t.get('gpu_ms_per_query_batch1', float('nan')):.3f} / {t['cpu_ms_per_query_batch1']:.3f} | "
-                         f"{t.get('gpu_ms_per_query_batch64', float('nan')):.4f} / {t['cpu_ms_per_query_batch64']:.4f} | "
-                         f"{e['threads']['mismatches']} | {'equal to CPU' if e['k_above_gpu_limit']['equal_to_cpu'] else 'DIFFERS'} |")  # fmt: skip
+            lines.append(
+                f"| {kind} ({e['served_on']}) | {e['recall_at_100']:.5f} | "
+                f"{t.get('gpu_ms_per_query_batch1', float('nan')):.3f} / {t['cpu_ms_per_query_batch1']:.3f} | "
+                f"{t.get('gpu_ms_per_query_batch64', float('nan')):.4f} / {t['cpu_ms_per_query_batch64']:.4f} | "
+                f"{e['threads']['mismatches']} | {'equal to CPU' if e['k_above_gpu_limit']['equal_to_cpu'] else 'DIFFERS'} |"
+            )
     on = full["onnx"]
-    lines += ["", "| encoder | provider | nodes on CUDA / CPU | queries/s batch 1 / 32 / 256 | vs CPU fp32 |",
-              "|---|---|---|---|---|"]  # fmt: skip
+    lines += [
+        "",
+        "| encoder | provider | nodes on CUDA / CPU | queries/s batch 1 / 32 / 256 | vs CPU fp32 |",
+        "|---|---|---|---|---|",
+    ]
     for group, label in (("demo_encoder", "MiniLM (demo)"), ("roberta_base", "roberta-base size")):
         for key, item in on.get(group, {}).items():
             if not isinstance(item, dict) or "session_providers" not in item:
                 continue
             nodes = item["nodes_by_provider"]
-            qps = " / ".join(f"{item[f'batch{b}_queries_per_s']:,.0f}" for b in (1, 32, 256)
-                             if f"batch{b}_queries_per_s" in item)  # fmt: skip
+            qps = " / ".join(
+                f"{item[f'batch{b}_queries_per_s']:,.0f}"
+                for b in (1, 32, 256)
+                if f"batch{b}_queries_per_s" in item
+            )
             if "min_cosine_vs_cpu_fp32" in item and not key.startswith("fp32"):
                 versus = f"min cosine {item['min_cosine_vs_cpu_fp32']:.5f}"
             elif "max_abs_diff_vs_cpu_fp32" in item:
                 versus = f"max abs diff {item['max_abs_diff_vs_cpu_fp32']:.1e}"
             else:
                 versus = ""
-            lines.append(f"| {label} {key.rsplit('_', 1)[0]} | {key.rsplit('_', 1)[1]} | "
-                         f"{nodes.get('CUDAExecutionProvider', 0)} / {nodes.get('CPUExecutionProvider', 0)} | {qps} | {versus} |")  # fmt: skip
-    lines += ["", "| serving (wrk, all-distinct queries) | uvicorn workers | connections | requests/s | p50 ms | p99 ms | mean batch | /healthz requests/s |",
-              "|---|---|---|---|---|---|---|---|"]  # fmt: skip
+            lines.append(
+                f"| {label} {key.rsplit('_', 1)[0]} | {key.rsplit('_', 1)[1]} | "
+                f"{nodes.get('CUDAExecutionProvider', 0)} / {nodes.get('CPUExecutionProvider', 0)} | {qps} | {versus} |"
+            )
+    lines += [
+        "",
+        "| serving (wrk, all-distinct queries) | uvicorn workers | connections | requests/s | p50 ms | p99 ms | mean batch | /healthz requests/s |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
     for run in runs:
         for key, entry in run.get("serving", {}).items():
             if not isinstance(entry, dict) or "readyz" not in entry:
@@ -649,9 +705,11 @@ def report(paths: list[Path]) -> str:
             for c in (1, 32, 128, 512):
                 r = entry.get(f"c{c}")
                 if r and r.get("requests_per_s"):
-                    lines.append(f"| {key.rsplit('_', 1)[0]} ({entry['readyz']['encoder_precision']}, FAISS {entry['readyz']['faiss']}) | "
-                                 f"{entry['uvicorn_workers']} | {c} | {r['requests_per_s']:,.0f} | {r['p50_ms']:.1f} | {r['p99_ms']:.1f} | "
-                                 f"{batch:.1f} | {f'{health:,.0f}' if health and c == 128 else ''} |")  # fmt: skip
+                    lines.append(
+                        f"| {key.rsplit('_', 1)[0]} ({entry['readyz']['encoder_precision']}, FAISS {entry['readyz']['faiss']}) | "
+                        f"{entry['uvicorn_workers']} | {c} | {r['requests_per_s']:,.0f} | {r['p50_ms']:.1f} | {r['p99_ms']:.1f} | "
+                        f"{batch:.1f} | {f'{health:,.0f}' if health and c == 128 else ''} |"
+                    )
     return "\n".join(lines)
 
 

@@ -56,10 +56,26 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         prefix = Path(tmp) / "stats"
         cmd = [
-            sys.executable, "-m", "locust", "-f", str(LOCUSTFILE), "--headless", "--only-summary",
-            "--host", args.host, "--users", str(args.users), "--spawn-rate", str(args.spawn_rate),
-            "--run-time", args.run_time, "--stop-timeout", "5", "--csv", str(prefix),
-        ]  # fmt: skip
+            sys.executable,
+            "-m",
+            "locust",
+            "-f",
+            str(LOCUSTFILE),
+            "--headless",
+            "--only-summary",
+            "--host",
+            args.host,
+            "--users",
+            str(args.users),
+            "--spawn-rate",
+            str(args.spawn_rate),
+            "--run-time",
+            args.run_time,
+            "--stop-timeout",
+            "5",
+            "--csv",
+            str(prefix),
+        ]
         run = subprocess.run(cmd, capture_output=True, text=True)
         stats_file = prefix.with_name("stats_stats.csv")
         if not stats_file.is_file():

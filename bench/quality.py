@@ -92,9 +92,13 @@ def fit_implicit(train: sp.csr_matrix, factors: int, regularization: float, alph
     from implicit.cpu.als import AlternatingLeastSquares
 
     model = AlternatingLeastSquares(
-        factors=factors, regularization=regularization, alpha=alpha, iterations=15,
-        random_state=0, calculate_training_loss=False,
-    )  # fmt: skip
+        factors=factors,
+        regularization=regularization,
+        alpha=alpha,
+        iterations=15,
+        random_state=0,
+        calculate_training_loss=False,
+    )
     with threadpool_limits(1, "blas"):
         model.fit(train, show_progress=False)
     return model
@@ -111,8 +115,14 @@ def tune_implicit(train: sp.csr_matrix, seed: int) -> dict[str, Any]:
     for factors, reg, alpha in itertools.product(*GRID.values()):
         model = fit_implicit(val.train, factors, reg, alpha)
         m = evaluate_scores(implicit_scores(model), val.train, val.test, (K,))
-        trials.append({"factors": factors, "regularization": reg, "alpha": alpha,
-                       "validation_recall": m[f"recall@{K}"]})  # fmt: skip
+        trials.append(
+            {
+                "factors": factors,
+                "regularization": reg,
+                "alpha": alpha,
+                "validation_recall": m[f"recall@{K}"],
+            }
+        )
     best = max(trials, key=lambda t: t["validation_recall"])
     best["on_grid_edge"] = [k for k, v in GRID.items() if best[k] in (v[0], v[-1])]
     model = fit_implicit(train, best["factors"], best["regularization"], best["alpha"])
@@ -187,7 +197,7 @@ def main(argv: list[str] | None = None) -> int:
             ("tune", ["tune", "-c", str(config), "--out", str(tuned), *overrides]),
             ("train", ["train", "hybrid", "-c", str(tuned)]),
             ("export", ["export", "-c", str(tuned)]),
-        ):  # fmt: skip
+        ):
             start = time.perf_counter()
             walrus_cli(*cli)
             timings[f"{name}_s"] = time.perf_counter() - start
@@ -207,28 +217,47 @@ def main(argv: list[str] | None = None) -> int:
             "implicit ALS (tuned)": imp,
             "walrus WALS (tuned)": evaluate_scores(
                 lambda r: hybrid.wals.user_factors[r] @ hybrid.wals.item_factors.T,
-                train, test, (K,),
+                train,
+                test,
+                (K,),
             ),
-            "walrus hybrid, offline": evaluate_scores(from_rankings(offline, n_items), train, test, (K,)),
-            "walrus hybrid, served": evaluate_scores(from_rankings(served, n_items), train, test, (K,)),
-        }  # fmt: skip
-        agree = float(np.mean([
-            set(offline[r].tolist()) == set(served[r].tolist())
-            for r in np.flatnonzero(np.diff(test.indptr) > 0)
-        ]))  # fmt: skip
+            "walrus hybrid, offline": evaluate_scores(
+                from_rankings(offline, n_items), train, test, (K,)
+            ),
+            "walrus hybrid, served": evaluate_scores(
+                from_rankings(served, n_items), train, test, (K,)
+            ),
+        }
+        agree = float(
+            np.mean(
+                [
+                    set(offline[r].tolist()) == set(served[r].tolist())
+                    for r in np.flatnonzero(np.diff(test.indptr) > 0)
+                ]
+            )
+        )
         payload = {
             "k": K,
             "test_users": int(rows["walrus hybrid, served"]["users"]),
             "results": {name: {k: float(v) for k, v in m.items()} for name, m in rows.items()},
             "served_equals_offline_share": agree,
-            "implicit": {"best": implicit["best"], "trials": implicit["trials"], "seconds": implicit_s},
+            "implicit": {
+                "best": implicit["best"],
+                "trials": implicit["trials"],
+                "seconds": implicit_s,
+            },
             "walrus_tuned": {
-                "wals": {k: getattr(cfg.wals, k) for k in ("dim", "regularization", "unobserved_weight", "regularization_exp")},
-                "head": cfg.head.model_dump(include={"loss", "learning_rate", "weight_decay", "cold_item_share"}),
+                "wals": {
+                    k: getattr(cfg.wals, k)
+                    for k in ("dim", "regularization", "unobserved_weight", "regularization_exp")
+                },
+                "head": cfg.head.model_dump(
+                    include={"loss", "learning_rate", "weight_decay", "cold_item_share"}
+                ),
                 **timings,
                 "serve_s": serve_s,
             },
-        }  # fmt: skip
+        }
         path = write_results("quality", payload)
         plot(payload, RESULTS / "quality.png")
         print(report(payload))

@@ -45,8 +45,12 @@ def main() -> int:
         variants = {"fp32 ONNX": out / "fp32.onnx"}
         for name, per_channel in (("int8, per tensor", False), ("int8, per channel", True)):
             path = out / f"{name.replace(' ', '_').replace(',', '')}.onnx"
-            quantize_dynamic(str(out / "fp32.onnx"), str(path), weight_type=QuantType.QInt8,
-                             per_channel=per_channel)  # fmt: skip
+            quantize_dynamic(
+                str(out / "fp32.onnx"),
+                str(path),
+                weight_type=QuantType.QInt8,
+                per_channel=per_channel,
+            )
             variants[name] = path
         for scheme in QUANTIZATION_SCHEMES:
             quantize_encoder(out / "fp32.onnx", out / f"{scheme}.onnx", scheme)
@@ -54,14 +58,19 @@ def main() -> int:
         for name, path in variants.items():
             onnx = OnnxTextEncoder(path, out / "tokenizer.json", 64, threads=1)
             emb = onnx.encode(texts)
-            rows.append({
-                "variant": name,
-                "min_cosine": float(cosine_rows(emb, reference).min()),
-                "max_abs_diff": float(np.abs(emb - reference).max()),
-                "ms_per_query": ms_per_query(onnx, "space robots"),
-            })  # fmt: skip
-    print_table("encoder quantisation: all-MiniLM-L6-v2, 32 texts, 1 thread, one query", rows,
-                ["variant", "min_cosine", "max_abs_diff", "ms_per_query"])  # fmt: skip
+            rows.append(
+                {
+                    "variant": name,
+                    "min_cosine": float(cosine_rows(emb, reference).min()),
+                    "max_abs_diff": float(np.abs(emb - reference).max()),
+                    "ms_per_query": ms_per_query(onnx, "space robots"),
+                }
+            )
+    print_table(
+        "encoder quantisation: all-MiniLM-L6-v2, 32 texts, 1 thread, one query",
+        rows,
+        ["variant", "min_cosine", "max_abs_diff", "ms_per_query"],
+    )
     print(f"wrote {write_results('quantization', {'texts': len(texts), 'rows': rows})}")
     return 0
 

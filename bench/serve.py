@@ -71,8 +71,9 @@ def encoder_limit(bundle: Path, precision: str, seconds: float = 3.0) -> dict[st
     cpus = usable_cpus()
 
     def make(threads: int) -> OnnxTextEncoder:
-        return OnnxTextEncoder(path / Files.ENCODER[precision], path / Files.TOKENIZER,
-                               max_length, threads=threads)  # fmt: skip
+        return OnnxTextEncoder(
+            path / Files.ENCODER[precision], path / Files.TOKENIZER, max_length, threads=threads
+        )
 
     texts = distinct_queries(400_000, seed=1)
     out: dict[str, Any] = {"precision": precision, "cpus": cpus}
@@ -107,8 +108,9 @@ def encoder_limit(bundle: Path, precision: str, seconds: float = 3.0) -> dict[st
 
 
 @contextmanager
-def running(cmd: list[str], env: dict[str, str], url: str, probe: dict[str, Any],
-            timeout: float = 300.0) -> Iterator[dict[str, Any]]:  # fmt: skip
+def running(
+    cmd: list[str], env: dict[str, str], url: str, probe: dict[str, Any], timeout: float = 300.0
+) -> Iterator[dict[str, Any]]:
     """A server process until the block ends. Ready when ``probe`` is answered 200 five times
     in a row (with several workers each loads on its own). Yields its start time in seconds
     and, at the end, its resident memory (all its processes)."""
@@ -164,8 +166,16 @@ def walrus_cmd(bundle: Path, port: int) -> tuple[list[str], dict[str, str]]:
 
 
 def peer_cmd(bundle: Path, port: int) -> tuple[list[str], dict[str, str]]:
-    cmd = [sys.executable, "-m", "uvicorn", "bench.peer:app", "--port", str(port),
-           "--log-level", "warning"]  # fmt: skip
+    cmd = [
+        sys.executable,
+        "-m",
+        "uvicorn",
+        "bench.peer:app",
+        "--port",
+        str(port),
+        "--log-level",
+        "warning",
+    ]
     return cmd, {"PEER_BUNDLE": str(resolve_bundle(bundle))}
 
 
@@ -206,13 +216,21 @@ def mix_bodies(bundle: Path, n: int, kinds: dict[str, int], seed: int = 0) -> li
     return bodies
 
 
-def run_bodies(wrk: str, url: str, bodies: list[dict[str, Any]], connections: int,
-               seconds: int, work: Path, name: str) -> dict[str, Any]:  # fmt: skip
+def run_bodies(
+    wrk: str,
+    url: str,
+    bodies: list[dict[str, Any]],
+    connections: int,
+    seconds: int,
+    work: Path,
+    name: str,
+) -> dict[str, Any]:
     script = work / "bodies.lua"
     script.write_text(BODIES_FROM_FILE)
     data = write_bodies(work / f"{name}.jsonl", bodies)
-    return run_wrk(wrk, url, "/v1/recommend", connections, seconds, min(connections, 2),
-                   script, [str(data)])  # fmt: skip
+    return run_wrk(
+        wrk, url, "/v1/recommend", connections, seconds, min(connections, 2), script, [str(data)]
+    )
 
 
 def cache_rate(before: dict[str, float], after: dict[str, float]) -> float | None:
@@ -234,13 +252,15 @@ def serve_section(wrk: str, bundle: Path, seconds: int, work: Path, mix: bool) -
         out["curve"] = load_curve(wrk, url, seconds, work)
         if mix:
             before = metric_summary(httpx.get(url + "/metrics").text)
-            out["mix"] = run_bodies(wrk, url, mix_bodies(bundle, 20_000, MIX), 32, seconds,
-                                    work, "mix")  # fmt: skip
+            out["mix"] = run_bodies(
+                wrk, url, mix_bodies(bundle, 20_000, MIX), 32, seconds, work, "mix"
+            )
             after = metric_summary(httpx.get(url + "/metrics").text)
             out["mix"]["cache_hit_rate"] = cache_rate(before, after)
             out["metrics"] = after
-    out.update(start_s=info["start_s"], resident_bytes=info["resident_bytes"],
-               log_head=info["log_head"])  # fmt: skip
+    out.update(
+        start_s=info["start_s"], resident_bytes=info["resident_bytes"], log_head=info["log_head"]
+    )
     return out
 
 
@@ -330,8 +350,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.wrk is None:
         print("error: wrk not found: install it (apt install wrk) or pass --wrk PATH")
         return 2
-    out: dict[str, Any] = {"machine": machine(), "usable_cpus": usable_cpus(),
-                           "seconds_per_run": args.seconds}  # fmt: skip
+    out: dict[str, Any] = {
+        "machine": machine(),
+        "usable_cpus": usable_cpus(),
+        "seconds_per_run": args.seconds,
+    }
 
     def save() -> Path:
         return write_results("serve", out)
@@ -353,8 +376,10 @@ def main(argv: list[str] | None = None) -> int:
             ).exists():
                 out["seed"] = seed_section(args.wrk, args.seed_bundle, args.seconds, work)
             else:
-                out["seed"] = {"skipped": f"no bundle at {args.seed_bundle}: run "
-                               "walrus bundle synthetic --out " + str(args.seed_bundle)}  # fmt: skip
+                out["seed"] = {
+                    "skipped": f"no bundle at {args.seed_bundle}: run "
+                    "walrus bundle synthetic --out " + str(args.seed_bundle)
+                }
             save()
         if "roberta" not in args.skip:
             out["roberta_base"] = roberta_section(args.wrk, args.bundle, args.seconds, work)
@@ -373,8 +398,11 @@ def _ms(value: float | None) -> str:
 def report(r: dict[str, Any]) -> str:
     """The Markdown tables of docs/benchmarks.md, from a results file."""
     m = r["machine"]
-    lines = [f"Machine: {m['machine']}, {r['usable_cpus']} usable CPUs, Python {m['python']}; "
-             f"{r['seconds_per_run']} s per wrk run.", ""]  # fmt: skip
+    lines = [
+        f"Machine: {m['machine']}, {r['usable_cpus']} usable CPUs, Python {m['python']}; "
+        f"{r['seconds_per_run']} s per wrk run.",
+        "",
+    ]
     limit = r["limit"]
     best = limit["best_queries_per_s"]
     lines += [
@@ -382,7 +410,7 @@ def report(r: dict[str, Any]) -> str:
         "|---|---|---|---|---|---|---|---|---|",
         f"| encoder alone ({limit['precision']}), batch 1 | | {limit['batch1_queries_per_s']:.0f} | | | | | | |",
         f"| encoder alone, best ({limit['best']}) | | {best:.0f} | | | | 1.00 | | |",
-    ]  # fmt: skip
+    ]
     peer = r.get("peer", {}).get("curve", {})
     for name, curve in (("walrus", r["walrus"]["curve"]), ("naive peer", peer)):
         for key, run in curve.items():
@@ -393,7 +421,7 @@ def report(r: dict[str, Any]) -> str:
                 f"| {name}, all-distinct queries | {run['connections']} | {run['requests_per_s']:.0f} | "
                 f"{_ms(run.get('p50_ms'))} | {_ms(run.get('p95_ms'))} | {_ms(run.get('p99_ms'))} | "
                 f"{run['requests_per_s'] / best:.2f} | {ratio} | {run['load_generator_cpu_cores']:.2f} |"
-            )  # fmt: skip
+            )
     mix = r["walrus"].get("mix")
     if mix:
         rate = mix.get("cache_hit_rate")
@@ -401,37 +429,55 @@ def report(r: dict[str, Any]) -> str:
             f"| walrus, realistic mix (cache hit rate {rate:.0%}) | {mix['connections']} | "
             f"{mix['requests_per_s']:.0f} | {_ms(mix.get('p50_ms'))} | {_ms(mix.get('p95_ms'))} | "
             f"{_ms(mix.get('p99_ms'))} | | | {mix['load_generator_cpu_cores']:.2f} |"
-        )  # fmt: skip
+        )
     seed = r.get("seed", {})
     if "start_s" in seed:
         gib = 1 << 30
-        lines += ["", f"Seed scale: {seed['counts']['users']:,} users × {seed['counts']['items']:,} "
-                  f"items; indexes " + ", ".join(
-                      f"{n} `{e['factory']}` `{e['search_params']}` recall@100 "
-                      f"{e['recall_at_100']:.3f}, {e['speedup_over_flat']:.0f}× flat"
-                      for n, e in seed["indexes"].items()) + ".", "",
-                  "| seed-scale bundle | value |", "|---|---|",
-                  f"| start (process spawn to answering) | {seed['start_s']:.1f} s |",
-                  f"| resident memory (PSS, all processes) | {seed['resident_bytes'] / gib:.2f} GiB |",
-                  f"| array and index files | {seed['array_bytes'] / gib:.2f} GiB |",
-                  f"| resident ÷ arrays | {seed['resident_over_arrays']:.2f} |"]  # fmt: skip
-        lines += ["", "| seed-scale request kind | concurrency | requests/s | p50 ms | p99 ms | errors |",
-                  "|---|---|---|---|---|---|"]  # fmt: skip
+        lines += [
+            "",
+            f"Seed scale: {seed['counts']['users']:,} users × {seed['counts']['items']:,} "
+            f"items; indexes "
+            + ", ".join(
+                f"{n} `{e['factory']}` `{e['search_params']}` recall@100 "
+                f"{e['recall_at_100']:.3f}, {e['speedup_over_flat']:.0f}× flat"
+                for n, e in seed["indexes"].items()
+            )
+            + ".",
+            "",
+            "| seed-scale bundle | value |",
+            "|---|---|",
+            f"| start (process spawn to answering) | {seed['start_s']:.1f} s |",
+            f"| resident memory (PSS, all processes) | {seed['resident_bytes'] / gib:.2f} GiB |",
+            f"| array and index files | {seed['array_bytes'] / gib:.2f} GiB |",
+            f"| resident ÷ arrays | {seed['resident_over_arrays']:.2f} |",
+        ]
+        lines += [
+            "",
+            "| seed-scale request kind | concurrency | requests/s | p50 ms | p99 ms | errors |",
+            "|---|---|---|---|---|---|",
+        ]
         for kind in ("user", "query", "history"):
             run = seed[kind]
-            lines.append(f"| {kind} | {run['connections']} | {run['requests_per_s']:.0f} | "
-                         f"{_ms(run.get('p50_ms'))} | {_ms(run.get('p99_ms'))} | "
-                         f"{run.get('errors_status', 0) + run.get('errors_other', 0)} |")  # fmt: skip
+            lines.append(
+                f"| {kind} | {run['connections']} | {run['requests_per_s']:.0f} | "
+                f"{_ms(run.get('p50_ms'))} | {_ms(run.get('p99_ms'))} | "
+                f"{run.get('errors_status', 0) + run.get('errors_other', 0)} |"
+            )
     rb = r.get("roberta_base")
     if rb:
         rl = rb["limit"]
-        lines += ["", "| roberta-base-sized encoder (random weights, int8) | concurrency | requests/s | p99 ms | ÷ encoder limit |",
-                  "|---|---|---|---|---|",
-                  f"| encoder alone, batch 1 | | {rl['batch1_queries_per_s']:.0f} | | |",
-                  f"| encoder alone, best ({rl['best']}) | | {rl['best_queries_per_s']:.0f} | | 1.00 |"]  # fmt: skip
+        lines += [
+            "",
+            "| roberta-base-sized encoder (random weights, int8) | concurrency | requests/s | p99 ms | ÷ encoder limit |",
+            "|---|---|---|---|---|",
+            f"| encoder alone, batch 1 | | {rl['batch1_queries_per_s']:.0f} | | |",
+            f"| encoder alone, best ({rl['best']}) | | {rl['best_queries_per_s']:.0f} | | 1.00 |",
+        ]
         for run in rb["walrus"]["curve"].values():
-            lines.append(f"| walrus, all-distinct queries | {run['connections']} | {run['requests_per_s']:.0f} | "
-                         f"{_ms(run.get('p99_ms'))} | {run['requests_per_s'] / rl['best_queries_per_s']:.2f} |")  # fmt: skip
+            lines.append(
+                f"| walrus, all-distinct queries | {run['connections']} | {run['requests_per_s']:.0f} | "
+                f"{_ms(run.get('p99_ms'))} | {run['requests_per_s'] / rl['best_queries_per_s']:.2f} |"
+            )
     return "\n".join(lines)
 
 
@@ -454,10 +500,19 @@ def plot(r: dict[str, Any], path: Path) -> None:
         ys = [run["p99_ms"] for run in runs]
         ax.plot(xs, ys, marker="o", label=label)
         for run, x, y in zip(runs, xs, ys, strict=True):
-            ax.annotate(f"c{run['connections']}", (x, y), textcoords="offset points",
-                        xytext=(4, 4), fontsize=8)  # fmt: skip
-    ax.axvline(r["limit"]["best_queries_per_s"], color="grey", linestyle="--",
-               label="encoder alone, best batch")  # fmt: skip
+            ax.annotate(
+                f"c{run['connections']}",
+                (x, y),
+                textcoords="offset points",
+                xytext=(4, 4),
+                fontsize=8,
+            )
+    ax.axvline(
+        r["limit"]["best_queries_per_s"],
+        color="grey",
+        linestyle="--",
+        label="encoder alone, best batch",
+    )
     ax.set_xlabel("requests/s (all-distinct queries)")
     ax.set_ylabel("p99 latency (ms)")
     ax.set_yscale("log")

@@ -75,8 +75,12 @@ def main(argv: list[str] | None = None) -> int:
             delay_ms = max(0.0, CONNECTIONS / rate * 1000 - capacity["p50_ms"] / 4)
             paced = work / "paced.lua"
             paced.write_text(PACED.replace("DELAY_MS", f"{delay_ms:.2f}"))
-            out.update(capacity=capacity, target_requests_per_s=rate, delay_ms=delay_ms,
-                       start_s=info["start_s"])  # fmt: skip
+            out.update(
+                capacity=capacity,
+                target_requests_per_s=rate,
+                delay_ms=delay_ms,
+                start_s=info["start_s"],
+            )
             reloads: list[dict[str, Any]] = []
 
             def reload_at(minute: int) -> None:
@@ -84,10 +88,17 @@ def main(argv: list[str] | None = None) -> int:
                 name = f"soak-{minute}"
                 new_version(source, bundles, name)
                 start = time.perf_counter()
-                r = httpx.post(f"{url}/admin/reload", timeout=120,
-                               headers={"Authorization": f"Bearer {TOKEN}"})  # fmt: skip
-                reloads.append({"minute": minute, "status": r.status_code, **r.json(),
-                                "seconds": time.perf_counter() - start})  # fmt: skip
+                r = httpx.post(
+                    f"{url}/admin/reload", timeout=120, headers={"Authorization": f"Bearer {TOKEN}"}
+                )
+                reloads.append(
+                    {
+                        "minute": minute,
+                        "status": r.status_code,
+                        **r.json(),
+                        "seconds": time.perf_counter() - start,
+                    }
+                )
 
             minutes = []
             for minute in range(1, args.minutes + 1):
@@ -95,23 +106,28 @@ def main(argv: list[str] | None = None) -> int:
                 if minute % args.reload_every == 0:
                     reloader = threading.Thread(target=reload_at, args=(minute,))
                     reloader.start()
-                run = run_wrk(args.wrk, url, "/v1/recommend", CONNECTIONS, 60, 2, paced,
-                              [str(bodies)])  # fmt: skip
+                run = run_wrk(
+                    args.wrk, url, "/v1/recommend", CONNECTIONS, 60, 2, paced, [str(bodies)]
+                )
                 if reloader is not None:
                     reloader.join()
                 run["minute"] = minute
                 run["resident_bytes"] = resident_bytes(info["pid"])
                 minutes.append(run)
-                print(f"minute {minute}: {run['requests_per_s']:.0f} requests/s, p99 "
-                      f"{run['p99_ms']:.1f} ms, errors {run['errors_status'] + run['errors_other']}, "
-                      f"resident {run['resident_bytes'] / 2**20:.0f} MiB", flush=True)  # fmt: skip
+                print(
+                    f"minute {minute}: {run['requests_per_s']:.0f} requests/s, p99 "
+                    f"{run['p99_ms']:.1f} ms, errors {run['errors_status'] + run['errors_other']}, "
+                    f"resident {run['resident_bytes'] / 2**20:.0f} MiB",
+                    flush=True,
+                )
                 out.update(per_minute=minutes, reloads=reloads)
                 write_results("soak", out)
     failures = sum(m["errors_status"] + m["errors_other"] for m in minutes)
     base = minutes[1]["resident_bytes"] if len(minutes) > 1 else minutes[0]["resident_bytes"]
     growth = minutes[-1]["resident_bytes"] / base - 1
-    out.update(failures=failures, memory_growth=growth,
-               reloaded=[r.get("bundle_id") for r in reloads])  # fmt: skip
+    out.update(
+        failures=failures, memory_growth=growth, reloaded=[r.get("bundle_id") for r in reloads]
+    )
     path = write_results("soak", out)
     print(report(out))
     print(f"wrote {path}")
@@ -122,19 +138,28 @@ def report(r: dict[str, Any]) -> str:
     lines = [
         f"Offered {r['target_requests_per_s']:.0f} requests/s ({r['load']:.0%} of the "
         f"{r['capacity']['requests_per_s']:.0f} measured), {r['connections']} connections, "
-        f"the realistic mix; reloads: " + ", ".join(
+        f"the realistic mix; reloads: "
+        + ", ".join(
             f"minute {x['minute']} -> {x.get('bundle_id')} ({x['seconds']:.1f} s)"
-            for x in r["reloads"]) + ".", "",
+            for x in r["reloads"]
+        )
+        + ".",
+        "",
         "| minute | requests/s | p50 ms | p99 ms | failures | resident MiB |",
         "|---|---|---|---|---|---|",
-    ]  # fmt: skip
+    ]
     for m in r["per_minute"]:
-        lines.append(f"| {m['minute']} | {m['requests_per_s']:.0f} | {m['p50_ms']:.1f} | "
-                     f"{m['p99_ms']:.1f} | {m['errors_status'] + m['errors_other']} | "
-                     f"{m['resident_bytes'] / 2**20:.0f} |")  # fmt: skip
+        lines.append(
+            f"| {m['minute']} | {m['requests_per_s']:.0f} | {m['p50_ms']:.1f} | "
+            f"{m['p99_ms']:.1f} | {m['errors_status'] + m['errors_other']} | "
+            f"{m['resident_bytes'] / 2**20:.0f} |"
+        )
     if "failures" in r:
-        lines += ["", f"Failures: {r['failures']}; resident memory growth from minute 2 to "
-                  f"the last: {r['memory_growth']:+.1%}."]  # fmt: skip
+        lines += [
+            "",
+            f"Failures: {r['failures']}; resident memory growth from minute 2 to "
+            f"the last: {r['memory_growth']:+.1%}.",
+        ]
     return "\n".join(lines)
 
 

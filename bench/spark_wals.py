@@ -219,9 +219,13 @@ def mllib(spark: Any, metrics: SparkMetrics, train: sp.csr_matrix):
 def single_machine(train: sp.csr_matrix, solver: str):
     def run(iterations: int):
         model = WALS(
-            dim=DIM, regularization=REG, unobserved_weight=W0, iterations=iterations,
-            solver=solver, device="cpu",
-        )  # fmt: skip
+            dim=DIM,
+            regularization=REG,
+            unobserved_weight=W0,
+            iterations=iterations,
+            solver=solver,
+            device="cpu",
+        )
         model.fit(train)
         seconds = model.history.seconds
         return model.user_factors, model.item_factors, {"s_per_iter": sum(seconds) / len(seconds)}
@@ -317,9 +321,11 @@ def main() -> None:
         for label, row in measured:
             user_f, item_f = row.pop("_factors")
             row.update(
-                dataset=name, engine=label, dim=DIM,
+                dataset=name,
+                engine=label,
+                dim=DIM,
                 recall_at_20=recall(user_f, item_f, split.train, split.test),
-            )  # fmt: skip
+            )
             rows.append(row)
             print(f"{name} {label}: {row['s_per_iter']:.2f} s/iteration", flush=True)
     walrus_rows = {r["dataset"]: r for r in rows if r["engine"].startswith("walrus")}
@@ -327,9 +333,17 @@ def main() -> None:
         if r["engine"].startswith("Spark MLlib"):
             r["walrus_spark_ratio"] = walrus_rows[r["dataset"]]["s_per_iter"] / r["s_per_iter"]
     columns = [
-        "dataset", "engine", "setup_s", "s_per_iter", "s_per_iter_measured", "walrus_spark_ratio", "shuffle_bytes_per_iter",
-        "peak_jvm_heap_bytes", "peak_python_rss_bytes", "recall_at_20",
-    ]  # fmt: skip
+        "dataset",
+        "engine",
+        "setup_s",
+        "s_per_iter",
+        "s_per_iter_measured",
+        "walrus_spark_ratio",
+        "shuffle_bytes_per_iter",
+        "peak_jvm_heap_bytes",
+        "peak_python_rss_bytes",
+        "recall_at_20",
+    ]
     print_table("WALS on Spark (local[2], dim 64)", rows, columns)
     path = write_results(
         "spark_wals",

@@ -154,8 +154,13 @@ def run_wrk(
 def metric_summary(text: str) -> dict[str, float]:
     """Batch sizes, per-stage seconds and cache counts from a ``/metrics`` exposition."""
     values: dict[str, float] = {}
-    wanted = ("walrus_batch_size_sum", "walrus_batch_size_count", "walrus_stage_seconds_sum",
-              "walrus_stage_seconds_count", "walrus_query_cache_")  # fmt: skip
+    wanted = (
+        "walrus_batch_size_sum",
+        "walrus_batch_size_count",
+        "walrus_stage_seconds_sum",
+        "walrus_stage_seconds_count",
+        "walrus_query_cache_",
+    )
     for line in text.splitlines():
         if line.startswith("#") or " " not in line:
             continue

@@ -36,14 +36,13 @@ from export.format import (
 )
 from export.onnx import (
     QUANTIZATION_SCHEMES,
-    ParityError,
     check_tokenizer_parity,
     convert_to_fp16,
     export_encoder,
     export_head,
     quantize_encoder,
 )
-from export.runtime import OnnxTextEncoder, check_parity, cosine_rows
+from export.runtime import OnnxTextEncoder, ParityError, check_parity, cosine_rows
 from models.artifacts import atomic_directory
 
 if TYPE_CHECKING:

@@ -97,8 +97,9 @@ def ann_recall(index: Any, vectors: np.ndarray, queries: np.ndarray, k: int = 10
         return 1.0
     k = min(k, vectors.shape[0])
     ids, scores = search(index, queries, k)
-    truth, _ = faiss.knn(queries, np.ascontiguousarray(vectors, np.float32), k,
-                         metric=faiss.METRIC_INNER_PRODUCT)  # fmt: skip
+    truth, _ = faiss.knn(
+        queries, np.ascontiguousarray(vectors, np.float32), k, metric=faiss.METRIC_INNER_PRODUCT
+    )
     kth = truth[:, -1:]
     right = (ids >= 0) & (scores >= kth - 1e-5 * np.maximum(np.abs(kth), 1.0))
     return float(right.sum() / (len(queries) * k))

@@ -82,12 +82,26 @@ class Files:
 
 
 REQUIRED_FILES = (
-    Files.USER_IDS, Files.ITEM_IDS, Files.ITEMS, Files.USER_FACTORS, Files.ITEM_FACTORS,
-    Files.WALS_ITEM_FACTORS, Files.ITEM_GRAMIAN, Files.COL_WEIGHTS, Files.COLD_ITEMS,
-    Files.SEEN_INDPTR, Files.SEEN_INDICES, Files.ITEM_TEXT_EMBEDDINGS, Files.ITEM_LOG_POPULARITY,
-    Files.ENCODER["fp32"], Files.HEAD, Files.TOKENIZER, Files.TOKENIZER_CONFIG,
-    Files.index("wals"), Files.index("text"),
-)  # fmt: skip
+    Files.USER_IDS,
+    Files.ITEM_IDS,
+    Files.ITEMS,
+    Files.USER_FACTORS,
+    Files.ITEM_FACTORS,
+    Files.WALS_ITEM_FACTORS,
+    Files.ITEM_GRAMIAN,
+    Files.COL_WEIGHTS,
+    Files.COLD_ITEMS,
+    Files.SEEN_INDPTR,
+    Files.SEEN_INDICES,
+    Files.ITEM_TEXT_EMBEDDINGS,
+    Files.ITEM_LOG_POPULARITY,
+    Files.ENCODER["fp32"],
+    Files.HEAD,
+    Files.TOKENIZER,
+    Files.TOKENIZER_CONFIG,
+    Files.index("wals"),
+    Files.index("text"),
+)
 """What the service loads whatever the settings: each must be listed in the manifest."""
 
 

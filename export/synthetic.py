@@ -94,7 +94,7 @@ def clustered(rng: np.random.Generator, centers: np.ndarray, topics: np.ndarray)
     sub = rng.integers(1, SUBTOPICS + 1, size=len(topics))
     noise = rng.standard_normal((len(topics), centers.shape[2]), dtype=np.float32)
     vectors = centers[topics, 0] + 0.8 * centers[topics, sub] + 0.3 * noise
-    return vectors / np.sqrt(centers.shape[2])
+    return np.asarray(vectors / np.sqrt(centers.shape[2]))
 
 
 def seen_lists(
@@ -176,9 +176,12 @@ def build_synthetic_bundle(
             counts, wals.params.col_weights, wals.params.weight_scale, wals.params.weight_exponent
         )
         factors, cold = fill_cold_items(
-            wals.item_factors, counts, text, cfg.cold_start.min_interactions,
+            wals.item_factors,
+            counts,
+            text,
+            cfg.cold_start.min_interactions,
             cfg.cold_start.ridge_alpha,
-        )  # fmt: skip
+        )
         tables = ItemTables(factors, text, np.log1p(counts).astype(np.float32), cold)
 
         item_titles = [titles[int(i)] for i in item_title]
@@ -188,9 +191,13 @@ def build_synthetic_bundle(
             wals, tables, head, seen, cold, cfg.candidates.n_wals, cfg.candidates.n_text
         )
         trained = TrainedArtifacts(
-            hybrid, encoder, IdMap(f"u{i}" for i in range(spec.users)),
-            IdMap(f"i{i}" for i in range(spec.items)), item_titles, item_titles,
-        )  # fmt: skip
+            hybrid,
+            encoder,
+            IdMap(f"u{i}" for i in range(spec.users)),
+            IdMap(f"i{i}" for i in range(spec.items)),
+            item_titles,
+            item_titles,
+        )
         return build_bundle(cfg, trained, out, progress)
 
 
@@ -219,7 +226,13 @@ def train_head(
     sampled = copy.copy(wals)  # the item side (and fold-in) shared, the sampled users' rows
     sampled.user_factors = np.asarray(wals.user_factors[sample])
     pools = make_head_pools(
-        cfg, sampled, tables, history, positives, item_titles, {},
+        cfg,
+        sampled,
+        tables,
+        history,
+        positives,
+        item_titles,
+        {},
         lambda q: encoder.encode(q, batch_size=256),
-    )  # fmt: skip
+    )
     return ScoreHead.from_config(cfg.head).fit(pools)

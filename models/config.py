@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import tomllib
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import tomli_w
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -74,16 +74,20 @@ class WALSConfig(WALSParams):
     ``models.core.params``), then where and how this machine fits them."""
 
     device: Literal["auto", "cpu", "cuda"] = "auto"
-    num_threads: int = Field(0, ge=0, description="Torch CPU threads; 0 keeps torch's default.")
-    calculate_training_loss: bool = Field(
-        False, description="The objective after every iteration (else only the final one)."
-    )
-    early_stopping_patience: int = Field(
-        0, ge=0, description="Iterations without better validation recall before stopping; 0 = off."
-    )
-    engine: Literal["local", "spark"] = Field(
-        "local", description="local: this machine (torch, CPU or CUDA); spark: the [spark] cluster."
-    )
+    num_threads: Annotated[
+        int, Field(ge=0, description="Torch CPU threads; 0 keeps torch's default.")
+    ] = 0
+    calculate_training_loss: Annotated[
+        bool, Field(description="The objective after every iteration (else only the final one).")
+    ] = False
+    early_stopping_patience: Annotated[
+        int,
+        Field(ge=0, description="Iterations without better validation recall before stopping."),
+    ] = 0
+    engine: Annotated[
+        Literal["local", "spark"],
+        Field(description="local: this machine (torch, CPU or CUDA); spark: the [spark] cluster."),
+    ] = "local"
 
 
 class SparkConfig(_Strict):

@@ -67,9 +67,16 @@ def pool_ndcg(scores: np.ndarray, pools: RankingPools, k: int = 20) -> float:
 
 class ScoreHead:
     PARAMS = (
-        "hidden", "loss", "epochs", "batch_size", "learning_rate", "weight_decay", "patience",
-        "validation_share", "seed",
-    )  # fmt: skip
+        "hidden",
+        "loss",
+        "epochs",
+        "batch_size",
+        "learning_rate",
+        "weight_decay",
+        "patience",
+        "validation_share",
+        "seed",
+    )
     """The constructor's parameters: what ``save`` records and ``from_config`` takes."""
 
     """Dense(hidden, relu) -> Dense(1).

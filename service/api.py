@@ -28,7 +28,8 @@ from service.schemas import (
 
 # Dependencies are async: a sync one would cost a thread-pool hop per request.
 async def get_bundles(request: Request) -> Bundles:
-    return request.app.state.bundles
+    bundles: Bundles = request.app.state.bundles
+    return bundles
 
 
 async def get_recommender(bundles: BundlesDep) -> Recommender:
@@ -39,7 +40,8 @@ async def get_recommender(bundles: BundlesDep) -> Recommender:
 
 
 async def get_metrics(request: Request) -> Metrics:
-    return request.app.state.metrics
+    metrics: Metrics = request.app.state.metrics
+    return metrics
 
 
 BundlesDep = Annotated[Bundles, Depends(get_bundles)]
@@ -77,8 +79,9 @@ async def recommend(
     work = asyncio.ensure_future(bundles.recommend(body))
     gone = asyncio.ensure_future(disconnected(request))
     try:
-        done, _ = await asyncio.wait({work, gone}, timeout=deadline,
-                                     return_when=asyncio.FIRST_COMPLETED)  # fmt: skip
+        done, _ = await asyncio.wait(
+            {work, gone}, timeout=deadline, return_when=asyncio.FIRST_COMPLETED
+        )
     finally:
         gone.cancel()
         if not work.done():
@@ -160,8 +163,9 @@ async def readyz(bundles: BundlesDep, response: Response) -> Readiness:
     if serving is None or bundles.draining:
         response.status_code = 503
         reason = "draining: shutting down" if bundles.draining else bundles.reason
-        return Readiness(ready=False, reason=reason, draining=bundles.draining,
-                         refused=bundles.refused)  # fmt: skip
+        return Readiness(
+            ready=False, reason=reason, draining=bundles.draining, refused=bundles.refused
+        )
     recommender = serving.recommender
     return Readiness(
         ready=True,
@@ -176,9 +180,10 @@ async def readyz(bundles: BundlesDep, response: Response) -> Readiness:
 @router.get(
     "/metrics",
     response_class=Response,
-    responses={200: {"content": {CONTENT_TYPE_LATEST: {}},
-                     "description": "Prometheus text exposition."}},
-)  # fmt: skip
+    responses={
+        200: {"content": {CONTENT_TYPE_LATEST: {}}, "description": "Prometheus text exposition."}
+    },
+)
 async def metrics_endpoint(metrics: MetricsDep) -> Response:
     """Prometheus exposition."""
     return Response(metrics.exposition(), media_type=CONTENT_TYPE_LATEST)

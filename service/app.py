@@ -100,10 +100,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         # FastAPI's own handler echoes the input back, and fails (500) on what JSON cannot
         # hold, such as 1e999 or a lone surrogate: answer with where and why only.
         detail = [
-            {"loc": list(err.get("loc", ())), "msg": str(err.get("msg", "")),
-             "type": str(err.get("type", ""))}
+            {
+                "loc": list(err.get("loc", ())),
+                "msg": str(err.get("msg", "")),
+                "type": str(err.get("type", "")),
+            }
             for err in exc.errors()
-        ]  # fmt: skip
+        ]
         return JSONResponse({"detail": detail}, status_code=422)
 
     @app.exception_handler(InputError)
@@ -124,13 +127,20 @@ def configured_openapi(app: FastAPI, settings: Settings) -> dict[str, Any]:
     _MAX_QUERY_CHARS, _MAX_HISTORY, _MAX_EXCLUDE) in place of the schemas' hard caps, so
     that what the document allows is exactly what the service accepts."""
     if app.openapi_schema is None:
-        doc = get_openapi(title=app.title, version=app.version, summary=app.summary,
-                          description=app.description, routes=app.routes)  # fmt: skip
+        doc = get_openapi(
+            title=app.title,
+            version=app.version,
+            summary=app.summary,
+            description=app.description,
+            routes=app.routes,
+        )
         fields = doc["components"]["schemas"]["RecommendRequest"]["properties"]
         fields["k"]["maximum"] = settings.max_k
-        for name, key, limit in (("query", "maxLength", settings.max_query_chars),
-                                 ("history", "maxItems", settings.max_history),
-                                 ("exclude", "maxItems", settings.max_exclude)):  # fmt: skip
+        for name, key, limit in (
+            ("query", "maxLength", settings.max_query_chars),
+            ("history", "maxItems", settings.max_history),
+            ("exclude", "maxItems", settings.max_exclude),
+        ):
             for branch in fields[name].get("anyOf", [fields[name]]):
                 if key in branch:
                     branch[key] = limit

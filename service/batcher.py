@@ -15,20 +15,20 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Generic, TypeVar
+from typing import Generic, TypeVar
 
 T = TypeVar("T")
 R = TypeVar("R")
 
 
 @dataclass
-class _Pending(Generic[T]):
+class _Pending(Generic[T, R]):
     item: T
-    future: asyncio.Future[Any]
+    future: asyncio.Future[R]
     loop: asyncio.AbstractEventLoop
 
 
-def _resolve(future: asyncio.Future[Any], result: Any) -> None:
+def _resolve(future: asyncio.Future[R], result: R | BaseException) -> None:
     if future.cancelled():
         return
     if isinstance(result, BaseException):
@@ -73,7 +73,7 @@ class Batcher(Generic[T, R]):
         self.max_queue = max_queue  # 0: unbounded
         self.on_batch = on_batch
         self.on_depth = on_depth  # told the queue depth whenever it changes: a gauge
-        self._queue: queue.SimpleQueue[_Pending[T] | None] = queue.SimpleQueue()
+        self._queue: queue.SimpleQueue[_Pending[T, R] | None] = queue.SimpleQueue()
         self._stopped = False
         self._threads = [
             threading.Thread(target=self._run, name=f"{name}-{i}", daemon=True)
@@ -114,7 +114,7 @@ class Batcher(Generic[T, R]):
         self.stop()
         self.join()
 
-    def _gather(self, first: _Pending[T]) -> tuple[list[_Pending[T]], bool]:
+    def _gather(self, first: _Pending[T, R]) -> tuple[list[_Pending[T, R]], bool]:
         batch, stop = [first], False
         deadline = time.monotonic() + self.wait_s
         while len(batch) < self.max_batch:
@@ -149,7 +149,7 @@ class Batcher(Generic[T, R]):
             if self.on_batch is not None:
                 self.on_batch(len(batch))
             try:
-                results: list[Any] = list(self.process([p.item for p in batch]))
+                results: list[R | BaseException] = list(self.process([p.item for p in batch]))
                 if len(results) != len(batch):
                     raise RuntimeError(f"process returned {len(results)} results for {len(batch)}")
             except Exception as exc:

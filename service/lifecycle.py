@@ -80,10 +80,14 @@ class Bundles:
     def _serve(self, recommender: Recommender) -> Serving:
         s, m = self.settings, self.metrics
         batcher: Batcher[RecommendRequest, RecommendResponse] = Batcher(
-            recommender.recommend_batch, max_batch=s.max_batch, wait_us=s.batch_wait_us,
-            workers=s.batch_workers, max_queue=s.max_queue, on_batch=m.batch_size.observe,
+            recommender.recommend_batch,
+            max_batch=s.max_batch,
+            wait_us=s.batch_wait_us,
+            workers=s.batch_workers,
+            max_queue=s.max_queue,
+            on_batch=m.batch_size.observe,
             on_depth=m.queue_depth.set,
-        )  # fmt: skip
+        )
         return Serving(recommender, batcher)
 
     async def start(self) -> None:
@@ -99,9 +103,11 @@ class Bundles:
                 delay = min(2 * delay, self.settings.load_retry_max_s)
         log.info(
             "ready: curl -s http://%s:%d/v1/recommend -H 'content-type: application/json' "
-            "-d '{\"user_id\": \"%s\", \"query\": \"something to watch\", \"k\": 5}'",
-            self.settings.host, self.settings.port, self.serving.recommender.example_user(),
-        )  # fmt: skip
+            '-d \'{"user_id": "%s", "query": "something to watch", "k": 5}\'',
+            self.settings.host,
+            self.settings.port,
+            self.serving.recommender.example_user(),
+        )
 
     async def reload(self, retry_refused: bool = True) -> ReloadResponse:
         """Load what ``WALRUS_BUNDLE`` names now, unless it already serves. A bundle refused
@@ -114,8 +120,9 @@ class Bundles:
             except Exception as exc:  # a dangling or missing `current`: keep serving
                 return self._refuse(str(self.settings.bundle), one_line(exc))
             if old is not None and old.recommender.path == path:
-                return ReloadResponse(bundle_id=old.recommender.bundle_id, reloaded=False,
-                                      reason="already serving it")  # fmt: skip
+                return ReloadResponse(
+                    bundle_id=old.recommender.bundle_id, reloaded=False, reason="already serving it"
+                )
             if not retry_refused and str(path) in self.refused:
                 return self._refuse(str(path), self.refused[str(path)])
             try:

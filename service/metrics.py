@@ -27,34 +27,47 @@ class Metrics:
         self.multiprocess_dir = os.environ.get(MULTIPROC_DIR) or None
         r = self.registry
         self.requests = Counter(
-            "walrus_requests", "Requests by endpoint and status code.",
-            ["endpoint", "status"], registry=r,
-        )  # fmt: skip
+            "walrus_requests",
+            "Requests by endpoint and status code.",
+            ["endpoint", "status"],
+            registry=r,
+        )
         self.latency = Histogram(
-            "walrus_request_seconds", "Request latency by endpoint.",
-            ["endpoint"], buckets=LATENCY_BUCKETS, registry=r,
-        )  # fmt: skip
+            "walrus_request_seconds",
+            "Request latency by endpoint.",
+            ["endpoint"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
         self.stage = Histogram(
             "walrus_stage_seconds",
             "Latency of one stage of a request: encode, fold_in, ann, rerank.",
-            ["stage"], buckets=LATENCY_BUCKETS, registry=r,
-        )  # fmt: skip
+            ["stage"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
         self.batch_size = Histogram(
-            "walrus_batch_size", "Requests served per dynamic batch.",
-            buckets=BATCH_BUCKETS, registry=r,
-        )  # fmt: skip
+            "walrus_batch_size",
+            "Requests served per dynamic batch.",
+            buckets=BATCH_BUCKETS,
+            registry=r,
+        )
         self.shed = Counter(
             "walrus_shed_requests",
-            "Requests answered 503 because the batcher's queue was full.", registry=r,
-        )  # fmt: skip
+            "Requests answered 503 because the batcher's queue was full.",
+            registry=r,
+        )
         self.deadline_misses = Counter(
             "walrus_deadline_misses",
-            "Requests answered 504 because WALRUS_DEADLINE_MS passed.", registry=r,
-        )  # fmt: skip
+            "Requests answered 504 because WALRUS_DEADLINE_MS passed.",
+            registry=r,
+        )
         self.queue_depth = Gauge(
-            "walrus_queue_depth", "Requests waiting for the dynamic batcher (all workers).",
-            registry=r, multiprocess_mode="livesum",
-        )  # fmt: skip
+            "walrus_queue_depth",
+            "Requests waiting for the dynamic batcher (all workers).",
+            registry=r,
+            multiprocess_mode="livesum",
+        )
         self.cache_hits = Counter(
             "walrus_query_cache_hits", "Queries answered from the embedding cache.", registry=r
         )
@@ -63,22 +76,30 @@ class Metrics:
         )
 
         self.bundle = Gauge(
-            "walrus_bundle", "1 for the bundle that serves, by bundle id.",
-            ["bundle_id"], registry=r, multiprocess_mode="livemax",
-        )  # fmt: skip
+            "walrus_bundle",
+            "1 for the bundle that serves, by bundle id.",
+            ["bundle_id"],
+            registry=r,
+            multiprocess_mode="livemax",
+        )
         self.bundle_refused = Gauge(
-            "walrus_bundle_refused", "Bundles refused at load or reload, and why.",
-            ["path", "reason"], registry=r, multiprocess_mode="livemax",
-        )  # fmt: skip
+            "walrus_bundle_refused",
+            "Bundles refused at load or reload, and why.",
+            ["path", "reason"],
+            registry=r,
+            multiprocess_mode="livemax",
+        )
         self.reloads = Counter(
-            "walrus_bundle_loads", "Bundle loads by result: loaded or refused.",
-            ["result"], registry=r,
-        )  # fmt: skip
+            "walrus_bundle_loads",
+            "Bundle loads by result: loaded or refused.",
+            ["result"],
+            registry=r,
+        )
         self.disconnects = Counter(
             "walrus_client_disconnects",
             "Requests whose client left before the answer; their queued work was dropped.",
             registry=r,
-        )  # fmt: skip
+        )
 
     def bundle_served(self, bundle_id: str, previous: str | None) -> None:
         if previous is not None and previous != bundle_id:
@@ -99,5 +120,5 @@ class Metrics:
         if self.multiprocess_dir is None:
             return generate_latest(self.registry)
         combined = CollectorRegistry()
-        MultiProcessCollector(combined, path=self.multiprocess_dir)
+        MultiProcessCollector(combined, path=self.multiprocess_dir)  # type: ignore[no-untyped-call]
         return generate_latest(combined)

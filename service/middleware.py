@@ -65,9 +65,14 @@ class Guard:
             self.metrics.latency.labels(endpoint).observe(seconds)
             # No user ids, queries or bodies at INFO: ids of people and their words stay out
             # of the logs.
-            fields = {"request_id": request_id, "method": scope["method"],
-                      "endpoint": endpoint, "status": status[0], "ms": round(seconds * 1e3, 3),
-                      "bundle_id": scope["state"].get("bundle_id")}  # fmt: skip
+            fields = {
+                "request_id": request_id,
+                "method": scope["method"],
+                "endpoint": endpoint,
+                "status": status[0],
+                "ms": round(seconds * 1e3, 3),
+                "bundle_id": scope["state"].get("bundle_id"),
+            }
             log.info("request", extra={"fields": fields})
 
     async def _read_body(

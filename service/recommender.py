@@ -10,7 +10,7 @@ import logging
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import ParamSpec, TypeVar
 
 import numpy as np
 
@@ -22,6 +22,8 @@ from service.schemas import Item, RecommendRequest, RecommendResponse, SimilarRe
 from service.settings import Settings, process_plan
 
 log = logging.getLogger("walrus.service.recommender")
+P = ParamSpec("P")
+R = TypeVar("R")
 
 
 class InputError(ValueError):
@@ -42,11 +44,11 @@ class Stopwatch:
     def __init__(self) -> None:
         self.ms: dict[str, float] = {}
 
-    def timed(self, stage: str, fn: Callable[..., Any]) -> Callable[..., Any]:
-        def wrapper(*args: Any) -> Any:
+    def timed(self, stage: str, fn: Callable[P, R]) -> Callable[P, R]:
+        def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
             start = time.perf_counter()
             try:
-                return fn(*args)
+                return fn(*args, **kwargs)
             finally:
                 self.ms[stage] = self.ms.get(stage, 0.0) + (time.perf_counter() - start) * 1e3
 

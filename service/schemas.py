@@ -40,20 +40,24 @@ class RecommendRequest(BaseModel):
 
     user_id: ItemId | None = Field(None, description="A user of the bundle, or unknown.")
     query: StrictStr | None = Field(
-        None, max_length=QUERY_CHARS, pattern=r"\S",
+        None,
+        max_length=QUERY_CHARS,
+        pattern=r"\S",
         description="Free text, not blank; encoded by the ONNX encoder (at most "
         "WALRUS_MAX_QUERY_CHARS).",
-    )  # fmt: skip
+    )
     history: list[ItemId] | None = Field(
-        None, max_length=LIST_ITEMS,
+        None,
+        max_length=LIST_ITEMS,
         description="Item ids the user just interacted with: folded into the user vector "
         "(at most WALRUS_MAX_HISTORY).",
-    )  # fmt: skip
+    )
     k: int = Field(10, ge=1, le=1000, description="How many items (at most WALRUS_MAX_K).")
     exclude: list[ItemId] | None = Field(
-        None, max_length=LIST_ITEMS,
+        None,
+        max_length=LIST_ITEMS,
         description="Item ids never to return (at most WALRUS_MAX_EXCLUDE).",
-    )  # fmt: skip
+    )
     exclude_seen: StrictBool = Field(True, description="Drop the user's known and history items.")
 
     @field_validator("k", mode="before")

@@ -25,14 +25,17 @@ class Settings(BaseSettings):
         "auto", description="GPU execution providers and FAISS GPU when present and allowed."
     )
     workers: int = Field(
-        0, ge=0, le=256,
+        0,
+        ge=0,
+        le=256,
         description="uvicorn worker processes; 0: chosen from the CPUs the process may use.",
-    )  # fmt: skip
+    )
     threads: int = Field(
-        0, ge=0,
+        0,
+        ge=0,
         description="Threads per ONNX session and for FAISS in each worker; 0: the CPUs the "
         "process may use, shared among the workers.",
-    )  # fmt: skip
+    )
     encoder_precision: Literal["auto", "int8", "fp16", "fp32"] = Field(
         "auto",
         description="Which encoder of the bundle encodes queries; auto: fp16 with the CUDA "

@@ -32,13 +32,26 @@ class Server:
         command = (
             [str(Path(sys.executable).with_name("walrus")), "serve"]
             if cli
-            else [sys.executable, "-m", "uvicorn", "service.app:create_app", "--factory",
-                  "--host", "127.0.0.1", "--port", str(self.port), "--log-level", "info"]
-        )  # fmt: skip
+            else [
+                sys.executable,
+                "-m",
+                "uvicorn",
+                "service.app:create_app",
+                "--factory",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(self.port),
+                "--log-level",
+                "info",
+            ]
+        )
         self.process = subprocess.Popen(
             [*command, *(extra_args or [])],
-            env=environ, stdout=self.log, stderr=subprocess.STDOUT,
-        )  # fmt: skip
+            env=environ,
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
+        )
 
     def wait(self, ready: bool = True, timeout: float = 90.0) -> None:
         deadline = time.monotonic() + timeout

@@ -124,7 +124,7 @@ def load_bundle(bundle: str | Path, options: LoadOptions = LoadOptions()) -> Loa
         verify_bundle(p)
 
     def array(name: str) -> np.ndarray:
-        return np.load(p / name, mmap_mode="r")
+        return np.asarray(np.load(p / name, mmap_mode="r"))
 
     if options.threads:
         faiss.omp_set_num_threads(options.threads)

@@ -25,7 +25,7 @@ PARITY_TOLERANCES = {"fp32_tolerance": 1e-4, "int8_min_cosine": 0.99, "fp16_min_
 def cosine_rows(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     na = np.linalg.norm(a, axis=1)
     nb = np.linalg.norm(b, axis=1)
-    return (a * b).sum(1) / np.maximum(na * nb, 1e-12)
+    return np.asarray((a * b).sum(1) / np.maximum(na * nb, 1e-12))
 
 
 def check_parity(

@@ -5,14 +5,13 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import onnxruntime as ort
 from tokenizers import Tokenizer
 
 
-def make_session(path: str | Path, providers: list[str], threads: int = 0) -> Any:
+def make_session(path: str | Path, providers: list[str], threads: int = 0) -> ort.InferenceSession:
     """An onnxruntime session; ``threads`` 0 lets onnxruntime choose."""
     options = ort.SessionOptions()
     if threads > 0:

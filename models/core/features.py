@@ -29,12 +29,21 @@ from collections.abc import Mapping
 import numpy as np
 
 FEATURES = (
-    "wals_score", "wals_score_z", "wals_rank",
-    "query_score", "query_score_z",
-    "profile_score", "profile_score_z", "text_rank",
-    "log_popularity", "log_popularity_z",
-    "cold", "user_known", "query_present", "history_present",
-)  # fmt: skip
+    "wals_score",
+    "wals_score_z",
+    "wals_rank",
+    "query_score",
+    "query_score_z",
+    "profile_score",
+    "profile_score_z",
+    "text_rank",
+    "log_popularity",
+    "log_popularity_z",
+    "cold",
+    "user_known",
+    "query_present",
+    "history_present",
+)
 N_FEATURES = len(FEATURES)
 COLUMN = {name: i for i, name in enumerate(FEATURES)}
 
@@ -45,7 +54,7 @@ def text_profile(item_text_embeddings: np.ndarray, item_indices: np.ndarray) -> 
         return np.zeros(item_text_embeddings.shape[1], dtype=np.float32)
     mean = item_text_embeddings[item_indices].mean(0)
     norm = float(np.linalg.norm(mean))
-    return (mean / norm if norm > 0 else mean).astype(np.float32)
+    return np.asarray(mean / norm if norm > 0 else mean, dtype=np.float32)
 
 
 def standardized(values: np.ndarray) -> np.ndarray:

@@ -85,7 +85,7 @@ def fold_in(
         w * np.asarray(targets, dtype=np.float64),
     )
     w0_gramian = unobserved_weight * gramian.astype(np.float64)
-    return solve_rows(sums, w0_gramian, np.array([regularization]))[0]
+    return np.asarray(solve_rows(sums, w0_gramian, np.array([regularization]))[0])
 
 
 def fold_in_user(

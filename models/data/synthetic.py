@@ -43,9 +43,23 @@ SIZES: dict[str, SyntheticSpec] = {
 _SYLLABLES = tuple(c + v for c in "bdfghjklmnprstvz" for v in "aeiou")
 # Words of no topic, for descriptions that read like sentences.
 _COMMON = (
-    "classic", "new", "complete", "little", "great", "modern", "essential", "hidden",
-    "golden", "last", "first", "secret", "simple", "bold", "gentle", "wild",
-)  # fmt: skip
+    "classic",
+    "new",
+    "complete",
+    "little",
+    "great",
+    "modern",
+    "essential",
+    "hidden",
+    "golden",
+    "last",
+    "first",
+    "secret",
+    "simple",
+    "bold",
+    "gentle",
+    "wild",
+)
 _FORMS = ("guide", "story", "collection", "session", "journey", "handbook", "tale", "show")
 
 

@@ -15,9 +15,16 @@ REPO = Path(__file__).resolve().parents[2]
 @pytest.mark.slow
 def test_smoke_run_reports_the_cpu_fallbacks(tiny_bundle, tmp_path):
     rc = gpu_check.main(
-        ["--out", str(tmp_path), "--bundle", str(tiny_bundle), "--smoke",
-         "--sections", "env,wals_parity,faiss,onnx,wals_scale"]
-    )  # fmt: skip
+        [
+            "--out",
+            str(tmp_path),
+            "--bundle",
+            str(tiny_bundle),
+            "--smoke",
+            "--sections",
+            "env,wals_parity,faiss,onnx,wals_scale",
+        ]
+    )
     result = json.loads((tmp_path / "gpu_check.json").read_text())
     assert rc == 0, {k: v.get("error") for k, v in result.items() if isinstance(v, dict)}
     assert result["env"]["torch_cuda"] is False
@@ -36,9 +43,16 @@ def test_smoke_run_reports_the_cpu_fallbacks(tiny_bundle, tmp_path):
 
 def test_a_failing_section_is_recorded_and_the_rest_still_run(tiny_bundle, tmp_path):
     rc = gpu_check.main(
-        ["--out", str(tmp_path), "--bundle", str(tiny_bundle / "no-such"), "--smoke",
-         "--sections", "env,onnx"]
-    )  # fmt: skip
+        [
+            "--out",
+            str(tmp_path),
+            "--bundle",
+            str(tiny_bundle / "no-such"),
+            "--smoke",
+            "--sections",
+            "env,onnx",
+        ]
+    )
     result = json.loads((tmp_path / "gpu_check.json").read_text())
     assert rc == 1
     assert result["env"]["ok"] is True

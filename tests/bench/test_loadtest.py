@@ -28,8 +28,20 @@ def test_the_exit_code_says_whether_any_request_failed(server, tiny_bundle, tmp_
     from bench.loadtest import main
     from tests.server import Server
 
-    ok = main(["--host", server.url, "--users", "2", "--spawn-rate", "2", "--run-time", "3s",
-               "--name", "test-loadtest-ok"])  # fmt: skip
+    ok = main(
+        [
+            "--host",
+            server.url,
+            "--users",
+            "2",
+            "--spawn-rate",
+            "2",
+            "--run-time",
+            "3s",
+            "--name",
+            "test-loadtest-ok",
+        ]
+    )
     assert ok == 0
     broken = tmp_path / "bundle"
     shutil.copytree(tiny_bundle, broken)
@@ -37,8 +49,20 @@ def test_the_exit_code_says_whether_any_request_failed(server, tiny_bundle, tmp_
     srv = Server(broken)
     try:
         srv.wait(ready=False)
-        failing = main(["--host", srv.url, "--users", "2", "--spawn-rate", "2", "--run-time",
-                        "3s", "--name", "test-loadtest-failing"])  # fmt: skip
+        failing = main(
+            [
+                "--host",
+                srv.url,
+                "--users",
+                "2",
+                "--spawn-rate",
+                "2",
+                "--run-time",
+                "3s",
+                "--name",
+                "test-loadtest-failing",
+            ]
+        )
     finally:
         srv.stop()
     assert failing == 1

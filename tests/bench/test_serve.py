@@ -30,8 +30,10 @@ def test_a_short_run_measures_walrus_and_renders(tiny_bundle, tmp_path, monkeypa
     import bench.common
 
     monkeypatch.setattr(bench.common, "RESULTS", tmp_path)
-    assert main(["--bundle", str(tiny_bundle), "--seconds", "1",
-                 "--skip", "peer", "seed", "roberta"]) == 0  # fmt: skip
+    assert (
+        main(["--bundle", str(tiny_bundle), "--seconds", "1", "--skip", "peer", "seed", "roberta"])
+        == 0
+    )
     results = json.loads((tmp_path / "serve.json").read_text())
     curve = results["walrus"]["curve"]
     assert set(curve) == {"c1", "c8", "c32", "c64"}

@@ -15,12 +15,27 @@ from export.format import FORMAT_VERSION, BundleError, read_manifest, resolve_bu
 from export.runtime import ParityError, verify_bundle
 
 EXPECTED = {
-    "manifest.json", "user_ids.json", "item_ids.json", "items.json", "user_factors.npy",
-    "item_factors.npy", "wals_item_factors.npy", "item_gramian.npy", "col_weights.npy",
-    "seen_indptr.npy", "seen_indices.npy", "item_text_embeddings.npy", "item_log_popularity.npy",
-    "wals.faiss", "text.faiss", "encoder.onnx", "encoder.int8.onnx", "head.onnx",
-    "tokenizer.json", "tokenizer_config.json",
-}  # fmt: skip
+    "manifest.json",
+    "user_ids.json",
+    "item_ids.json",
+    "items.json",
+    "user_factors.npy",
+    "item_factors.npy",
+    "wals_item_factors.npy",
+    "item_gramian.npy",
+    "col_weights.npy",
+    "seen_indptr.npy",
+    "seen_indices.npy",
+    "item_text_embeddings.npy",
+    "item_log_popularity.npy",
+    "wals.faiss",
+    "text.faiss",
+    "encoder.onnx",
+    "encoder.int8.onnx",
+    "head.onnx",
+    "tokenizer.json",
+    "tokenizer_config.json",
+}
 
 
 def test_bundle_contents_and_manifest(tiny_bundle):

@@ -12,10 +12,13 @@ from export.runtime import OnnxTextEncoder, cosine_rows
 from models.encoder import DEFAULT_ENCODER, TextEncoder
 
 TEXTS = [
-    "space robots", "a quick vegetarian dinner", "jazz piano at night",
+    "space robots",
+    "a quick vegetarian dinner",
+    "jazz piano at night",
     "The detective follows the river to the old castle where the ghost story began.",
-    "comedy", "an epic war drama about family, love and the future of the planet",
-] * 3  # fmt: skip
+    "comedy",
+    "an epic war drama about family, love and the future of the planet",
+] * 3
 
 
 @pytest.fixture(scope="module")

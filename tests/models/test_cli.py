@@ -112,8 +112,13 @@ def test_data_check_reads_tsv_and_reports_sizes(tmp_path):
     )
     run = walrus("data", "check", "-c", str(tmp_path / "c.toml"))
     assert run.returncode == 0, run.stderr
-    assert json.loads(run.stdout) == {"users": 2, "items": 3, "interactions": 3,
-                                      "items_without_interactions": 1, "has_weights": True}  # fmt: skip
+    assert json.loads(run.stdout) == {
+        "users": 2,
+        "items": 3,
+        "interactions": 3,
+        "items_without_interactions": 1,
+        "has_weights": True,
+    }
     (tmp_path / "interactions.tsv").write_text("user_id\titem_id\nu1\tnope\n")
     bad = walrus("data", "check", "-c", str(tmp_path / "c.toml"))
     assert bad.returncode == 2 and "Traceback" not in bad.stderr

@@ -140,5 +140,4 @@ def test_co_consumed_pairs_come_from_one_users_training_items():
     assert len(pairs) == 200
     for a, b in pairs:
         assert a != b and any({a, b} <= row for row in rows[:2])  # user 2 has one item only
-    assert {frozenset(p) for p in pairs} == {frozenset(p) for p in
-                                            [(0, 1), (2, 3), (2, 4), (3, 4)]}  # fmt: skip
+    assert {frozenset(p) for p in pairs} == {frozenset(p) for p in [(0, 1), (2, 3), (2, 4), (3, 4)]}

@@ -8,8 +8,13 @@ from models.evaluation import catalog_without_queries, hold_out_queries
 
 
 def test_hold_out_queries_is_a_seeded_partition():
-    log = pd.DataFrame({"user_id": range(50), "query": [f"q{i}" for i in range(50)],
-                        "item_id": [f"i{i % 7}" for i in range(50)]})  # fmt: skip
+    log = pd.DataFrame(
+        {
+            "user_id": range(50),
+            "query": [f"q{i}" for i in range(50)],
+            "item_id": [f"i{i % 7}" for i in range(50)],
+        }
+    )
     train, test = hold_out_queries(log, 0.2, seed=3)
     assert len(test) == 10 and len(train) == 40
     assert set(train.index).isdisjoint(test.index)
@@ -20,9 +25,12 @@ def test_hold_out_queries_is_a_seeded_partition():
 
 def test_held_out_tags_are_removed_from_item_text_unless_trained_on():
     catalog = pd.DataFrame(
-        {"item_id": ["m1", "m2", "m3"], "title": ["A", "B", "C"],
-         "tags": ["space, Robots, funny", "robots", "space"]}
-    )  # fmt: skip
+        {
+            "item_id": ["m1", "m2", "m3"],
+            "title": ["A", "B", "C"],
+            "tags": ["space, Robots, funny", "robots", "space"],
+        }
+    )
     train_log = pd.DataFrame({"user_id": [1], "item_id": ["m2"], "query": ["robots"]})
     test_log = pd.DataFrame(
         {"user_id": [2, 3, 4], "item_id": ["m1", "m2", "m3"], "query": ["robots", "Robots", "x"]}
@@ -58,10 +66,12 @@ def test_the_query_task_ranks_every_held_out_query_with_each_model(tiny_pipeline
     coo = dataset.matrix.tocoo()
     pick = rng.choice(coo.nnz, size=80, replace=False)
     titles = dict(zip(catalog["item_id"].astype(str), catalog["title"].astype(str), strict=True))
-    log = pd.DataFrame({
-        "user_id": [dataset.users.ids[u] for u in coo.row[pick]],
-        "item_id": [dataset.items.ids[i] for i in coo.col[pick]],
-    })  # fmt: skip
+    log = pd.DataFrame(
+        {
+            "user_id": [dataset.users.ids[u] for u in coo.row[pick]],
+            "item_id": [dataset.items.ids[i] for i in coo.col[pick]],
+        }
+    )
     log["query"] = [titles[i] for i in log["item_id"]]
     rows = evaluate_query_task(cfg, dataset, catalog, log)
     assert [r["model"] for r in rows] == ["text", "wals", "hybrid"]

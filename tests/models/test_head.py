@@ -35,8 +35,15 @@ def test_feature_layout_and_flags():
     assert (col["user_known"] == 1).all() and (col["query_present"] == 1).all()
     g = build_features(None, None, q, v, t, pop, cold, {})
     gcol = dict(zip(FEATURES, g.T, strict=True))
-    for name in ("wals_score", "wals_score_z", "query_score", "user_known", "query_present",
-                 "wals_rank", "text_rank"):  # fmt: skip
+    for name in (
+        "wals_score",
+        "wals_score_z",
+        "query_score",
+        "user_known",
+        "query_present",
+        "wals_rank",
+        "text_rank",
+    ):
         assert (gcol[name] == 0).all(), name
     np.testing.assert_allclose(gcol["profile_score"], t @ q)
     assert (gcol["history_present"] == 1).all()
@@ -80,9 +87,12 @@ def test_head_learns_a_known_rule(loss):
 
 def test_pool_ndcg_against_hand_computed_values():
     pools = RankingPools.stack(
-        [(np.zeros((3, 1), np.float32), np.array([False, True, False])),
-         (np.zeros((2, 1), np.float32), np.array([True, True]))], 1,
-    )  # fmt: skip
+        [
+            (np.zeros((3, 1), np.float32), np.array([False, True, False])),
+            (np.zeros((2, 1), np.float32), np.array([True, True])),
+        ],
+        1,
+    )
     scores = np.array([[3.0, 2.0, 1.0], [1.0, 2.0, 9.0]])  # the padded 9.0 must not count
     assert pool_ndcg(scores, pools) == pytest.approx((1 / np.log2(3) + 1.0) / 2)
 

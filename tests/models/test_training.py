@@ -51,17 +51,28 @@ def test_head_pools_follow_the_configured_request_mix(tiny_pipeline_config, tiny
 
     cfg = load_config(
         tiny_pipeline_config,
-        ["head.user_share=0.4", "head.history_share=0.1", "head.user_query_share=0.2",
-         "head.query_share=0.3", "head.max_requests=100"],
-    )  # fmt: skip
+        [
+            "head.user_share=0.4",
+            "head.history_share=0.1",
+            "head.user_query_share=0.2",
+            "head.query_share=0.3",
+            "head.max_requests=100",
+        ],
+    )
     history, positives = example_split(tiny_trained.hybrid.seen, cfg)
     hybrid = tiny_trained.hybrid
     counts = request_counts(cfg, int((np.diff(positives.indptr) > 0).sum()), positives.nnz)
     assert counts == {"user": 40, "history": 10, "user_query": 20, "query": 30}
     pools = make_head_pools(
-        cfg, hybrid.wals, hybrid.tables, history, positives, tiny_trained.texts, {},
+        cfg,
+        hybrid.wals,
+        hybrid.tables,
+        history,
+        positives,
+        tiny_trained.texts,
+        {},
         tiny_trained.encoder.encode,
-    )  # fmt: skip
+    )
     assert 0 < len(pools) <= 100
     assert pools.labels.any(1).all() and not (pools.labels & ~pools.mask).any()
     first = pools.features[:, 0]

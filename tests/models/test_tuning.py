@@ -40,9 +40,20 @@ def test_tune_writes_a_config_with_the_best_trial_and_a_report(tiny_pipeline_con
     config carries the best trial's values, and the report lists every trial."""
     out, report = tmp_path / "tuned.toml", tmp_path / "report"
     run = walrus(
-        "tune", "-c", str(tiny_pipeline_config), "--out", str(out), "--report", str(report),
-        "--set", "tune.wals_trials=4", "--set", "tune.head_trials=2", "--set", "tune.dims=[4,8]",
-    )  # fmt: skip
+        "tune",
+        "-c",
+        str(tiny_pipeline_config),
+        "--out",
+        str(out),
+        "--report",
+        str(report),
+        "--set",
+        "tune.wals_trials=4",
+        "--set",
+        "tune.head_trials=2",
+        "--set",
+        "tune.dims=[4,8]",
+    )
     assert run.returncode == 0, run.stderr
     tuned, before = load_config(out), load_config(tiny_pipeline_config)
     trials = {}
@@ -72,9 +83,18 @@ def test_tune_bad_config_is_one_line_and_exit_2(tmp_path):
 def test_eval_report_has_curves_tables_and_importances(tiny_pipeline_config, tmp_path):
     report, js = tmp_path / "report", tmp_path / "eval.json"
     run = walrus(
-        "eval", "-c", str(tiny_pipeline_config), "--report", str(report), "--json", str(js),
-        "--set", 'eval.splits=["holdout"]', "--models", "wals,hybrid",
-    )  # fmt: skip
+        "eval",
+        "-c",
+        str(tiny_pipeline_config),
+        "--report",
+        str(report),
+        "--json",
+        str(js),
+        "--set",
+        'eval.splits=["holdout"]',
+        "--models",
+        "wals,hybrid",
+    )
     assert run.returncode == 0, run.stderr
     md = (report / "report.md").read_text()
     for png in ("recall.png", "ndcg.png", "importances.png"):

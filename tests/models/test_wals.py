@@ -197,8 +197,13 @@ def test_early_stopping_stops_after_patience_and_keeps_the_best(tiny_matrix):
     split = holdout_split(tiny_matrix, 0.3, seed=0)
     seen: list[float] = []
     model = WALS(dim=4, iterations=40, regularization=0.01, device="cpu")
-    model.fit(split.train, validation=split.test, validation_k=5, early_stopping_patience=2,
-              callback=lambda _it, _loss, recall: seen.append(recall))  # fmt: skip
+    model.fit(
+        split.train,
+        validation=split.test,
+        validation_k=5,
+        early_stopping_patience=2,
+        callback=lambda _it, _loss, recall: seen.append(recall),
+    )
     hist = model.history
     assert hist.best_iteration is not None
     # it stopped exactly `patience` iterations after the best one, well before 40
@@ -215,8 +220,15 @@ def test_early_stopping_stops_after_patience_and_keeps_the_best(tiny_matrix):
 def test_fold_in_reproduces_the_default_cg_fit_when_cg_has_converged(tiny_matrix, row_weights):
     """The default solver is CG with 3 steps; fold-in solves exactly. With enough CG steps
     the fitted user rows are exact solutions too, and fold-in reproduces them."""
-    kwargs = dict(dim=4, regularization=0.1, iterations=5, row_weights=row_weights,
-                  weight_scale=3.0, device="cpu", seed=1)  # fmt: skip
+    kwargs = dict(
+        dim=4,
+        regularization=0.1,
+        iterations=5,
+        row_weights=row_weights,
+        weight_scale=3.0,
+        device="cpu",
+        seed=1,
+    )
     converged = WALS(cg_steps=24, **kwargs).fit(tiny_matrix)
     assert converged.params.solver == "cg"
     for user in (0, 7, 19):
@@ -225,8 +237,9 @@ def test_fold_in_reproduces_the_default_cg_fit_when_cg_has_converged(tiny_matrix
         count = len(items)
         r = {"uniform": 3.0, "linear": 3.0 / count}[row_weights]
         weights = converged.params.unobserved_weight + r * converged.col_weight_values[items]
-        np.testing.assert_allclose(converged.fold_in(items, weights), converged.user_factors[user],
-                                   atol=1e-4)  # fmt: skip
+        np.testing.assert_allclose(
+            converged.fold_in(items, weights), converged.user_factors[user], atol=1e-4
+        )
     starved = WALS(cg_steps=1, **kwargs).fit(tiny_matrix)
     items = tiny_matrix[7].indices
     r = {"uniform": 3.0, "linear": 3.0 / len(items)}[row_weights]

@@ -325,9 +325,12 @@ def test_a_bundle_that_fails_its_warm_up_never_serves(tiny_bundle, tmp_path):
     shutil.copytree(tiny_bundle, copy)
     head = ScoreHead(hidden=4)
     rng = np.random.default_rng(0)
-    head.weights = {"w1": rng.normal(size=(3, 4)).astype(np.float32),
-                    "b1": np.zeros(4, np.float32), "w2": np.ones(4, np.float32),
-                    "b2": np.zeros(1, np.float32)}  # fmt: skip
+    head.weights = {
+        "w1": rng.normal(size=(3, 4)).astype(np.float32),
+        "b1": np.zeros(4, np.float32),
+        "w2": np.ones(4, np.float32),
+        "b2": np.zeros(1, np.float32),
+    }
     export_head(head, copy / "head.onnx")
     _rewrite_manifest(copy, lambda m: None)
     srv = Server(copy)
@@ -386,8 +389,13 @@ def test_deadline_and_load_shedding(tiny_bundle):
         assert "walrus_deadline_misses_total 1.0" in httpx.get(f"{srv.url}/metrics").text
     finally:
         srv.stop()
-    srv = Server(tiny_bundle.parent, WALRUS_MAX_QUEUE="1", WALRUS_MAX_BATCH="1",
-                 WALRUS_BATCH_WORKERS="1", WALRUS_QUERY_CACHE_SIZE="0")  # fmt: skip
+    srv = Server(
+        tiny_bundle.parent,
+        WALRUS_MAX_QUEUE="1",
+        WALRUS_MAX_BATCH="1",
+        WALRUS_BATCH_WORKERS="1",
+        WALRUS_QUERY_CACHE_SIZE="0",
+    )
     try:
         srv.wait()
 
@@ -402,8 +410,13 @@ def test_deadline_and_load_shedding(tiny_bundle):
         assert statuses <= {200, 503} and 503 in statuses and 200 in statuses
         assert all(a.headers["retry-after"] == "1" for a in answers if a.status_code == 503)
         metrics = httpx.get(f"{srv.url}/metrics").text
-        shed = float(next(ln.split()[-1] for ln in metrics.splitlines()
-                          if ln.startswith("walrus_shed_requests_total")))  # fmt: skip
+        shed = float(
+            next(
+                ln.split()[-1]
+                for ln in metrics.splitlines()
+                if ln.startswith("walrus_shed_requests_total")
+            )
+        )
         assert shed == sum(a.status_code == 503 for a in answers)
     finally:
         srv.stop()
@@ -433,8 +446,13 @@ def test_several_workers_report_one_sum_in_metrics(tiny_bundle, tmp_path):
     """`walrus serve --workers 2`: each scrape, whichever worker answers it, counts the
     requests of both (prometheus-client's multiprocess mode), and the start line names the
     plan."""
-    srv = Server(tiny_bundle, ["--workers", "2"], cli=True, WALRUS_LOG_LEVEL="warning",
-                 PROMETHEUS_MULTIPROC_DIR=str(tmp_path))  # fmt: skip
+    srv = Server(
+        tiny_bundle,
+        ["--workers", "2"],
+        cli=True,
+        WALRUS_LOG_LEVEL="warning",
+        PROMETHEUS_MULTIPROC_DIR=str(tmp_path),
+    )
     try:
         srv.wait()
         with httpx.Client(base_url=srv.url, timeout=30) as http:

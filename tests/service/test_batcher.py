@@ -137,8 +137,9 @@ def test_a_full_queue_sheds_at_once():
     from service.batcher import Overloaded
 
     gate = threading.Event()
-    batcher: Batcher[int, int] = Batcher(lambda items: (gate.wait(5), items)[1], max_batch=1,
-                                         workers=1, max_queue=2)  # fmt: skip
+    batcher: Batcher[int, int] = Batcher(
+        lambda items: (gate.wait(5), items)[1], max_batch=1, workers=1, max_queue=2
+    )
 
     async def main() -> list[object]:
         tasks = [asyncio.ensure_future(batcher.submit(i)) for i in range(6)]

@@ -50,7 +50,10 @@ def test_hits_and_misses_reach_metrics(served_defaults):
     for _ in range(3):
         httpx.post(f"{srv.url}/v1/recommend", json={"query": "cache me please", "k": 2})
     text = httpx.get(f"{srv.url}/metrics").text
-    values = {ln.split()[0]: float(ln.split()[1]) for ln in text.splitlines()
-              if ln.startswith("walrus_query_cache_")}  # fmt: skip
+    values = {
+        ln.split()[0]: float(ln.split()[1])
+        for ln in text.splitlines()
+        if ln.startswith("walrus_query_cache_")
+    }
     assert values["walrus_query_cache_hits_total"] >= 2
     assert values["walrus_query_cache_misses_total"] >= 1

@@ -45,8 +45,13 @@ def test_no_input_gets_a_5xx_and_every_answer_matches_the_schema(fuzzed):
             calls[current[0]] = []
 
             @given(case=operation.as_strategy(generation_mode=mode))
-            @settings(max_examples=CASES_PER_OPERATION, deadline=None, derandomize=True,
-                      suppress_health_check=list(HealthCheck), database=None)  # fmt: skip
+            @settings(
+                max_examples=CASES_PER_OPERATION,
+                deadline=None,
+                derandomize=True,
+                suppress_health_check=list(HealthCheck),
+                database=None,
+            )
             def fuzz(case):  # type: ignore[no-untyped-def]
                 response = case.call()
                 calls[current[0]].append(response.status_code)

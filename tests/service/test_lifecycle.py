@@ -148,8 +148,14 @@ def test_five_reloads_under_load_drop_no_request(tiny_bundle, bundles):
 def test_sigterm_drains_then_exits_zero(tiny_bundle):
     """SIGTERM: /readyz turns 503 at once, requests are still answered during the drain,
     the one in flight finishes, and the process exits with status 0."""
-    srv = Server(tiny_bundle, ["--workers", "1"], cli=True, WALRUS_DRAIN_S="1.5",
-                 WALRUS_BATCH_WAIT_US="600000", WALRUS_MAX_BATCH="64")  # fmt: skip
+    srv = Server(
+        tiny_bundle,
+        ["--workers", "1"],
+        cli=True,
+        WALRUS_DRAIN_S="1.5",
+        WALRUS_BATCH_WAIT_US="600000",
+        WALRUS_MAX_BATCH="64",
+    )
     try:
         srv.wait()
         results: list[int] = []
@@ -183,8 +189,10 @@ def test_a_client_that_leaves_has_its_queued_work_dropped(tiny_bundle):
         before = httpx.get(f"{srv.url}/metrics").text
         body = json.dumps({"query": "leaving early", "k": 2}).encode()
         with socket.create_connection(("127.0.0.1", srv.port)) as sock:
-            sock.sendall(b"POST /v1/recommend HTTP/1.1\r\nHost: x\r\nContent-Type: "
-                         b"application/json\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body))  # fmt: skip
+            sock.sendall(
+                b"POST /v1/recommend HTTP/1.1\r\nHost: x\r\nContent-Type: "
+                b"application/json\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body)
+            )
             time.sleep(0.3)
         time.sleep(1.5)
         after = httpx.get(f"{srv.url}/metrics").text

@@ -31,9 +31,13 @@ def test_a_cgroup_quota_caps_the_cpus(tmp_path, files, quota):
 
 @pytest.mark.parametrize(
     "files",
-    [{"cpu.max": "max 100000\n"}, {"cpu/cpu.cfs_quota_us": "-1\n", "cpu/cpu.cfs_period_us": "1"},
-     {}, {"cpu.max": "garbage\n"}],
-)  # fmt: skip
+    [
+        {"cpu.max": "max 100000\n"},
+        {"cpu/cpu.cfs_quota_us": "-1\n", "cpu/cpu.cfs_period_us": "1"},
+        {},
+        {"cpu.max": "garbage\n"},
+    ],
+)
 def test_no_quota_leaves_the_affinity(tmp_path, files):
     for name, text in files.items():
         (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)

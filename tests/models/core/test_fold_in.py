@@ -26,8 +26,15 @@ def test_fold_in_equals_the_dense_solution_with_uneven_weights():
     items = np.array([1, 7, 9, 30])
     weights = np.array([1.5, 3.0, 0.7, 9.0])
     targets = np.array([1.0, 1.0, 0.5, 2.0])
-    got = fold_in(v.astype(np.float32), (v.T @ v).astype(np.float32), items, weights, targets,
-                  unobserved_weight=0.1, regularization=0.3)  # fmt: skip
+    got = fold_in(
+        v.astype(np.float32),
+        (v.T @ v).astype(np.float32),
+        items,
+        weights,
+        targets,
+        unobserved_weight=0.1,
+        regularization=0.3,
+    )
     want = dense_solution(v, items, weights, targets, 0.1, 0.3)
     np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
 

@@ -17,9 +17,16 @@ def resolve(**overrides):
         calls.append(items.tolist())
         return np.full(3, 9.0, np.float32)
 
-    args = dict(user_vector=np.ones(3, np.float32), seen=np.array([1, 2]),
-                history=np.zeros(0, np.int64), exclude=np.array([7]), exclude_seen=True,
-                query_vector=None, item_text_embeddings=emb, fold_in=fold_in)  # fmt: skip
+    args = dict(
+        user_vector=np.ones(3, np.float32),
+        seen=np.array([1, 2]),
+        history=np.zeros(0, np.int64),
+        exclude=np.array([7]),
+        exclude_seen=True,
+        query_vector=None,
+        item_text_embeddings=emb,
+        fold_in=fold_in,
+    )
     args.update(overrides)
     return build_request(5, **args), calls, emb
 

@@ -14,8 +14,9 @@ def test_matches_a_full_stable_sort_with_ties():
         got = top_k(scores, k)
         want = np.argsort(-scores, axis=1, kind="stable")[:, : min(k, 50)]
         # same scores in the same order; ties inside the top k in index order
-        np.testing.assert_array_equal(np.take_along_axis(scores, got, 1),
-                                      np.take_along_axis(scores, want, 1))  # fmt: skip
+        np.testing.assert_array_equal(
+            np.take_along_axis(scores, got, 1), np.take_along_axis(scores, want, 1)
+        )
         for row in range(20):
             for a, b in zip(got[row][:-1], got[row][1:], strict=True):
                 assert scores[row, a] > scores[row, b] or a < b

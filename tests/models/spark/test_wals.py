@@ -145,9 +145,18 @@ def test_the_job_never_imports_torch_or_scipy():
 
 def train_on_spark(config: Path, master: str, out: Path, *extra: str):
     return walrus(
-        "train", "wals", "-c", str(config), "--engine", "spark", "--master", master,
-        "--out", str(out), *extra,
-    )  # fmt: skip
+        "train",
+        "wals",
+        "-c",
+        str(config),
+        "--engine",
+        "spark",
+        "--master",
+        master,
+        "--out",
+        str(out),
+        *extra,
+    )
 
 
 def test_cli_spark_engine_writes_parquet_and_the_local_model_files(tiny_config, tmp_path):
@@ -204,9 +213,15 @@ def test_the_standalone_job_numbers_ids_and_writes_parquet(synthetic_files, tmp_
     out = tmp_path / "wals"
     params = {"dim": 4, "iterations": 2, "regularization": 0.1}
     run = job(
-        "--interactions", str(synthetic_files / "interactions.csv"), "--out", str(out),
-        "--checkpoint-dir", str(tmp_path / "ckpt"), "--params", json.dumps(params),
-    )  # fmt: skip
+        "--interactions",
+        str(synthetic_files / "interactions.csv"),
+        "--out",
+        str(out),
+        "--checkpoint-dir",
+        str(tmp_path / "ckpt"),
+        "--params",
+        json.dumps(params),
+    )
     assert run.returncode == 0, run.stderr[-2000:]
     meta = json.loads((out / "wals.json").read_text())
     assert len(meta["history"]["loss"]) == 2
