@@ -11,8 +11,10 @@ catalog's titles, as real query logs look. User and item ids come from the servi
 
 from __future__ import annotations
 
+import json
 import os
 import random
+import urllib.request
 
 from locust import HttpUser, between, events, task
 
@@ -29,8 +31,6 @@ def zipf_choice(options: list[str], s: float = 1.1) -> str:
 @events.test_start.add_listener
 def discover(environment, **_kwargs):  # type: ignore[no-untyped-def]
     """Learn item ids and title words from the running service before the load starts."""
-    import json
-    import urllib.request
 
     host = environment.host
     n_users = int(os.environ.get("WALRUS_LOADTEST_N_USERS", "2000"))

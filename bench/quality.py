@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import itertools
+import json
 import os
 import shutil
 import subprocess
@@ -35,6 +36,7 @@ import httpx
 import numpy as np
 import pandas as pd
 import scipy.sparse as sp
+from implicit.cpu.als import AlternatingLeastSquares
 from matplotlib.figure import Figure
 from threadpoolctl import threadpool_limits
 
@@ -89,7 +91,6 @@ def split_movielens(directory: Path, work: Path, seed: int) -> dict[str, Any]:
 
 
 def fit_implicit(train: sp.csr_matrix, factors: int, regularization: float, alpha: float) -> Any:
-    from implicit.cpu.als import AlternatingLeastSquares
 
     model = AlternatingLeastSquares(
         factors=factors,
@@ -164,8 +165,6 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--report", type=Path, help="only print the table of a JSON result")
     args = ap.parse_args(argv)
     if args.report:
-        import json
-
         print(report(json.loads(args.report.read_text())))
         return 0
     if args.movielens is None or not (args.movielens / "ratings.csv").is_file():

@@ -28,6 +28,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -35,6 +36,7 @@ from typing import Any
 import httpx
 import numpy as np
 import psutil
+from matplotlib.figure import Figure
 
 from bench.common import machine, write_results
 from bench.wrk import (
@@ -45,7 +47,7 @@ from bench.wrk import (
     run_wrk,
     write_bodies,
 )
-from export.format import Files, read_manifest, resolve_bundle
+from export.format import MANIFEST, Files, file_table, read_manifest, resolve_bundle
 from export.runtime import OnnxTextEncoder, usable_cpus
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -64,7 +66,6 @@ def encoder_limit(bundle: Path, precision: str, seconds: float = 3.0) -> dict[st
     """Queries/s of the bundle's encoder alone on all-distinct texts, the best of two ways to
     use the usable CPUs: one session with a thread per CPU, or a session per CPU with one
     thread each, run side by side (as the service's workers do)."""
-    from concurrent.futures import ThreadPoolExecutor
 
     path = resolve_bundle(bundle)
     max_length = json.loads((path / Files.TOKENIZER_CONFIG).read_text())["max_length"]
@@ -310,9 +311,10 @@ def seed_section(wrk: str, bundle: Path, seconds: int, work: Path) -> dict[str, 
 
 def roberta_section(wrk: str, bundle: Path, seconds: int, work: Path) -> dict[str, Any]:
     """The demo bundle with a random roberta-base-sized encoder (int8, as the CPU serves)."""
+    # Building it needs torch; imported here so that the process measuring the other
+    # sections (the bare encoder runs in it) never loads torch's thread pools.
     from bench.gpu_check import build_roberta_base_onnx, roberta_bundle
     from export.bundle import quantize_to_target
-    from export.format import MANIFEST, file_table
 
     encoder_dir = build_roberta_base_onnx(work, smoke=False)
     rb = roberta_bundle(resolve_bundle(bundle), encoder_dir, work)
@@ -483,12 +485,8 @@ def report(r: dict[str, Any]) -> str:
 
 def plot(r: dict[str, Any], path: Path) -> None:
     """p99 latency against throughput, one line per server, a point per concurrency."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(7, 4.5))
+    fig = Figure(figsize=(7, 4.5))
+    ax = fig.subplots()
     series = [("walrus (MiniLM int8)", r["walrus"]["curve"])]
     if "peer" in r:
         series.append(("naive peer (same model, eager)", r["peer"]["curve"]))

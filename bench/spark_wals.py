@@ -33,11 +33,13 @@ import httpx
 import numpy as np
 import pandas as pd
 import scipy.sparse as sp
+from pyspark.ml.recommendation import ALS
 
 from bench.common import print_table, write_results
 from models.core.params import WALSParams
 from models.data import build_dataset, read_catalog, read_interactions
 from models.data.splits import holdout_split
+from models.data.synthetic import SIZES, generate
 from models.metrics import ranking_metrics
 from models.spark.wals import fit as spark_fit
 from models.spark.wals import session
@@ -47,7 +49,6 @@ DIM, REG, W0 = 64, 0.001, 0.1
 
 
 def synthetic(size: str) -> sp.csr_matrix:
-    from models.data.synthetic import SIZES, generate
 
     cache = Path("artifacts/bench-data") / f"synthetic-{size}"
     if not (cache / "interactions.csv").is_file():
@@ -175,7 +176,6 @@ def walrus_spark(spark: Any, metrics: SparkMetrics, train: sp.csr_matrix, work: 
 
 
 def mllib(spark: Any, metrics: SparkMetrics, train: sp.csr_matrix):
-    from pyspark.ml.recommendation import ALS
 
     coo = train.tocoo()
     frame = spark.createDataFrame(

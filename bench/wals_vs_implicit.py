@@ -24,10 +24,14 @@ from typing import Any
 
 import numpy as np
 import scipy.sparse as sp
+from implicit.cpu.als import AlternatingLeastSquares
+from threadpoolctl import threadpool_limits
 
 from bench.common import print_table, write_results
 from models.data import build_dataset, read_catalog, read_interactions
+from models.data.movielens import load_movielens
 from models.data.splits import holdout_split
+from models.data.synthetic import SIZES, generate
 from models.metrics import ranking_metrics
 from models.wals import WALS
 
@@ -57,8 +61,6 @@ def fit_wals(
 def fit_implicit(
     train: sp.csr_matrix, dim: int, reg: float, w0: float, iterations: int
 ) -> tuple[Any, float]:
-    from implicit.cpu.als import AlternatingLeastSquares
-    from threadpoolctl import threadpool_limits
 
     model = AlternatingLeastSquares(
         factors=dim,
@@ -174,8 +176,6 @@ def main() -> None:
 
     rows: list[dict[str, Any]] = []
     if args.movielens is not None:
-        from models.data.movielens import load_movielens
-
         interactions, catalog, _ = load_movielens(args.movielens)
         interactions = interactions[interactions["rating"] >= 4.0]
         matrix = build_dataset(interactions, catalog).matrix
@@ -183,8 +183,6 @@ def main() -> None:
         if not args.no_tune:
             rows += tune(matrix, args.iterations)
     if args.synthetic != "none":
-        from models.data.synthetic import SIZES, generate
-
         cache = Path("artifacts/bench-data") / f"synthetic-{args.synthetic}"
         if not (cache / "interactions.csv").is_file():
             cache.mkdir(parents=True, exist_ok=True)

@@ -27,6 +27,7 @@ from typing import Any
 from urllib.parse import urlparse
 
 import numpy as np
+import pyarrow as pa
 from pyspark import RDD, SparkContext, StorageLevel
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
@@ -119,7 +120,6 @@ def _pack(batches: Iterable[Any], has_weight: bool) -> Iterator[Any]:
     """Arrow batches of (user, item, target[, weight]) as one binary cell each: a (4, n)
     float64 array (indices are exact below 2**53). Arrow in, bytes out: no Python object per
     row crosses between the JVM and Python."""
-    import pyarrow as pa  # pyspark's own dependency for Arrow; present wherever mapInArrow runs
 
     for batch in batches:
         columns = [batch.column(k).to_numpy(zero_copy_only=False) for k in range(3)]
