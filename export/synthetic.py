@@ -141,30 +141,8 @@ def build_synthetic_bundle(
     out.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix=".walrus-seed-", dir=out) as work:
         progress(f"{spec.users} users: factors and seen lists")
-        users = np.lib.format.open_memmap(
-            Path(work) / "users.npy", "w+", np.float32, (spec.users, spec.dim)
-        )
-        items_by_topic = [np.flatnonzero(item_topics == t) for t in range(len(TOPICS))]
-        indptr_parts, index_parts, offset = [np.zeros(1, np.int64)], [], 0
-        user_topics = rng.integers(len(TOPICS), size=spec.users)
-        for start in range(0, spec.users, CHUNK):
-            topics = user_topics[start : start + CHUNK]
-            users[start : start + len(topics)] = clustered(rng, centers, topics)
-            ptr, idx = seen_lists(rng, topics, items_by_topic, spec.items, spec.seen_per_user)
-            indptr_parts.append(ptr[1:] + offset)
-            index_parts.append(idx)
-            offset += len(idx)
-        users.flush()
-        indices = np.concatenate(index_parts)
-        del index_parts
-        seen = sp.csr_matrix(
-            (np.ones(len(indices), np.float32), indices, np.concatenate(indptr_parts)),
-            shape=(spec.users, spec.items),
-        )
-        seen.sum_duplicates()  # sorted, distinct seen lists, as training writes them
-        seen.data[:] = 1.0
-        indices = seen.indices
-        counts = np.bincount(indices, minlength=spec.items)
+        seen = seed_users(spec, rng, centers, item_topics, Path(work) / "users.npy")
+        counts = np.bincount(seen.indices, minlength=spec.items)
 
         progress("item factors, cold items and the WALS state fold-in needs")
         wals = local_wals(cfg)
@@ -172,15 +150,13 @@ def build_synthetic_bundle(
         item_factors = clustered(rng, centers, item_topics)
         item_factors[counts == 0] = 0.0  # never seen: WALS would leave them near zero
         wals.set_item_factors(item_factors)
+        p = wals.params
         wals.col_weight_values = weights_from_counts(
-            counts, wals.params.col_weights, wals.params.weight_scale, wals.params.weight_exponent
+            counts, p.col_weights, p.weight_scale, p.weight_exponent
         )
+        cold_cfg = cfg.cold_start
         factors, cold = fill_cold_items(
-            wals.item_factors,
-            counts,
-            text,
-            cfg.cold_start.min_interactions,
-            cfg.cold_start.ridge_alpha,
+            item_factors, counts, text, cold_cfg.min_interactions, cold_cfg.ridge_alpha
         )
         tables = ItemTables(factors, text, np.log1p(counts).astype(np.float32), cold)
 
@@ -199,6 +175,38 @@ def build_synthetic_bundle(
             item_titles,
         )
         return build_bundle(cfg, trained, out, progress)
+
+
+def seed_users(
+    spec: SeedSpec,
+    rng: np.random.Generator,
+    centers: np.ndarray,
+    item_topics: np.ndarray,
+    path: Path,
+) -> sp.csr_matrix:
+    """Every user's factors (written to ``path``, memory-mapped, in chunks) and their seen
+    lists: sorted, distinct, as training writes them."""
+    users = np.lib.format.open_memmap(path, "w+", np.float32, (spec.users, spec.dim))
+    items_by_topic = [np.flatnonzero(item_topics == t) for t in range(len(TOPICS))]
+    indptr_parts, index_parts, offset = [np.zeros(1, np.int64)], [], 0
+    user_topics = rng.integers(len(TOPICS), size=spec.users)
+    for start in range(0, spec.users, CHUNK):
+        topics = user_topics[start : start + CHUNK]
+        users[start : start + len(topics)] = clustered(rng, centers, topics)
+        ptr, idx = seen_lists(rng, topics, items_by_topic, spec.items, spec.seen_per_user)
+        indptr_parts.append(ptr[1:] + offset)
+        index_parts.append(idx)
+        offset += len(idx)
+    users.flush()
+    indices = np.concatenate(index_parts)
+    del index_parts
+    seen = sp.csr_matrix(
+        (np.ones(len(indices), np.float32), indices, np.concatenate(indptr_parts)),
+        shape=(spec.users, spec.items),
+    )
+    seen.sum_duplicates()
+    seen.data[:] = 1.0
+    return seen
 
 
 def train_head(

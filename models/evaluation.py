@@ -246,6 +246,33 @@ def catalog_without_queries(
     return out
 
 
+@dataclass
+class QueryTest:
+    """The held-out query log as arrays: row r asks ``queries[r]`` for ``users[r]`` (-1: not
+    a training user) and is answered by ``items[r]``."""
+
+    users: np.ndarray
+    items: np.ndarray
+    queries: list[str]
+
+    @classmethod
+    def from_log(cls, dataset: Dataset, test_log: pd.DataFrame) -> QueryTest:
+        item_idx = test_log["item_id"].astype(str).map(dataset.items._index)
+        keep = item_idx.notna().to_numpy()
+        test_log = test_log[keep]
+        users = test_log["user_id"].astype(str).map(dataset.users._index).to_numpy()
+        known = ~np.isnan(users.astype(np.float64))
+        return cls(
+            np.where(known, users, -1).astype(np.int64),
+            item_idx[keep].to_numpy().astype(np.int64),
+            test_log["query"].astype(str).tolist(),
+        )
+
+    def matrix(self, n_items: int) -> sp.csr_matrix:
+        n = len(self.items)
+        return sp.csr_matrix((np.ones(n), (np.arange(n), self.items)), shape=(n, n_items))
+
+
 def evaluate_query_task(
     cfg: PipelineConfig,
     dataset: Dataset,
@@ -263,30 +290,35 @@ def evaluate_query_task(
         raise WalrusError("the catalog changed while evaluating: item order differs")
     query_dataset = Dataset(dataset.users, clean, dataset.matrix, dataset.weights)
     shared = Shared(cfg, query_dataset, train_log, progress)
-
-    item_idx = test_log["item_id"].astype(str).map(dataset.items._index)
-    keep = item_idx.notna().to_numpy()
-    test_log = test_log[keep]
-    items = item_idx[keep].to_numpy().astype(np.int64)
-    users = test_log["user_id"].astype(str).map(dataset.users._index).to_numpy()
-    known = ~np.isnan(users.astype(np.float64))
-    users = np.where(known, users, -1).astype(np.int64)
-    n_q, n_items = len(items), len(dataset.items)
-    test = sp.csr_matrix((np.ones(n_q), (np.arange(n_q), items)), shape=(n_q, n_items))
-    nothing = sp.csr_matrix((n_q, n_items))
+    asked = QueryTest.from_log(dataset, test_log)
+    test = asked.matrix(len(dataset.items))
     ctx = EvalContext(shared, Split("queries", observed(dataset), test))
-    text = ctx.text
-    queries = text.encode(test_log["query"].astype(str).tolist())
-    hybrid = ctx.hybrid
-    k = max(cfg.eval.ks)
+    nothing = sp.csr_matrix(test.shape)
+    results = []
+    for name, fn in query_models(ctx, asked, max(cfg.eval.ks)).items():
+        start = time.perf_counter()
+        metrics = evaluate_scores(fn, nothing, test, cfg.eval.ks)
+        row = {"split": "queries", "model": name, **metrics}
+        row["seconds"] = time.perf_counter() - start
+        if name == "hybrid":
+            row["importances"] = ctx.hybrid.head.importances
+        results.append(row)
+    return results
+
+
+def query_models(ctx: EvalContext, asked: QueryTest, k: int) -> dict[str, ScoreFn]:
+    """The query task's models: the text alone, WALS alone (the user, no query), and the
+    served hybrid (user and query)."""
+    text, hybrid = ctx.text, ctx.hybrid
+    queries = text.encode(asked.queries)
+    users, n_items = asked.users, hybrid.tables.n_items
 
     def text_scores(rows: np.ndarray) -> np.ndarray:
         return queries[rows] @ text.embeddings.T
 
     def wals_scores(rows: np.ndarray) -> np.ndarray:
-        vectors = np.where(
-            known[rows, None], hybrid.wals.user_factors[np.maximum(users[rows], 0)], 0.0
-        )
+        known = users[rows, None] >= 0
+        vectors = np.where(known, hybrid.wals.user_factors[np.maximum(users[rows], 0)], 0.0)
         return vectors @ hybrid.wals.item_factors.T + hybrid.tables.item_log_popularity * 1e-6
 
     def hybrid_scores(rows: np.ndarray) -> np.ndarray:
@@ -301,13 +333,4 @@ def evaluate_query_task(
         ]
         return ranked_rows(n_items, [r.items for r in hybrid.recommend_batch(requests)])
 
-    results = []
-    for name, fn in (("text", text_scores), ("wals", wals_scores), ("hybrid", hybrid_scores)):
-        start = time.perf_counter()
-        metrics = evaluate_scores(fn, nothing, test, cfg.eval.ks)
-        row = {"split": "queries", "model": name, **metrics}
-        row["seconds"] = time.perf_counter() - start
-        if name == "hybrid":
-            row["importances"] = hybrid.head.importances
-        results.append(row)
-    return results
+    return {"text": text_scores, "wals": wals_scores, "hybrid": hybrid_scores}

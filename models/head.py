@@ -161,40 +161,7 @@ class ScoreHead:
             torch.nn.ReLU(),
             torch.nn.Linear(self.hidden, 1),
         )
-        opt = torch.optim.Adam(
-            net.parameters(), lr=self.learning_rate, weight_decay=self.weight_decay
-        )
-        best, best_state, since = float("inf"), None, 0
-        self.history = {"train_loss": [], "validation_loss": []}
-        n_train = len(train[0])
-        for epoch in range(self.epochs):
-            net.train()
-            perm = torch.from_numpy(rng.permutation(n_train))
-            total = 0.0
-            for start in range(0, n_train, self.batch_size):
-                rows = perm[start : start + self.batch_size]
-                x, mask, labels = (t[rows] for t in train)
-                loss = self._loss(net(x).squeeze(-1), mask, labels)
-                opt.zero_grad()
-                loss.backward()
-                opt.step()
-                total += loss.item() * len(rows)
-            net.eval()
-            with torch.no_grad():
-                val_loss = float(self._loss(net(val[0]).squeeze(-1), val[1], val[2]))
-            train_loss = total / max(n_train, 1)
-            self.history["train_loss"].append(train_loss)
-            self.history["validation_loss"].append(val_loss)
-            if callback is not None:
-                callback(epoch, train_loss, val_loss)
-            if val_loss < best - 1e-6:
-                best, since = val_loss, 0
-                best_state = {k: v.detach().clone() for k, v in net.state_dict().items()}
-            else:
-                since += 1
-                if since >= self.patience:
-                    break
-        assert best_state is not None  # the first epoch always improves on inf
+        best_state = self._train(net, train, val, rng, callback)
         w1 = best_state["0.weight"].T.numpy().astype(np.float64) / sd[:, None]
         self.weights = {
             "w1": w1.astype(np.float32),
@@ -205,6 +172,60 @@ class ScoreHead:
         if feature_names:
             self.importances = self.permutation_importance(val_pools, feature_names)
         return self
+
+    def _train(
+        self,
+        net: torch.nn.Sequential,
+        train: tuple[Any, Any, Any],
+        val: tuple[Any, Any, Any],
+        rng: np.random.Generator,
+        callback: Callable[[int, float, float], None] | None,
+    ) -> dict[str, torch.Tensor]:
+        """Epochs until the validation loss stops improving; the best epoch's weights."""
+        opt = torch.optim.Adam(
+            net.parameters(), lr=self.learning_rate, weight_decay=self.weight_decay
+        )
+        best, best_state, since = float("inf"), {}, 0
+        self.history = {"train_loss": [], "validation_loss": []}
+        for epoch in range(self.epochs):
+            train_loss = self._epoch(net, opt, train, rng)
+            net.eval()
+            with torch.no_grad():
+                val_loss = float(self._loss(net(val[0]).squeeze(-1), val[1], val[2]))
+            self.history["train_loss"].append(train_loss)
+            self.history["validation_loss"].append(val_loss)
+            if callback is not None:
+                callback(epoch, train_loss, val_loss)
+            if val_loss < best - 1e-6:  # the first epoch always improves on inf
+                best, since = val_loss, 0
+                best_state = {k: v.detach().clone() for k, v in net.state_dict().items()}
+            else:
+                since += 1
+                if since >= self.patience:
+                    break
+        return best_state
+
+    def _epoch(
+        self,
+        net: torch.nn.Sequential,
+        opt: torch.optim.Optimizer,
+        train: tuple[Any, Any, Any],
+        rng: np.random.Generator,
+    ) -> float:
+        """One pass over the training pools in a random order; the mean training loss."""
+        net.train()
+        n_train = len(train[0])
+        perm = torch.from_numpy(rng.permutation(n_train))
+        total = 0.0
+        for start in range(0, n_train, self.batch_size):
+            rows = perm[start : start + self.batch_size]
+            x, mask, labels = (t[rows] for t in train)
+            loss = self._loss(net(x).squeeze(-1), mask, labels)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            total += loss.item() * len(rows)
+        return total / max(n_train, 1)
 
     @staticmethod
     def _tensors(pools: RankingPools, mean: np.ndarray, sd: np.ndarray) -> tuple[Any, Any, Any]:

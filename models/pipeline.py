@@ -8,6 +8,7 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
 import numpy as np
 import pandas as pd
@@ -20,6 +21,8 @@ from models.data import Dataset, build_dataset, read_catalog, read_interactions,
 from models.data.io import check_ids
 from models.data.splits import Split, cold_item_split, holdout_split, user_split
 from models.wals import WALS, FitHistory
+
+T = TypeVar("T")
 
 
 def load_dataset(cfg: DataConfig) -> Dataset:
@@ -107,6 +110,13 @@ class ParquetOutput:
     users: IdMap
     items: IdMap
 
+    def files(self, users: T, items: T) -> list[tuple[T, IdMap, str]]:
+        """(a side's factors, its ids, where its Parquet goes), users then items."""
+        return [
+            (factors, ids, str(self.directory / f"{name}_factors.parquet"))
+            for name, factors, ids in (("user", users, self.users), ("item", items, self.items))
+        ]
+
 
 def fit_wals_spark(
     cfg: PipelineConfig,
@@ -124,15 +134,7 @@ def fit_wals_spark(
         cfg.spark.master,
         **{"spark.sql.execution.arrow.pyspark.enabled": "true", **cfg.spark.conf},
     )
-    coo = sp.csr_matrix(train).tocoo()
-    columns = {
-        "user": coo.row.astype(np.int64),
-        "item": coo.col.astype(np.int64),
-        "target": np.ones(coo.nnz),
-    }
-    if has_weights:
-        columns["weight"] = coo.data.astype(np.float64)
-    frame = spark.createDataFrame(pd.DataFrame(columns))
+    frame = spark.createDataFrame(interaction_frame(train, has_weights))
     root = cfg.spark.checkpoint_dir or str(cfg.output_dir / "spark-checkpoints")
     checkpoints = f"{root.rstrip('/')}/{uuid.uuid4().hex}"
     report = None if callback is None else (lambda it, loss: callback(it, loss, None))
@@ -149,21 +151,11 @@ def fit_wals_spark(
             checkpoint_interval=cfg.spark.checkpoint_interval,
             callback=report,
         )
-        if parquet is not None:
-            for name, factors, ids in (
-                ("user", users, parquet.users),
-                ("item", items, parquet.items),
-            ):
-                id_frame = spark.createDataFrame(
-                    pd.DataFrame({"index": np.arange(len(ids), dtype=np.int64), "id": ids.ids})
-                )
-                write_factors(
-                    spark,
-                    factors,
-                    len(ids),
-                    id_frame,
-                    str(parquet.directory / f"{name}_factors.parquet"),
-                )
+        for factors, ids, path in parquet.files(users, items) if parquet else []:
+            id_frame = spark.createDataFrame(
+                pd.DataFrame({"index": np.arange(len(ids), dtype=np.int64), "id": ids.ids})
+            )
+            write_factors(spark, factors, len(ids), id_frame, path)
     finally:
         if "://" not in checkpoints:
             shutil.rmtree(checkpoints, ignore_errors=True)
@@ -173,6 +165,19 @@ def fit_wals_spark(
     model.col_weight_values = result.col_weight_values
     model.history = FitHistory(loss=result.loss, seconds=result.seconds)
     return model
+
+
+def interaction_frame(train: sp.csr_matrix, has_weights: bool) -> pd.DataFrame:
+    """The training matrix as the Spark job reads it: user, item, target[, weight]."""
+    coo = sp.csr_matrix(train).tocoo()
+    columns = {
+        "user": coo.row.astype(np.int64),
+        "item": coo.col.astype(np.int64),
+        "target": np.ones(coo.nnz),
+    }
+    if has_weights:
+        columns["weight"] = coo.data.astype(np.float64)
+    return pd.DataFrame(columns)
 
 
 def save_wals(directory: Path, model: WALS, dataset: Dataset) -> None:

@@ -298,57 +298,73 @@ def make_head_pools(
     from ``pool_features``: the service's own functions. Pools without a positive teach
     nothing and are dropped.
     """
-    hc, cc = cfg.head, cfg.candidates
-    rng = np.random.default_rng(hc.seed)
-    users_with_positives = np.flatnonzero(np.diff(positives.indptr))
-    counts = request_counts(cfg, len(users_with_positives), positives.nnz)
-    coo = positives.tocoo()
-    plan: list[tuple[str, int, int]] = []  # (kind, user, item; -1: all the user's positives)
-    for kind in ("user", "history"):
-        chosen = rng.choice(users_with_positives, size=counts[kind], replace=False)
-        plan += [(kind, int(u), -1) for u in chosen]
-    for kind in ("user_query", "query"):
-        pick = rng.choice(coo.nnz, size=counts[kind], replace=False)
-        plan += [(kind, int(coo.row[e]), int(coo.col[e])) for e in pick]
+    rng = np.random.default_rng(cfg.head.seed)
+    plan = request_plan(cfg, rng, positives)
     queries = [derived_query(rng, item, texts, logged) if item >= 0 else "" for _, _, item in plan]
     distinct = sorted({q for q in queries if q})
     query_vectors = dict(zip(distinct, encode_queries(distinct), strict=True)) if distinct else {}
-
+    searcher, n_wals, n_text = exact_search(tables), cfg.candidates.n_wals, cfg.candidates.n_text
     out = []
     for start in range(0, len(plan), 512):
         chunk = range(start, min(len(plan), start + 512))
-        requests, labels = [], []
-        for e in chunk:
-            kind, user, item = plan[e]
-            seen = csr_row(history, user).astype(np.int64)
-            with_user = kind != "query"
-            user_vector = None
-            if kind == "history":
-                user_vector = model.fold_in(seen)
-            elif with_user:
-                user_vector = model.user_factors[user]
-            profile = (
-                text_profile(tables.item_text_embeddings, seen) if with_user and len(seen) else None
-            )
-            requests.append(
-                Request(
-                    0,
-                    user_vector=user_vector,
-                    query_vector=query_vectors.get(queries[e]),
-                    profile_vector=profile,
-                    exclude=seen if with_user else np.zeros(0, dtype=np.int64),
-                )
-            )
-            labels.append(csr_row(positives, user) if item < 0 else np.array([item]))
-        pools = candidate_pools(
-            requests, tables.n_items, exact_search(tables), cc.n_wals, cc.n_text
-        )
+        requests = [
+            training_request(plan[e][:2], model, tables, history, query_vectors.get(queries[e]))
+            for e in chunk
+        ]
+        labels = [
+            csr_row(positives, user) if item < 0 else np.array([item])
+            for _, user, item in (plan[e] for e in chunk)
+        ]
+        pools = candidate_pools(requests, tables.n_items, searcher, n_wals, n_text)
         for request, pool, positive in zip(requests, pools, labels, strict=True):
             if len(pool) < 2 or not any(int(i) in pool for i in positive):
                 continue
             candidates, features = pool_features(tables, request, pool)
             out.append((features, np.isin(candidates, positive)))
     return RankingPools.stack(out, N_FEATURES)
+
+
+def request_plan(
+    cfg: PipelineConfig, rng: np.random.Generator, positives: sp.csr_matrix
+) -> list[tuple[str, int, int]]:
+    """``(kind, user, item)`` of every training request, in ``head.request_mix``; item -1:
+    labelled by all the user's positives."""
+    users_with_positives = np.flatnonzero(np.diff(positives.indptr))
+    counts = request_counts(cfg, len(users_with_positives), positives.nnz)
+    coo = positives.tocoo()
+    plan: list[tuple[str, int, int]] = []
+    for kind in ("user", "history"):
+        chosen = rng.choice(users_with_positives, size=counts[kind], replace=False)
+        plan += [(kind, int(u), -1) for u in chosen]
+    for kind in ("user_query", "query"):
+        pick = rng.choice(coo.nnz, size=counts[kind], replace=False)
+        plan += [(kind, int(coo.row[e]), int(coo.col[e])) for e in pick]
+    return plan
+
+
+def training_request(
+    kind_user: tuple[str, int],
+    model: WALS,
+    tables: ItemTables,
+    history: sp.csr_matrix,
+    query_vector: np.ndarray | None,
+) -> Request:
+    """A training request as the service would resolve it: with the user (their vector,
+    or folded in from their history for ``history``), their text profile and their items
+    excluded; or, for ``query``, the query alone."""
+    kind, user = kind_user
+    seen = csr_row(history, user).astype(np.int64)
+    if kind == "query":
+        return Request(0, query_vector=query_vector)
+    user_vector = model.fold_in(seen) if kind == "history" else model.user_factors[user]
+    profile = text_profile(tables.item_text_embeddings, seen) if len(seen) else None
+    return Request(
+        0,
+        user_vector=user_vector,
+        query_vector=query_vector,
+        profile_vector=profile,
+        exclude=seen,
+    )
 
 
 def example_split(train: sp.csr_matrix, cfg: PipelineConfig) -> tuple[sp.csr_matrix, sp.csr_matrix]:

@@ -83,6 +83,27 @@ class FitHistory:
     best_iteration: int | None = None
 
 
+@dataclass
+class _Best:
+    """Early stopping: the best validation recall so far, its factors, and the patience."""
+
+    patience: int
+    recall: float = -math.inf
+    since: int = 0
+    factors: tuple[np.ndarray, np.ndarray] | None = None
+
+    def record(self, iteration: int, recall: float, model: WALS) -> None:
+        if self.factors is None or recall > self.recall:
+            self.recall, self.since = recall, 0
+            self.factors = (model.user_factors.copy(), model.item_factors.copy())
+            model.history.best_iteration = iteration
+        else:
+            self.since += 1
+
+    def exhausted(self) -> bool:
+        return bool(self.patience) and self.since >= self.patience
+
+
 class WALS:
     """WALS matrix factorisation with the public surface of benfred/implicit's ALS.
 
@@ -149,7 +170,6 @@ class WALS:
             callback: called as ``callback(iteration, loss, validation_recall)``.
         """
         matrix = _check_csr(matrix, "matrix")
-        n_users, n_items = matrix.shape
         weights_csr = self._observed_weights(matrix, weights)
         if validation is not None:
             validation = _check_csr(validation, "validation")
@@ -157,10 +177,53 @@ class WALS:
                 raise ValueError(
                     f"validation has shape {validation.shape}, expected {matrix.shape}"
                 )
-
         if self.num_threads > 0:
             torch.set_num_threads(self.num_threads)
         dev = pick_torch_device(self.device)
+        users_side, items_side = self._sides(matrix, weights_csr, dev)
+        n_users, n_items = matrix.shape
+        seed, dim = self.params.seed, self.params.dim
+        user_f = torch.from_numpy(glorot(seed, n_users, dim)).to(dev)
+        item_f = torch.from_numpy(glorot(seed, n_items, dim, skip=n_users * dim)).to(dev)
+        self.history = FitHistory()
+        best = _Best(early_stopping_patience)
+        for it in range(self.params.iterations):
+            start = time.perf_counter()
+            item_f = self._half_step(items_side, item_f, user_f)
+            user_f = self._half_step(users_side, user_f, item_f)
+            if dev.type == "cuda":
+                torch.cuda.synchronize()
+            self.history.seconds.append(time.perf_counter() - start)
+            loss = math.nan
+            if self.calculate_training_loss:
+                loss = self._loss(users_side, items_side, user_f, item_f)
+                self.history.loss.append(loss)
+            recall = None
+            if validation is not None:
+                self.user_factors, self.item_factors = user_f.cpu().numpy(), item_f.cpu().numpy()
+                recall = self.validation_recall(matrix, validation, validation_k)
+                self.history.validation_recall.append(recall)
+                best.record(it, recall, self)
+            log.info("iteration %d loss %.6g recall %s", it, loss, recall)
+            if callback is not None:
+                callback(it, loss, recall)
+            if best.exhausted():
+                log.info("early stop after iteration %d", it)
+                break
+        if self.params.iterations and not self.calculate_training_loss:
+            self.history.loss.append(self._loss(users_side, items_side, user_f, item_f))
+        self.user_factors, self.item_factors = user_f.cpu().numpy(), item_f.cpu().numpy()
+        if best.factors is not None and early_stopping_patience:
+            self.user_factors, self.item_factors = best.factors
+        self.set_item_factors(self.item_factors)
+        return self
+
+    def _sides(
+        self, matrix: sp.csr_matrix, weights_csr: sp.csr_matrix, dev: torch.device
+    ) -> tuple[_Side, _Side]:
+        """Both half-steps' sparse data on the device, and the permutation that lets one
+        side's predictions serve the other."""
+        n_users, n_items = matrix.shape
         # One transpose: item-major entry k is user-major entry by_item[k]; the items side's
         # targets and weights are gathered through it rather than transposed again.
         numbered = sp.csr_matrix(
@@ -188,53 +251,7 @@ class WALS:
             users_side.other = items_side
             perm = _inverse(items_order)[_inverse(by_item)[users_order]]
             users_side.from_other = torch.from_numpy(perm).to(dev)
-
-        seed, dim = self.params.seed, self.params.dim
-        user_f = torch.from_numpy(glorot(seed, n_users, dim)).to(dev)
-        item_f = torch.from_numpy(glorot(seed, n_items, dim, skip=n_users * dim)).to(dev)
-
-        self.history = FitHistory()
-        best: tuple[float, np.ndarray, np.ndarray] | None = None
-        since_best = 0
-        for it in range(self.params.iterations):
-            start = time.perf_counter()
-            item_f = self._half_step(items_side, item_f, user_f)
-            user_f = self._half_step(users_side, user_f, item_f)
-            if dev.type == "cuda":
-                torch.cuda.synchronize()
-            self.history.seconds.append(time.perf_counter() - start)
-            loss = math.nan
-            if self.calculate_training_loss:
-                loss = self._loss(users_side, items_side, user_f, item_f)
-                self.history.loss.append(loss)
-            recall = None
-            if validation is not None:
-                self.user_factors = user_f.cpu().numpy()
-                self.item_factors = item_f.cpu().numpy()
-                recall = self.validation_recall(matrix, validation, validation_k)
-                self.history.validation_recall.append(recall)
-                if best is None or recall > best[0]:
-                    best = (recall, self.user_factors.copy(), self.item_factors.copy())
-                    self.history.best_iteration = it
-                    since_best = 0
-                else:
-                    since_best += 1
-            log.info("iteration %d loss %.6g recall %s", it, loss, recall)
-            if callback is not None:
-                callback(it, loss, recall)
-            if early_stopping_patience and since_best >= early_stopping_patience:
-                log.info("early stop after iteration %d", it)
-                break
-
-        if self.params.iterations and not self.calculate_training_loss:
-            self.history.loss.append(self._loss(users_side, items_side, user_f, item_f))
-        if best is not None and early_stopping_patience:
-            self.user_factors, self.item_factors = best[1], best[2]
-        else:
-            self.user_factors = user_f.cpu().numpy()
-            self.item_factors = item_f.cpu().numpy()
-        self.set_item_factors(self.item_factors)
-        return self
+        return users_side, items_side
 
     def set_item_factors(self, item_factors: np.ndarray) -> None:
         """Item factors and the Gramian fold-in solves against (``fold_in``)."""

@@ -25,7 +25,11 @@ class Metrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
         self.multiprocess_dir = os.environ.get(MULTIPROC_DIR) or None
-        r = self.registry
+        self._requests(self.registry)
+        self._batching(self.registry)
+        self._bundles(self.registry)
+
+    def _requests(self, r: CollectorRegistry) -> None:
         self.requests = Counter(
             "walrus_requests",
             "Requests by endpoint and status code.",
@@ -46,6 +50,13 @@ class Metrics:
             buckets=LATENCY_BUCKETS,
             registry=r,
         )
+        self.disconnects = Counter(
+            "walrus_client_disconnects",
+            "Requests whose client left before the answer; their queued work was dropped.",
+            registry=r,
+        )
+
+    def _batching(self, r: CollectorRegistry) -> None:
         self.batch_size = Histogram(
             "walrus_batch_size",
             "Requests served per dynamic batch.",
@@ -75,6 +86,7 @@ class Metrics:
             "walrus_query_cache_misses", "Queries the encoder had to encode.", registry=r
         )
 
+    def _bundles(self, r: CollectorRegistry) -> None:
         self.bundle = Gauge(
             "walrus_bundle",
             "1 for the bundle that serves, by bundle id.",
@@ -93,11 +105,6 @@ class Metrics:
             "walrus_bundle_loads",
             "Bundle loads by result: loaded or refused.",
             ["result"],
-            registry=r,
-        )
-        self.disconnects = Counter(
-            "walrus_client_disconnects",
-            "Requests whose client left before the answer; their queued work was dropped.",
             registry=r,
         )
 

@@ -166,6 +166,26 @@ def _empty() -> Arrays:
     return (np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0), np.zeros(0))
 
 
+@dataclass(frozen=True)
+class _Layout:
+    """What every stage of a fit needs: sizes, block edges, the parameters."""
+
+    n_users: int
+    n_items: int
+    user_edges: np.ndarray
+    item_edges: np.ndarray
+    params: WALSParams
+    has_weights: bool
+
+    @property
+    def n_user_blocks(self) -> int:
+        return len(self.user_edges) - 1
+
+    @property
+    def n_item_blocks(self) -> int:
+        return len(self.item_edges) - 1
+
+
 def fit(
     spark: SparkSession,
     interactions: DataFrame,
@@ -192,27 +212,58 @@ def fit(
     sc: SparkContext = spark.sparkContext
     sc.setCheckpointDir(checkpoint_dir)
     started = time.perf_counter()
-    p = params
-    blocks_wanted = n_blocks or sc.defaultParallelism
-    user_edges = block_edges(n_users, blocks_wanted)
-    item_edges = block_edges(n_items, blocks_wanted)
-    n_ub, n_ib = len(user_edges) - 1, len(item_edges) - 1
+    wanted = n_blocks or sc.defaultParallelism
+    layout = _Layout(
+        n_users,
+        n_items,
+        block_edges(n_users, wanted),
+        block_edges(n_items, wanted),
+        params,
+        has_weights,
+    )
+    chunks = _read_entries(sc, interactions, layout, wanted)
+    col_weight_values = _col_weights(chunks, layout)
+    user_blocks, item_blocks = _build_blocks(sc, chunks, layout, col_weight_values)
+    users = _initial_factors(sc, layout, "user")
+    result = SparkFit(np.zeros(0), np.zeros(0), col_weight_values)
+    result.setup_seconds = time.perf_counter() - started
+    log.info(
+        "spark wals: %d x %d blocks, setup %.1f s",
+        layout.n_user_blocks,
+        layout.n_item_blocks,
+        result.setup_seconds,
+    )
+    users, items = _iterate(
+        sc, layout, (user_blocks, item_blocks), users, result, checkpoint_interval, callback
+    )
+    result.user_factors = _collect(users, n_users, params.dim)
+    result.item_factors = _collect(items, n_items, params.dim)
+    return result, users, items
 
-    columns = ["user", "item", "target"] + (["weight"] if has_weights else [])
+
+def _read_entries(sc: SparkContext, interactions: DataFrame, layout: _Layout, wanted: int) -> RDD:
+    """The input as checked (user, item, target, weight) array chunks, cached."""
+    columns = ["user", "item", "target"] + (["weight"] if layout.has_weights else [])
     missing = [c for c in columns if c not in interactions.columns]
     if missing:
         raise SparkWALSError(f"interactions lack the column(s) {missing}")
     # Many small input partitions (a DataFrame made from pandas has one per 10,000 rows) cost
     # a task each; a few per core are enough to read and cut the entries.
-    most = 4 * max(blocks_wanted, sc.defaultParallelism)
+    most = 4 * max(wanted, sc.defaultParallelism)
     if interactions.rdd.getNumPartitions() > most:
         interactions = interactions.coalesce(most)
-    chunks = (
+    has_weights, n_users, n_items = layout.has_weights, layout.n_users, layout.n_items
+    return (
         interactions.select(*[F.col(c).cast("double") for c in columns])
         .mapInArrow(lambda batches: _pack(batches, has_weights), "packed binary")
         .rdd.map(lambda row: _check(_unpack(row[0]), n_users, n_items))
         .persist(StorageLevel.MEMORY_AND_DISK)
     )
+
+
+def _col_weights(chunks: RDD, layout: _Layout) -> np.ndarray:
+    """c_j from the items' counts, summed over the cluster."""
+    n_items, p = layout.n_items, layout.params
     col_counts = _action(
         lambda: chunks.map(lambda t: np.bincount(t[1], minlength=n_items)).treeAggregate(
             np.zeros(n_items, dtype=np.int64), np.add, np.add
@@ -220,79 +271,113 @@ def fit(
     )
     if int(col_counts.sum()) == 0:
         raise SparkWALSError("no interactions: the input is empty")
-    col_weight_values = weights_from_counts(
-        col_counts, p.col_weights, p.weight_scale, p.weight_exponent
-    )
+    return weights_from_counts(col_counts, p.col_weights, p.weight_scale, p.weight_exponent)
+
+
+def _with_weights(b: int, arrays: Arrays, layout: _Layout, col_w: np.ndarray) -> Arrays:
+    """A user block's entries with their W_ij: given, or w0 + r_i c_j from the counts."""
+    u, i, a, w = arrays
+    p = layout.params
+    if layout.has_weights:
+        if np.any(w <= 0):
+            raise ValueError(f"{MARK} weights must be > 0 on every interaction")
+        return arrays
+    start = layout.user_edges[b]
+    counts = np.bincount(u - start, minlength=int(layout.user_edges[b + 1] - start))
+    row_w = weights_from_counts(counts, p.row_weights, p.weight_scale, p.weight_exponent)
+    return u, i, a, p.unobserved_weight + row_w[u - start] * col_w[i]
+
+
+def _grouped(sc: SparkContext, entries: RDD, edges: np.ndarray) -> RDD:
+    """Entries keyed by block, one concatenated value per block, every block present."""
+    n = len(edges) - 1
+    every = sc.parallelize([(b, _empty()) for b in range(n)], n)
+    return entries.union(every).groupByKey(n).mapValues(_concat)
+
+
+def _block(
+    kv: tuple[int, Arrays], edges: np.ndarray, other: np.ndarray, p: WALSParams
+) -> tuple[int, Block]:
+    b, (rows, cols, targets, weights) = kv
+    block = build_block(b, edges, other, rows, cols, targets, weights, p)
+    same_row = np.diff(np.repeat(np.arange(block.n_rows), np.diff(block.indptr))) == 0
+    if np.any(same_row & (np.diff(block.position) == 0)):
+        raise ValueError(f"{MARK} a (user, item) pair appears twice: aggregate them first")
+    return b, block
+
+
+def _build_blocks(
+    sc: SparkContext, chunks: RDD, layout: _Layout, col_weight_values: np.ndarray
+) -> tuple[RDD, RDD]:
+    """Both sides' blocks (in- and out-blocks), cached; the input chunks are dropped."""
     col_w = sc.broadcast(col_weight_values)
-
-    def with_weights(b: int, arrays: Arrays) -> Arrays:
-        u, i, a, w = arrays
-        if has_weights:
-            if np.any(w <= 0):
-                raise ValueError(f"{MARK} weights must be > 0 on every interaction")
-            return arrays
-        start = user_edges[b]
-        counts = np.bincount(u - start, minlength=int(user_edges[b + 1] - start))
-        row_w = weights_from_counts(counts, p.row_weights, p.weight_scale, p.weight_exponent)
-        return u, i, a, p.unobserved_weight + row_w[u - start] * col_w.value[i]
-
-    def grouped(entries: RDD, edges: np.ndarray) -> RDD:
-        """Entries keyed by block, one concatenated value per block, every block present."""
-        n = len(edges) - 1
-        every = sc.parallelize([(b, _empty()) for b in range(n)], n)
-        return entries.union(every).groupByKey(n).mapValues(_concat)
-
-    user_entries = grouped(chunks.flatMap(lambda t: _split(t, user_edges, 0)), user_edges)
-    user_entries = user_entries.map(lambda kv: (kv[0], with_weights(*kv)), True).persist(
-        StorageLevel.MEMORY_AND_DISK
-    )
+    user_edges, item_edges, p = layout.user_edges, layout.item_edges, layout.params
+    user_entries = _grouped(sc, chunks.flatMap(lambda t: _split(t, user_edges, 0)), user_edges)
+    user_entries = user_entries.map(
+        lambda kv: (kv[0], _with_weights(kv[0], kv[1], layout, col_w.value)), True
+    ).persist(StorageLevel.MEMORY_AND_DISK)
     swapped = user_entries.flatMap(
         lambda kv: _split((kv[1][1], kv[1][0], kv[1][2], kv[1][3]), item_edges, 0)
     )
-    item_entries = grouped(swapped, item_edges)
-
-    def blocks(kv: tuple[int, Arrays], edges: np.ndarray, other: np.ndarray) -> tuple[int, Block]:
-        b, (rows, cols, targets, weights) = kv
-        block = build_block(b, edges, other, rows, cols, targets, weights, p)
-        same_row = np.diff(np.repeat(np.arange(block.n_rows), np.diff(block.indptr))) == 0
-        if np.any(same_row & (np.diff(block.position) == 0)):
-            raise ValueError(f"{MARK} a (user, item) pair appears twice: aggregate them first")
-        return b, block
-
-    user_blocks = user_entries.map(lambda kv: blocks(kv, user_edges, item_edges), True).persist(
-        StorageLevel.MEMORY_AND_DISK
-    )
-    item_blocks = item_entries.map(lambda kv: blocks(kv, item_edges, user_edges), True).persist(
-        StorageLevel.MEMORY_AND_DISK
-    )
+    item_entries = _grouped(sc, swapped, item_edges)
+    user_blocks = user_entries.map(lambda kv: _block(kv, user_edges, item_edges, p), True)
+    item_blocks = item_entries.map(lambda kv: _block(kv, item_edges, user_edges, p), True)
+    user_blocks.persist(StorageLevel.MEMORY_AND_DISK)
+    item_blocks.persist(StorageLevel.MEMORY_AND_DISK)
     _action(lambda: (user_blocks.count(), item_blocks.count()))
     chunks.unpersist()
     user_entries.unpersist()
+    return user_blocks, item_blocks
 
-    seed, dim = p.seed, p.dim
-    users = (
-        sc.parallelize(range(n_ub), n_ub)
-        .map(lambda b: (b, glorot_rows(seed, n_users, dim, user_edges[b], user_edges[b + 1])))
-        .partitionBy(n_ub)
+
+def _initial_factors(sc: SparkContext, layout: _Layout, side: str) -> RDD:
+    """A side's Glorot factors by block, as the single-machine fit draws them: users first,
+    then items from the same generator."""
+    seed, dim = layout.params.seed, layout.params.dim
+    users = side == "user"
+    n_rows = layout.n_users if users else layout.n_items
+    edges = layout.user_edges if users else layout.item_edges
+    skip = 0 if users else layout.n_users * dim
+    n = len(edges) - 1
+    return (
+        sc.parallelize(range(n), n)
+        .map(lambda b: (b, glorot_rows(seed, n_rows, dim, edges[b], edges[b + 1], skip)))
+        .partitionBy(n)
         .persist(StorageLevel.MEMORY_AND_DISK)
     )
-    user_gram = _action(lambda: users.values().map(_gram).treeReduce(np.add))
-    setup = time.perf_counter() - started
-    log.info("spark wals: %d x %d blocks, setup %.1f s", n_ub, n_ib, setup)
 
-    w0 = p.unobserved_weight
-    result = SparkFit(np.zeros(0), np.zeros(0), col_weight_values, setup_seconds=setup)
+
+def _iterate(
+    sc: SparkContext,
+    layout: _Layout,
+    blocks: tuple[RDD, RDD],
+    users: RDD,
+    result: SparkFit,
+    checkpoint_interval: int,
+    callback: Callable[[int, float], None] | None,
+) -> tuple[RDD, RDD]:
+    """The sweeps (items, then users), each one's loss recorded in ``result``."""
+    user_blocks, item_blocks = blocks
+    w0 = layout.params.unobserved_weight
+    user_gram = _action(lambda: users.values().map(_gram).treeReduce(np.add))
     items: RDD | None = None
     solved_old: list[RDD] = []
-    for it in range(p.iterations):
+    for it in range(layout.params.iterations):
         start = time.perf_counter()
         checkpoint = (it + 1) % checkpoint_interval == 0
         items_solved, item_stats = _half_step(
-            sc, item_blocks, user_blocks, users, user_gram, w0, n_ib, checkpoint
+            sc, item_blocks, user_blocks, users, user_gram, w0, layout.n_item_blocks, checkpoint
         )
         items = items_solved.mapValues(lambda r: r[0])
         users_solved, user_stats = _half_step(
-            sc, user_blocks, item_blocks, items, item_stats.gramian, w0, n_ub, checkpoint
+            sc,
+            user_blocks,
+            item_blocks,
+            items,
+            item_stats.gramian,
+            w0,
+            layout.n_user_blocks,
+            checkpoint,
         )
         users = users_solved.mapValues(lambda r: r[0])
         user_gram = user_stats.gramian
@@ -311,13 +396,8 @@ def fit(
         if callback is not None:
             callback(it, loss)
     if items is None:  # no iterations: both sides as initialised
-        skip = n_users * dim
-        items = sc.parallelize(range(n_ib), n_ib).map(
-            lambda b: (b, glorot_rows(seed, n_items, dim, item_edges[b], item_edges[b + 1], skip))
-        )
-    result.user_factors = _collect(users, n_users, dim)
-    result.item_factors = _collect(items, n_items, dim)
-    return result, users, items
+        items = _initial_factors(sc, layout, "item")
+    return users, items
 
 
 def _gram(x: np.ndarray) -> np.ndarray:

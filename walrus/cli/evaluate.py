@@ -4,13 +4,17 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.console import Console
 from rich.table import Table
 
 from models.core.errors import WalrusError
+
+if TYPE_CHECKING:  # the command imports them when it runs
+    from models.config import PipelineConfig
+    from models.evaluation import ModelFactory
 from walrus.cli.common import ConfigOption, SetOption, console, progress, user_errors
 
 
@@ -29,40 +33,9 @@ def eval_(
 ) -> None:
     """Recall@K and NDCG@K of every model on every configured split."""
     from models.config import load_config
-    from models.data import read_catalog
-    from models.evaluation import MODELS, Shared, evaluate, evaluate_query_task
-    from models.pipeline import load_dataset, load_query_log, make_split
 
     cfg = load_config(config, set_)
-    chosen = MODELS
-    if models:
-        names = [m.strip() for m in models.split(",")]
-        unknown = [m for m in names if m not in MODELS]
-        if unknown:
-            raise WalrusError(f"--models: unknown model {unknown[0]!r}; known: {', '.join(MODELS)}")
-        chosen = {m: MODELS[m] for m in names}
-    dataset = load_dataset(cfg.data)
-    query_log = load_query_log(cfg.data.queries)
-    names = [s for s in cfg.eval.splits if s != "queries"]
-    splits = [make_split(dataset, name, cfg.split) for name in names]
-    with_queries = "queries" in cfg.eval.splits and query_log is not None
-    with progress() as bar:
-        task = bar.add_task("evaluating", total=len(splits) * len(chosen) + int(with_queries))
-        shared = Shared(cfg, dataset, query_log, lambda m: bar.update(task, description=m))
-        results = evaluate(
-            shared,
-            splits,
-            chosen,
-            on_done=lambda s, m: bar.update(task, advance=1, description=f"{s}/{m}"),
-        )
-        if with_queries:
-            assert cfg.data.catalog is not None and query_log is not None
-            results += evaluate_query_task(
-                cfg, dataset, read_catalog(cfg.data.catalog), query_log, shared.progress
-            )
-            bar.advance(task)
-    if "queries" in cfg.eval.splits and query_log is None:
-        console.print("queries: skipped (no data.queries query log in the config)")
+    results = run_evaluation(cfg, chosen_models(models))
     print_results(results, cfg.eval.ks)
     if json_out is not None:
         json_out.parent.mkdir(parents=True, exist_ok=True)
@@ -80,6 +53,50 @@ def eval_(
             f"encoder {cfg.encoder.name}, head loss {cfg.head.loss}."
         )
         console.print(f"wrote {write_eval_report(results, cfg.eval.ks, report, about)}")
+
+
+def chosen_models(models: str | None) -> dict[str, ModelFactory]:
+    """The models ``--models`` names (all when none), or a one-line error."""
+    from models.evaluation import MODELS
+
+    if not models:
+        return MODELS
+    names = [m.strip() for m in models.split(",")]
+    unknown = [m for m in names if m not in MODELS]
+    if unknown:
+        raise WalrusError(f"--models: unknown model {unknown[0]!r}; known: {', '.join(MODELS)}")
+    return {m: MODELS[m] for m in names}
+
+
+def run_evaluation(cfg: PipelineConfig, chosen: dict[str, ModelFactory]) -> list[dict[str, Any]]:
+    """Every chosen model on every configured split, then the query task when the config
+    has a query log and a catalog."""
+    from models.data import read_catalog
+    from models.evaluation import Shared, evaluate, evaluate_query_task
+    from models.pipeline import load_dataset, load_query_log, make_split
+
+    dataset = load_dataset(cfg.data)
+    query_log = load_query_log(cfg.data.queries)
+    splits = [make_split(dataset, s, cfg.split) for s in cfg.eval.splits if s != "queries"]
+    catalog = cfg.data.catalog
+    with_queries = "queries" in cfg.eval.splits and query_log is not None and catalog is not None
+    with progress() as bar:
+        task = bar.add_task("evaluating", total=len(splits) * len(chosen) + int(with_queries))
+        shared = Shared(cfg, dataset, query_log, lambda m: bar.update(task, description=m))
+        results = evaluate(
+            shared,
+            splits,
+            chosen,
+            on_done=lambda s, m: bar.update(task, advance=1, description=f"{s}/{m}"),
+        )
+        if with_queries and query_log is not None and catalog is not None:
+            results += evaluate_query_task(
+                cfg, dataset, read_catalog(catalog), query_log, shared.progress
+            )
+            bar.advance(task)
+    if "queries" in cfg.eval.splits and not with_queries:
+        console.print("queries: skipped (the query task needs data.queries and data.catalog)")
+    return results
 
 
 def print_results(results: list[dict[str, Any]], ks: list[int]) -> None:
