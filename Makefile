@@ -42,14 +42,14 @@ test: install lint
 	$(BIN)/python -m pytest -q
 
 lint: install
-	$(BIN)/ruff check models export service bench tests
-	$(BIN)/ruff format --check models export service bench tests
+	$(BIN)/ruff check walrus models export service bench tests
+	$(BIN)/ruff format --check walrus models export service bench tests
 	$(BIN)/mypy
 	$(BIN)/lint-imports
 
 format: install
-	$(BIN)/ruff format models export service bench tests
-	$(BIN)/ruff check --fix models export service bench tests
+	$(BIN)/ruff format walrus models export service bench tests
+	$(BIN)/ruff check --fix walrus models export service bench tests
 
 # WALS vs implicit, then WALS on Spark vs MLlib ALS on local[2] (about 15 minutes on 2 cores).
 bench: install

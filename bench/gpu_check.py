@@ -25,6 +25,7 @@ import time
 import traceback
 from collections.abc import Callable
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -222,37 +223,52 @@ def faiss_section(out: dict[str, Any], res: Results, smoke: bool, bundle: Path |
             "k": big,
             "equal_to_cpu": bool(np.array_equal(big_ids, ref_ids)),
         }
-        timing: dict[str, float] = {}
-        for batch in (1, 64):
-            q = queries[:batch]
-            timing[f"{served.device}_ms_per_query_batch{batch}"] = (
-                _ms(lambda q=q, s=served: s.search(q, 100), repeat=20) / batch
-            )
-            timing[f"cpu_ms_per_query_batch{batch}"] = (
-                _ms(lambda q=q, s=served: faiss_search_cpu(s, q, 100), repeat=5) / batch
-            )
-        entry["timing"] = timing
+        entry["timing"] = faiss_timing(served, queries)
         res.write()
     if bundle is not None:
-        bundle_entry: dict[str, Any] = {}
-        out["bundle_indexes"] = bundle_entry
-        manifest = json.loads((bundle / "manifest.json").read_text())
-        item_vectors = {
-            "wals": np.load(bundle / "item_factors.npy"),
-            "text": np.load(bundle / "item_text_embeddings.npy"),
-        }
-        for name, meta in manifest["indexes"].items():
-            served = load_index(bundle / f"{name}.faiss", meta["kind"], meta["search_params"], True)
-            vecs = item_vectors[name]
-            k = min(100, len(vecs))
-            ids, _ = served.search(vecs[:200], k)
-            _, exact = faiss.knn(vecs[:200], vecs, k, metric=faiss.METRIC_INNER_PRODUCT)
-            bundle_entry[name] = {
-                "kind": meta["kind"],
-                "served_on": served.device,
-                "recall_vs_exact": knn_intersection_measure(ids, exact),
-            }
+        out["bundle_indexes"] = bundle_index_recall(bundle)
     shutil.rmtree(tmp, ignore_errors=True)
+
+
+def faiss_timing(served: Any, queries: np.ndarray) -> dict[str, float]:
+    """Milliseconds per query where the index serves and on its CPU copy, alone and in 64s."""
+    timing: dict[str, float] = {}
+    for batch in (1, 64):
+        q = queries[:batch]
+        timing[f"{served.device}_ms_per_query_batch{batch}"] = (
+            _ms(lambda q=q, s=served: s.search(q, 100), repeat=20) / batch
+        )
+        timing[f"cpu_ms_per_query_batch{batch}"] = (
+            _ms(lambda q=q, s=served: faiss_search_cpu(s, q, 100), repeat=5) / batch
+        )
+    return timing
+
+
+def bundle_index_recall(bundle: Path) -> dict[str, Any]:
+    """The bundle's own indexes as served (GPU copies where possible) against exact search."""
+    import faiss
+    from faiss.contrib.evaluation import knn_intersection_measure
+
+    from export.runtime import load_index
+
+    out: dict[str, Any] = {}
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    item_vectors = {
+        "wals": np.load(bundle / "item_factors.npy"),
+        "text": np.load(bundle / "item_text_embeddings.npy"),
+    }
+    for name, meta in manifest["indexes"].items():
+        served = load_index(bundle / f"{name}.faiss", meta["kind"], meta["search_params"], True)
+        vecs = item_vectors[name]
+        k = min(100, len(vecs))
+        ids, _ = served.search(vecs[:200], k)
+        _, exact = faiss.knn(vecs[:200], vecs, k, metric=faiss.METRIC_INNER_PRODUCT)
+        out[name] = {
+            "kind": meta["kind"],
+            "served_on": served.device,
+            "recall_vs_exact": knn_intersection_measure(ids, exact),
+        }
+    return out
 
 
 def threaded_search_check(served: Any, queries: np.ndarray, threads: int) -> dict[str, Any]:
@@ -311,35 +327,38 @@ def _profile_providers(
     return counts
 
 
-def onnx_section(out: dict[str, Any], res: Results, smoke: bool, bundle: Path, work: Path) -> None:
-    """Every encoder precision on the CPU and CUDA providers: where it ran, parity, speed;
-    the head on CUDA; a roberta-base-sized encoder."""
-    import onnxruntime as ort
+@dataclass
+class OnnxRun:
+    """What every encoder measurement of the ONNX section shares."""
 
-    from export.runtime import OnnxHead, OnnxTextEncoder
+    res: Results
+    texts: list[str]
+    batches: tuple[int, ...]
+    cuda: bool
 
-    cuda = "CUDAExecutionProvider" in ort.get_available_providers()
-    gpu_providers = ["CUDAExecutionProvider", "CPUExecutionProvider"]
-    max_length = json.loads((bundle / "tokenizer_config.json").read_text())["max_length"]
-    texts = json.loads((bundle / "parity" / "texts.json").read_text()) + distinct_queries(32, 3)
-    batches = (1, 32) if smoke else (1, 32, 256)
-
-    def measure(
-        name: str, model: Path, tokenizer: Path, length: int, entry: dict[str, Any]
+    def encode_everywhere(
+        self, name: str, model: Path, tokenizer: Path, length: int, entry: dict[str, Any]
     ) -> dict[str, np.ndarray]:
+        """The encoder on the CPU provider and (when there is one) CUDA: where its nodes
+        ran, its speed per batch size, tokenisation's cost; its outputs by place."""
+        import onnxruntime as ort
+
+        from export.runtime import OnnxTextEncoder
+
+        gpu = ["CUDAExecutionProvider", "CPUExecutionProvider"]
         outputs = {}
-        for where, providers in (("cpu", ["CPUExecutionProvider"]), ("cuda", gpu_providers)):
-            if where == "cuda" and not cuda:
+        for where, providers in (("cpu", ["CPUExecutionProvider"]), ("cuda", gpu)):
+            if where == "cuda" and not self.cuda:
                 continue
             enc = OnnxTextEncoder(model, tokenizer, length, providers)
             item: dict[str, Any] = {"session_providers": enc.providers}
-            outputs[where] = enc.encode(texts)
-            ids, mask = enc.tokenize(texts[:8])
+            outputs[where] = enc.encode(self.texts)
+            ids, mask = enc.tokenize(self.texts[:8])
             item["nodes_by_provider"] = _profile_providers(
                 lambda o, m=model, p=providers: ort.InferenceSession(str(m), o, providers=p),
                 {"input_ids": ids, "attention_mask": mask},
             )
-            for batch in batches:
+            for batch in self.batches:
                 if where == "cpu" and batch > 32:
                     continue
                 qs = distinct_queries(batch, 4)
@@ -350,11 +369,46 @@ def onnx_section(out: dict[str, Any], res: Results, smoke: bool, bundle: Path, w
             qs = distinct_queries(256, 5)
             item["tokenize_256_ms"] = _ms(lambda qs=qs, enc=enc: enc.tokenize(qs), repeat=10)
             entry[f"{name}_{where}"] = item
-            res.write()
+            self.res.write()
         return outputs
 
+
+def onnx_section(out: dict[str, Any], res: Results, smoke: bool, bundle: Path, work: Path) -> None:
+    """Every encoder precision on the CPU and CUDA providers: where it ran, parity, speed;
+    the head on CUDA; a roberta-base-sized encoder."""
+    import onnxruntime as ort
+
+    texts = json.loads((bundle / "parity" / "texts.json").read_text()) + distinct_queries(32, 3)
+    cuda = "CUDAExecutionProvider" in ort.get_available_providers()
+    run = OnnxRun(res, texts, (1, 32) if smoke else (1, 32, 256), cuda)
+    out["demo_encoder"] = demo_encoder_parity(run, bundle)
+    out["head"] = {}
+    head_speed(out["head"], bundle, cuda)
+    res.write()
+    # A roberta-base-sized encoder (random weights: same cost as the real one).
+    if res.left() < 120 and not smoke:
+        out["roberta_base"] = {"skipped": "too little time left"}
+        return
+    rb: dict[str, Any] = {}
+    out["roberta_base"] = rb
+    path = build_roberta_base_onnx(work, smoke)
+    rb["config"] = "tiny" if smoke else "roberta-base sizes: 768 hidden, 12 layers, 12 heads"
+    outs = run.encode_everywhere("fp32", path / "encoder.onnx", path / "tokenizer.json", 64, rb)
+    tokenizer = path / "tokenizer.json"
+    outs16 = run.encode_everywhere("fp16", path / "encoder.fp16.onnx", tokenizer, 64, rb)
+    if "cuda" in outs:
+        rb["fp32_cuda"]["max_abs_diff_vs_cpu_fp32"] = float(
+            np.abs(outs["cuda"] - outs["cpu"]).max()
+        )
+        rb["fp16_cuda"]["min_cosine_vs_cpu_fp32"] = float(
+            ((outs16["cuda"] * outs["cpu"]).sum(1)).min()
+        )
+
+
+def demo_encoder_parity(run: OnnxRun, bundle: Path) -> dict[str, Any]:
+    """The bundle's encoders, each precision against the CPU fp32 one."""
+    max_length = json.loads((bundle / "tokenizer_config.json").read_text())["max_length"]
     demo: dict[str, Any] = {}
-    out["demo_encoder"] = demo
     reference = None
     for precision, file in (
         ("fp32", "encoder.onnx"),
@@ -364,55 +418,35 @@ def onnx_section(out: dict[str, Any], res: Results, smoke: bool, bundle: Path, w
         if not (bundle / file).is_file():
             demo[f"{precision}_missing"] = True
             continue
-        outs = measure(precision, bundle / file, bundle / "tokenizer.json", max_length, demo)
-        if precision == "fp32":
-            reference = outs["cpu"]
-        assert reference is not None
+        outs = run.encode_everywhere(
+            precision, bundle / file, bundle / "tokenizer.json", max_length, demo
+        )
+        reference = outs["cpu"] if reference is None else reference
         for where, emb in outs.items():
-            demo[f"{precision}_{where}"]["max_abs_diff_vs_cpu_fp32"] = float(
-                np.abs(emb - reference).max()
-            )
-            demo[f"{precision}_{where}"]["min_cosine_vs_cpu_fp32"] = float(
-                ((emb * reference).sum(1)).min()
-            )
-    if cuda:
+            entry = demo[f"{precision}_{where}"]
+            entry["max_abs_diff_vs_cpu_fp32"] = float(np.abs(emb - reference).max())
+            entry["min_cosine_vs_cpu_fp32"] = float(((emb * reference).sum(1)).min())
+    if run.cuda:
         fp32_cuda = demo.get("fp32_cuda", {})
         demo["cuda_fp32_parity_within_1e-3"] = fp32_cuda.get("max_abs_diff_vs_cpu_fp32", 1) <= 1e-3
+    return demo
 
-    head = {}
-    out["head"] = head
+
+def head_speed(head: dict[str, Any], bundle: Path, cuda: bool) -> None:
+    """The head on 200 rows, on the CPU and (when there is one) CUDA, and their agreement."""
+    from export.runtime import OnnxHead
+
     features = np.load(bundle / "parity" / "head_features.npy")
-    cpu_scores = OnnxHead(bundle / "head.onnx").score(features)
-    if cuda:
-        gpu_head = OnnxHead(bundle / "head.onnx", gpu_providers)
-        head["cuda_providers"] = list(gpu_head.session.get_providers())
-        head["max_abs_diff_cuda_vs_cpu"] = float(
-            np.abs(gpu_head.score(features) - cpu_scores).max()
-        )
-        rows = np.repeat(features, 4, axis=0)[:200]
-        head["cuda_ms_200_rows"] = _ms(lambda: gpu_head.score(rows), repeat=30)
     rows = np.repeat(features, 4, axis=0)[:200]
     cpu_head = OnnxHead(bundle / "head.onnx")
+    if cuda:
+        gpu_head = OnnxHead(bundle / "head.onnx", ["CUDAExecutionProvider", "CPUExecutionProvider"])
+        head["cuda_providers"] = list(gpu_head.session.get_providers())
+        head["max_abs_diff_cuda_vs_cpu"] = float(
+            np.abs(gpu_head.score(features) - cpu_head.score(features)).max()
+        )
+        head["cuda_ms_200_rows"] = _ms(lambda: gpu_head.score(rows), repeat=30)
     head["cpu_ms_200_rows"] = _ms(lambda: cpu_head.score(rows), repeat=30)
-    res.write()
-
-    # A roberta-base-sized encoder (random weights: same cost as the real one).
-    if res.left() < 120 and not smoke:
-        out["roberta_base"] = {"skipped": "too little time left"}
-        return
-    rb: dict[str, Any] = {}
-    out["roberta_base"] = rb
-    path = build_roberta_base_onnx(work, smoke)
-    rb["config"] = "tiny" if smoke else "roberta-base sizes: 768 hidden, 12 layers, 12 heads"
-    outs = measure("fp32", path / "encoder.onnx", path / "tokenizer.json", 64, rb)
-    outs16 = measure("fp16", path / "encoder.fp16.onnx", path / "tokenizer.json", 64, rb)
-    if "cuda" in outs:
-        rb["fp32_cuda"]["max_abs_diff_vs_cpu_fp32"] = float(
-            np.abs(outs["cuda"] - outs["cpu"]).max()
-        )
-        rb["fp16_cuda"]["min_cosine_vs_cpu_fp32"] = float(
-            ((outs16["cuda"] * outs["cpu"]).sum(1)).min()
-        )
 
 
 def build_roberta_base_onnx(work: Path, smoke: bool) -> Path:
@@ -507,10 +541,6 @@ def serving_section(
     workers_list: tuple[int, ...] = (1, 4),
 ) -> None:
     """The service on this machine's device with dynamic batching, loaded by wrk."""
-    import httpx
-
-    from tests.server import Server
-
     if wrk is None:
         out["skipped"] = "no wrk binary (pass --wrk)"
         return
@@ -529,37 +559,53 @@ def serving_section(
                 continue
             entry: dict[str, Any] = {"env": env, "uvicorn_workers": workers}
             out[f"{name}_{label}"] = entry
-            server = Server(
-                path,
-                WALRUS_DEVICE="auto",
-                WALRUS_LOG_LEVEL="warning",
-                extra_args=["--workers", str(workers)],
-                **env,
+            serve_under_wrk(
+                entry, res, path, wrk, script, seconds, smoke, with_healthz=name == "demo"
             )
-            try:
-                server.wait(timeout=120)
-                ready = httpx.get(server.url + "/readyz").json()
-                entry["readyz"] = ready
-                probe = httpx.post(
-                    server.url + "/v1/recommend", json={"query": "space robots", "k": 5}
-                )
-                entry["probe_status"] = probe.status_code
-                entry["probe_timings_ms"] = probe.json().get("timings_ms")
-                conns = (8, 64) if smoke else (1, 32, 128, 512)
-                for c in conns:
-                    entry[f"c{c}"] = run_wrk(
-                        wrk, server.url, "/v1/recommend", c, seconds, min(8, c), script
-                    )
-                    res.write()
-                if name == "demo":
-                    entry["healthz_c128"] = run_wrk(
-                        wrk, server.url, "/healthz", 128, seconds // 2 or 1, 4, None
-                    )
-                metrics = httpx.get(server.url + "/metrics").text
-                entry["metrics"] = metric_summary(metrics)
-            finally:
-                server.stop()
+
+
+def serve_under_wrk(
+    entry: dict[str, Any],
+    res: Results,
+    bundle: Path,
+    wrk: str,
+    script: Path,
+    seconds: int,
+    smoke: bool,
+    with_healthz: bool,
+) -> None:
+    """One server configuration (``entry["env"]``, ``entry["uvicorn_workers"]``) under wrk
+    at each concurrency; its readiness, a probe and its metrics."""
+    import httpx
+
+    from tests.server import Server
+
+    server = Server(
+        bundle,
+        WALRUS_DEVICE="auto",
+        WALRUS_LOG_LEVEL="warning",
+        extra_args=["--workers", str(entry["uvicorn_workers"])],
+        **entry["env"],
+    )
+    try:
+        server.wait(timeout=120)
+        entry["readyz"] = httpx.get(server.url + "/readyz").json()
+        probe = httpx.post(server.url + "/v1/recommend", json={"query": "space robots", "k": 5})
+        entry["probe_status"] = probe.status_code
+        entry["probe_timings_ms"] = probe.json().get("timings_ms")
+        for c in (8, 64) if smoke else (1, 32, 128, 512):
+            entry[f"c{c}"] = run_wrk(
+                wrk, server.url, "/v1/recommend", c, seconds, min(8, c), script
+            )
             res.write()
+        if with_healthz:
+            entry["healthz_c128"] = run_wrk(
+                wrk, server.url, "/healthz", 128, seconds // 2 or 1, 4, None
+            )
+        entry["metrics"] = metric_summary(httpx.get(server.url + "/metrics").text)
+    finally:
+        server.stop()
+    res.write()
 
 
 def wals_scale_section(out: dict[str, Any], res: Results, smoke: bool) -> None:
@@ -614,11 +660,19 @@ def report(paths: list[Path]) -> str:
     serving rows)."""
     runs = [json.loads(p.read_text()) for p in paths]
     full = next(r for r in runs if "wals_scale" in r)
-    env, lines = full["env"], []
-    lines.append(
+    env = full["env"]
+    lines = [
         f"Machine: {env.get('nvidia_smi', env.get('gpu'))}, {env['cpus']} CPU cores; "
         f"torch {env['torch']}, onnxruntime {env['onnxruntime']}, faiss {env['faiss']}."
-    )
+    ]
+    for table in (wals_table(full), faiss_table(full), onnx_table(full), serving_table(runs)):
+        lines += table
+    return "\n".join(lines)
+
+
+def wals_table(full: dict[str, Any]) -> list[str]:
+    """WALS on CUDA and the CPU: speed, and how far the two fits agree."""
+    lines: list[str] = []
     lines += [
         "",
         "| WALS (dim 64) | seconds / iteration | setup + loss s | threads |",
@@ -648,6 +702,12 @@ def report(paths: list[Path]) -> str:
                 f"| {solver} | {a['loss_relative_diff']:.1e} | "
                 f"{a['item_factors_max_abs_diff']:.1e} / {a['user_factors_max_abs_diff']:.1e} |"
             )
+    return lines
+
+
+def faiss_table(full: dict[str, Any]) -> list[str]:
+    """FAISS GPU indexes: recall, speed, thread safety, the k limit."""
+    lines: list[str] = []
     fa = full["faiss"]
     lines += [
         "",
@@ -664,6 +724,12 @@ def report(paths: list[Path]) -> str:
                 f"{t.get('gpu_ms_per_query_batch64', float('nan')):.4f} / {t['cpu_ms_per_query_batch64']:.4f} | "
                 f"{e['threads']['mismatches']} | {'equal to CPU' if e['k_above_gpu_limit']['equal_to_cpu'] else 'DIFFERS'} |"
             )
+    return lines
+
+
+def onnx_table(full: dict[str, Any]) -> list[str]:
+    """Each encoder on each provider: where its nodes ran, speed, parity."""
+    lines: list[str] = []
     on = full["onnx"]
     lines += [
         "",
@@ -690,6 +756,12 @@ def report(paths: list[Path]) -> str:
                 f"| {label} {key.rsplit('_', 1)[0]} | {key.rsplit('_', 1)[1]} | "
                 f"{nodes.get('CUDAExecutionProvider', 0)} / {nodes.get('CPUExecutionProvider', 0)} | {qps} | {versus} |"
             )
+    return lines
+
+
+def serving_table(runs: list[dict[str, Any]]) -> list[str]:
+    """Serving rows of every run, one per concurrency."""
+    lines: list[str] = []
     lines += [
         "",
         "| serving (wrk, all-distinct queries) | uvicorn workers | connections | requests/s | p50 ms | p99 ms | mean batch | /healthz requests/s |",
@@ -710,7 +782,7 @@ def report(paths: list[Path]) -> str:
                         f"{entry['uvicorn_workers']} | {c} | {r['requests_per_s']:,.0f} | {r['p50_ms']:.1f} | {r['p99_ms']:.1f} | "
                         f"{batch:.1f} | {f'{health:,.0f}' if health and c == 128 else ''} |"
                     )
-    return "\n".join(lines)
+    return lines
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -42,7 +42,7 @@ from threadpoolctl import threadpool_limits
 
 from bench.common import RESULTS, print_table, write_results
 from bench.serve import running
-from models.config import load_config
+from models.config import PipelineConfig, load_config
 from models.core.ids import IdMap
 from models.data.movielens import load_movielens
 from models.data.splits import holdout_split
@@ -173,90 +173,7 @@ def main(argv: list[str] | None = None) -> int:
 
     work = Path(tempfile.mkdtemp(prefix="walrus-quality-"))
     try:
-        split = split_movielens(args.movielens, work, args.seed)
-        train, test, n_items = split["train"], split["test"], split["train"].shape[1]
-        start = time.perf_counter()
-        implicit = tune_implicit(train, args.seed)
-        implicit_s = time.perf_counter() - start
-        imp = evaluate_scores(implicit_scores(implicit["model"]), train, test, (K,))
-
-        base = load_config(args.config)
-        config = work / "config.toml"
-        config.write_text(
-            args.config.read_text()
-            .replace(str(base.data.interactions), str(work / "data" / "interactions.csv"))
-            .replace(str(base.data.catalog), str(work / "data" / "catalog.csv"))
-            .replace(str(base.data.queries), str(work / "data" / "queries.csv"))
-            .replace(f'output_dir = "{base.output_dir}"', f'output_dir = "{work / "out"}"')
-        )
-        tuned = work / "tuned.toml"
-        overrides = [arg for s in args.set for arg in ("--set", s)]
-        timings = {}
-        for name, cli in (
-            ("tune", ["tune", "-c", str(config), "--out", str(tuned), *overrides]),
-            ("train", ["train", "hybrid", "-c", str(tuned)]),
-            ("export", ["export", "-c", str(tuned)]),
-        ):
-            start = time.perf_counter()
-            walrus_cli(*cli)
-            timings[f"{name}_s"] = time.perf_counter() - start
-        cfg = load_config(tuned)
-        trained = TrainedArtifacts.load(cfg.output_dir / "hybrid")
-        hybrid = trained.hybrid
-        offline = np.full((train.shape[0], K), -1, dtype=np.int64)
-        for row in np.flatnonzero(np.diff(test.indptr) > 0):
-            offline[row] = hybrid.recommend(hybrid.request(K, user=int(row))).items
-        port = 8931
-        cmd = [str(Path(sys.executable).with_name("walrus")), "serve"]
-        env = {"WALRUS_BUNDLE": str(cfg.bundles_dir), "WALRUS_PORT": str(port)}
-        url = f"http://127.0.0.1:{port}"
-        with running(cmd, env, url, {"user_id": split["users"].ids[0], "k": K}):
-            served, serve_s = served_scores(url, split)
-        rows = {
-            "implicit ALS (tuned)": imp,
-            "walrus WALS (tuned)": evaluate_scores(
-                lambda r: hybrid.wals.user_factors[r] @ hybrid.wals.item_factors.T,
-                train,
-                test,
-                (K,),
-            ),
-            "walrus hybrid, offline": evaluate_scores(
-                from_rankings(offline, n_items), train, test, (K,)
-            ),
-            "walrus hybrid, served": evaluate_scores(
-                from_rankings(served, n_items), train, test, (K,)
-            ),
-        }
-        agree = float(
-            np.mean(
-                [
-                    set(offline[r].tolist()) == set(served[r].tolist())
-                    for r in np.flatnonzero(np.diff(test.indptr) > 0)
-                ]
-            )
-        )
-        payload = {
-            "k": K,
-            "test_users": int(rows["walrus hybrid, served"]["users"]),
-            "results": {name: {k: float(v) for k, v in m.items()} for name, m in rows.items()},
-            "served_equals_offline_share": agree,
-            "implicit": {
-                "best": implicit["best"],
-                "trials": implicit["trials"],
-                "seconds": implicit_s,
-            },
-            "walrus_tuned": {
-                "wals": {
-                    k: getattr(cfg.wals, k)
-                    for k in ("dim", "regularization", "unobserved_weight", "regularization_exp")
-                },
-                "head": cfg.head.model_dump(
-                    include={"loss", "learning_rate", "weight_decay", "cold_item_share"}
-                ),
-                **timings,
-                "serve_s": serve_s,
-            },
-        }
+        payload = measure(args, work)
         path = write_results("quality", payload)
         plot(payload, RESULTS / "quality.png")
         print(report(payload))
@@ -264,6 +181,85 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         shutil.rmtree(work, ignore_errors=True)
     return 0
+
+
+def measure(args: argparse.Namespace, work: Path) -> dict[str, Any]:
+    """Both sides on one split: implicit tuned, walrus tuned, trained, exported, served."""
+    split = split_movielens(args.movielens, work, args.seed)
+    train, test = split["train"], split["test"]
+    start = time.perf_counter()
+    implicit = tune_implicit(train, args.seed)
+    implicit_s = time.perf_counter() - start
+    cfg, timings = run_walrus(args, work)
+    hybrid = TrainedArtifacts.load(cfg.output_dir / "hybrid").hybrid
+    tested = np.flatnonzero(np.diff(test.indptr) > 0)
+    offline = np.full((train.shape[0], K), -1, dtype=np.int64)
+    for row in tested:
+        offline[row] = hybrid.recommend(hybrid.request(K, user=int(row))).items
+    port = 8931
+    cmd = [str(Path(sys.executable).with_name("walrus")), "serve"]
+    env = {"WALRUS_BUNDLE": str(cfg.bundles_dir), "WALRUS_PORT": str(port)}
+    url = f"http://127.0.0.1:{port}"
+    with running(cmd, env, url, {"user_id": split["users"].ids[0], "k": K}):
+        served, serve_s = served_scores(url, split)
+    n_items = train.shape[1]
+    rows = {
+        "implicit ALS (tuned)": evaluate_scores(
+            implicit_scores(implicit["model"]), train, test, (K,)
+        ),
+        "walrus WALS (tuned)": evaluate_scores(
+            lambda r: hybrid.wals.user_factors[r] @ hybrid.wals.item_factors.T, train, test, (K,)
+        ),
+        "walrus hybrid, offline": evaluate_scores(
+            from_rankings(offline, n_items), train, test, (K,)
+        ),
+        "walrus hybrid, served": evaluate_scores(from_rankings(served, n_items), train, test, (K,)),
+    }
+    agree = [set(offline[r].tolist()) == set(served[r].tolist()) for r in tested]
+    return {
+        "k": K,
+        "test_users": int(rows["walrus hybrid, served"]["users"]),
+        "results": {name: {k: float(v) for k, v in m.items()} for name, m in rows.items()},
+        "served_equals_offline_share": float(np.mean(agree)),
+        "implicit": {"best": implicit["best"], "trials": implicit["trials"], "seconds": implicit_s},
+        "walrus_tuned": {
+            "wals": {
+                k: getattr(cfg.wals, k)
+                for k in ("dim", "regularization", "unobserved_weight", "regularization_exp")
+            },
+            "head": cfg.head.model_dump(
+                include={"loss", "learning_rate", "weight_decay", "cold_item_share"}
+            ),
+            **timings,
+            "serve_s": serve_s,
+        },
+    }
+
+
+def run_walrus(args: argparse.Namespace, work: Path) -> tuple[PipelineConfig, dict[str, float]]:
+    """`walrus tune`, `train hybrid` and `export` on the split's training files, as a user
+    would run them; the tuned config and each command's seconds."""
+    base = load_config(args.config)
+    config = work / "config.toml"
+    config.write_text(
+        args.config.read_text()
+        .replace(str(base.data.interactions), str(work / "data" / "interactions.csv"))
+        .replace(str(base.data.catalog), str(work / "data" / "catalog.csv"))
+        .replace(str(base.data.queries), str(work / "data" / "queries.csv"))
+        .replace(f'output_dir = "{base.output_dir}"', f'output_dir = "{work / "out"}"')
+    )
+    tuned = work / "tuned.toml"
+    overrides = [arg for s in args.set for arg in ("--set", s)]
+    timings = {}
+    for name, cli in (
+        ("tune", ["tune", "-c", str(config), "--out", str(tuned), *overrides]),
+        ("train", ["train", "hybrid", "-c", str(tuned)]),
+        ("export", ["export", "-c", str(tuned)]),
+    ):
+        start = time.perf_counter()
+        walrus_cli(*cli)
+        timings[f"{name}_s"] = time.perf_counter() - start
+    return load_config(tuned), timings
 
 
 def report(r: dict[str, Any]) -> str:

@@ -358,39 +358,38 @@ def main(argv: list[str] | None = None) -> int:
         "seconds_per_run": args.seconds,
     }
 
-    def save() -> Path:
-        return write_results("serve", out)
-
     with tempfile.TemporaryDirectory(prefix="walrus-bench-serve-") as tmp:
-        work = Path(tmp)
-        precision = "int8"  # what WALRUS_ENCODER_PRECISION=auto serves on the CPU
-        if "demo" not in args.skip:
-            out["limit"] = encoder_limit(args.bundle, precision)
-            save()
-            out["walrus"] = serve_section(args.wrk, args.bundle, args.seconds, work, mix=True)
-            save()
-        if "peer" not in args.skip:
-            out["peer"] = peer_section(args.wrk, args.bundle, args.seconds, work)
-            save()
-        if "seed" not in args.skip:
-            if (args.seed_bundle / "current").exists() or (
-                args.seed_bundle / "manifest.json"
-            ).exists():
-                out["seed"] = seed_section(args.wrk, args.seed_bundle, args.seconds, work)
-            else:
-                out["seed"] = {
-                    "skipped": f"no bundle at {args.seed_bundle}: run "
-                    "walrus bundle synthetic --out " + str(args.seed_bundle)
-                }
-            save()
-        if "roberta" not in args.skip:
-            out["roberta_base"] = roberta_section(args.wrk, args.bundle, args.seconds, work)
-            save()
-    path = save()
+        run_sections(args, out, Path(tmp))
+    path = write_results("serve", out)
     if "walrus" in out:
         print(report(out))
     print(f"wrote {path}")
     return 0
+
+
+def run_sections(args: argparse.Namespace, out: dict[str, Any], work: Path) -> None:
+    """Each section not skipped, the results written after each."""
+    precision = "int8"  # what WALRUS_ENCODER_PRECISION=auto serves on the CPU
+    if "demo" not in args.skip:
+        out["limit"] = encoder_limit(args.bundle, precision)
+        write_results("serve", out)
+        out["walrus"] = serve_section(args.wrk, args.bundle, args.seconds, work, mix=True)
+        write_results("serve", out)
+    if "peer" not in args.skip:
+        out["peer"] = peer_section(args.wrk, args.bundle, args.seconds, work)
+        write_results("serve", out)
+    if "seed" not in args.skip:
+        seed = args.seed_bundle
+        if (seed / "current").exists() or (seed / "manifest.json").exists():
+            out["seed"] = seed_section(args.wrk, seed, args.seconds, work)
+        else:
+            out["seed"] = {
+                "skipped": f"no bundle at {seed}: run walrus bundle synthetic --out {seed}"
+            }
+        write_results("serve", out)
+    if "roberta" not in args.skip:
+        out["roberta_base"] = roberta_section(args.wrk, args.bundle, args.seconds, work)
+        write_results("serve", out)
 
 
 def _ms(value: float | None) -> str:
@@ -404,7 +403,16 @@ def report(r: dict[str, Any]) -> str:
         f"Machine: {m['machine']}, {r['usable_cpus']} usable CPUs, Python {m['python']}; "
         f"{r['seconds_per_run']} s per wrk run.",
         "",
+        *curve_table(r),
+        *seed_tables(r.get("seed", {})),
+        *roberta_table(r.get("roberta_base")),
     ]
+    return "\n".join(lines)
+
+
+def curve_table(r: dict[str, Any]) -> list[str]:
+    """walrus and the naive peer against the bare encoder, per concurrency; the mix."""
+    lines: list[str] = []
     limit = r["limit"]
     best = limit["best_queries_per_s"]
     lines += [
@@ -432,55 +440,67 @@ def report(r: dict[str, Any]) -> str:
             f"{mix['requests_per_s']:.0f} | {_ms(mix.get('p50_ms'))} | {_ms(mix.get('p95_ms'))} | "
             f"{_ms(mix.get('p99_ms'))} | | | {mix['load_generator_cpu_cores']:.2f} |"
         )
-    seed = r.get("seed", {})
-    if "start_s" in seed:
-        gib = 1 << 30
-        lines += [
-            "",
-            f"Seed scale: {seed['counts']['users']:,} users × {seed['counts']['items']:,} "
-            f"items; indexes "
-            + ", ".join(
-                f"{n} `{e['factory']}` `{e['search_params']}` recall@100 "
-                f"{e['recall_at_100']:.3f}, {e['speedup_over_flat']:.0f}× flat"
-                for n, e in seed["indexes"].items()
-            )
-            + ".",
-            "",
-            "| seed-scale bundle | value |",
-            "|---|---|",
-            f"| start (process spawn to answering) | {seed['start_s']:.1f} s |",
-            f"| resident memory (PSS, all processes) | {seed['resident_bytes'] / gib:.2f} GiB |",
-            f"| array and index files | {seed['array_bytes'] / gib:.2f} GiB |",
-            f"| resident ÷ arrays | {seed['resident_over_arrays']:.2f} |",
-        ]
-        lines += [
-            "",
-            "| seed-scale request kind | concurrency | requests/s | p50 ms | p99 ms | errors |",
-            "|---|---|---|---|---|---|",
-        ]
-        for kind in ("user", "query", "history"):
-            run = seed[kind]
-            lines.append(
-                f"| {kind} | {run['connections']} | {run['requests_per_s']:.0f} | "
-                f"{_ms(run.get('p50_ms'))} | {_ms(run.get('p99_ms'))} | "
-                f"{run.get('errors_status', 0) + run.get('errors_other', 0)} |"
-            )
-    rb = r.get("roberta_base")
-    if rb:
-        rl = rb["limit"]
-        lines += [
-            "",
-            "| roberta-base-sized encoder (random weights, int8) | concurrency | requests/s | p99 ms | ÷ encoder limit |",
-            "|---|---|---|---|---|",
-            f"| encoder alone, batch 1 | | {rl['batch1_queries_per_s']:.0f} | | |",
-            f"| encoder alone, best ({rl['best']}) | | {rl['best_queries_per_s']:.0f} | | 1.00 |",
-        ]
-        for run in rb["walrus"]["curve"].values():
-            lines.append(
-                f"| walrus, all-distinct queries | {run['connections']} | {run['requests_per_s']:.0f} | "
-                f"{_ms(run.get('p99_ms'))} | {run['requests_per_s'] / rl['best_queries_per_s']:.2f} |"
-            )
-    return "\n".join(lines)
+    return lines
+
+
+def seed_tables(seed: dict[str, Any]) -> list[str]:
+    """The seed-scale bundle: start, memory, and latency per request kind."""
+    lines: list[str] = []
+    if "start_s" not in seed:
+        return []
+    gib = 1 << 30
+    lines += [
+        "",
+        f"Seed scale: {seed['counts']['users']:,} users × {seed['counts']['items']:,} "
+        f"items; indexes "
+        + ", ".join(
+            f"{n} `{e['factory']}` `{e['search_params']}` recall@100 "
+            f"{e['recall_at_100']:.3f}, {e['speedup_over_flat']:.0f}× flat"
+            for n, e in seed["indexes"].items()
+        )
+        + ".",
+        "",
+        "| seed-scale bundle | value |",
+        "|---|---|",
+        f"| start (process spawn to answering) | {seed['start_s']:.1f} s |",
+        f"| resident memory (PSS, all processes) | {seed['resident_bytes'] / gib:.2f} GiB |",
+        f"| array and index files | {seed['array_bytes'] / gib:.2f} GiB |",
+        f"| resident ÷ arrays | {seed['resident_over_arrays']:.2f} |",
+    ]
+    lines += [
+        "",
+        "| seed-scale request kind | concurrency | requests/s | p50 ms | p99 ms | errors |",
+        "|---|---|---|---|---|---|",
+    ]
+    for kind in ("user", "query", "history"):
+        run = seed[kind]
+        lines.append(
+            f"| {kind} | {run['connections']} | {run['requests_per_s']:.0f} | "
+            f"{_ms(run.get('p50_ms'))} | {_ms(run.get('p99_ms'))} | "
+            f"{run.get('errors_status', 0) + run.get('errors_other', 0)} |"
+        )
+    return lines
+
+
+def roberta_table(rb: dict[str, Any] | None) -> list[str]:
+    """The roberta-base-sized encoder: its limit and walrus against it."""
+    lines: list[str] = []
+    if not rb:
+        return []
+    rl = rb["limit"]
+    lines += [
+        "",
+        "| roberta-base-sized encoder (random weights, int8) | concurrency | requests/s | p99 ms | ÷ encoder limit |",
+        "|---|---|---|---|---|",
+        f"| encoder alone, batch 1 | | {rl['batch1_queries_per_s']:.0f} | | |",
+        f"| encoder alone, best ({rl['best']}) | | {rl['best_queries_per_s']:.0f} | | 1.00 |",
+    ]
+    for run in rb["walrus"]["curve"].values():
+        lines.append(
+            f"| walrus, all-distinct queries | {run['connections']} | {run['requests_per_s']:.0f} | "
+            f"{_ms(run.get('p99_ms'))} | {run['requests_per_s'] / rl['best_queries_per_s']:.2f} |"
+        )
+    return lines
 
 
 def plot(r: dict[str, Any], path: Path) -> None:

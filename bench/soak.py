@@ -15,6 +15,7 @@ import shutil
 import tempfile
 import threading
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -45,6 +46,49 @@ def new_version(source: Path, bundles: Path, name: str) -> None:
     switch_current(bundles, name)
 
 
+@dataclass
+class Soak:
+    """One soak run's server and what it records: a minute of paced load at a time, a
+    reload now and then."""
+
+    wrk: str
+    url: str
+    source: Path
+    bundles: Path
+    reloads: list[dict[str, Any]] = field(default_factory=list)
+    minutes: list[dict[str, Any]] = field(default_factory=list)
+
+    def reload_at(self, minute: int) -> None:
+        time.sleep(30)  # mid-minute, while the load runs
+        name = f"soak-{minute}"
+        new_version(self.source, self.bundles, name)
+        start = time.perf_counter()
+        r = httpx.post(
+            f"{self.url}/admin/reload", timeout=120, headers={"Authorization": f"Bearer {TOKEN}"}
+        )
+        seconds = time.perf_counter() - start
+        self.reloads.append(
+            {"minute": minute, "status": r.status_code, **r.json(), "seconds": seconds}
+        )
+
+    def minute(self, minute: int, reload: bool, paced: Path, bodies: Path, pid: int) -> None:
+        reloader = threading.Thread(target=self.reload_at, args=(minute,)) if reload else None
+        if reloader is not None:
+            reloader.start()
+        run = run_wrk(self.wrk, self.url, "/v1/recommend", CONNECTIONS, 60, 2, paced, [str(bodies)])
+        if reloader is not None:
+            reloader.join()
+        run["minute"] = minute
+        run["resident_bytes"] = resident_bytes(pid)
+        self.minutes.append(run)
+        print(
+            f"minute {minute}: {run['requests_per_s']:.0f} requests/s, p99 "
+            f"{run['p99_ms']:.1f} ms, errors {run['errors_status'] + run['errors_other']}, "
+            f"resident {run['resident_bytes'] / 2**20:.0f} MiB",
+            flush=True,
+        )
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--bundle", type=Path, default=Path("artifacts/demo/bundles"))
@@ -56,82 +100,53 @@ def main(argv: list[str] | None = None) -> int:
     if args.wrk is None:
         print("error: wrk not found: install it (apt install wrk) or pass --wrk PATH")
         return 2
-    source = resolve_bundle(args.bundle)
     out: dict[str, Any] = {"minutes": args.minutes, "load": args.load, "connections": CONNECTIONS}
     with tempfile.TemporaryDirectory(prefix="walrus-soak-") as tmp:
-        work, bundles = Path(tmp), Path(tmp) / "bundles"
-        bundles.mkdir()
-        new_version(source, bundles, "soak-0")
-        mix = mix_bodies(source, 20_000, MIX)
-        bodies = write_bodies(work / "mix.jsonl", mix)
-        cmd, env = walrus_cmd(bundles, 8740)
-        env.update(WALRUS_ADMIN_TOKEN=TOKEN, WALRUS_RELOAD_INTERVAL_S="0")
-        url = "http://127.0.0.1:8740"
-        with running(cmd, env, url, {"query": "warm up", "k": 10}) as info:
-            capacity = run_bodies(args.wrk, url, mix, 32, 15, work, "capacity")
-            rate = args.load * capacity["requests_per_s"]
-            # Each connection sends, waits for the answer, then pauses: pause = its share of
-            # the period minus the time an answer takes at this load.
-            delay_ms = max(0.0, CONNECTIONS / rate * 1000 - capacity["p50_ms"] / 4)
-            paced = work / "paced.lua"
-            paced.write_text(PACED.replace("DELAY_MS", f"{delay_ms:.2f}"))
-            out.update(
-                capacity=capacity,
-                target_requests_per_s=rate,
-                delay_ms=delay_ms,
-                start_s=info["start_s"],
-            )
-            reloads: list[dict[str, Any]] = []
-
-            def reload_at(minute: int) -> None:
-                time.sleep(30)  # mid-minute, while the load runs
-                name = f"soak-{minute}"
-                new_version(source, bundles, name)
-                start = time.perf_counter()
-                r = httpx.post(
-                    f"{url}/admin/reload", timeout=120, headers={"Authorization": f"Bearer {TOKEN}"}
-                )
-                reloads.append(
-                    {
-                        "minute": minute,
-                        "status": r.status_code,
-                        **r.json(),
-                        "seconds": time.perf_counter() - start,
-                    }
-                )
-
-            minutes = []
-            for minute in range(1, args.minutes + 1):
-                reloader = None
-                if minute % args.reload_every == 0:
-                    reloader = threading.Thread(target=reload_at, args=(minute,))
-                    reloader.start()
-                run = run_wrk(
-                    args.wrk, url, "/v1/recommend", CONNECTIONS, 60, 2, paced, [str(bodies)]
-                )
-                if reloader is not None:
-                    reloader.join()
-                run["minute"] = minute
-                run["resident_bytes"] = resident_bytes(info["pid"])
-                minutes.append(run)
-                print(
-                    f"minute {minute}: {run['requests_per_s']:.0f} requests/s, p99 "
-                    f"{run['p99_ms']:.1f} ms, errors {run['errors_status'] + run['errors_other']}, "
-                    f"resident {run['resident_bytes'] / 2**20:.0f} MiB",
-                    flush=True,
-                )
-                out.update(per_minute=minutes, reloads=reloads)
-                write_results("soak", out)
+        soak = run_soak(args, Path(tmp), out)
+    minutes = soak.minutes
     failures = sum(m["errors_status"] + m["errors_other"] for m in minutes)
     base = minutes[1]["resident_bytes"] if len(minutes) > 1 else minutes[0]["resident_bytes"]
     growth = minutes[-1]["resident_bytes"] / base - 1
     out.update(
-        failures=failures, memory_growth=growth, reloaded=[r.get("bundle_id") for r in reloads]
+        failures=failures,
+        memory_growth=growth,
+        reloaded=[r.get("bundle_id") for r in soak.reloads],
     )
     path = write_results("soak", out)
     print(report(out))
     print(f"wrote {path}")
     return 0 if failures == 0 and growth < 0.05 else 1
+
+
+def run_soak(args: argparse.Namespace, work: Path, out: dict[str, Any]) -> Soak:
+    """Measure capacity, then load the server at ``args.load`` of it, minute by minute."""
+    source, bundles = resolve_bundle(args.bundle), work / "bundles"
+    bundles.mkdir()
+    new_version(source, bundles, "soak-0")
+    mix = mix_bodies(source, 20_000, MIX)
+    bodies = write_bodies(work / "mix.jsonl", mix)
+    cmd, env = walrus_cmd(bundles, 8740)
+    env.update(WALRUS_ADMIN_TOKEN=TOKEN, WALRUS_RELOAD_INTERVAL_S="0")
+    soak = Soak(args.wrk, "http://127.0.0.1:8740", source, bundles)
+    with running(cmd, env, soak.url, {"query": "warm up", "k": 10}) as info:
+        capacity = run_bodies(args.wrk, soak.url, mix, 32, 15, work, "capacity")
+        rate = args.load * capacity["requests_per_s"]
+        # Each connection sends, waits for the answer, then pauses: pause = its share of
+        # the period minus the time an answer takes at this load.
+        delay_ms = max(0.0, CONNECTIONS / rate * 1000 - capacity["p50_ms"] / 4)
+        paced = work / "paced.lua"
+        paced.write_text(PACED.replace("DELAY_MS", f"{delay_ms:.2f}"))
+        out.update(
+            capacity=capacity,
+            target_requests_per_s=rate,
+            delay_ms=delay_ms,
+            start_s=info["start_s"],
+        )
+        for minute in range(1, args.minutes + 1):
+            soak.minute(minute, minute % args.reload_every == 0, paced, bodies, info["pid"])
+            out.update(per_minute=soak.minutes, reloads=soak.reloads)
+            write_results("soak", out)
+    return soak
 
 
 def report(r: dict[str, Any]) -> str:

@@ -263,6 +263,63 @@ def report(r: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def measure_set(
+    spark: Any, metrics: SparkMetrics, work: str, size: str, compare: bool, args: argparse.Namespace
+) -> list[dict[str, Any]]:
+    """One synthetic set: walrus on Spark; with ``compare``, MLlib and the single machine."""
+    matrix = synthetic(size)
+    split = holdout_split(matrix, 0.2, seed=0)
+    name = f"synthetic-{size} ({matrix.shape[0]}x{matrix.shape[1]}, {split.train.nnz} training nnz)"
+    spark_engines: list[tuple[str, Any]] = [
+        ("walrus-on-Spark (exact)", walrus_spark(spark, metrics, split.train, work))
+    ]
+    local_engines: list[tuple[str, Any, int]] = []
+    if compare:
+        if not args.skip_mllib:
+            spark_engines.append(
+                ("Spark MLlib ALS (implicitPrefs)", mllib(spark, metrics, split.train))
+            )
+        # the exact solver's torch path is slow on CPU (see docs/scaling.md): one iteration
+        local_engines.append(
+            ("single machine, exact (cholesky)", single_machine(split.train, "cholesky"), 1)
+        )
+        local_engines.append(
+            ("single machine, default (cg)", single_machine(split.train, "cg"), args.long)
+        )
+    measured: list[tuple[str, dict[str, Any]]] = []
+    for label, run in spark_engines:
+        run(1)  # warm-up: JVM code paths, Python workers, cached input
+        measured.append((label, timed_pair(run, args.short, args.long)))
+    for label, run, iterations in local_engines:
+        measured.append((label, timed_once(run, iterations)))
+    rows = []
+    for label, row in measured:
+        user_f, item_f = row.pop("_factors")
+        row.update(
+            dataset=name,
+            engine=label,
+            dim=DIM,
+            recall_at_20=recall(user_f, item_f, split.train, split.test),
+        )
+        rows.append(row)
+        print(f"{name} {label}: {row['s_per_iter']:.2f} s/iteration", flush=True)
+    return rows
+
+
+COLUMNS = [
+    "dataset",
+    "engine",
+    "setup_s",
+    "s_per_iter",
+    "s_per_iter_measured",
+    "walrus_spark_ratio",
+    "shuffle_bytes_per_iter",
+    "peak_jvm_heap_bytes",
+    "peak_python_rss_bytes",
+    "recall_at_20",
+]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -293,58 +350,12 @@ def main() -> None:
     rows: list[dict[str, Any]] = []
     sets = [("medium", True)] + ([] if args.skip_large else [("large", False)])
     for size, compare in sets:
-        matrix = synthetic(size)
-        split = holdout_split(matrix, 0.2, seed=0)
-        name = f"synthetic-{size} ({matrix.shape[0]}x{matrix.shape[1]}, {split.train.nnz} training nnz)"
-        spark_engines: list[tuple[str, Any]] = [
-            ("walrus-on-Spark (exact)", walrus_spark(spark, metrics, split.train, work))
-        ]
-        local_engines: list[tuple[str, Any, int]] = []
-        if compare:
-            if not args.skip_mllib:
-                spark_engines.append(
-                    ("Spark MLlib ALS (implicitPrefs)", mllib(spark, metrics, split.train))
-                )
-            # the exact solver's torch path is slow on CPU (see docs/scaling.md): one iteration
-            local_engines.append(
-                ("single machine, exact (cholesky)", single_machine(split.train, "cholesky"), 1)
-            )
-            local_engines.append(
-                ("single machine, default (cg)", single_machine(split.train, "cg"), args.long)
-            )
-        measured: list[tuple[str, dict[str, Any]]] = []
-        for label, run in spark_engines:
-            run(1)  # warm-up: JVM code paths, Python workers, cached input
-            measured.append((label, timed_pair(run, args.short, args.long)))
-        for label, run, iterations in local_engines:
-            measured.append((label, timed_once(run, iterations)))
-        for label, row in measured:
-            user_f, item_f = row.pop("_factors")
-            row.update(
-                dataset=name,
-                engine=label,
-                dim=DIM,
-                recall_at_20=recall(user_f, item_f, split.train, split.test),
-            )
-            rows.append(row)
-            print(f"{name} {label}: {row['s_per_iter']:.2f} s/iteration", flush=True)
+        rows += measure_set(spark, metrics, work, size, compare, args)
     walrus_rows = {r["dataset"]: r for r in rows if r["engine"].startswith("walrus")}
     for r in rows:
         if r["engine"].startswith("Spark MLlib"):
             r["walrus_spark_ratio"] = walrus_rows[r["dataset"]]["s_per_iter"] / r["s_per_iter"]
-    columns = [
-        "dataset",
-        "engine",
-        "setup_s",
-        "s_per_iter",
-        "s_per_iter_measured",
-        "walrus_spark_ratio",
-        "shuffle_bytes_per_iter",
-        "peak_jvm_heap_bytes",
-        "peak_python_rss_bytes",
-        "recall_at_20",
-    ]
-    print_table("WALS on Spark (local[2], dim 64)", rows, columns)
+    print_table("WALS on Spark (local[2], dim 64)", rows, COLUMNS)
     path = write_results(
         "spark_wals",
         {

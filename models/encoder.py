@@ -200,6 +200,34 @@ def build_tiny_roberta(
     return path
 
 
+def freeze(model: Any, layers: int) -> None:
+    """Keep the embeddings and the lower ``layers`` transformer layers fixed (0: none)."""
+    if not layers:
+        return
+    for p in model.embeddings.parameters():
+        p.requires_grad_(False)
+    for layer in model.encoder.layer[:layers]:
+        for p in layer.parameters():
+            p.requires_grad_(False)
+
+
+def contrastive_step(
+    encoder: TextEncoder,
+    optimizer: torch.optim.Optimizer,
+    pairs: tuple[list[str], list[str]],
+    temperature: float,
+) -> float:
+    """One InfoNCE step: each query against its own text, the batch's others as negatives."""
+    q = encoder.module(**encoder.tokenize(pairs[0]))
+    t = encoder.module(**encoder.tokenize(pairs[1]))
+    logits = q @ t.T / temperature
+    loss = torch.nn.functional.cross_entropy(logits, torch.arange(len(q), device=logits.device))
+    optimizer.zero_grad()
+    loss.backward()
+    optimizer.step()
+    return float(loss.item())
+
+
 def fine_tune(
     encoder: TextEncoder,
     queries: Sequence[str],
@@ -222,13 +250,7 @@ def fine_tune(
         raise ValueError("fine_tune needs equally many queries and item texts, at least one")
     torch.manual_seed(seed)
     rng = random.Random(seed)
-    model = encoder.module.model
-    if freeze_layers:
-        for p in model.embeddings.parameters():
-            p.requires_grad_(False)
-        for layer in model.encoder.layer[:freeze_layers]:
-            for p in layer.parameters():
-                p.requires_grad_(False)
+    freeze(encoder.module.model, freeze_layers)
     params = [p for p in encoder.module.parameters() if p.requires_grad]
     if not params:
         raise ValueError(f"freeze_layers={freeze_layers} leaves nothing to train")
@@ -241,19 +263,10 @@ def fine_tune(
         total, steps = 0.0, 0
         for start in range(0, len(order), batch_size):
             idx = order[start : start + batch_size]
-            if len(idx) < 2:
-                continue
-            q = encoder.module(**encoder.tokenize([queries[i] for i in idx]))
-            t = encoder.module(**encoder.tokenize([item_texts[i] for i in idx]))
-            logits = q @ t.T / temperature
-            loss = torch.nn.functional.cross_entropy(
-                logits, torch.arange(len(idx), device=logits.device)
-            )
-            optimizer.zero_grad()
-            loss.backward()
-            optimizer.step()
-            total += loss.item()
-            steps += 1
+            if len(idx) >= 2:  # in-batch negatives need another pair
+                pairs = ([queries[i] for i in idx], [item_texts[i] for i in idx])
+                total += contrastive_step(encoder, optimizer, pairs, temperature)
+                steps += 1
         losses.append(total / max(steps, 1) if steps else math.nan)
     encoder.module.eval()
     for p in encoder.module.parameters():

@@ -88,6 +88,7 @@ class _Best:
     """Early stopping: the best validation recall so far, its factors, and the patience."""
 
     patience: int
+    k: int  # recall@k
     recall: float = -math.inf
     since: int = 0
     factors: tuple[np.ndarray, np.ndarray] | None = None
@@ -171,12 +172,7 @@ class WALS:
         """
         matrix = _check_csr(matrix, "matrix")
         weights_csr = self._observed_weights(matrix, weights)
-        if validation is not None:
-            validation = _check_csr(validation, "validation")
-            if validation.shape != matrix.shape:
-                raise ValueError(
-                    f"validation has shape {validation.shape}, expected {matrix.shape}"
-                )
+        validation = _same_shape(validation, matrix, "validation")
         if self.num_threads > 0:
             torch.set_num_threads(self.num_threads)
         dev = pick_torch_device(self.device)
@@ -186,7 +182,8 @@ class WALS:
         user_f = torch.from_numpy(glorot(seed, n_users, dim)).to(dev)
         item_f = torch.from_numpy(glorot(seed, n_items, dim, skip=n_users * dim)).to(dev)
         self.history = FitHistory()
-        best = _Best(early_stopping_patience)
+        best = _Best(early_stopping_patience, validation_k)
+        sides = (users_side, items_side)
         for it in range(self.params.iterations):
             start = time.perf_counter()
             item_f = self._half_step(items_side, item_f, user_f)
@@ -194,16 +191,7 @@ class WALS:
             if dev.type == "cuda":
                 torch.cuda.synchronize()
             self.history.seconds.append(time.perf_counter() - start)
-            loss = math.nan
-            if self.calculate_training_loss:
-                loss = self._loss(users_side, items_side, user_f, item_f)
-                self.history.loss.append(loss)
-            recall = None
-            if validation is not None:
-                self.user_factors, self.item_factors = user_f.cpu().numpy(), item_f.cpu().numpy()
-                recall = self.validation_recall(matrix, validation, validation_k)
-                self.history.validation_recall.append(recall)
-                best.record(it, recall, self)
+            loss, recall = self._measure(it, sides, (user_f, item_f), (matrix, validation), best)
             log.info("iteration %d loss %.6g recall %s", it, loss, recall)
             if callback is not None:
                 callback(it, loss, recall)
@@ -217,6 +205,29 @@ class WALS:
             self.user_factors, self.item_factors = best.factors
         self.set_item_factors(self.item_factors)
         return self
+
+    def _measure(
+        self,
+        iteration: int,
+        sides: tuple[_Side, _Side],
+        factors: tuple[torch.Tensor, torch.Tensor],
+        data: tuple[sp.csr_matrix, sp.csr_matrix | None],
+        best: _Best,
+    ) -> tuple[float, float | None]:
+        """After a sweep: the loss when asked for every iteration, and the validation
+        recall (with the best factors kept) when there is a validation set."""
+        loss = math.nan
+        if self.calculate_training_loss:
+            loss = self._loss(*sides, *factors)
+            self.history.loss.append(loss)
+        matrix, validation = data
+        if validation is None:
+            return loss, None
+        self.user_factors, self.item_factors = (f.cpu().numpy() for f in factors)
+        recall = self.validation_recall(matrix, validation, best.k)
+        self.history.validation_recall.append(recall)
+        best.record(iteration, recall, self)
+        return loss, recall
 
     def _sides(
         self, matrix: sp.csr_matrix, weights_csr: sp.csr_matrix, dev: torch.device
@@ -567,6 +578,15 @@ def _inverse(permutation: np.ndarray) -> np.ndarray:
     out = np.empty_like(permutation)
     out[permutation] = np.arange(len(permutation), dtype=permutation.dtype)
     return out
+
+
+def _same_shape(matrix: sp.spmatrix | None, like: sp.csr_matrix, name: str) -> sp.csr_matrix | None:
+    if matrix is None:
+        return None
+    csr = _check_csr(matrix, name)
+    if csr.shape != like.shape:
+        raise ValueError(f"{name} has shape {csr.shape}, expected {like.shape}")
+    return csr
 
 
 def _check_csr(matrix: Any, name: str) -> sp.csr_matrix:

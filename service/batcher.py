@@ -146,15 +146,19 @@ class Batcher(Generic[T, R]):
                 if stop:
                     return
                 continue
-            if self.on_batch is not None:
-                self.on_batch(len(batch))
-            try:
-                results: list[R | BaseException] = list(self.process([p.item for p in batch]))
-                if len(results) != len(batch):
-                    raise RuntimeError(f"process returned {len(results)} results for {len(batch)}")
-            except Exception as exc:
-                results = [exc] * len(batch)
-            for pending, result in zip(batch, results, strict=True):
-                pending.loop.call_soon_threadsafe(_resolve, pending.future, result)
+            self._serve(batch)
             if stop:
                 return
+
+    def _serve(self, batch: list[_Pending[T, R]]) -> None:
+        """Process one batch and hand each caller its result, on its own event loop."""
+        if self.on_batch is not None:
+            self.on_batch(len(batch))
+        try:
+            results: list[R | BaseException] = list(self.process([p.item for p in batch]))
+            if len(results) != len(batch):
+                raise RuntimeError(f"process returned {len(results)} results for {len(batch)}")
+        except Exception as exc:
+            results = [exc] * len(batch)
+        for pending, result in zip(batch, results, strict=True):
+            pending.loop.call_soon_threadsafe(_resolve, pending.future, result)

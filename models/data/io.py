@@ -13,6 +13,21 @@ INTERACTION_COLUMNS = ("user_id", "item_id")
 OPTIONAL_INTERACTION_COLUMNS = ("weight", "rating", "timestamp")
 
 
+def _read(path: Path, suffix: str) -> pd.DataFrame:
+    id_dtypes = {c: str for c in ("user_id", "item_id")}
+    if suffix in (".parquet", ".pq"):
+        return pd.read_parquet(path)
+    if suffix in (".jsonl", ".ndjson"):
+        return pd.read_json(path, lines=True, dtype=id_dtypes)
+    return pd.read_csv(
+        path,
+        sep="\t" if suffix == ".tsv" else ",",
+        dtype=id_dtypes,
+        keep_default_na=False,
+        na_values={c: [""] for c in OPTIONAL_INTERACTION_COLUMNS},
+    )
+
+
 def read_table(path: str | Path, required: tuple[str, ...]) -> pd.DataFrame:
     """Read CSV, JSONL (``.jsonl``/``.ndjson``) or Parquet; ids are kept as strings.
 
@@ -25,26 +40,10 @@ def read_table(path: str | Path, required: tuple[str, ...]) -> pd.DataFrame:
     if path.stat().st_size == 0:
         raise DataError(name, "file is empty")
     suffix = path.suffix.lower()
-    id_dtypes = {c: str for c in ("user_id", "item_id")}
+    if suffix not in (".parquet", ".pq", ".jsonl", ".ndjson", ".csv", ".tsv", ".txt"):
+        raise DataError(name, f"unknown file type '{suffix}': use .csv, .tsv, .jsonl or .parquet")
     try:
-        if suffix in (".parquet", ".pq"):
-            frame = pd.read_parquet(path)
-        elif suffix in (".jsonl", ".ndjson"):
-            frame = pd.read_json(path, lines=True, dtype=id_dtypes)
-        elif suffix in (".csv", ".tsv", ".txt"):
-            frame = pd.read_csv(
-                path,
-                sep="\t" if suffix == ".tsv" else ",",
-                dtype=id_dtypes,
-                keep_default_na=False,
-                na_values={c: [""] for c in OPTIONAL_INTERACTION_COLUMNS},
-            )
-        else:
-            raise DataError(
-                name, f"unknown file type '{suffix}': use .csv, .tsv, .jsonl or .parquet"
-            )
-    except DataError:
-        raise
+        frame = _read(path, suffix)
     except Exception as exc:  # pandas raises many types; the user needs one line
         raise DataError(name, f"cannot be read ({type(exc).__name__}: {exc})") from exc
     if frame.empty:
