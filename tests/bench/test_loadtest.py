@@ -10,6 +10,11 @@ POST,user,100,2,12,14.5,3,80,900,33.3,0.6,12,14,15,16,20,30,40,50,80,80,80
 """
 
 
+def locust_args(url: str, name: str) -> list[str]:
+    """Two users for three seconds: a run that finishes quickly and still makes requests."""
+    return ["--host", url, "--users", "2", "--spawn-rate", "2", "--run-time", "3s", "--name", name]
+
+
 def test_parse_stats(tmp_path):
     path = tmp_path / "stats_stats.csv"
     path.write_text(CSV)
@@ -28,20 +33,7 @@ def test_the_exit_code_says_whether_any_request_failed(server, tiny_bundle, tmp_
     from bench.loadtest import main
     from tests.server import Server
 
-    ok = main(
-        [
-            "--host",
-            server.url,
-            "--users",
-            "2",
-            "--spawn-rate",
-            "2",
-            "--run-time",
-            "3s",
-            "--name",
-            "test-loadtest-ok",
-        ]
-    )
+    ok = main(locust_args(server.url, "test-loadtest-ok"))
     assert ok == 0
     broken = tmp_path / "bundle"
     shutil.copytree(tiny_bundle, broken)
@@ -49,20 +41,7 @@ def test_the_exit_code_says_whether_any_request_failed(server, tiny_bundle, tmp_
     srv = Server(broken)
     try:
         srv.wait(ready=False)
-        failing = main(
-            [
-                "--host",
-                srv.url,
-                "--users",
-                "2",
-                "--spawn-rate",
-                "2",
-                "--run-time",
-                "3s",
-                "--name",
-                "test-loadtest-failing",
-            ]
-        )
+        failing = main(locust_args(srv.url, "test-loadtest-failing"))
     finally:
         srv.stop()
     assert failing == 1
