@@ -148,7 +148,7 @@ docker exec "$NAME" grep -q NoNewPrivs:.*1 /proc/1/status
 # stops reading at the first match and docker logs gets SIGPIPE.
 logs_have() { local logs; logs=$(docker logs "$NAME" 2>&1); grep -qF -- "$1" <<<"$logs"; }
 # The worker plan read the cgroup quota (--cpus=1), not the host's CPU count.
-logs_have "1 worker(s) x 1 thread(s) for the 1 CPU(s)" || {
+logs_have "one engine (1 thread(s)) and 1 front(s) for the 1 CPU(s)" || {
   docker logs "$NAME" >&2; echo "the worker plan ignored the CPU quota" >&2; exit 1; }
 echo "read-only root, tmpfs /tmp, no capabilities, no-new-privileges, 1 CPU, read-only bundle: checked"
 
@@ -158,15 +158,15 @@ import sys
 
 import httpx
 
-from service.recommender import Recommender
-from service.schemas import RecommendRequest
+from service.engine.recommender import Recommender
+from service.messages import Recommend
 from service.settings import Settings
 
 port, bundle = sys.argv[1], sys.argv[2]
 body = {"user_id": "u0", "query": "robots", "k": 5}
 got = httpx.post(f"http://127.0.0.1:{port}/v1/recommend", json=body, timeout=30)
 got.raise_for_status()
-want = Recommender(bundle, Settings(bundle=bundle)).recommend(RecommendRequest(**body))
+want = Recommender(bundle, Settings(bundle=bundle)).recommend(Recommend(**body))
 ids = [it["item_id"] for it in got.json()["items"]]
 expected = [it.item_id for it in want.items]
 assert ids == expected and len(ids) == 5, (ids, expected)

@@ -24,11 +24,21 @@ class Settings(BaseSettings):
     device: Literal["auto", "cpu", "cuda"] = Field(
         "auto", description="GPU execution providers and FAISS GPU when present and allowed."
     )
+    engine: Literal["process", "inline"] = Field(
+        "process",
+        description="process: `walrus serve` runs one engine process holding the bundle and "
+        "WALRUS_WORKERS fronts in front of it; inline: every worker holds its own bundle.",
+    )
     workers: int = Field(
         0,
         ge=0,
         le=256,
-        description="uvicorn worker processes; 0: chosen from the CPUs the process may use.",
+        description="uvicorn worker processes (the fronts, in process mode); 0: chosen from "
+        "the CPUs the process may use.",
+    )
+    engine_address: str = Field(
+        "",
+        description="Where a front finds the engine (set by `walrus serve`, e.g. ipc://...).",
     )
     threads: int = Field(
         0,
@@ -108,8 +118,10 @@ class Settings(BaseSettings):
 
 
 class ProcessPlan(NamedTuple):
-    """How the service uses the CPUs it may use: ``workers`` processes of ``threads`` each,
-    never more than ``cpus`` busy threads in all (unless the operator asks for it)."""
+    """How the service uses the CPUs it may use. Inline mode: ``workers`` processes of
+    ``threads`` ONNX and FAISS threads each, never more than ``cpus`` busy threads in all
+    (unless the operator asks for it). Process mode: ``workers`` fronts, and one engine with
+    ``threads`` threads."""
 
     cpus: int
     workers: int
@@ -117,7 +129,7 @@ class ProcessPlan(NamedTuple):
 
 
 def default_workers(cpus: int) -> int:
-    """Worker processes when WALRUS_WORKERS is 0: one per CPU, each with one ONNX and FAISS
+    """Inline workers when WALRUS_WORKERS is 0: one per CPU, each with one ONNX and FAISS
     thread. One process's event loop, batcher and Python code share one GIL, so one process
     tops out well below what its cores can encode; and a second intra-op thread per session
     only spins against the event loop for the same cores. On 2 CPUs, wrk at concurrency
@@ -126,7 +138,16 @@ def default_workers(cpus: int) -> int:
     return max(1, cpus)
 
 
+def default_fronts(cpus: int) -> int:
+    """Fronts when WALRUS_WORKERS is 0 in process mode: one per two CPUs (docs/benchmarks.md,
+    "Fronts and the engine")."""
+    return max(1, cpus // 2)
+
+
 def process_plan(settings: Settings, cpus: int) -> ProcessPlan:
+    if settings.engine == "process":
+        workers = settings.workers or default_fronts(cpus)
+        return ProcessPlan(cpus, workers, settings.threads or cpus)
     workers = settings.workers or default_workers(cpus)
     threads = settings.threads or max(1, cpus // workers)
     return ProcessPlan(cpus, workers, threads)

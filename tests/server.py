@@ -19,7 +19,7 @@ def free_port() -> int:
 
 
 class Server:
-    """``uvicorn service.app:create_app`` (one process), or with ``cli`` the way operators
+    """``uvicorn service.inline:create_app`` (one process), or with ``cli`` the way operators
     start it, ``walrus serve`` (worker plan, multiprocess metrics)."""
 
     def __init__(
@@ -36,7 +36,7 @@ class Server:
                 sys.executable,
                 "-m",
                 "uvicorn",
-                "service.app:create_app",
+                "service.inline:create_app",
                 "--factory",
                 "--host",
                 "127.0.0.1",

@@ -19,7 +19,7 @@ from export.runtime.index import ServedIndexes, load_index
 from export.runtime.parity import verify_bundle
 from export.runtime.sessions import OnnxHead, OnnxTextEncoder
 from models.core.fold_in import fold_in_user
-from models.core.ids import IdMap
+from models.core.ids import CompactIds
 from models.core.types import ItemTables
 
 log = logging.getLogger(__name__)
@@ -54,8 +54,8 @@ class LoadedBundle:
 
     path: Path
     manifest: Manifest
-    users: IdMap
-    items: IdMap
+    users: CompactIds  # 10M ids without 10M Python objects
+    items: CompactIds
     titles: list[str]
     user_factors: np.ndarray  # (n_users, wals_dim), memory-mapped
     wals_item_factors: np.ndarray  # as WALS fitted them: fold-in solves against these
@@ -132,8 +132,8 @@ def load_bundle(bundle: str | Path, options: LoadOptions = LoadOptions()) -> Loa
     loaded = LoadedBundle(
         path=p,
         manifest=manifest,
-        users=IdMap.load(p / Files.USER_IDS),
-        items=IdMap.load(p / Files.ITEM_IDS),
+        users=CompactIds.load(p / Files.USER_IDS),
+        items=CompactIds.load(p / Files.ITEM_IDS),
         titles=[it["title"] for it in json.loads((p / Files.ITEMS).read_text())],
         user_factors=array(Files.USER_FACTORS),
         wals_item_factors=array(Files.WALS_ITEM_FACTORS),

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from collections.abc import Iterable, Sequence
 from pathlib import Path
+from typing import overload
 
 import numpy as np
 
@@ -45,3 +46,83 @@ class IdMap:
     @classmethod
     def load(cls, path: str | Path) -> IdMap:
         return cls(json.loads(Path(path).read_text()))
+
+
+class CompactIds:
+    """The same map for serving, without a Python object per id: the ids as UTF-8 bytes in
+    one numpy array (index order) and the permutation that sorts them, searched with
+    ``np.searchsorted``. 10M ids of 8 characters take 120 MB here, against about 1.3 GB as
+    a list and a dict. Lookups of a request's ids are vectorised."""
+
+    def __init__(self, ids: Sequence[str]) -> None:
+        unicode = np.asarray(list(ids), dtype=str) if len(ids) else np.zeros(0, "U1")
+        self._ids = np.char.encode(unicode, "utf-8") if len(unicode) else np.zeros(0, "S1")
+        del unicode
+        index_type = np.int32 if len(self._ids) < 2**31 else np.int64
+        self._order: np.ndarray = np.argsort(self._ids, kind="stable").astype(index_type)
+        ordered = self._ids[self._order]
+        if len(ordered) > 1 and bool(np.any(ordered[1:] == ordered[:-1])):
+            raise ValueError("ids must be unique")
+        self.ids = IdView(self._ids)
+
+    @classmethod
+    def load(cls, path: str | Path) -> CompactIds:
+        return cls(json.loads(Path(path).read_text()))
+
+    @property
+    def nbytes(self) -> int:
+        return int(self._ids.nbytes + self._order.nbytes)
+
+    def __len__(self) -> int:
+        return len(self._ids)
+
+    def __contains__(self, key: object) -> bool:
+        return isinstance(key, str) and bool(self._find([key])[0] >= 0)
+
+    def index(self, key: str) -> int:
+        """Index of one id; ``KeyError`` when unknown."""
+        found = int(self._find([key])[0])
+        if found < 0:
+            raise KeyError(key)
+        return found
+
+    def lookup(self, keys: Sequence[str]) -> tuple[np.ndarray, list[str]]:
+        """Indices (int64) of the known keys, in order, and the list of unknown keys."""
+        found = self._find(keys)
+        unknown = [key for key, at in zip(keys, found.tolist(), strict=True) if at < 0]
+        return found[found >= 0], unknown
+
+    def _find(self, keys: Sequence[str]) -> np.ndarray:
+        """Each key's index, -1 when unknown."""
+        if not len(keys) or not len(self._ids):
+            return np.full(len(keys), -1, dtype=np.int64)
+        width = self._ids.dtype.itemsize
+        encoded = [key.encode("utf-8") for key in keys]
+        # Longer than every id: cannot match (the array would truncate it into a false hit).
+        fits = np.array([len(e) <= width and not e.endswith(b"\0") for e in encoded])
+        wanted = np.array([e if ok else b"" for e, ok in zip(encoded, fits, strict=True)])
+        at = np.searchsorted(self._ids, wanted, sorter=self._order)
+        candidate = self._order[np.minimum(at, len(self._ids) - 1)].astype(np.int64)
+        hit = fits & (at < len(self._ids)) & (self._ids[candidate] == wanted)
+        return np.where(hit, candidate, -1)
+
+
+class IdView(Sequence[str]):
+    """``ids[i]`` and ``ids[a:b]`` of a ``CompactIds``, decoded when read."""
+
+    def __init__(self, raw: np.ndarray) -> None:
+        self._raw = raw
+
+    def __len__(self) -> int:
+        return len(self._raw)
+
+    @overload
+    def __getitem__(self, i: int) -> str: ...
+
+    @overload
+    def __getitem__(self, i: slice) -> list[str]: ...
+
+    def __getitem__(self, i: int | slice) -> str | list[str]:
+        if isinstance(i, slice):
+            return [bytes(b).decode("utf-8") for b in self._raw[i]]
+        return bytes(self._raw[i]).decode("utf-8")

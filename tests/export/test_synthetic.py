@@ -13,8 +13,8 @@ from typer.testing import CliRunner
 from export.runtime import verify_bundle
 from export.synthetic import SeedSpec, build_synthetic_bundle
 from models.data.vocabulary import TOPICS
-from service.recommender import Recommender
-from service.schemas import RecommendRequest
+from service.engine.recommender import Recommender
+from service.messages import Recommend
 from service.settings import Settings
 from walrus.cli import app
 
@@ -62,7 +62,7 @@ def test_users_get_items_of_the_topic_they_were_drawn_from(seed_bundle):
     for user in users:
         seen = rec.seen(rec.users.index(user))
         (main, _), *_ = Counter(topic(rec.titles[i]) for i in seen).most_common(1)
-        got = rec.recommend(RecommendRequest(user_id=user, k=10))
+        got = rec.recommend(Recommend(user_id=user, k=10))
         share = np.mean([topic(item.title) == main for item in got.items])
         agree += share >= 0.5
     assert agree / len(users) >= 0.8, agree
@@ -72,7 +72,7 @@ def test_a_query_finds_its_topic(seed_bundle):
     rec = Recommender(seed_bundle, Settings(bundle=seed_bundle))
     ids, _ = rec.indexes["text"].search(rec.encoder.encode(["jazz piano saxophone"]), 10)
     assert [topic(rec.titles[i]) for i in ids[0]].count("jazz") >= 7  # the text half
-    got = rec.recommend(RecommendRequest(query="jazz piano saxophone", k=10))
+    got = rec.recommend(Recommend(query="jazz piano saxophone", k=10))
     topics = Counter(topic(item.title) for item in got.items)
     assert topics.most_common(1)[0][0] == "jazz", topics  # after the head's rerank
 

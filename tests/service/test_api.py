@@ -344,13 +344,27 @@ def test_a_bundle_that_fails_its_warm_up_never_serves(tiny_bundle, tmp_path):
 
 def test_service_never_imports_torch():
     code = (
-        "import sys, service.app, service.recommender, service.api;"
-        "from service.app import create_app; create_app();"
+        "import sys, service.inline, service.engine.server, service.supervisor;"
+        "from service.inline import create_app; create_app();"
         "bad = [m for m in ('torch', 'transformers') if m in sys.modules];"
         "print(','.join(bad))"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "", f"service imported {out.stdout}"
+
+
+def test_a_front_loads_no_engine_modules():
+    """A front of process mode, composed as uvicorn composes it: none of the modules that
+    hold a bundle are even imported (they would cost every front their memory)."""
+    code = (
+        "import sys; from service.front.app import create_app;"
+        "create_app(__import__('service.settings').settings.Settings(engine_address='ipc:///x'));"
+        "bad = [m for m in ('onnxruntime', 'faiss', 'tokenizers', 'numpy', 'export',"
+        " 'service.engine') if m in sys.modules];"
+        "print(','.join(bad))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "", f"a front imported {out.stdout}"
 
 
 def test_a_body_over_the_limit_is_413_before_parsing(client):
@@ -443,9 +457,9 @@ def test_the_port_opens_at_once_and_a_failed_load_is_retried(tiny_bundle, tmp_pa
 
 
 def test_several_workers_report_one_sum_in_metrics(tiny_bundle, tmp_path):
-    """`walrus serve --workers 2`: each scrape, whichever worker answers it, counts the
-    requests of both (prometheus-client's multiprocess mode), and the start line names the
-    plan."""
+    """`walrus serve --workers 2`: each scrape, whichever front answers it, counts the
+    requests of both fronts and shows the engine's series (prometheus-client's
+    multiprocess mode), and the start line names the plan."""
     srv = Server(
         tiny_bundle,
         ["--workers", "2"],
@@ -462,7 +476,8 @@ def test_several_workers_report_one_sum_in_metrics(tiny_bundle, tmp_path):
                 ok += r.status_code == 200
             assert ok >= 30
             pids = {p.name for p in tmp_path.iterdir()}
-            assert len([p for p in pids if p.startswith("counter_")]) >= 2, pids  # two writers
+            # two fronts and the engine
+            assert len([p for p in pids if p.startswith("counter_")]) >= 3, pids
             line = 'walrus_requests_total{endpoint="/v1/recommend",status="200"}'
             for _ in range(6):
                 text = http.get("/metrics").text
@@ -470,6 +485,8 @@ def test_several_workers_report_one_sum_in_metrics(tiny_bundle, tmp_path):
                     float(x.rsplit(" ", 1)[1]) for x in text.splitlines() if x.startswith(line)
                 ]
                 assert counts == [ok], counts
-        assert "2 worker(s) x" in srv.output()
+                batches = [x for x in text.splitlines() if x.startswith("walrus_batch_size_sum")]
+                assert float(batches[0].rsplit(" ", 1)[1]) == ok  # the engine's: one engine
+        assert "and 2 front(s)" in srv.output()
     finally:
         srv.stop()

@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from service.batcher import Batcher
+from service.engine.batcher import Batcher
 
 
 def run(coro):
@@ -134,7 +134,7 @@ def test_bad_settings_are_refused():
 
 
 def test_a_full_queue_sheds_at_once():
-    from service.batcher import Overloaded
+    from service.engine.batcher import Overloaded
 
     gate = threading.Event()
     batcher: Batcher[int, int] = Batcher(

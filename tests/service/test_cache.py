@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from service.cache import QueryCache
-from service.recommender import Recommender
-from service.schemas import RecommendRequest
+from service.engine.cache import QueryCache
+from service.engine.recommender import Recommender
+from service.messages import Recommend
 from service.settings import Settings
 
 
@@ -32,12 +32,12 @@ def test_size_zero_turns_it_off():
 def test_a_cached_query_skips_the_encoder_and_answers_the_same(tiny_bundle):
     cache = QueryCache(100)
     rec = Recommender(tiny_bundle, Settings(bundle=tiny_bundle), cache)
-    req = RecommendRequest(query="space robots", k=5)
+    req = Recommend(query="space robots", k=5)
     first = rec.recommend(req)
     calls = []
     encode = rec.encoder.encode
     rec.encoder.encode = lambda texts: (calls.append(texts), encode(texts))[1]  # type: ignore[method-assign]
-    second = rec.recommend(RecommendRequest(query=" space   robots", k=5))
+    second = rec.recommend(Recommend(query=" space   robots", k=5))
     assert calls == [] and cache.hits == 1
     assert [i.item_id for i in second.items] == [i.item_id for i in first.items]
     assert "encode" in second.timings_ms and second.timings_ms["encode"] == 0.0

@@ -7,8 +7,8 @@ import shutil
 import numpy as np
 import pytest
 
-from service.recommender import InputError, Recommender
-from service.schemas import RecommendRequest
+from service.engine.recommender import InputError, Recommender
+from service.messages import Recommend
 from service.settings import Settings
 
 
@@ -54,12 +54,12 @@ def test_a_missing_precision_falls_back_to_fp32(tiny_bundle, tmp_path, caplog):
 def test_a_batch_answers_each_request_as_alone(recommender):
     users = recommender.users.ids
     reqs = [
-        RecommendRequest(user_id=users[0], k=5),
-        RecommendRequest(query="space robots", k=4),
-        RecommendRequest(user_id=users[1], query="space robots", k=6, exclude=["i1"]),
-        RecommendRequest(history=["i2", "i3"], k=5, exclude_seen=False),
-        RecommendRequest(k=3),
-        RecommendRequest(query="x" * 1_000, k=3),  # over WALRUS_MAX_QUERY_CHARS: its own 422
+        Recommend(user_id=users[0], k=5),
+        Recommend(query="space robots", k=4),
+        Recommend(user_id=users[1], query="space robots", k=6, exclude=["i1"]),
+        Recommend(history=["i2", "i3"], k=5, exclude_seen=False),
+        Recommend(k=3),
+        Recommend(query="x" * 1_000, k=3),  # over WALRUS_MAX_QUERY_CHARS: its own 422
     ]
     together = recommender.recommend_batch(reqs)
     assert isinstance(together[-1], InputError) and together[-1].field == "query"
@@ -83,13 +83,13 @@ def test_n_wals_setting_limits_the_pool(tiny_bundle):
     assert (narrow.sizes.n_wals, narrow.sizes.n_text) == (1, 1) and wide.sizes.n_wals > 1
     differs = 0
     for user in narrow.users.ids[:20]:
-        got = narrow.recommend(RecommendRequest(user_id=user, k=1, exclude_seen=False))
+        got = narrow.recommend(Recommend(user_id=user, k=1, exclude_seen=False))
         vector = np.asarray(narrow.bundle.user_factors[narrow.users.index(user)])
         wals_top = int(np.argmax(narrow.tables.item_factors @ vector))
         emb = narrow.tables.item_text_embeddings
         text_top = int(np.argmax(emb @ text_profile(emb, narrow.seen(narrow.users.index(user)))))
         assert got.items[0].item_id in {narrow.items.ids[wals_top], narrow.items.ids[text_top]}
-        full = wide.recommend(RecommendRequest(user_id=user, k=1, exclude_seen=False))
+        full = wide.recommend(Recommend(user_id=user, k=1, exclude_seen=False))
         differs += full.items[0].item_id != got.items[0].item_id
     assert differs > 0, "the setting made no difference: the test could not fail"
 
@@ -121,9 +121,9 @@ def test_exclusions_are_dropped_inside_faiss_with_the_same_answer(tiny_bundle):
         index.search = spy  # type: ignore[method-assign]
     items = filtered.items.ids
     reqs = [
-        RecommendRequest(user_id=filtered.users.ids[0], k=3, exclude=items[:12]),
-        RecommendRequest(query="space robots", k=4, exclude=items[5:20]),
-        RecommendRequest(history=items[:2], k=2, exclude=items[30:40]),
+        Recommend(user_id=filtered.users.ids[0], k=3, exclude=items[:12]),
+        Recommend(query="space robots", k=4, exclude=items[5:20]),
+        Recommend(history=items[:2], k=2, exclude=items[30:40]),
     ]
     for req in reqs:
         a, b = filtered.recommend(req), overfetched.recommend(req)

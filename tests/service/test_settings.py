@@ -45,10 +45,20 @@ def test_no_quota_leaves_the_affinity(tmp_path, files):
     assert usable_cpus(tmp_path) == affinity()
 
 
-def test_the_plan_never_oversubscribes_unless_asked():
+def test_the_inline_plan_never_oversubscribes_unless_asked():
     for cpus in (1, 2, 3, 8, 16):
-        plan = process_plan(Settings(), cpus)
+        plan = process_plan(Settings(engine="inline"), cpus)
         assert plan.workers >= 1 and plan.threads >= 1
         assert plan.workers * plan.threads <= cpus
-    assert process_plan(Settings(workers=3), 8)[1:] == (3, 2)
-    assert process_plan(Settings(workers=2, threads=8), 4)[1:] == (2, 8)  # the operator's call
+    assert process_plan(Settings(engine="inline", workers=3), 8)[1:] == (3, 2)
+    inline = Settings(engine="inline", workers=2, threads=8)
+    assert process_plan(inline, 4)[1:] == (2, 8)  # the operator's call
+
+
+def test_the_process_plan_gives_the_one_engine_the_cpus_and_fronts_a_share():
+    """One engine: its ONNX and FAISS threads may use every CPU (it is the only process that
+    computes); the fronts mostly wait on sockets, fewer than the CPUs."""
+    for cpus in (1, 2, 3, 8, 16):
+        plan = process_plan(Settings(), cpus)
+        assert 1 <= plan.workers <= cpus and plan.threads == cpus
+    assert process_plan(Settings(workers=3, threads=2), 8)[1:] == (3, 2)

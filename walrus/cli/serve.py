@@ -18,18 +18,24 @@ def serve(
     host: Annotated[str | None, typer.Option(help="Else WALRUS_HOST (127.0.0.1).")] = None,
     port: Annotated[int | None, typer.Option(help="Else WALRUS_PORT (8000).")] = None,
     workers: Annotated[
-        int | None, typer.Option(help="uvicorn worker processes (else WALRUS_WORKERS; 0: auto).")
+        int | None,
+        typer.Option(help="Fronts, or inline workers (else WALRUS_WORKERS; 0: auto)."),
+    ] = None,
+    engine: Annotated[
+        str | None,
+        typer.Option(help="process (one engine, several fronts) or inline (else WALRUS_ENGINE)."),
     ] = None,
 ) -> None:
-    """Start the HTTP service (uvicorn) with the WALRUS_* settings."""
+    """Start the HTTP service with the WALRUS_* settings: one engine process that holds the
+    bundle and fronts in front of it, or (inline) workers that each hold it."""
     import os
-    import tempfile
 
     from pydantic import ValidationError
 
-    for name, value in (("BUNDLE", bundle), ("HOST", host), ("PORT", port), ("WORKERS", workers)):
+    given = (("BUNDLE", bundle), ("HOST", host), ("PORT", port), ("WORKERS", workers))
+    for name, value in (*given, ("ENGINE", engine)):
         if value is not None:
-            os.environ[f"WALRUS_{name}"] = str(value)  # every worker builds its own Settings
+            os.environ[f"WALRUS_{name}"] = str(value)  # every process builds its own Settings
     try:
         from service.settings import Settings, process_plan
 
@@ -39,32 +45,21 @@ def serve(
         field = "WALRUS_" + ".".join(str(p) for p in err["loc"]).upper()
         console.print(f"[red]error:[/red] {field}: {err['msg']}", highlight=False)
         raise typer.Exit(2) from None
-    import uvicorn
-
     from export.runtime import usable_cpus
+    from service import supervisor
 
     plan = process_plan(settings, usable_cpus())
-    # Every worker process sizes itself from the same resolved plan.
-    os.environ["WALRUS_WORKERS"], os.environ["WALRUS_THREADS"] = (
-        str(plan.workers),
-        str(plan.threads),
-    )
-    if plan.workers > 1 and not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
-        # Set before the workers import prometheus_client: /metrics then sums all of them.
-        os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="walrus-metrics-")
     logging.getLogger("walrus").setLevel(settings.log_level.upper())
+    shape = (
+        f"one engine ({plan.threads} thread(s)) and {plan.workers} front(s)"
+        if settings.engine == "process"
+        else f"{plan.workers} inline worker(s) x {plan.threads} thread(s)"
+    )
     console.print(
-        f"walrus serve: {plan.workers} worker(s) x {plan.threads} thread(s) "
-        f"for the {plan.cpus} CPU(s) this process may use",
+        f"walrus serve: {shape} for the {plan.cpus} CPU(s) this process may use",
         highlight=False,
     )
-    uvicorn.run(
-        "service.app:create_app",
-        factory=True,
-        host=settings.host,
-        port=settings.port,
-        workers=plan.workers,
-        log_level=settings.log_level,
-        access_log=False,  # the service logs each request itself, as JSON with its id
-        timeout_graceful_shutdown=int(settings.graceful_timeout_s) or None,
-    )
+    if settings.engine == "process":
+        supervisor.serve(settings, plan)
+    else:
+        supervisor.serve_inline(settings, plan)

@@ -24,7 +24,7 @@ def test_the_service_answers_similar_for_exported_cold_items_by_text(tiny_bundle
     used count < min_interactions: an item with 1 interaction under min_interactions=2 was
     cold in training and warm in serving."""
     from export.format import MANIFEST, file_table
-    from service.recommender import Recommender
+    from service.engine.recommender import Recommender
     from service.settings import Settings
 
     bundle = tmp_path / "bundle"

@@ -1,13 +1,16 @@
-"""The FastAPI app, composed in one place: ``create_app`` builds it, the lifespan loads the
-bundle (never at import), handlers turn input errors into 422 and bugs into a clean 500.
+"""A front: the FastAPI app, composed in one place. It parses and validates requests, answers
+HTTP, and asks an engine (``EngineLink``) for everything else: it holds no bundle arrays, no
+ONNX session and no FAISS index (import-linter keeps onnxruntime and faiss out of
+``service.front``).
 
-Run: ``walrus serve`` or ``uvicorn service.app:create_app --factory``.
+``create_app`` is the front of ``walrus serve``'s process mode, linked to the engine process
+at ``WALRUS_ENGINE_ADDRESS``; ``service.inline.create_app`` composes the same front with an
+engine inside it. Run: ``walrus serve``, or ``uvicorn service.inline:create_app --factory``.
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import signal
 import threading
@@ -16,68 +19,42 @@ from contextlib import asynccontextmanager
 from types import FrameType
 from typing import Any
 
-import anyio.to_thread
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.utils import get_openapi
 from fastapi.responses import JSONResponse
 
-from service.api import admin_router, router
-from service.lifecycle import Bundles
+from service.front.api import admin_router, router
+from service.front.client import EngineClient, EngineLink
+from service.front.middleware import Guard
+from service.front.state import Front
+from service.logs import configure_logging
 from service.metrics import Metrics
-from service.middleware import Guard
-from service.recommender import InputError
 from service.settings import Settings
 
 log = logging.getLogger("walrus.service")
 
 
-class JsonFormatter(logging.Formatter):
-    """One JSON object per line: time, level, logger, message, and a record's ``fields``."""
-
-    def format(self, record: logging.LogRecord) -> str:
-        entry: dict[str, object] = {
-            "time": self.formatTime(record, "%Y-%m-%dT%H:%M:%S") + f".{int(record.msecs):03d}",
-            "level": record.levelname.lower(),
-            "logger": record.name,
-            "message": record.getMessage(),
-            **getattr(record, "fields", {}),
-        }
-        if record.exc_info:
-            entry["traceback"] = self.formatException(record.exc_info)
-        return json.dumps(entry, default=str)
-
-
-def configure_logging(level: str) -> None:
-    """One stderr handler on the ``walrus`` logger writing JSON lines (uvicorn configures
-    only its own loggers)."""
-    root = logging.getLogger("walrus")
-    root.setLevel(level.upper())
-    if not root.handlers:
-        handler = logging.StreamHandler()
-        handler.setFormatter(JsonFormatter())
-        root.addHandler(handler)
-        root.propagate = False
-
-
 def create_app(settings: Settings | None = None) -> FastAPI:
-    """A new app; settings default to the ``WALRUS_*`` environment."""
+    """A front of process mode: the engine is another process, at WALRUS_ENGINE_ADDRESS."""
     settings = settings or Settings()
+    if not settings.engine_address:
+        raise RuntimeError("a front needs WALRUS_ENGINE_ADDRESS: start it with `walrus serve`")
+    return build_app(settings, EngineClient(settings.engine_address), Metrics())
+
+
+def build_app(settings: Settings, engine: EngineLink, metrics: Metrics) -> FastAPI:
+    """The app: routes, middleware and handlers around ``engine``; the lifespan starts and
+    stops the link (never at import)."""
     configure_logging(settings.log_level)
+    front = Front(settings, engine, metrics)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        app.state.settings = settings
-        bundles: Bundles = app.state.bundles
-        # The pool that runs /similar off the event loop (run_in_threadpool).
-        anyio.to_thread.current_default_thread_limiter().total_tokens = settings.worker_threads
-        drain_on_sigterm(bundles, settings.drain_s)
-        # The port opens at once; /readyz says "loading" until the bundle is loaded and warm.
-        tasks = [asyncio.create_task(bundles.start()), asyncio.create_task(bundles.watch())]
+        drain_on_sigterm(front)
+        await engine.start()
         yield
-        for task in tasks:
-            task.cancel()
-        await bundles.close()
+        await engine.close()
 
     app = FastAPI(
         title="walrus",
@@ -85,41 +62,36 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         summary="Hybrid recommender: WALS + text encoder + score head.",
         lifespan=lifespan,
     )
+    app.state.front = front
     app.include_router(router)
     app.openapi = lambda: configured_openapi(app, settings)  # type: ignore[method-assign]
     if settings.admin_token is not None:
         app.include_router(admin_router)  # no token configured: the route does not exist
-    app.state.metrics = metrics = Metrics()
-    app.state.bundles = Bundles(settings, metrics)
     # Outermost of the app's own layers: limits apply before any parsing, and the 500s that
     # the error handler below answers are counted too.
     app.add_middleware(Guard, metrics=metrics, max_body_bytes=settings.max_body_bytes)
-
-    @app.exception_handler(RequestValidationError)
-    async def invalid(_request: Request, exc: RequestValidationError) -> JSONResponse:
-        # FastAPI's own handler echoes the input back, and fails (500) on what JSON cannot
-        # hold, such as 1e999 or a lone surrogate: answer with where and why only.
-        detail = [
-            {
-                "loc": list(err.get("loc", ())),
-                "msg": str(err.get("msg", "")),
-                "type": str(err.get("type", "")),
-            }
-            for err in exc.errors()
-        ]
-        return JSONResponse({"detail": detail}, status_code=422)
-
-    @app.exception_handler(InputError)
-    async def input_error(_request: Request, exc: InputError) -> JSONResponse:
-        detail = [{"loc": ["body", exc.field], "msg": str(exc), "type": "value_error"}]
-        return JSONResponse({"detail": detail}, status_code=422)
-
-    @app.exception_handler(Exception)
-    async def bug(request: Request, exc: Exception) -> JSONResponse:
-        log.exception("unhandled error on %s %s", request.method, request.url.path)
-        return JSONResponse({"detail": "internal error"}, status_code=500)
-
+    app.add_exception_handler(RequestValidationError, invalid)  # type: ignore[arg-type]
+    app.add_exception_handler(Exception, bug)
     return app
+
+
+async def invalid(_request: Request, exc: RequestValidationError) -> JSONResponse:
+    """FastAPI's own handler echoes the input back, and fails (500) on what JSON cannot hold,
+    such as 1e999 or a lone surrogate: answer with where and why only."""
+    detail = [
+        {
+            "loc": list(err.get("loc", ())),
+            "msg": str(err.get("msg", "")),
+            "type": str(err.get("type", "")),
+        }
+        for err in exc.errors()
+    ]
+    return JSONResponse({"detail": detail}, status_code=422)
+
+
+async def bug(request: Request, _exc: Exception) -> JSONResponse:
+    log.exception("unhandled error on %s %s", request.method, request.url.path)
+    return JSONResponse({"detail": "internal error"}, status_code=500)
 
 
 def configured_openapi(app: FastAPI, settings: Settings) -> dict[str, Any]:
@@ -151,7 +123,7 @@ def configured_openapi(app: FastAPI, settings: Settings) -> dict[str, Any]:
     return app.openapi_schema
 
 
-def drain_on_sigterm(bundles: Bundles, drain_s: float) -> None:
+def drain_on_sigterm(front: Front) -> None:
     """SIGTERM starts a drain instead of a stop: ``/readyz`` turns 503 at once (the load
     balancer stops sending), requests are still served for ``drain_s``, then uvicorn's own
     graceful shutdown lets in-flight requests finish and the process exits 0.
@@ -165,6 +137,7 @@ def drain_on_sigterm(bundles: Bundles, drain_s: float) -> None:
     uvicorn_handler = signal.getsignal(signal.SIGTERM)
     server = getattr(uvicorn_handler, "__self__", None)
     loop = asyncio.get_running_loop()
+    drain_s = front.settings.drain_s
 
     def stop() -> None:
         if server is not None and hasattr(server, "should_exit"):
@@ -173,9 +146,9 @@ def drain_on_sigterm(bundles: Bundles, drain_s: float) -> None:
             uvicorn_handler(signal.SIGTERM, None)
 
     def on_sigterm(_sig: int, _frame: FrameType | None) -> None:
-        if bundles.draining:
+        if front.draining:
             return
-        bundles.draining = True
+        front.draining = True
         log.info("SIGTERM: draining for %.1f s, then finishing in-flight requests", drain_s)
         loop.call_soon_threadsafe(loop.call_later, drain_s, stop)
 

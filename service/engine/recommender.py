@@ -17,8 +17,8 @@ import numpy as np
 from export.runtime import LoadOptions, ServedIndexes, load_bundle, usable_cpus
 from models.core.hybrid import PoolSizes, build_request, recommend_batch
 from models.core.types import Request
-from service.cache import QueryCache
-from service.schemas import Item, RecommendRequest, RecommendResponse, SimilarResponse
+from service.engine.cache import QueryCache
+from service.messages import Item, Recommend, Recommendations, SimilarItems
 from service.settings import Settings, process_plan
 
 log = logging.getLogger("walrus.service.recommender")
@@ -111,7 +111,7 @@ class Recommender:
     def seen(self, user: int) -> np.ndarray:
         return self.bundle.seen.row(user)
 
-    def check(self, req: RecommendRequest) -> None:
+    def check(self, req: Recommend) -> None:
         s = self.settings
         if req.k > s.max_k:
             raise InputError("k", f"k must be <= {s.max_k}")
@@ -132,20 +132,20 @@ class Recommender:
         ]
 
     # ------------------------------------------------------------------ endpoints
-    def recommend(self, req: RecommendRequest) -> RecommendResponse:
+    def recommend(self, req: Recommend) -> Recommendations:
         """One request; blocking (ONNX and FAISS): call it off the event loop."""
         (result,) = self.recommend_batch([req])
         if isinstance(result, Exception):
             raise result
         return result
 
-    def recommend_batch(self, reqs: list[RecommendRequest]) -> list[RecommendResponse | Exception]:
+    def recommend_batch(self, reqs: list[Recommend]) -> list[Recommendations | Exception]:
         """Serve requests together, the dynamic batcher's unit of work: one encoder call for
         their distinct queries, the core's batched pools (one FAISS call per index and
         round) and one head call. Each answer equals what the request gets alone; a request
         that fails gets its exception, the others their answers."""
         start = time.perf_counter()
-        results: list[RecommendResponse | Exception | None] = [None] * len(reqs)
+        results: list[Recommendations | Exception | None] = [None] * len(reqs)
         live = []
         for i, req in enumerate(reqs):
             try:
@@ -171,7 +171,7 @@ class Recommender:
         for (i, _, clock, warnings, user_known), rec in zip(prepared, recs, strict=True):
             clock.ms.update(batch.ms)
             clock.ms["total"] = (time.perf_counter() - start) * 1e3
-            results[i] = RecommendResponse(
+            results[i] = Recommendations(
                 items=self._items(rec.items, rec.scores, rec.sources),
                 user_known=user_known,
                 bundle_id=self.bundle_id,
@@ -199,7 +199,7 @@ class Recommender:
         return encoded, (time.perf_counter() - start) * 1e3
 
     def _prepare(
-        self, req: RecommendRequest, encoded: dict[str, np.ndarray], encode_ms: float
+        self, req: Recommend, encoded: dict[str, np.ndarray], encode_ms: float
     ) -> tuple[Request, Stopwatch, list[str], bool]:
         """Resolve ids and vectors: the request as ``models.core.hybrid`` takes it."""
         clock = Stopwatch()
@@ -227,7 +227,7 @@ class Recommender:
         )
         return request, clock, warnings, user is not None
 
-    def similar(self, item_id: str, k: int) -> SimilarResponse:
+    def similar(self, item_id: str, k: int) -> SimilarItems:
         """Item-to-item: WALS factors, or the text index for cold items."""
         if item_id not in self.items:
             raise UnknownItem(item_id)
@@ -245,7 +245,7 @@ class Recommender:
         keep = (found[0] >= 0) & (found[0] != item)
         ids, scores = found[0][keep][:k], found_scores[0][keep][:k]
         clock.ms["total"] = (time.perf_counter() - start) * 1e3
-        return SimilarResponse(
+        return SimilarItems(
             item_id=item_id,
             source=source,
             items=self._items(ids, scores, [[source]] * len(ids)),
@@ -258,9 +258,9 @@ class Recommender:
         for lazy initialisation, which no client should wait for."""
         user = self.example_user()
         for req in (
-            RecommendRequest(query="warm up", k=5),
-            RecommendRequest(user_id=user, k=5),
-            RecommendRequest(user_id=user, query="warm up the encoder", k=5),
+            Recommend(query="warm up", k=5),
+            Recommend(user_id=user, k=5),
+            Recommend(user_id=user, query="warm up the encoder", k=5),
         ):
             result = self.recommend_batch([req])[0]
             if isinstance(result, Exception):

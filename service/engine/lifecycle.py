@@ -20,14 +20,12 @@ import logging
 from dataclasses import dataclass
 from pathlib import Path
 
-from fastapi.concurrency import run_in_threadpool
-
 from export.format import resolve_bundle
-from service.batcher import Batcher, Stopped
-from service.cache import QueryCache
+from service.engine.batcher import Batcher, Stopped
+from service.engine.cache import QueryCache
+from service.engine.recommender import Recommender
+from service.messages import Recommend, Recommendations, Reloaded
 from service.metrics import Metrics
-from service.recommender import Recommender
-from service.schemas import RecommendRequest, RecommendResponse, ReloadResponse
 from service.settings import Settings
 
 log = logging.getLogger("walrus.service.lifecycle")
@@ -38,7 +36,7 @@ class Serving:
     """One loaded bundle and the batcher in front of it: swapped as one."""
 
     recommender: Recommender
-    batcher: Batcher[RecommendRequest, RecommendResponse]
+    batcher: Batcher[Recommend, Recommendations]
 
 
 def one_line(exc: BaseException) -> str:
@@ -53,11 +51,17 @@ class Bundles:
         self.serving: Serving | None = None
         self.reason: str | None = "loading the bundle"
         self.refused: dict[str, str] = {}  # bundle path -> why it was refused
-        self.draining = False
         self._lock = asyncio.Lock()
 
     # ------------------------------------------------------------------ requests
-    async def recommend(self, request: RecommendRequest) -> RecommendResponse:
+    def recommender(self) -> Recommender:
+        """The serving bundle's recommender; ``NotReady`` while there is none."""
+        serving = self.serving
+        if serving is None:
+            raise NotReady(self.reason or "not ready")
+        return serving.recommender
+
+    async def recommend(self, request: Recommend) -> Recommendations:
         """Hand the request to the serving bundle's batcher. Reading ``serving`` and queueing
         happen with no await between them, on the event loop, where the swap happens too: a
         request is never queued behind a stopped batcher's last batch."""
@@ -79,7 +83,7 @@ class Bundles:
 
     def _serve(self, recommender: Recommender) -> Serving:
         s, m = self.settings, self.metrics
-        batcher: Batcher[RecommendRequest, RecommendResponse] = Batcher(
+        batcher: Batcher[Recommend, Recommendations] = Batcher(
             recommender.recommend_batch,
             max_batch=s.max_batch,
             wait_us=s.batch_wait_us,
@@ -109,7 +113,7 @@ class Bundles:
             self.serving.recommender.example_user(),
         )
 
-    async def reload(self, retry_refused: bool = True) -> ReloadResponse:
+    async def reload(self, retry_refused: bool = True) -> Reloaded:
         """Load what ``WALRUS_BUNDLE`` names now, unless it already serves. A bundle refused
         before is tried again only with ``retry_refused`` (the poll passes False: it would be
         refused again at every interval)."""
@@ -120,13 +124,13 @@ class Bundles:
             except Exception as exc:  # a dangling or missing `current`: keep serving
                 return self._refuse(str(self.settings.bundle), one_line(exc))
             if old is not None and old.recommender.path == path:
-                return ReloadResponse(
-                    bundle_id=old.recommender.bundle_id, reloaded=False, reason="already serving it"
+                return Reloaded(
+                    old.recommender.bundle_id, reloaded=False, reason="already serving it"
                 )
             if not retry_refused and str(path) in self.refused:
                 return self._refuse(str(path), self.refused[str(path)])
             try:
-                recommender = await run_in_threadpool(self._load, path)
+                recommender = await asyncio.to_thread(self._load, path)
             except Exception as exc:  # any failed check: refused, the old bundle serves on
                 return self._refuse(str(path), one_line(exc))
             self.serving = self._serve(recommender)
@@ -139,13 +143,13 @@ class Bundles:
             log.info("serving bundle %s from %s", recommender.bundle_id, path)
         if old is not None:
             old.batcher.stop()  # on the event loop: nothing can queue behind it now
-            await run_in_threadpool(old.batcher.join)
+            await asyncio.to_thread(old.batcher.join)
             del old
             self.cache.keep_only(recommender.bundle_id)
-        await run_in_threadpool(collect_and_freeze)  # the new bundle frozen, the old freed
-        return ReloadResponse(bundle_id=recommender.bundle_id, reloaded=True)
+        await asyncio.to_thread(collect_and_freeze)  # the new bundle frozen, the old freed
+        return Reloaded(recommender.bundle_id, reloaded=True)
 
-    def _refuse(self, path: str, reason: str) -> ReloadResponse:
+    def _refuse(self, path: str, reason: str) -> Reloaded:
         if self.refused.get(path) != reason:  # log a refusal once, not at every poll
             log.error("bundle refused: %s: %s", path, reason)
             self.metrics.reloads.labels("refused").inc()
@@ -154,11 +158,7 @@ class Bundles:
         while len(self.refused) > 10:  # the latest few are what an operator needs
             self.refused.pop(next(iter(self.refused)))
         serving = self.serving
-        return ReloadResponse(
-            bundle_id=serving.recommender.bundle_id if serving else None,
-            reloaded=False,
-            reason=reason,
-        )
+        return Reloaded(serving.recommender.bundle_id if serving else None, False, reason)
 
     async def watch(self) -> None:
         """Poll ``WALRUS_BUNDLE`` for a moved ``current`` link; load what it names."""
@@ -171,7 +171,7 @@ class Bundles:
     async def close(self) -> None:
         if self.serving is not None:
             self.serving.batcher.stop()
-            await run_in_threadpool(self.serving.batcher.join)
+            await asyncio.to_thread(self.serving.batcher.join)
 
 
 def collect_and_freeze() -> None:

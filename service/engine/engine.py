@@ -1,0 +1,123 @@
+"""The engine: answers the fronts' calls with the bundle it holds.
+
+It owns everything with state: the loaded bundle and its swaps (``Bundles``), the dynamic
+batcher, the query cache, the stage and batch metrics. The same object answers in both
+modes: in its own process behind a socket (``service.engine.server``), or inside the front
+(inline mode, ``service.inline``). Every answer's body is the final JSON, written once here.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from concurrent.futures import ThreadPoolExecutor
+
+from service.engine.batcher import Overloaded
+from service.engine.lifecycle import Bundles, NotReady
+from service.engine.recommender import InputError, UnknownItem
+from service.messages import (
+    Answer,
+    Call,
+    Readiness,
+    Recommend,
+    Reload,
+    Reloaded,
+    Similar,
+    Status,
+    error,
+    json_body,
+)
+from service.metrics import Metrics
+from service.settings import Settings
+
+log = logging.getLogger("walrus.service.engine")
+ROUTES: dict[type, str] = {
+    Recommend: "POST /v1/recommend",
+    Similar: "GET /v1/items/{item_id}/similar",
+    Status: "GET /readyz",
+    Reload: "POST /admin/reload",
+}
+
+
+class Engine:
+    def __init__(self, settings: Settings, metrics: Metrics) -> None:
+        self.settings = settings
+        self.metrics = metrics
+        self.bundles = Bundles(settings, metrics)
+        # /similar and reloads each have their own threads: a flood of one cannot starve
+        # the other (the batcher has its own too).
+        self.similar_pool = ThreadPoolExecutor(settings.worker_threads, "walrus-similar")
+
+    async def start(self) -> None:
+        await self.bundles.start()
+
+    async def close(self) -> None:
+        await self.bundles.close()
+        self.similar_pool.shutdown(wait=False, cancel_futures=True)
+
+    async def answer(self, call: Call) -> Answer:
+        """The answer to one call; never raises for a request's own failure."""
+        try:
+            if isinstance(call, Recommend):
+                return await self.recommend(call)
+            if isinstance(call, Similar):
+                return await self.similar(call)
+            if isinstance(call, Status):
+                return self.status(call)
+            if isinstance(call, Reload):
+                return await self.reload(call)
+            return error(0, 400, f"the engine does not answer {type(call).__name__}")
+        except NotReady as exc:
+            return error(call.id, 503, f"not ready: {exc}", retry_after=1)
+        except Overloaded:
+            self.metrics.shed.inc()
+            return error(call.id, 503, "overloaded: retry shortly", retry_after=1)
+        except InputError as exc:
+            detail = [{"loc": ["body", exc.field], "msg": str(exc), "type": "value_error"}]
+            return error(call.id, 422, detail)
+        except asyncio.CancelledError:
+            raise
+        except Exception:  # a bug: logged with its traceback, answered as a clean 500
+            log.exception("unhandled error on %s", ROUTES.get(type(call), type(call).__name__))
+            return error(call.id, 500, "internal error")
+
+    async def recommend(self, call: Recommend) -> Answer:
+        result = await self.bundles.recommend(call)
+        self.metrics.observe_stages(result.timings_ms)
+        return Answer(call.id, 200, json_body(result), bundle_id=result.bundle_id)
+
+    async def similar(self, call: Similar) -> Answer:
+        recommender = self.bundles.recommender()
+        loop = asyncio.get_running_loop()
+        try:
+            result = await loop.run_in_executor(
+                self.similar_pool, recommender.similar, call.item_id, call.k
+            )
+        except UnknownItem:
+            return error(call.id, 404, f"unknown item_id {call.item_id!r}")
+        self.metrics.observe_stages(result.timings_ms)
+        return Answer(call.id, 200, json_body(result), bundle_id=result.bundle_id)
+
+    def status(self, call: Status) -> Answer:
+        ready = self.readiness()
+        return Answer(call.id, 200 if ready.ready else 503, json_body(ready), ready.bundle_id)
+
+    def readiness(self) -> Readiness:
+        bundles = self.bundles
+        serving = bundles.serving
+        if serving is None:
+            return Readiness(ready=False, reason=bundles.reason, refused=dict(bundles.refused))
+        r = serving.recommender
+        return Readiness(
+            ready=True,
+            bundle_id=r.bundle_id,
+            onnx_providers=r.onnx_providers,
+            faiss=r.faiss_device,
+            encoder_precision=r.encoder_precision,
+            refused=dict(bundles.refused),
+        )
+
+    async def reload(self, call: Reload) -> Answer:
+        result = await self.bundles.reload()
+        body = Reloaded(result.bundle_id, result.reloaded, result.reason)
+        return Answer(call.id, 200, json_body(body), bundle_id=result.bundle_id)

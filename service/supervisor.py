@@ -1,0 +1,132 @@
+"""``walrus serve`` in process mode: one engine process, F fronts, and their keeping.
+
+The supervisor (the process ``walrus serve`` runs in) makes a private folder for the engine's
+socket and the shared metrics files, starts the engine (``python -m service.engine``) and
+starts it again whenever it exits (backing off while it keeps failing), then runs uvicorn
+with F workers: the fronts, which uvicorn starts again when one dies. While the engine is
+away the fronts answer 503 with ``Retry-After``. On SIGTERM or SIGINT uvicorn drains the
+fronts first; the engine is stopped after them, and the folder removed.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import uvicorn
+from prometheus_client import multiprocess
+
+from service.settings import ProcessPlan, Settings
+
+log = logging.getLogger("walrus.service.supervisor")
+FRONT_APP = "service.front.app:create_app"
+INLINE_APP = "service.inline:create_app"
+
+
+class EngineProcess:
+    """The engine, kept running: a thread waits on it and starts it again when it exits."""
+
+    def __init__(self, env: dict[str, str], multiproc_dir: str | None) -> None:
+        self.env = env
+        self.multiproc_dir = multiproc_dir
+        self.process: subprocess.Popen[bytes] | None = None
+        self.restarts = 0
+        self._stopping = threading.Event()
+        self._thread = threading.Thread(target=self._keep, name="walrus-engine", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def _keep(self) -> None:
+        delay = 0.5
+        while not self._stopping.is_set():
+            started = time.monotonic()
+            # Its own session: a terminal's Ctrl-C reaches the fronts, which drain; the
+            # engine serves them until it is stopped after them.
+            process = subprocess.Popen(
+                [sys.executable, "-m", "service.engine"], env=self.env, start_new_session=True
+            )
+            self.process = process
+            code = process.wait()
+            if self._stopping.is_set():
+                return
+            if self.multiproc_dir:  # its gauges leave /metrics; its counters stay counted
+                multiprocess.mark_process_dead(process.pid, self.multiproc_dir)  # type: ignore[no-untyped-call]
+            if time.monotonic() - started > 60:
+                delay = 0.5  # it had been serving: a new failure, not a loop
+            self.restarts += 1
+            log.error(
+                "the engine (pid %d) exited with %s: starting it again in %.1f s",
+                process.pid,
+                code,
+                delay,
+            )
+            self._stopping.wait(delay)
+            delay = min(2 * delay, 10.0)
+
+    def stop(self, timeout_s: float = 10.0) -> None:
+        self._stopping.set()
+        process = self.process
+        if process is not None and process.poll() is None:
+            process.terminate()
+            try:
+                process.wait(timeout_s)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+
+
+def serve(settings: Settings, plan: ProcessPlan) -> None:
+    """Run the engine and ``plan.workers`` fronts until SIGTERM or SIGINT."""
+    run_dir = Path(tempfile.mkdtemp(prefix="walrus-serve-"))
+    address = f"ipc://{run_dir / 'engine.sock'}"
+    metrics_dir = os.environ.get("PROMETHEUS_MULTIPROC_DIR") or str(run_dir / "metrics")
+    Path(metrics_dir).mkdir(parents=True, exist_ok=True)
+    # Every process reads its settings from the environment: the fronts from uvicorn's.
+    os.environ.update(
+        WALRUS_ENGINE_ADDRESS=address,
+        PROMETHEUS_MULTIPROC_DIR=metrics_dir,
+        WALRUS_THREADS=str(plan.threads),
+    )
+    engine = EngineProcess(dict(os.environ), metrics_dir)
+    engine.start()
+    try:
+        uvicorn.run(
+            FRONT_APP,
+            factory=True,
+            host=settings.host,
+            port=settings.port,
+            workers=plan.workers,
+            log_level=settings.log_level,
+            access_log=False,  # the fronts log each request themselves, as JSON with its id
+            timeout_graceful_shutdown=int(settings.graceful_timeout_s) or None,
+        )
+    finally:
+        engine.stop()
+        shutil.rmtree(run_dir, ignore_errors=True)
+
+
+def serve_inline(settings: Settings, plan: ProcessPlan) -> None:
+    """Inline mode: ``plan.workers`` uvicorn workers, each holding the bundle."""
+    # Every worker process sizes itself from the same resolved plan.
+    os.environ.update(WALRUS_WORKERS=str(plan.workers), WALRUS_THREADS=str(plan.threads))
+    if plan.workers > 1 and not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        # Set before the workers import prometheus_client: /metrics then sums all of them.
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="walrus-metrics-")
+    uvicorn.run(
+        INLINE_APP,
+        factory=True,
+        host=settings.host,
+        port=settings.port,
+        workers=plan.workers,
+        log_level=settings.log_level,
+        access_log=False,  # the service logs each request itself, as JSON with its id
+        timeout_graceful_shutdown=int(settings.graceful_timeout_s) or None,
+    )
