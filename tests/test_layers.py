@@ -58,9 +58,17 @@ NO_CYCLES = "No import cycles"
         # What the serving image must not carry, and the bundle as the one contract.
         ("service/schemas.py", "import torch", "never imports torch"),
         ("models/core/ids.py", "import scipy.sparse", "never imports torch"),
-        ("service/front/api.py", "from export.bundle import build_bundle", "only through export.format"),
+        (
+            "service/front/api.py",
+            "from export.bundle import build_bundle",
+            "only through export.format",
+        ),
         ("service/front/api.py", "import faiss", "A front holds no bundle"),
-        ("service/front/client.py", "from service.engine.engine import Engine", "A front holds no bundle"),
+        (
+            "service/front/client.py",
+            "from service.engine.engine import Engine",
+            "A front holds no bundle",
+        ),
         ("service/messages.py", "import service.engine.engine", "Inside service"),
     ],
 )
