@@ -2,9 +2,10 @@
 
 A front sends one ``Call`` per request (``Recommend``, ``Similar``, ``Status``, ``Reload`` or
 ``Cancel``), each with the front's own request number; the engine answers each with an
-``Answer`` carrying that number. On the wire they are msgpack (``encode`` / ``decode_*``);
-in inline mode they are passed as they are. What the client reads, ``Answer.body``, is the
-final JSON, serialised once by the engine: a front forwards it unread.
+``Answer`` carrying that number. On the wire (``service.transport``) they are msgpack
+(``encode`` / ``decode_*``); in inline mode they are passed as they are. What the client
+reads, ``Answer.body``, is the final JSON, serialised once by the engine: a front forwards
+it unread.
 
 msgspec only (no pydantic): decoding a message is a few microseconds, and its fields are
 typed and checked as it is decoded.

@@ -38,7 +38,7 @@ class Settings(BaseSettings):
     )
     engine_address: str = Field(
         "",
-        description="Where a front finds the engine (set by `walrus serve`, e.g. ipc://...).",
+        description="The engine's Unix socket, for the fronts (set by `walrus serve`).",
     )
     threads: int = Field(
         0,

@@ -86,7 +86,7 @@ class EngineProcess:
 def serve(settings: Settings, plan: ProcessPlan) -> None:
     """Run the engine and ``plan.workers`` fronts until SIGTERM or SIGINT."""
     run_dir = Path(tempfile.mkdtemp(prefix="walrus-serve-"))
-    address = f"ipc://{run_dir / 'engine.sock'}"
+    address = str(run_dir / "engine.sock")  # a Unix socket: see service/transport.py
     metrics_dir = os.environ.get("PROMETHEUS_MULTIPROC_DIR") or str(run_dir / "metrics")
     Path(metrics_dir).mkdir(parents=True, exist_ok=True)
     # Every process reads its settings from the environment: the fronts from uvicorn's.

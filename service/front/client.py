@@ -1,11 +1,10 @@
 """How a front reaches the engine: the ``EngineLink`` protocol, and ``EngineClient``, which
-speaks to the engine process over a ZeroMQ DEALER socket on its ``ipc://`` address.
+keeps one connection to the engine process's Unix socket (``service.transport``).
 
-The client never lets a request wait on an engine that is not there. ``IMMEDIATE`` keeps a
-call from queueing while no engine is connected (it is answered 503 at once); a socket
-monitor sees the engine's connection drop the moment the process dies, and every call in
-flight is answered 503 with ``Retry-After`` then. ZeroMQ reconnects by itself when the
-supervisor has started a new engine.
+The client never lets a request wait on an engine that is not there. While it has no
+connection a call is answered 503 with ``Retry-After`` at once; when the connection closes
+(the engine died) every call in flight is answered so the moment the kernel says it; and it
+connects again, every 50 ms, until the engine the supervisor starts next is listening.
 """
 
 from __future__ import annotations
@@ -17,15 +16,13 @@ import logging
 from functools import partial
 from typing import Protocol
 
-import zmq
-import zmq.asyncio
-from zmq.utils.monitor import parse_monitor_message
-
 from service.messages import Answer, Call, Cancel, decode_answer, encode, error
+from service.transport import FrameError, FrameReader, frame
 
 log = logging.getLogger("walrus.service.front")
 
 UNAVAILABLE = "engine unavailable: it is restarting, retry shortly"
+RECONNECT_S = 0.05
 
 
 class EngineLink(Protocol):
@@ -42,68 +39,78 @@ class EngineLink(Protocol):
         ...
 
 
-class EngineClient:
-    """An ``EngineLink`` to the engine process."""
+class EngineClient(asyncio.Protocol):
+    """An ``EngineLink`` to the engine process at the socket path ``address``."""
 
     def __init__(self, address: str) -> None:
         self.address = address
-        self.connected = False
+        self.transport: asyncio.Transport | None = None
+        self._reader = FrameReader()
         self._ids = itertools.count(1)
         self._waiting: dict[int, asyncio.Future[Answer]] = {}
-        self._tasks: list[asyncio.Task[None]] = []
+        self._task: asyncio.Task[None] | None = None
+        self._lost = asyncio.Event()
+
+    @property
+    def connected(self) -> bool:
+        return self.transport is not None and not self.transport.is_closing()
 
     def next_id(self) -> int:
         return next(self._ids)
 
     async def start(self) -> None:
-        self.context = zmq.asyncio.Context()
-        self.socket = self.context.socket(zmq.DEALER)
-        self.socket.setsockopt(zmq.LINGER, 0)
-        self.socket.setsockopt(zmq.IMMEDIATE, 1)  # no queueing for an absent engine
-        self.socket.setsockopt(zmq.RECONNECT_IVL, 50)
-        self.socket.setsockopt(zmq.RECONNECT_IVL_MAX, 500)
-        monitor = self.socket.get_monitor_socket(
-            zmq.EVENT_HANDSHAKE_SUCCEEDED | zmq.EVENT_DISCONNECTED
-        )
-        self.socket.connect(self.address)
-        self._tasks = [
-            asyncio.create_task(self._read()),
-            asyncio.create_task(self._watch(monitor)),
-        ]
+        self._task = asyncio.create_task(self._keep_connected())
 
     async def close(self) -> None:
-        for task in self._tasks:
-            task.cancel()
+        if self._task is not None:
+            self._task.cancel()
+        if self.transport is not None:
+            self.transport.close()
         self._fail_all()
-        with contextlib.suppress(zmq.ZMQError):
-            self.socket.disable_monitor()
-        self.context.destroy(linger=0)  # every socket, the monitor's too: term() would wait
+
+    async def _keep_connected(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            try:
+                await loop.create_unix_connection(lambda: self, self.address)
+            except OSError:  # not listening yet: the engine is starting
+                await asyncio.sleep(RECONNECT_S)
+                continue
+            log.info("connected to the engine at %s", self.address)
+            self._lost.clear()
+            await self._lost.wait()
 
     def submit(self, call: Call) -> asyncio.Future[Answer]:
         future: asyncio.Future[Answer] = asyncio.get_running_loop().create_future()
-        if not self.connected:
+        if self.transport is None or self.transport.is_closing():
             future.set_result(error(call.id, 503, UNAVAILABLE, retry_after=1))
             return future
-        try:
-            self.socket.send(encode(call), zmq.NOBLOCK)
-        except zmq.Again:  # no connected engine (IMMEDIATE), or its queue is full
-            future.set_result(error(call.id, 503, UNAVAILABLE, retry_after=1))
-            return future
+        self.transport.write(frame(encode(call)))
         self._waiting[call.id] = future
         future.add_done_callback(partial(self._done, call.id))
         return future
 
     def _done(self, call_id: int, future: asyncio.Future[Answer]) -> None:
         self._waiting.pop(call_id, None)
-        if future.cancelled() and self.connected:
-            with contextlib.suppress(zmq.ZMQError):  # best effort: the answer is unread anyway
-                self.socket.send(encode(Cancel(call_id)), zmq.NOBLOCK)
+        if future.cancelled() and self.connected and self.transport is not None:
+            self.transport.write(frame(encode(Cancel(call_id))))
 
-    async def _read(self) -> None:
-        while True:
-            data = await self.socket.recv()
+    # ------------------------------------------------------------------ asyncio.Protocol
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+        self._reader = FrameReader()
+
+    def data_received(self, data: bytes) -> None:
+        try:
+            frames = self._reader.feed(data)
+        except FrameError as exc:
+            log.error("the engine sent %s: reconnecting", exc)
+            if self.transport is not None:
+                self.transport.close()
+            return
+        for payload in frames:
             try:
-                answer = decode_answer(data)
+                answer = decode_answer(payload)
             except Exception as exc:  # a bug in the engine: log, never crash the reader
                 log.error("undecodable answer from the engine: %s", exc)
                 continue
@@ -111,21 +118,16 @@ class EngineClient:
             if future is not None and not future.done():
                 future.set_result(answer)
 
-    async def _watch(self, monitor: zmq.asyncio.Socket) -> None:
-        while True:
-            event = parse_monitor_message(await monitor.recv_multipart())
-            if event["event"] == zmq.EVENT_HANDSHAKE_SUCCEEDED:
-                self.connected = True
-                log.info("connected to the engine at %s", self.address)
-            elif event["event"] == zmq.EVENT_DISCONNECTED:
-                self.connected = False
-                log.warning("the engine at %s went away", self.address)
-                self._fail_all()
+    def connection_lost(self, exc: Exception | None) -> None:
+        log.warning("the engine at %s went away", self.address)
+        self.transport = None
+        self._fail_all()
+        self._lost.set()
 
     def _fail_all(self) -> None:
         """Every call in flight answered 503 now: its engine is gone, and the one the
         supervisor starts next will not know it."""
         waiting, self._waiting = self._waiting, {}
         for call_id, future in waiting.items():
-            if not future.done():
+            with contextlib.suppress(asyncio.InvalidStateError):
                 future.set_result(error(call_id, 503, UNAVAILABLE, retry_after=1))
