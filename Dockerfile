@@ -22,6 +22,7 @@ COPY pyproject.toml README.md ./
 COPY models/ models/
 COPY export/ export/
 COPY service/ service/
+COPY walrus/ walrus/
 
 # ---------------------------------------------------------------- serving
 FROM base AS serve-build

@@ -38,6 +38,7 @@ import numpy as np
 import psutil
 from matplotlib.figure import Figure
 
+from bench import transport
 from bench.common import machine, write_results
 from bench.wrk import (
     BODIES_FROM_FILE,
@@ -110,11 +111,15 @@ def encoder_limit(bundle: Path, precision: str, seconds: float = 3.0) -> dict[st
 
 @contextmanager
 def running(
-    cmd: list[str], env: dict[str, str], url: str, probe: dict[str, Any], timeout: float = 300.0
+    cmd: list[str],
+    env: dict[str, str],
+    url: str,
+    probe: dict[str, Any] | None,
+    timeout: float = 300.0,
 ) -> Iterator[dict[str, Any]]:
     """A server process until the block ends. Ready when ``probe`` is answered 200 five times
-    in a row (with several workers each loads on its own). Yields its start time in seconds
-    and, at the end, its resident memory (all its processes)."""
+    in a row (with several workers each loads on its own; None: ``/healthz``). Yields its
+    start time in seconds and, at the end, its resident memory (all its processes)."""
     with tempfile.TemporaryFile("w+") as log:
         start = time.perf_counter()
         proc = subprocess.Popen(
@@ -128,7 +133,11 @@ def running(
                     log.seek(0)
                     raise RuntimeError(f"{cmd[:3]} did not get ready: {log.read()[-2000:]}")
                 try:
-                    r = httpx.post(url + "/v1/recommend", json=probe, timeout=10)
+                    r = (
+                        httpx.get(url + "/healthz", timeout=10)
+                        if probe is None
+                        else httpx.post(url + "/v1/recommend", json=probe, timeout=10)
+                    )
                     ok = r.status_code == 200
                 except httpx.HTTPError:
                     ok = False
@@ -159,10 +168,11 @@ def resident_bytes(pid: int) -> int:
     return total
 
 
-def walrus_cmd(bundle: Path, port: int) -> tuple[list[str], dict[str, str]]:
-    """``walrus serve`` with the defaults ``make demo`` uses."""
+def walrus_cmd(bundle: Path, port: int, **settings: str) -> tuple[list[str], dict[str, str]]:
+    """``walrus serve`` with the defaults ``make demo`` uses, unless ``settings`` (WALRUS_*
+    variables) say otherwise."""
     walrus = shutil.which("walrus", path=str(Path(sys.executable).parent)) or "walrus"
-    env = {"WALRUS_BUNDLE": str(bundle), "WALRUS_PORT": str(port)}
+    env = {"WALRUS_BUNDLE": str(bundle), "WALRUS_PORT": str(port), **settings}
     return [walrus, "serve"], env
 
 
@@ -244,9 +254,11 @@ def cache_rate(before: dict[str, float], after: dict[str, float]) -> float | Non
     return hits / (hits + misses) if hits + misses else None
 
 
-def serve_section(wrk: str, bundle: Path, seconds: int, work: Path, mix: bool) -> dict[str, Any]:
+def serve_section(
+    wrk: str, bundle: Path, seconds: int, work: Path, mix: bool, **settings: str
+) -> dict[str, Any]:
     port = 8700
-    cmd, env = walrus_cmd(bundle, port)
+    cmd, env = walrus_cmd(bundle, port, **settings)
     url = f"http://127.0.0.1:{port}"
     out: dict[str, Any] = {}
     with running(cmd, env, url, {"query": "warm up", "k": 10}) as info:
@@ -262,6 +274,27 @@ def serve_section(wrk: str, bundle: Path, seconds: int, work: Path, mix: bool) -
     out.update(
         start_s=info["start_s"], resident_bytes=info["resident_bytes"], log_head=info["log_head"]
     )
+    return out
+
+
+def healthz_section(wrk: str, bundle: Path, seconds: int) -> dict[str, Any]:
+    """``/healthz`` of one front (the engine behind it idle) and of a trivial async FastAPI
+    endpoint (bench/trivial.py) under the same uvicorn, side by side: what a front costs
+    before any work. With the access log (INFO, the default) and without (WARNING)."""
+    out: dict[str, Any] = {}
+    for label, level in (("front", "info"), ("front_no_access_log", "warning")):
+        cmd, env = walrus_cmd(bundle, 8703, WALRUS_WORKERS="1", WALRUS_LOG_LEVEL=level)
+        url = "http://127.0.0.1:8703"
+        with running(cmd, env, url, {"query": "warm up", "k": 10}):
+            out[label] = run_wrk(wrk, url, "/healthz", 32, seconds, 2, None)
+    trivial = [sys.executable, "-m", "uvicorn", "bench.trivial:app", "--port", "8704"]
+    trivial += ["--log-level", "warning", "--no-access-log"]
+    with running(trivial, {}, "http://127.0.0.1:8704", None):
+        out["trivial"] = run_wrk(wrk, "http://127.0.0.1:8704", "/healthz", 32, seconds, 2, None)
+    for label in ("front", "front_no_access_log"):
+        out[f"{label}_over_trivial"] = (
+            out[label]["requests_per_s"] / out["trivial"]["requests_per_s"]
+        )
     return out
 
 
@@ -281,8 +314,10 @@ def bundle_bytes(bundle: Path) -> int:
 
 
 def seed_section(wrk: str, bundle: Path, seconds: int, work: Path) -> dict[str, Any]:
+    """The seed-scale bundle with two fronts: start, memory (all processes) against the
+    bundle's arrays, latency per request kind; then with three fronts, what one more adds."""
     port = 8702
-    cmd, env = walrus_cmd(bundle, port)
+    cmd, env = walrus_cmd(bundle, port, WALRUS_WORKERS="2")
     url = f"http://127.0.0.1:{port}"
     manifest = read_manifest(resolve_bundle(bundle))
     out: dict[str, Any] = {
@@ -306,6 +341,11 @@ def seed_section(wrk: str, bundle: Path, seconds: int, work: Path) -> dict[str, 
         out["query"] = run_distinct(wrk, url, 8, seconds, work)
     out.update(start_s=info["start_s"], resident_bytes=info["resident_bytes"])
     out["resident_over_arrays"] = out["resident_bytes"] / out["array_bytes"]
+    cmd, env = walrus_cmd(bundle, port, WALRUS_WORKERS="3")
+    with running(cmd, env, url, {"user_id": "u1", "k": 10}) as three:
+        run_bodies(wrk, url, kinds["user"], 8, 2, work, "user")  # every front touched
+    out["resident_bytes_three_fronts"] = three["resident_bytes"]
+    out["added_by_a_front_bytes"] = three["resident_bytes"] - out["resident_bytes"]
     return out
 
 
@@ -337,7 +377,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed-bundle", type=Path, default=ROOT / "artifacts/seed/bundles")
     parser.add_argument("--seconds", type=int, default=10, help="per wrk run")
     parser.add_argument(
-        "--skip", nargs="*", default=[], choices=["demo", "peer", "seed", "roberta"]
+        "--skip",
+        nargs="*",
+        default=[],
+        choices=["demo", "inline", "front", "peer", "seed", "roberta"],
     )
     parser.add_argument("--wrk", default=shutil.which("wrk"))
     parser.add_argument("--report", nargs="*", type=Path, help="print tables from results")
@@ -375,6 +418,15 @@ def run_sections(args: argparse.Namespace, out: dict[str, Any], work: Path) -> N
         write_results("serve", out)
         out["walrus"] = serve_section(args.wrk, args.bundle, args.seconds, work, mix=True)
         write_results("serve", out)
+    if "inline" not in args.skip:
+        out["walrus_inline"] = serve_section(
+            args.wrk, args.bundle, args.seconds, work, mix=False, WALRUS_ENGINE="inline"
+        )
+        write_results("serve", out)
+    if "front" not in args.skip:
+        out["transport"] = transport.measure(args.bundle)
+        out["healthz"] = healthz_section(args.wrk, args.bundle, args.seconds)
+        write_results("serve", out)
     if "peer" not in args.skip:
         out["peer"] = peer_section(args.wrk, args.bundle, args.seconds, work)
         write_results("serve", out)
@@ -404,6 +456,7 @@ def report(r: dict[str, Any]) -> str:
         f"{r['seconds_per_run']} s per wrk run.",
         "",
         *curve_table(r),
+        *engine_tables(r),
         *seed_tables(r.get("seed", {})),
         *roberta_table(r.get("roberta_base")),
     ]
@@ -443,6 +496,38 @@ def curve_table(r: dict[str, Any]) -> list[str]:
     return lines
 
 
+def engine_tables(r: dict[str, Any]) -> list[str]:
+    """Process mode (one engine, fronts) against inline mode; the transport; one front."""
+    limit = r["limit"]["best_queries_per_s"]
+    lines = [
+        "",
+        "| mode (all-distinct queries) | concurrency | requests/s | ÷ encoder limit | p50 ms | p99 ms |",
+        "|---|---|---|---|---|---|",
+    ]
+    for label, key in (("process: one engine, fronts", "walrus"), ("inline", "walrus_inline")):
+        for run in r.get(key, {}).get("curve", {}).values():
+            lines.append(
+                f"| {label} | {run['connections']} | {run['requests_per_s']:.0f} | "
+                f"{run['requests_per_s'] / limit:.2f} | {_ms(run.get('p50_ms'))} | "
+                f"{_ms(run.get('p99_ms'))} |"
+            )
+    t, h = r.get("transport"), r.get("healthz")
+    if t and h:
+        lines += [
+            "",
+            "| front and engine | value |",
+            "|---|---|",
+            f"| round trip front ↔ engine, median (Status, concurrency 1) | {t['socket']['p50_ms']:.3f} ms |",
+            f"| round trip front ↔ engine, p99 | {t['socket']['p99_ms']:.3f} ms |",
+            f"| the same call in process (inline), median | {t['inline']['p50_ms']:.4f} ms |",
+            f"| `/healthz` of one front, requests/s (access log on) | {h['front']['requests_per_s']:.0f} |",
+            f"| `/healthz` of one front, access log off | {h['front_no_access_log']['requests_per_s']:.0f} |",
+            f"| `/healthz` of a trivial async FastAPI app | {h['trivial']['requests_per_s']:.0f} |",
+            f"| one front ÷ trivial (on / off) | {h['front_over_trivial']:.2f} / {h['front_no_access_log_over_trivial']:.2f} |",
+        ]
+    return lines
+
+
 def seed_tables(seed: dict[str, Any]) -> list[str]:
     """The seed-scale bundle: start, memory, and latency per request kind."""
     lines: list[str] = []
@@ -460,13 +545,16 @@ def seed_tables(seed: dict[str, Any]) -> list[str]:
         )
         + ".",
         "",
-        "| seed-scale bundle | value |",
+        "| seed-scale bundle, one engine and two fronts | value |",
         "|---|---|",
         f"| start (process spawn to answering) | {seed['start_s']:.1f} s |",
         f"| resident memory (PSS, all processes) | {seed['resident_bytes'] / gib:.2f} GiB |",
         f"| array and index files | {seed['array_bytes'] / gib:.2f} GiB |",
         f"| resident ÷ arrays | {seed['resident_over_arrays']:.2f} |",
     ]
+    if "added_by_a_front_bytes" in seed:
+        added = seed["added_by_a_front_bytes"] / (1 << 20)
+        lines.append(f"| resident memory added by a third front | {added:.0f} MiB |")
     lines += [
         "",
         "| seed-scale request kind | concurrency | requests/s | p50 ms | p99 ms | errors |",

@@ -7,6 +7,7 @@ Runs on onnxruntime, tokenizers, faiss and numpy only. The request logic itself 
 from __future__ import annotations
 
 import logging
+import queue
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -14,7 +15,7 @@ from typing import ParamSpec, TypeVar
 
 import numpy as np
 
-from export.runtime import LoadOptions, ServedIndexes, load_bundle, usable_cpus
+from export.runtime import LoadOptions, OnnxTextEncoder, ServedIndexes, load_bundle, usable_cpus
 from models.core.hybrid import PoolSizes, build_request, recommend_batch
 from models.core.types import Request
 from service.engine.cache import QueryCache
@@ -73,13 +74,20 @@ class Recommender:
         self.bundle = loaded = load_bundle(
             bundle,
             LoadOptions(
-                settings.device, settings.encoder_precision, threads, settings.verify_parity
+                settings.device,
+                settings.encoder_precision,
+                threads,
+                settings.verify_parity,
+                encoder_sessions=settings.batch_workers,
             ),
         )
         self.settings = settings
         self.path, self.bundle_id = loaded.path, loaded.bundle_id
         self.users, self.items, self.titles = loaded.users, loaded.items, loaded.titles
         self.tables, self.indexes, self.encoder = loaded.tables, loaded.indexes, loaded.encoder
+        self.encoders: queue.SimpleQueue[OnnxTextEncoder] = queue.SimpleQueue()
+        for encoder in loaded.encoders:  # each batcher thread encodes with its own session
+            self.encoders.put(encoder)
         self.head, self.encoder_precision = loaded.head, loaded.encoder_precision
         candidates = loaded.manifest.candidates
         self.sizes = PoolSizes(
@@ -193,7 +201,12 @@ class Recommender:
         if not missing:
             return encoded, 0.0
         start = time.perf_counter()
-        for query, vector in zip(missing, self.encoder.encode(missing), strict=True):
+        encoder = self.encoders.get()
+        try:
+            vectors = encoder.encode(missing)
+        finally:
+            self.encoders.put(encoder)
+        for query, vector in zip(missing, vectors, strict=True):
             encoded[query] = vector
             self.query_cache.put(self.bundle_id, query, vector)
         return encoded, (time.perf_counter() - start) * 1e3

@@ -6,7 +6,6 @@ request id (``X-Request-ID``, taken from the client or made, and sent back)."""
 from __future__ import annotations
 
 import json
-import logging
 import re
 import time
 import uuid
@@ -14,11 +13,11 @@ from typing import Any
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from service.logs import AccessLog
 from service.metrics import Metrics
 
 JSON_TYPES = ("application/json",)
 REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")  # what may be echoed into logs and headers
-log = logging.getLogger("walrus.service.access")
 
 
 class Guard:
@@ -30,6 +29,7 @@ class Guard:
         self.app = app
         self.metrics = metrics
         self.max_body_bytes = max_body_bytes
+        self.access = AccessLog()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -65,15 +65,16 @@ class Guard:
             self.metrics.latency.labels(endpoint).observe(seconds)
             # No user ids, queries or bodies at INFO: ids of people and their words stay out
             # of the logs.
-            fields = {
-                "request_id": request_id,
-                "method": scope["method"],
-                "endpoint": endpoint,
-                "status": status[0],
-                "ms": round(seconds * 1e3, 3),
-                "bundle_id": scope["state"].get("bundle_id"),
-            }
-            log.info("request", extra={"fields": fields})
+            self.access.write(
+                {
+                    "request_id": request_id,
+                    "method": scope["method"],
+                    "endpoint": endpoint,
+                    "status": status[0],
+                    "ms": round(seconds * 1e3, 3),
+                    "bundle_id": scope["state"].get("bundle_id"),
+                }
+            )
 
     async def _read_body(
         self, scope: Scope, receive: Receive

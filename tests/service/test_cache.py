@@ -35,8 +35,9 @@ def test_a_cached_query_skips_the_encoder_and_answers_the_same(tiny_bundle):
     req = Recommend(query="space robots", k=5)
     first = rec.recommend(req)
     calls = []
-    encode = rec.encoder.encode
-    rec.encoder.encode = lambda texts: (calls.append(texts), encode(texts))[1]  # type: ignore[method-assign]
+    for session in rec.bundle.encoders:  # every session the batcher's threads may take
+        encode = session.encode
+        session.encode = lambda texts, e=encode: (calls.append(texts), e(texts))[1]  # type: ignore[method-assign]
     second = rec.recommend(Recommend(query=" space   robots", k=5))
     assert calls == [] and cache.hits == 1
     assert [i.item_id for i in second.items] == [i.item_id for i in first.items]
