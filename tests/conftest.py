@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -80,6 +81,18 @@ def movielens_or_skip(raw: str | None) -> Path:
     )
     if os.environ.get("CI", "").lower() == "true":
         pytest.fail(f"CI must run the MovieLens tests: {reason}", pytrace=False)
+    pytest.skip(reason)
+
+
+def tool_or_skip(name: str, install: str) -> str:
+    """The path of a command-line tool a test needs; without it the test skips naming the
+    install, except in CI (``CI=true``), whose .ci/run installs it: there it fails."""
+    path = shutil.which(name)
+    if path:
+        return path
+    reason = f"{name} is not installed ({install})"
+    if os.environ.get("CI", "").lower() == "true":
+        pytest.fail(f"CI must run this test: {reason}", pytrace=False)
     pytest.skip(reason)
 
 

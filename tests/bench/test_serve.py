@@ -4,12 +4,10 @@ the tiny bundle (wrk, a real ``walrus serve`` process) rendered as the docs' tab
 from __future__ import annotations
 
 import json
-import shutil
 from collections import Counter
 
-import pytest
-
 from bench.serve import MIX, main, mix_bodies, report
+from tests.conftest import tool_or_skip
 
 
 def test_the_mix_follows_the_locust_weights_and_repeats_queries(tiny_bundle):
@@ -25,10 +23,10 @@ def test_the_mix_follows_the_locust_weights_and_repeats_queries(tiny_bundle):
     assert all(len(b["history"]) == 5 for b in bodies if "history" in b)
 
 
-@pytest.mark.skipif(shutil.which("wrk") is None, reason="wrk is not installed (apt install wrk)")
 def test_a_short_run_measures_walrus_and_renders(tiny_bundle, tmp_path, monkeypatch):
     import bench.common
 
+    tool_or_skip("wrk", "apt-get install wrk")
     monkeypatch.setattr(bench.common, "RESULTS", tmp_path)
     assert (
         main(["--bundle", str(tiny_bundle), "--seconds", "1", "--skip", "peer", "seed", "roberta"])
