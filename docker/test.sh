@@ -148,7 +148,7 @@ docker exec "$NAME" grep -q NoNewPrivs:.*1 /proc/1/status
 # stops reading at the first match and docker logs gets SIGPIPE.
 logs_have() { local logs; logs=$(docker logs "$NAME" 2>&1); grep -qF -- "$1" <<<"$logs"; }
 # The worker plan read the cgroup quota (--cpus=1), not the host's CPU count.
-logs_have "one engine (1 thread(s)) and 1 front(s) for the 1 CPU(s)" || {
+logs_have "one engine (2 x 1 thread(s)) and 1 front(s) for the 1 CPU(s)" || {
   docker logs "$NAME" >&2; echo "the worker plan ignored the CPU quota" >&2; exit 1; }
 echo "read-only root, tmpfs /tmp, no capabilities, no-new-privileges, 1 CPU, read-only bundle: checked"
 

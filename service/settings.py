@@ -85,7 +85,11 @@ class Settings(BaseSettings):
         10_000, ge=1, description="A request not answered by then gets 504; its work is dropped."
     )
     batch_workers: int = Field(
-        2, ge=1, le=64, description="Dynamic batching: batches served at once."
+        0,
+        ge=0,
+        le=256,
+        description="Dynamic batching: batches served at once, each encoding with its own "
+        "session; 0: process mode, one per CPU the fronts leave (at least 2); inline, 2.",
     )
     load_retry_max_s: float = Field(
         30.0, gt=0, description="A failed bundle load is retried, backing off up to this."
@@ -126,6 +130,7 @@ class ProcessPlan(NamedTuple):
     cpus: int
     workers: int
     threads: int
+    batch_workers: int = 2
 
 
 def default_workers(cpus: int) -> int:
@@ -146,8 +151,12 @@ def default_fronts(cpus: int) -> int:
 
 def process_plan(settings: Settings, cpus: int) -> ProcessPlan:
     if settings.engine == "process":
+        # One ONNX and FAISS thread per call: the batcher's threads each encode with their
+        # own session, in parallel; a second intra-op thread only spins against the event
+        # loop (2 CPUs, concurrency 32: 491 requests/s with 2 threads, 820 with 1).
         workers = settings.workers or default_fronts(cpus)
-        return ProcessPlan(cpus, workers, settings.threads or cpus)
+        batch_workers = settings.batch_workers or max(2, cpus - workers)
+        return ProcessPlan(cpus, workers, settings.threads or 1, batch_workers)
     workers = settings.workers or default_workers(cpus)
     threads = settings.threads or max(1, cpus // workers)
-    return ProcessPlan(cpus, workers, threads)
+    return ProcessPlan(cpus, workers, threads, settings.batch_workers or 2)

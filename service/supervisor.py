@@ -93,7 +93,9 @@ def serve(settings: Settings, plan: ProcessPlan) -> None:
     os.environ.update(
         WALRUS_ENGINE_ADDRESS=address,
         PROMETHEUS_MULTIPROC_DIR=metrics_dir,
+        WALRUS_WORKERS=str(plan.workers),
         WALRUS_THREADS=str(plan.threads),
+        WALRUS_BATCH_WORKERS=str(plan.batch_workers),
     )
     engine = EngineProcess(dict(os.environ), metrics_dir)
     engine.start()

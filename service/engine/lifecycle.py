@@ -21,12 +21,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from export.format import resolve_bundle
+from export.runtime import usable_cpus
 from service.engine.batcher import Batcher, Stopped
 from service.engine.cache import QueryCache
 from service.engine.recommender import Recommender
 from service.messages import Recommend, Recommendations, Reloaded
 from service.metrics import Metrics
-from service.settings import Settings
+from service.settings import Settings, process_plan
 
 log = logging.getLogger("walrus.service.lifecycle")
 
@@ -87,7 +88,7 @@ class Bundles:
             recommender.recommend_batch,
             max_batch=s.max_batch,
             wait_us=s.batch_wait_us,
-            workers=s.batch_workers,
+            workers=process_plan(s, usable_cpus()).batch_workers,
             max_queue=s.max_queue,
             on_batch=m.batch_size.observe,
             on_depth=m.queue_depth.set,

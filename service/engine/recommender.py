@@ -70,15 +70,15 @@ class Recommender:
     def __init__(
         self, bundle: Path, settings: Settings, query_cache: QueryCache | None = None
     ) -> None:
-        threads = process_plan(settings, usable_cpus()).threads
+        plan = process_plan(settings, usable_cpus())
         self.bundle = loaded = load_bundle(
             bundle,
             LoadOptions(
                 settings.device,
                 settings.encoder_precision,
-                threads,
+                plan.threads,
                 settings.verify_parity,
-                encoder_sessions=settings.batch_workers,
+                encoder_sessions=plan.batch_workers,
             ),
         )
         self.settings = settings
@@ -106,7 +106,7 @@ class Recommender:
             len(self.items),
             self.onnx_providers,
             self.faiss_device,
-            threads,
+            plan.threads,
         )
 
     def _lookup(self, ids: list[str] | None, what: str, warnings: list[str]) -> np.ndarray:

@@ -50,15 +50,16 @@ def test_the_inline_plan_never_oversubscribes_unless_asked():
         plan = process_plan(Settings(engine="inline"), cpus)
         assert plan.workers >= 1 and plan.threads >= 1
         assert plan.workers * plan.threads <= cpus
-    assert process_plan(Settings(engine="inline", workers=3), 8)[1:] == (3, 2)
+    assert process_plan(Settings(engine="inline", workers=3), 8)[1:] == (3, 2, 2)
     inline = Settings(engine="inline", workers=2, threads=8)
-    assert process_plan(inline, 4)[1:] == (2, 8)  # the operator's call
+    assert process_plan(inline, 4)[1:] == (2, 8, 2)  # the operator's call
 
 
-def test_the_process_plan_gives_the_one_engine_the_cpus_and_fronts_a_share():
-    """One engine: its ONNX and FAISS threads may use every CPU (it is the only process that
-    computes); the fronts mostly wait on sockets, fewer than the CPUs."""
+def test_the_process_plan_gives_the_engine_one_thread_per_call_and_fronts_a_share():
+    """One engine: one ONNX and FAISS thread per call (its batcher threads run calls in
+    parallel, each with its own session); the fronts mostly wait on sockets."""
     for cpus in (1, 2, 3, 8, 16):
         plan = process_plan(Settings(), cpus)
-        assert 1 <= plan.workers <= cpus and plan.threads == cpus
-    assert process_plan(Settings(workers=3, threads=2), 8)[1:] == (3, 2)
+        assert 1 <= plan.workers <= cpus and plan.threads == 1
+        assert plan.batch_workers == max(2, cpus - plan.workers)  # the CPUs the fronts leave
+    assert process_plan(Settings(workers=3, threads=2, batch_workers=4), 8)[1:] == (3, 2, 4)

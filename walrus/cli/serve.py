@@ -51,7 +51,7 @@ def serve(
     plan = process_plan(settings, usable_cpus())
     logging.getLogger("walrus").setLevel(settings.log_level.upper())
     shape = (
-        f"one engine ({plan.threads} thread(s)) and {plan.workers} front(s)"
+        f"one engine ({plan.batch_workers} x {plan.threads} thread(s)) and {plan.workers} front(s)"
         if settings.engine == "process"
         else f"{plan.workers} inline worker(s) x {plan.threads} thread(s)"
     )
