@@ -218,7 +218,8 @@ class Recommender:
         clock = Stopwatch()
         warnings: list[str] = []
         user_id = req.user_id
-        user = self.users.index(user_id) if user_id is not None and user_id in self.users else None
+        found = self.users.find(user_id) if user_id is not None else -1
+        user = found if found >= 0 else None
         if req.user_id is not None and user is None:
             warnings.append(f"user_id {req.user_id!r} is unknown: served without a user vector")
         history = self._lookup(req.history, "history", warnings)
