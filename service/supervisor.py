@@ -100,16 +100,7 @@ def serve(settings: Settings, plan: ProcessPlan) -> None:
     engine = EngineProcess(dict(os.environ), metrics_dir)
     engine.start()
     try:
-        uvicorn.run(
-            FRONT_APP,
-            factory=True,
-            host=settings.host,
-            port=settings.port,
-            workers=plan.workers,
-            log_level=settings.log_level,
-            access_log=False,  # the fronts log each request themselves, as JSON with its id
-            timeout_graceful_shutdown=int(settings.graceful_timeout_s) or None,
-        )
+        run_uvicorn(FRONT_APP, settings, plan.workers)
     finally:
         engine.stop()
         shutil.rmtree(run_dir, ignore_errors=True)
@@ -122,13 +113,18 @@ def serve_inline(settings: Settings, plan: ProcessPlan) -> None:
     if plan.workers > 1 and not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
         # Set before the workers import prometheus_client: /metrics then sums all of them.
         os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="walrus-metrics-")
+    run_uvicorn(INLINE_APP, settings, plan.workers)
+
+
+def run_uvicorn(app: str, settings: Settings, workers: int) -> None:
+    """``workers`` uvicorn processes of the app factory ``app`` (restarted when one dies)."""
     uvicorn.run(
-        INLINE_APP,
+        app,
         factory=True,
         host=settings.host,
         port=settings.port,
-        workers=plan.workers,
+        workers=workers,
         log_level=settings.log_level,
-        access_log=False,  # the service logs each request itself, as JSON with its id
+        access_log=False,  # the fronts log each request themselves, as JSON with its id
         timeout_graceful_shutdown=int(settings.graceful_timeout_s) or None,
     )
