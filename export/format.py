@@ -34,7 +34,7 @@ import os
 from pathlib import Path
 from typing import Any, ClassVar
 
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict, ValidationError, field_validator
 
 from models.core.errors import WalrusError
 from models.core.params import WALSParams
@@ -81,6 +81,10 @@ class Files:
         return f"{name}.faiss"
 
 
+INDEXES = ("wals", "text")
+"""The indexes a bundle holds, ``Files.index(name)`` each: the only names a manifest may use,
+since the service opens a file for every one it lists."""
+
 REQUIRED_FILES = (
     Files.USER_IDS,
     Files.ITEM_IDS,
@@ -99,8 +103,7 @@ REQUIRED_FILES = (
     Files.HEAD,
     Files.TOKENIZER,
     Files.TOKENIZER_CONFIG,
-    Files.index("wals"),
-    Files.index("text"),
+    *(Files.index(name) for name in INDEXES),
 )
 """What the service loads whatever the settings: each must be listed in the manifest."""
 
@@ -154,6 +157,13 @@ class Manifest(_Model):
     cold_items: int
     indexes: dict[str, IndexEntry]
     parity: dict[str, Any]
+
+    @field_validator("indexes")
+    @classmethod
+    def _the_format_s_indexes(cls, value: dict[str, IndexEntry]) -> dict[str, IndexEntry]:
+        if set(value) != set(INDEXES):
+            raise ValueError(f"must name exactly the indexes {', '.join(INDEXES)}")
+        return value
     packages: dict[str, str]
     files: dict[str, FileEntry]
 

@@ -11,6 +11,7 @@ fronts first; the engine is stopped after them, and the folder removed.
 from __future__ import annotations
 
 import logging
+import math
 import os
 import shutil
 import subprocess
@@ -126,5 +127,11 @@ def run_uvicorn(app: str, settings: Settings, workers: int) -> None:
         workers=workers,
         log_level=settings.log_level,
         access_log=False,  # the fronts log each request themselves, as JSON with its id
-        timeout_graceful_shutdown=int(settings.graceful_timeout_s) or None,
+        timeout_graceful_shutdown=graceful_timeout(settings),
     )
+
+
+def graceful_timeout(settings: Settings) -> int:
+    """Whole seconds for uvicorn, rounded up; 0 is no wait. Never None, which uvicorn reads
+    as "wait forever" (``int(0.5) or None`` was exactly that)."""
+    return math.ceil(settings.graceful_timeout_s)

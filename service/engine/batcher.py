@@ -155,10 +155,22 @@ class Batcher(Generic[T, R]):
         if self.on_batch is not None:
             self.on_batch(len(batch))
         try:
-            results: list[R | BaseException] = list(self.process([p.item for p in batch]))
-            if len(results) != len(batch):
-                raise RuntimeError(f"process returned {len(results)} results for {len(batch)}")
+            results = self._process([p.item for p in batch])
         except Exception as exc:
-            results = [exc] * len(batch)
+            # One bad request must not fail the others: each is served again alone, and
+            # only the one that fails alone gets the exception.
+            results = [self._alone(p.item) for p in batch] if len(batch) > 1 else [exc]
         for pending, result in zip(batch, results, strict=True):
             pending.loop.call_soon_threadsafe(_resolve, pending.future, result)
+
+    def _process(self, items: list[T]) -> list[R | BaseException]:
+        results: list[R | BaseException] = list(self.process(items))
+        if len(results) != len(items):
+            raise RuntimeError(f"process returned {len(results)} results for {len(items)}")
+        return results
+
+    def _alone(self, item: T) -> R | BaseException:
+        try:
+            return self._process([item])[0]
+        except Exception as exc:
+            return exc

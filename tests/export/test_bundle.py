@@ -284,3 +284,16 @@ def test_a_current_link_to_a_missing_version_says_so(tmp_path):
     (tmp_path / "current").symlink_to("20990101T000000Z-gone")
     with pytest.raises(BundleError, match="points to 20990101T000000Z-gone, which does not exist"):
         resolve_bundle(tmp_path)
+
+
+@pytest.mark.parametrize("name", ["../../outside", "/tmp/elsewhere", "extra"])
+def test_an_index_the_format_does_not_name_is_refused(tiny_bundle, tmp_path, name):
+    """The service opens ``<name>.faiss`` for every entry of ``indexes``: a name of its own
+    choosing would load a file from outside the bundle, unhashed."""
+    copy = tmp_path / "indexes"
+    shutil.copytree(tiny_bundle, copy)
+    manifest = json.loads((copy / "manifest.json").read_text())
+    manifest["indexes"][name] = manifest["indexes"]["wals"]
+    (copy / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(BundleError, match=r"indexes: .*wals.*text"):
+        read_manifest(copy)

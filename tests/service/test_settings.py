@@ -8,6 +8,7 @@ import pytest
 
 from export.runtime import usable_cpus
 from service.settings import Settings, process_plan
+from service.supervisor import graceful_timeout
 
 
 def affinity() -> int:
@@ -63,3 +64,8 @@ def test_the_process_plan_gives_the_engine_one_thread_per_call_and_fronts_a_shar
         assert 1 <= plan.workers <= cpus and plan.threads == 1
         assert plan.batch_workers == max(2, cpus - plan.workers)  # the CPUs the fronts leave
     assert process_plan(Settings(workers=3, threads=2, batch_workers=4), 8)[1:] == (3, 2, 4)
+
+
+@pytest.mark.parametrize(("seconds", "whole"), [(0.5, 1), (0.0, 0), (20.0, 20), (2.1, 3)])
+def test_the_graceful_timeout_is_rounded_up_and_never_forever(seconds, whole):
+    assert graceful_timeout(Settings(graceful_timeout_s=seconds)) == whole

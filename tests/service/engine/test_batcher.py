@@ -181,3 +181,33 @@ def test_an_abandoned_request_is_never_processed():
     finally:
         batcher.close()
     assert seen == [1, 3]
+
+
+def test_a_failing_batch_is_retried_request_by_request():
+    """One request that makes the whole batch raise fails alone: the others are served
+    again one by one and get their answers."""
+    gate = threading.Event()
+    calls: list[list[int]] = []
+
+    def process(items: list[int]) -> list[int]:
+        gate.wait(5)
+        calls.append(items)
+        if 13 in items:
+            raise ValueError("13 breaks any batch it is in")
+        return [i * 10 for i in items]
+
+    batcher: Batcher[int, int] = Batcher(process, max_batch=64, workers=1)
+
+    async def main() -> list[int | BaseException]:
+        tasks = [asyncio.ensure_future(batcher.submit(i)) for i in range(20)]
+        await asyncio.sleep(0.1)
+        gate.set()
+        return list(await asyncio.gather(*tasks, return_exceptions=True))
+
+    try:
+        results = run(main())
+    finally:
+        batcher.close()
+    assert [r for i, r in enumerate(results) if i != 13] == [i * 10 for i in range(20) if i != 13]
+    assert isinstance(results[13], ValueError)
+    assert any(len(c) > 1 and 13 in c for c in calls)  # it did fail a real batch first
