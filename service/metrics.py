@@ -9,6 +9,8 @@ them (prometheus-client's multiprocess mode). Gauges say how they combine across
 from __future__ import annotations
 
 import os
+import threading
+import time
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.multiprocess import MultiProcessCollector
@@ -25,6 +27,8 @@ class Metrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
         self.multiprocess_dir = os.environ.get(MULTIPROC_DIR) or None
+        self._exposition: tuple[float, bytes] | None = None
+        self._exposition_lock = threading.Lock()
         self._requests(self.registry)
         self._batching(self.registry)
         self._bundles(self.registry)
@@ -120,6 +124,16 @@ class Metrics:
         for stage, ms in timings_ms.items():
             if stage != "total":
                 self.stage.labels(stage).observe(ms / 1000.0)
+
+    def exposition_cached(self, max_age_s: float = 1.0) -> bytes:
+        """``exposition``, built at most once per ``max_age_s``: with several processes a
+        build re-reads every process's files, and a scraper (or a flood) asking often must
+        not pay that each time. Thread-safe: the route builds it off the event loop."""
+        with self._exposition_lock:
+            now = time.monotonic()
+            if self._exposition is None or now - self._exposition[0] > max_age_s:
+                self._exposition = (now, self.exposition())
+            return self._exposition[1]
 
     def exposition(self) -> bytes:
         """The text ``/metrics`` answers: this process's registry, or with several workers

@@ -91,6 +91,7 @@ def serve(settings: Settings, plan: ProcessPlan) -> None:
     metrics_dir = os.environ.get("PROMETHEUS_MULTIPROC_DIR") or str(run_dir / "metrics")
     Path(metrics_dir).mkdir(parents=True, exist_ok=True)
     # Every process reads its settings from the environment: the fronts from uvicorn's.
+    limit_native_threads(plan.threads)
     os.environ.update(
         WALRUS_ENGINE_ADDRESS=address,
         PROMETHEUS_MULTIPROC_DIR=metrics_dir,
@@ -110,11 +111,23 @@ def serve(settings: Settings, plan: ProcessPlan) -> None:
 def serve_inline(settings: Settings, plan: ProcessPlan) -> None:
     """Inline mode: ``plan.workers`` uvicorn workers, each holding the bundle."""
     # Every worker process sizes itself from the same resolved plan.
+    limit_native_threads(plan.threads)
     os.environ.update(WALRUS_WORKERS=str(plan.workers), WALRUS_THREADS=str(plan.threads))
     if plan.workers > 1 and not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
         # Set before the workers import prometheus_client: /metrics then sums all of them.
         os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="walrus-metrics-")
     run_uvicorn(INLINE_APP, settings, plan.workers)
+
+
+BLAS_THREADS = ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS")
+
+
+def limit_native_threads(threads: int) -> None:
+    """BLAS and OpenMP pools sized by the plan, for every process started from here: unset,
+    each would start one thread per host core whatever the CPU quota. Values the operator
+    set are kept."""
+    for name in BLAS_THREADS:
+        os.environ.setdefault(name, str(threads))
 
 
 def run_uvicorn(app: str, settings: Settings, workers: int) -> None:

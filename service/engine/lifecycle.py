@@ -100,7 +100,11 @@ class Bundles:
         operator may still be copying the bundle in)."""
         delay = 1.0
         while self.serving is None:
-            result = await self.reload()
+            try:
+                result = await self.reload()
+            except Exception as exc:  # a bug: logged, retried, never a silent stop
+                log.exception("loading failed unexpectedly")
+                result = Reloaded(None, False, one_line(exc))
             if self.serving is None:
                 self.reason = f"{result.reason} (retrying in {delay:.0f} s)"
                 log.error("not ready: %s", self.reason)
@@ -166,8 +170,12 @@ class Bundles:
         interval = self.settings.reload_interval_s
         while interval > 0:
             await asyncio.sleep(interval)
-            if self.serving is not None:  # else start() is still retrying
+            if self.serving is None:  # start() is still retrying
+                continue
+            try:
                 await self.reload(retry_refused=False)
+            except Exception:  # a bug: logged; the poll goes on, the old bundle serves
+                log.exception("the reload poll failed unexpectedly")
 
     async def close(self) -> None:
         if self.serving is not None:

@@ -177,6 +177,8 @@ async def readyz(front: FrontDep, request: Request) -> Response:
     },
 )
 async def metrics_endpoint(front: FrontDep) -> Response:
-    """Prometheus exposition: every front's and the engine's series."""
+    """Prometheus exposition: every front's and the engine's series (built off the event
+    loop, at most once a second)."""
     metrics: Metrics = front.metrics
-    return Response(metrics.exposition(), media_type=CONTENT_TYPE_LATEST)
+    body = await asyncio.to_thread(metrics.exposition_cached)
+    return Response(body, media_type=CONTENT_TYPE_LATEST)

@@ -82,6 +82,8 @@ def served(tiny_bundle: Path):
 def test_one_engine_and_two_fronts_run(served):
     engines, fronts = processes(served)
     assert len(engines) == 1 and len(fronts) == 2
+    # BLAS and OpenMP pools sized by the plan, not one thread per host core.
+    assert {"OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS"} <= set(engines[0].environ())
     # The fronts hold no bundle: the engine alone loaded onnxruntime's and FAISS's libraries.
     maps = {p.pid: " ".join(m.path for m in p.memory_maps()) for p in (*engines, *fronts)}
     assert "onnxruntime" in maps[engines[0].pid]

@@ -3,6 +3,7 @@ each against a real uvicorn process."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import shutil
 import signal
@@ -205,3 +206,36 @@ def test_a_client_that_leaves_has_its_queued_work_dropped(tiny_bundle):
         assert value(after, "walrus_batch_size_count") == value(before, "walrus_batch_size_count")
     finally:
         srv.stop()
+
+
+def test_the_start_and_watch_loops_outlive_an_unexpected_error(tiny_bundle, monkeypatch):
+    """A bug in a reload (injected here) is logged and retried: the first load still
+    happens, and the poll goes on instead of ending silently."""
+    from service.engine.lifecycle import Bundles
+    from service.metrics import Metrics
+    from service.settings import Settings
+
+    calls: list[bool] = []
+    original = Bundles.reload
+
+    async def flaky(self, retry_refused: bool = True):
+        calls.append(retry_refused)
+        if len(calls) in (1, 3):  # the first load, and the poll's first try
+            raise RuntimeError("injected")
+        return await original(self, retry_refused)
+
+    monkeypatch.setattr(Bundles, "reload", flaky)
+    settings = Settings(bundle=tiny_bundle, reload_interval_s=0.05, load_retry_max_s=0.1)
+    bundles = Bundles(settings, Metrics())
+
+    async def main() -> None:
+        await asyncio.wait_for(bundles.start(), 30)
+        assert bundles.serving is not None  # loaded after the failed first try
+        watch = asyncio.create_task(bundles.watch())
+        await asyncio.sleep(0.5)
+        assert not watch.done()  # the injected error did not end it
+        watch.cancel()
+        await bundles.close()
+
+    asyncio.run(main())
+    assert len(calls) >= 5, calls  # load failed, load, poll failed, poll, poll...
