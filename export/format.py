@@ -158,14 +158,15 @@ class Manifest(_Model):
     indexes: dict[str, IndexEntry]
     parity: dict[str, Any]
 
+    packages: dict[str, str]
+    files: dict[str, FileEntry]
+
     @field_validator("indexes")
     @classmethod
     def _the_format_s_indexes(cls, value: dict[str, IndexEntry]) -> dict[str, IndexEntry]:
         if set(value) != set(INDEXES):
             raise ValueError(f"must name exactly the indexes {', '.join(INDEXES)}")
         return value
-    packages: dict[str, str]
-    files: dict[str, FileEntry]
 
 
 def sha256_file(path: Path) -> str:
