@@ -157,7 +157,6 @@ class Manifest(_Model):
     cold_items: int
     indexes: dict[str, IndexEntry]
     parity: dict[str, Any]
-
     packages: dict[str, str]
     files: dict[str, FileEntry]
 
