@@ -72,7 +72,9 @@ def two_fronts(bundles: Path, **env: str) -> Server:
 
 @pytest.fixture(scope="module")
 def served(tiny_bundle: Path):
-    srv = two_fronts(tiny_bundle.parent)
+    # Batches wait 20 ms for company: with two batcher threads, requests arriving together
+    # could otherwise each be taken alone, and the batching under test would not happen.
+    srv = two_fronts(tiny_bundle.parent, WALRUS_BATCH_WAIT_US="20000")
     try:
         yield srv
     finally:
