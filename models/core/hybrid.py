@@ -67,18 +67,17 @@ def answer_size(tables: ItemTables, request: Request) -> int:
     return max(0, min(request.k, tables.n_items - len(np.unique(request.exclude))))
 
 
-def most_popular(tables: ItemTables, request: Request) -> Recommendation:
-    """Nothing known about the request: the most popular items, as they are."""
+def most_popular(tables: ItemTables, request: Request, k: int) -> Recommendation:
+    """Nothing known about the request: the ``k`` most popular items, as they are."""
     order = tables.popular_order
-    popular = order[~np.isin(order, request.exclude)][: answer_size(tables, request)]
+    popular = order[~np.isin(order, request.exclude)][:k]
     return Recommendation(
         popular, tables.item_log_popularity[popular], [["popular"]] * len(popular)
     )
 
 
-def top_up(tables: ItemTables, request: Request, pool: Pool) -> Pool:
+def top_up(tables: ItemTables, request: Request, pool: Pool, k: int) -> Pool:
     """Popular items after the pool's own, until it holds ``k`` (or the catalog runs out)."""
-    k = answer_size(tables, request)
     if len(pool) >= k:
         return pool
     blocked = set(request.exclude.tolist()) | set(pool)
@@ -100,15 +99,17 @@ def recommend_batch(
     """Every request's answer: pools planned and searched once per batch, one head call for
     all their features, each request's own top k. A request's answer does not depend on the
     others in its batch."""
+    ks = [answer_size(tables, r) for r in requests]
     searched = [i for i, r in enumerate(requests) if search_vectors(r)]
-    out = {i: most_popular(tables, r) for i, r in enumerate(requests) if i not in set(searched)}
+    unsearched = set(range(len(requests))).difference(searched)
+    out = {i: most_popular(tables, requests[i], ks[i]) for i in unsearched}
     pools = candidate_pools(
         [requests[i] for i in searched], tables.n_items, searcher, sizes.n_wals, sizes.n_text
     )
     scored = [
         (i, pool, *pool_features(tables, requests[i], pool))
         for i, raw in zip(searched, pools, strict=True)
-        if (pool := top_up(tables, requests[i], raw)) and answer_size(tables, requests[i])
+        if (pool := top_up(tables, requests[i], raw, ks[i])) and ks[i]
     ]
     if scored:
         all_scores = np.asarray(head(np.concatenate([f for *_, f in scored])), np.float32)
@@ -116,21 +117,20 @@ def recommend_batch(
         for (i, pool, candidates, _), scores in zip(
             scored, np.split(all_scores.reshape(-1), ends), strict=True
         ):
-            out[i] = ranked(tables, requests[i], pool, candidates, scores, sizes.cold_every)
+            out[i] = ranked(tables, pool, candidates, scores, ks[i], sizes.cold_every)
     empty = Recommendation(no_items(), np.zeros(0, dtype=np.float32), [])
     return [out.get(i, empty) for i in range(len(requests))]
 
 
 def ranked(
     tables: ItemTables,
-    request: Request,
     pool: Pool,
     candidates: np.ndarray,
     scores: np.ndarray,
+    k: int,
     cold_every: int,
 ) -> Recommendation:
-    """A pool's top k by head score (ties by item index), with the cold places kept."""
-    k = answer_size(tables, request)
+    """A pool's top ``k`` by head score (ties by item index), with the cold places kept."""
     order = reserve_cold(
         np.lexsort((candidates, -scores)), tables.item_cold[candidates], k, cold_every
     )

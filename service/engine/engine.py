@@ -21,7 +21,6 @@ from service.messages import (
     Readiness,
     Recommend,
     Reload,
-    Reloaded,
     Similar,
     Status,
     error,
@@ -119,5 +118,4 @@ class Engine:
 
     async def reload(self, call: Reload) -> Answer:
         result = await self.bundles.reload()
-        body = Reloaded(result.bundle_id, result.reloaded, result.reason)
-        return Answer(call.id, 200, json_body(body), bundle_id=result.bundle_id)
+        return Answer(call.id, 200, json_body(result), bundle_id=result.bundle_id)

@@ -21,13 +21,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from export.format import resolve_bundle
-from export.runtime import usable_cpus
 from service.engine.batcher import Batcher, Stopped
 from service.engine.cache import QueryCache
 from service.engine.recommender import Recommender
 from service.messages import Recommend, Recommendations, Reloaded
 from service.metrics import Metrics
-from service.settings import Settings, process_plan
+from service.settings import Settings
 
 log = logging.getLogger("walrus.service.lifecycle")
 
@@ -88,7 +87,7 @@ class Bundles:
             recommender.recommend_batch,
             max_batch=s.max_batch,
             wait_us=s.batch_wait_us,
-            workers=process_plan(s, usable_cpus()).batch_workers,
+            workers=recommender.plan.batch_workers,  # one per encoder session it loaded
             max_queue=s.max_queue,
             on_batch=m.batch_size.observe,
             on_depth=m.queue_depth.set,
@@ -184,9 +183,10 @@ class Bundles:
 
 
 def collect_and_freeze() -> None:
-    """A seed-scale bundle holds 10M user ids in Python objects. Left to the cyclic garbage
-    collector, every full collection walks them (tens of ms, at random requests: the p99);
-    frozen, they are never walked. Frozen objects in reference cycles are never freed either,
+    """A bundle's load leaves many Python objects behind (its manifest, titles, the id lists
+    read from JSON before they became compact arrays). Left to the cyclic garbage collector,
+    every full collection walks what survives, at random requests; frozen, it is never
+    walked. Frozen objects in reference cycles are never freed either,
     so after a swap everything is unfrozen and collected once, the old bundle with it."""
     gc.unfreeze()
     gc.collect()

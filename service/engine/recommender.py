@@ -60,7 +60,7 @@ class TimedSearcher:
     """The served indexes as the core's searcher, adding each search's time to ``ann``."""
 
     def __init__(self, indexes: ServedIndexes, clock: Stopwatch) -> None:
-        self.indexes, self.filtering = indexes, indexes.filtering
+        self.filtering = indexes.filtering
         self.search = clock.timed("ann", indexes.search)
 
 
@@ -70,7 +70,7 @@ class Recommender:
     def __init__(
         self, bundle: Path, settings: Settings, query_cache: QueryCache | None = None
     ) -> None:
-        plan = process_plan(settings, usable_cpus())
+        self.plan = plan = process_plan(settings, usable_cpus())
         self.bundle = loaded = load_bundle(
             bundle,
             LoadOptions(
