@@ -53,7 +53,12 @@ class EngineClient(asyncio.Protocol):
 
     @property
     def connected(self) -> bool:
-        return self.transport is not None and not self.transport.is_closing()
+        return self._open() is not None
+
+    def _open(self) -> asyncio.Transport | None:
+        """The connection to the engine, when there is one that is not closing."""
+        transport = self.transport
+        return transport if transport is not None and not transport.is_closing() else None
 
     def next_id(self) -> int:
         return next(self._ids)
@@ -82,18 +87,20 @@ class EngineClient(asyncio.Protocol):
 
     def submit(self, call: Call) -> asyncio.Future[Answer]:
         future: asyncio.Future[Answer] = asyncio.get_running_loop().create_future()
-        if self.transport is None or self.transport.is_closing():
+        transport = self._open()
+        if transport is None:
             future.set_result(error(call.id, 503, UNAVAILABLE, retry_after=1))
             return future
-        self.transport.write(frame(encode(call)))
+        transport.write(frame(encode(call)))
         self._waiting[call.id] = future
         future.add_done_callback(partial(self._done, call.id))
         return future
 
     def _done(self, call_id: int, future: asyncio.Future[Answer]) -> None:
         self._waiting.pop(call_id, None)
-        if future.cancelled() and self.connected and self.transport is not None:
-            self.transport.write(frame(encode(Cancel(call_id))))
+        transport = self._open()
+        if future.cancelled() and transport is not None:
+            transport.write(frame(encode(Cancel(call_id))))
 
     # ------------------------------------------------------------------ asyncio.Protocol
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
