@@ -265,9 +265,14 @@ class TuneConfig(_Strict):
     metric: Literal["recall@10", "recall@20", "recall@50", "ndcg@10", "ndcg@20", "ndcg@50"] = (
         "recall@20"
     )
-    wals_trials: int = Field(40, ge=1)
+    wals_trials: int = Field(
+        100, ge=1, description="As many fits as a 4 x 5 x 5 grid (bench/quality.py's implicit)."
+    )
     head_trials: int = Field(8, ge=0, description="0: tune WALS only.")
-    dims: list[int] = Field(default_factory=lambda: [32, 64, 128], min_length=1)
+    dims: list[int] = Field(default_factory=lambda: [32, 64, 128, 256], min_length=1)
+    pruning: bool = Field(
+        True, description="Stop WALS trials whose per-iteration recall trails the median."
+    )
     regularization: tuple[float, float] = (1e-3, 100.0)
     unobserved_weight: tuple[float, float] = (1e-3, 1.0)
     regularization_exp: tuple[float, float] = (0.0, 1.0)
@@ -291,6 +296,23 @@ class TuneConfig(_Strict):
         return self
 
 
+class TunedOn(_Strict):
+    """Written by ``walrus tune`` next to the values it chose: the data they were chosen on
+    (``fingerprint``: ``models.tuning.fingerprint`` of the training matrix), so ``walrus
+    eval`` can tell whether they saw its test pairs."""
+
+    data: str
+    interactions: int
+    fingerprint: str
+    validation_fraction: float
+    seed: int
+    metric: str
+    wals_trials: int
+    head_trials: int
+    wals_validation_value: float  # the WALS study's best: WALS alone
+    head_validation_value: float | None = None  # the head study's best: the served hybrid
+
+
 class PipelineConfig(_Strict):
     """The whole offline pipeline."""
 
@@ -306,6 +328,9 @@ class PipelineConfig(_Strict):
     cold_start: ColdStartConfig = Field(default_factory=ColdStartConfig)
     candidates: CandidatesConfig = Field(default_factory=CandidatesConfig)
     export: ExportConfig = Field(default_factory=ExportConfig)
+    tuned_on: TunedOn | None = Field(
+        None, description="Where `walrus tune` chose [wals] and [head] (absent: not tuned)."
+    )
 
     @property
     def bundles_dir(self) -> Path:

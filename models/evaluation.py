@@ -102,6 +102,9 @@ class EvalContext:
 
 
 ModelFactory = Callable[[EvalContext], ScoreFn]
+# ``walrus eval --tune``: the config to use for a split, chosen inside its training part
+# (split name, training matrix). models.tuning provides it; it imports this module.
+Tuner = Callable[[Shared, str, sp.csr_matrix], PipelineConfig]
 
 
 def popularity_model(ctx: EvalContext) -> ScoreFn:
@@ -183,12 +186,17 @@ def evaluate(
     splits: list[Split],
     models: dict[str, ModelFactory] | None = None,
     on_done: Callable[[str, str], None] | None = None,
+    tuner: Tuner | None = None,
 ) -> list[dict[str, Any]]:
     """Rows ``{split, model, recall@K..., ndcg@K..., users, seconds}``, one per pair; the
-    ``hybrid`` rows also hold its head's permutation ``importances``."""
+    ``hybrid`` rows also hold its head's permutation ``importances``. With ``tuner``, each
+    split's models use the values it chose inside that split's training part."""
     results: list[dict[str, Any]] = []
     for split in splits:
-        ctx = EvalContext(shared, split)
+        split_shared = shared
+        if tuner is not None:
+            split_shared = shared.with_config(tuner(shared, split.name, split.train))
+        ctx = EvalContext(split_shared, split)
         for name, factory in (models or MODELS).items():
             start = time.perf_counter()
             score_fn = factory(ctx)
@@ -279,9 +287,11 @@ def evaluate_query_task(
     catalog_frame: pd.DataFrame,
     query_log: pd.DataFrame,
     progress: Callable[[str], None] = lambda _m: None,
+    tuner: Tuner | None = None,
 ) -> list[dict[str, Any]]:
     """For each held-out (user, query, item): the item's rank given the user and the query
-    text. Seen items are not excluded (users mostly tag what they rated)."""
+    text. Seen items are not excluded (users mostly tag what they rated). The held-out
+    queries are the test part: a ``tuner`` sees the interactions and the other queries."""
     train_log, test_log = hold_out_queries(query_log, cfg.eval.query_fraction, cfg.split.seed)
     clean = Catalog.from_frame(
         catalog_without_queries(catalog_frame, train_log, test_log), cfg.data.text_template
@@ -290,6 +300,8 @@ def evaluate_query_task(
         raise WalrusError("the catalog changed while evaluating: item order differs")
     query_dataset = Dataset(dataset.users, clean, dataset.matrix, dataset.weights)
     shared = Shared(cfg, query_dataset, train_log, progress)
+    if tuner is not None:
+        shared = shared.with_config(tuner(shared, "queries", observed(dataset)))
     asked = QueryTest.from_log(dataset, test_log)
     test = asked.matrix(len(dataset.items))
     ctx = EvalContext(shared, Split("queries", observed(dataset), test))

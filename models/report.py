@@ -109,10 +109,11 @@ def write_eval_report(
 def write_tune_report(
     trials: Sequence[dict[str, Any]], objective: str, out: Path, about: str
 ) -> Path:
-    """``out/tuning.md`` (every trial, best first) and ``out/tuning.png`` (the objective by
-    trial and against each searched parameter)."""
+    """``out/tuning.md`` (every trial, best first; a pruned trial shows the recall it had
+    when it was stopped) and ``out/tuning.png`` (the objective by trial and against each
+    searched parameter)."""
     params = list(trials[0]["params"]) if trials else []
-    ranked = sorted(trials, key=lambda t: -t["value"])
+    ranked = sorted(trials, key=lambda t: (t.get("state") == "PRUNED", -t["value"]))
     with atomic_directory(out) as tmp:
         fig = Figure(figsize=(3.6 * (1 + len(params)), 3.2))
         axes = fig.subplots(1, 1 + len(params), squeeze=False)
@@ -136,7 +137,7 @@ def write_tune_report(
         lines = [
             f"| {t['number']} | "
             + " | ".join(_cell(t["params"][p]) for p in params)
-            + f" | {t['value']:.4f} |"
+            + f" | {t['value']:.4f}{' (pruned)' if t.get('state') == 'PRUNED' else ''} |"
             for t in ranked
         ]
         text = "\n\n".join(

@@ -109,3 +109,113 @@ def test_eval_report_has_curves_tables_and_importances(tiny_pipeline_config, tmp
     assert np.isfinite(list(importances.values())).all()
     assert any(abs(v) > 0 for v in importances.values())
     assert "| user_known |" in md
+
+
+def _pairs(matrix) -> set[tuple[int, int]]:
+    coo = matrix.tocoo()
+    return set(zip(coo.row.tolist(), coo.col.tolist(), strict=True))
+
+
+def test_eval_tune_never_scores_or_fits_a_test_pair(tiny_pipeline_config, monkeypatch):
+    """``walrus eval --tune``'s tuner, spied on: every matrix a trial fits on or is scored
+    against comes from the split's training part, and the values it returns are recorded
+    as tuned on exactly that part."""
+    import models.tuning as tuning
+    from models.evaluation import MODELS, Shared, evaluate
+    from models.pipeline import load_dataset, make_split
+
+    cfg = load_config(
+        tiny_pipeline_config, ["tune.wals_trials=3", "tune.head_trials=1", "tune.dims=[4]"]
+    )
+    dataset = load_dataset(cfg.data)
+    split = make_split(dataset, "holdout", cfg.split)
+    test = _pairs(split.test)
+    seen: list[set[tuple[int, int]]] = []
+    fit, score = tuning.fit_wals, tuning.evaluate_scores
+    monkeypatch.setattr(
+        tuning, "fit_wals", lambda c, m, *a, **kw: (seen.append(_pairs(m)), fit(c, m, *a, **kw))[1]
+    )
+    monkeypatch.setattr(
+        tuning,
+        "evaluate_scores",
+        lambda fn, known, target, ks: (
+            seen.extend([_pairs(known), _pairs(target)]),
+            score(fn, known, target, ks),
+        )[1],
+    )
+    tuned: dict = {}
+    rows = evaluate(
+        Shared(cfg, dataset), [split], {"wals": MODELS["wals"]}, tuner=tuning.per_split_tuner(tuned)
+    )
+    assert len(seen) >= 3 * 3 and all(pairs and not pairs & test for pairs in seen)
+    assert all(pairs <= _pairs(split.train) for pairs in seen)
+    assert tuned["holdout"].tuned_on.fingerprint == tuning.fingerprint(split.train)
+    assert tuned["holdout"].tuned_on.interactions == split.train.nnz
+    assert rows[0]["split"] == "holdout" and rows[0]["recall@10"] >= 0
+
+
+def test_tune_carves_its_validation_split_from_all_the_data(tiny_pipeline_config, tmp_path):
+    """`walrus tune` chooses values for a model of all the data: its [tuned_on] names the
+    whole matrix (not a holdout split's training part), and walrus eval says the figures
+    are then optimistic."""
+    from models.pipeline import load_dataset, make_split, observed
+    from models.tuning import fingerprint, provenance
+
+    out = tmp_path / "tuned.toml"
+    run = walrus(
+        "tune",
+        "-c",
+        str(tiny_pipeline_config),
+        "--out",
+        str(out),
+        "--report",
+        str(tmp_path / "r"),
+        "--set",
+        "tune.wals_trials=2",
+        "--set",
+        "tune.head_trials=0",
+        "--set",
+        "tune.dims=[4]",
+    )
+    assert run.returncode == 0, run.stderr
+    tuned = load_config(out)
+    dataset = load_dataset(tuned.data)
+    whole = observed(dataset)
+    assert tuned.tuned_on.fingerprint == fingerprint(whole)
+    assert tuned.tuned_on.interactions == whole.nnz and tuned.tuned_on.wals_trials == 2
+    assert "[tuned_on]" in out.read_text()
+    holdout = make_split(dataset, "holdout", tuned.split)
+    said = provenance(tuned, whole, {"holdout": holdout.train})
+    assert "optimistic" in said and "--tune" in said
+    inside = tuned.model_copy(deep=True)
+    inside.tuned_on.fingerprint = fingerprint(holdout.train)
+    assert "leak-free" in provenance(inside, whole, {"holdout": holdout.train})
+    assert "no [tuned_on]" in provenance(load_config(tiny_pipeline_config), whole, {})
+
+
+def test_a_pruned_trial_is_marked_and_never_chosen(tiny_pipeline_config, tmp_path):
+    """With pruning, trials trailing the median stop early: the report marks them and the
+    written values are a completed trial's."""
+    out, report = tmp_path / "tuned.toml", tmp_path / "report"
+    run = walrus(
+        "tune",
+        "-c",
+        str(tiny_pipeline_config),
+        "--out",
+        str(out),
+        "--report",
+        str(report),
+        "--set",
+        "tune.wals_trials=24",
+        "--set",
+        "tune.head_trials=0",
+        "--set",
+        "tune.dims=[2,8]",
+    )
+    assert run.returncode == 0, run.stderr
+    md = (report / "wals" / "tuning.md").read_text()
+    rows = [ln for ln in md.splitlines() if ln.startswith("| ") and "trial" not in ln]
+    pruned = [r for r in rows if "(pruned)" in r]
+    assert pruned and len(pruned) < len(rows)
+    assert "(pruned)" not in rows[0]  # the best row: a completed trial
+    assert int(rows[0].split("|")[2]) == load_config(out).wals.dim

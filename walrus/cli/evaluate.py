@@ -30,16 +30,35 @@ def eval_(
         Path | None,
         typer.Option(help="Write a report here: report.md, Recall/NDCG curves, importances."),
     ] = None,
+    tune: Annotated[
+        bool,
+        typer.Option(
+            "--tune",
+            help="Tune WALS and the head inside each split's training part first (walrus "
+            "tune's studies, [tune] settings): figures no tuned value has seen the test of.",
+        ),
+    ] = False,
 ) -> None:
     """Recall@K and NDCG@K of every model on every configured split."""
     from models.config import load_config
+    from models.tuning import tuned_values
 
     cfg = load_config(config, set_)
-    results = run_evaluation(cfg, chosen_models(models))
+    tuned: dict[str, PipelineConfig] | None = {} if tune else None
+    results, tuning = run_evaluation(cfg, chosen_models(models), tuned)
     print_results(results, cfg.eval.ks)
+    console.print(tuning)
     if json_out is not None:
         json_out.parent.mkdir(parents=True, exist_ok=True)
-        payload = {"config": cfg.model_dump(mode="json"), "results": results}
+        payload = {
+            "config": cfg.model_dump(mode="json"),
+            "tuning": tuning,
+            "tuned_per_split": {
+                name: {**c.tuned_on.model_dump(), **tuned_values(c)}  # type: ignore[union-attr]
+                for name, c in (tuned or {}).items()
+            },
+            "results": results,
+        }
         json_out.write_text(json.dumps(payload, indent=2))
         console.print(f"wrote {json_out}")
     if report is not None:
@@ -48,9 +67,16 @@ def eval_(
         about = (
             f"`walrus eval -c {config}`"
             + "".join(f" --set {s}" for s in set_ or [])
-            + f": data {cfg.data.interactions}, WALS dim {cfg.wals.dim}, "
-            f"λ {cfg.wals.regularization:g}, w0 {cfg.wals.unobserved_weight:g}, "
-            f"encoder {cfg.encoder.name}, head loss {cfg.head.loss}."
+            + (" --tune" if tune else "")
+            + f": data {cfg.data.interactions}, encoder {cfg.encoder.name}. {tuning}"
+            + "".join(
+                f"\n\n- {name}: "
+                + ", ".join(
+                    f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}"
+                    for k, v in tuned_values(c).items()
+                )
+                for name, c in (tuned or {"all splits": cfg}).items()
+            )
         )
         console.print(f"wrote {write_eval_report(results, cfg.eval.ks, report, about)}")
 
@@ -68,12 +94,18 @@ def chosen_models(models: str | None) -> dict[str, ModelFactory]:
     return {m: MODELS[m] for m in names}
 
 
-def run_evaluation(cfg: PipelineConfig, chosen: dict[str, ModelFactory]) -> list[dict[str, Any]]:
+def run_evaluation(
+    cfg: PipelineConfig,
+    chosen: dict[str, ModelFactory],
+    tuned: dict[str, PipelineConfig] | None = None,
+) -> tuple[list[dict[str, Any]], str]:
     """Every chosen model on every configured split, then the query task when the config
-    has a query log and a catalog."""
+    has a query log and a catalog; with ``tuned`` (a dict to fill), each split tuned inside
+    its training part first. Returns the rows and a sentence on where the values came from."""
     from models.data import read_catalog
     from models.evaluation import Shared, evaluate, evaluate_query_task
-    from models.pipeline import load_dataset, load_query_log, make_split
+    from models.pipeline import load_dataset, load_query_log, make_split, observed
+    from models.tuning import per_split_tuner, provenance
 
     dataset = load_dataset(cfg.data)
     query_log = load_query_log(cfg.data.queries)
@@ -83,20 +115,32 @@ def run_evaluation(cfg: PipelineConfig, chosen: dict[str, ModelFactory]) -> list
     with progress() as bar:
         task = bar.add_task("evaluating", total=len(splits) * len(chosen) + int(with_queries))
         shared = Shared(cfg, dataset, query_log, lambda m: bar.update(task, description=m))
+        tuner = None
+        if tuned is not None:
+            tuner = per_split_tuner(
+                tuned, lambda s, n, v: bar.update(task, description=f"tuning {s} {n}: {v:.4f}")
+            )
         results = evaluate(
             shared,
             splits,
             chosen,
             on_done=lambda s, m: bar.update(task, advance=1, description=f"{s}/{m}"),
+            tuner=tuner,
         )
         if with_queries and query_log is not None and catalog is not None:
             results += evaluate_query_task(
-                cfg, dataset, read_catalog(catalog), query_log, shared.progress
+                cfg, dataset, read_catalog(catalog), query_log, shared.progress, tuner
             )
             bar.advance(task)
     if "queries" in cfg.eval.splits and not with_queries:
         console.print("queries: skipped (the query task needs data.queries and data.catalog)")
-    return results
+    if tuned is not None:
+        return results, (
+            "Every split's [wals] and [head] values were tuned inside that split's training "
+            "part (`--tune`); the test pairs were never scored while tuning."
+        )
+    trains = {s.name: s.train for s in splits}
+    return results, provenance(cfg, observed(dataset), trains)
 
 
 def print_results(results: list[dict[str, Any]], ks: list[int]) -> None:

@@ -1,4 +1,4 @@
-"""`walrus tune`: search WALS's and the head's settings on a validation split."""
+"""`walrus tune`: search WALS's and the head's settings on a validation split of the data."""
 
 from __future__ import annotations
 
@@ -22,8 +22,8 @@ def tune_cmd(
         Path | None, typer.Option(help="Report folder (default: OUTPUT_DIR/tune).")
     ] = None,
 ) -> None:
-    """Search WALS's and the head's settings on a validation split of the training data and
-    write a config with the best values."""
+    """Search WALS's and the head's settings on a validation split carved from the data the
+    config names (what `walrus train` fits on) and write a config with the best values."""
     from models.config import load_config, write_config
     from models.evaluation import Shared
     from models.pipeline import load_dataset, load_query_log
@@ -43,7 +43,7 @@ def tune_cmd(
         def on_trial(study: str, number: int, value: float) -> None:
             bar.update(task, advance=1, description=f"{study} trial {number}: {value:.4f}")
 
-        best, studies = tune(shared, on_trial)
+        best, studies = tune(shared, on_trial=on_trial)
     metric = cfg.tune.metric
     lines = [
         f"{s.name}: best {metric} {s.best_value:.4f} after {len(s.trials)} trials "
@@ -52,7 +52,8 @@ def tune_cmd(
     ]
     header = (
         f"walrus tune -c {config}: {metric} on a per-user {cfg.tune.validation_fraction:g} "
-        "validation split of the holdout split's training part. " + "; ".join(lines)
+        f"validation split of {cfg.data.interactions} (all of it: the data `walrus train` "
+        "fits on; [tuned_on] records which). " + "; ".join(lines)
     )
     write_config(best, out, header)
     for study in studies:
