@@ -1,6 +1,7 @@
 """The one place that picks CPU or GPU for torch code (training).
 
-Detected once per process (``lru_cache``); a missing CUDA runtime warns instead of crashing.
+Detected once per process (``lru_cache``); a broken CUDA runtime reads as no GPU. ``auto``
+then chooses the CPU and says so; an explicit ``cuda`` is refused (``DeviceUnavailable``).
 The serving side's flags (onnxruntime providers, FAISS GPUs) live in ``export.runtime``,
 which must not import torch.
 """
@@ -12,6 +13,8 @@ from functools import lru_cache
 from typing import Literal
 
 import torch
+
+from models.core.errors import DeviceUnavailable
 
 log = logging.getLogger(__name__)
 
@@ -31,16 +34,19 @@ def cuda_available() -> bool:
 def pick_torch_device(preference: DevicePreference = "auto") -> torch.device:
     """Return the torch device to train on and log which one was picked.
 
-    ``auto`` takes CUDA when present, else the CPU; ``cuda`` without a GPU warns and
-    falls back to the CPU rather than failing a long pipeline run.
+    ``auto`` takes CUDA when present, else the CPU; an explicit ``cuda`` without a GPU is
+    ``DeviceUnavailable``: a run asked for the GPU must not spend hours on the CPU unseen.
     """
     if preference == "cpu":
         device = torch.device("cpu")
     elif cuda_available():
         device = torch.device("cuda")
+    elif preference == "cuda":
+        raise DeviceUnavailable(
+            "device = 'cuda' but torch sees no CUDA device: install the GPU build and a "
+            "driver, or set device = 'auto' (or 'cpu')"
+        )
     else:
-        if preference == "cuda":
-            log.warning("device=cuda requested but no CUDA device is visible; using the CPU")
         device = torch.device("cpu")
-    log.info("torch device: %s", device)
+    log.info("torch device: %s (asked: %s)", device, preference)
     return device

@@ -13,6 +13,8 @@ from typing import Literal
 import faiss
 import onnxruntime as ort
 
+from models.core.errors import DeviceUnavailable
+
 log = logging.getLogger(__name__)
 
 DevicePreference = Literal["auto", "cpu", "cuda"]
@@ -62,16 +64,38 @@ def _cgroup_quota(root: Path) -> float | None:
 def onnx_providers(preference: DevicePreference = "auto") -> list[str]:
     """onnxruntime execution providers to ask for, best first, CPU always last.
 
-    CUDA is asked for only when the installed onnxruntime offers it; a CUDA provider that
-    fails to initialise falls back to the CPU inside onnxruntime. Check
-    ``session.get_providers()`` for what was really picked (``ort.get_device()`` says "GPU"
-    for the GPU wheel even without a GPU).
+    CUDA is asked for only when the installed onnxruntime offers it (``auto``); an explicit
+    ``cuda`` without it is ``DeviceUnavailable``. A CUDA provider that fails to initialise
+    falls back to the CPU inside onnxruntime: ``require_providers`` checks what a session
+    really picked (``ort.get_device()`` says "GPU" for the GPU wheel even without a GPU).
     """
     available = ort.get_available_providers()
     providers = []
     if preference != "cpu" and "CUDAExecutionProvider" in available:
         providers.append("CUDAExecutionProvider")
     elif preference == "cuda":
-        log.warning("device=cuda requested but onnxruntime has no CUDA provider; using the CPU")
+        raise DeviceUnavailable(
+            "device = 'cuda' but this onnxruntime has no CUDA provider (installed: "
+            f"{', '.join(available)}): install onnxruntime-gpu, or set the device to auto"
+        )
     providers.append("CPUExecutionProvider")
     return providers
+
+
+def require_providers(preference: DevicePreference, picked: list[str]) -> None:
+    """An explicit ``cuda`` whose session came up on the CPU alone (the CUDA provider failed
+    to initialise: a missing cuDNN, a driver too old) is ``DeviceUnavailable``."""
+    if preference == "cuda" and "CUDAExecutionProvider" not in picked:
+        raise DeviceUnavailable(
+            "device = 'cuda' but onnxruntime's CUDA provider did not initialise (the session "
+            f"runs on {', '.join(picked)}): see onnxruntime's log above for the missing library"
+        )
+
+
+def require_faiss_gpu(preference: DevicePreference) -> None:
+    """An explicit ``cuda`` needs FAISS's GPU build and a GPU it can see."""
+    if preference == "cuda" and faiss_gpu_count() == 0:
+        raise DeviceUnavailable(
+            "device = 'cuda' but FAISS sees no GPU (the CPU wheel, or no device): install "
+            "FAISS's GPU build, or set the device to auto"
+        )

@@ -14,10 +14,16 @@ import faiss
 import numpy as np
 
 from export.format import BundleError, Files, Manifest, read_manifest, resolve_bundle
-from export.runtime.hardware import DevicePreference, onnx_providers
+from export.runtime.hardware import (
+    DevicePreference,
+    onnx_providers,
+    require_faiss_gpu,
+    require_providers,
+)
 from export.runtime.index import ServedIndexes, load_index
 from export.runtime.parity import verify_bundle
 from export.runtime.sessions import OnnxHead, OnnxTextEncoder
+from export.signing import check_signature, load_public_keys
 from models.core.fold_in import fold_in_user
 from models.core.ids import CompactIds
 from models.core.types import ItemTables
@@ -38,6 +44,7 @@ class LoadOptions:
     # Encoder sessions, one per thread that encodes at once: two sessions of one thread
     # encode 12% more than two runs sharing one session (docs/benchmarks.md).
     encoder_sessions: int = 1
+    trusted_keys: Path | None = None  # a .pub file or a folder of them: unsigned is refused
 
 
 @dataclass(frozen=True)
@@ -92,6 +99,19 @@ class LoadedBundle:
         for what, got, expected in self._sizes():
             if isinstance(got, int) and got != expected:  # ONNX may name a dim, not size it
                 raise BundleError(f"{self.path}: {what} is {got}, expected {expected}")
+        self._check_seen_range()
+
+    def _check_seen_range(self) -> None:
+        """Every seen item is an item of the bundle and the offsets never go back: one wrong
+        index would fail every request of that user (or, at worst, read past an array)."""
+        indices, indptr = self.seen.indices, self.seen.indptr
+        if len(indices) and (int(indices.min()) < 0 or int(indices.max()) >= len(self.items)):
+            raise BundleError(
+                f"{self.path}: seen item indices span {int(indices.min())}.."
+                f"{int(indices.max())}, outside the {len(self.items)} items"
+            )
+        if len(indptr) and (int(indptr[0]) != 0 or bool((np.diff(indptr) < 0).any())):
+            raise BundleError(f"{self.path}: seen list offsets do not start at 0 and rise")
 
     def _sizes(self) -> list[tuple[str, object, int]]:
         n_users, n_items, dims, tables = (
@@ -111,6 +131,10 @@ class LoadedBundle:
             ("cold item flags", len(tables.item_cold), n_items),
             ("item factor width", tables.item_factors.shape[1], dims.wals),
             ("user factor width", self.user_factors.shape[1], dims.wals),
+            ("gramian rows", self.gramian.shape[0], dims.wals),
+            ("gramian columns", self.gramian.shape[1], dims.wals),
+            ("column weights", len(self.col_weights), n_items),
+            ("item popularity entries", len(tables.item_log_popularity), n_items),
             ("text embedding width", tables.item_text_embeddings.shape[1], dims.text),
             ("encoder output width", self.encoder.dim, dims.text),
             ("head input width", self.head.session.get_inputs()[0].shape[-1], dims.features),
@@ -126,6 +150,9 @@ def load_bundle(bundle: str | Path, options: LoadOptions = LoadOptions()) -> Loa
     The large arrays are memory-mapped: pages load when a request touches them, and
     several processes on one machine share them."""
     p = resolve_bundle(bundle)
+    if options.trusted_keys is not None:  # before anything in the bundle is believed
+        signer = check_signature(p, load_public_keys(options.trusted_keys))
+        log.info("%s: signed by trusted key %s", p.name, signer)
     manifest = read_manifest(p)  # format version, file list and every sha256
     if options.verify_parity:
         verify_bundle(p)
@@ -165,6 +192,7 @@ def load_bundle(bundle: str | Path, options: LoadOptions = LoadOptions()) -> Loa
 
 
 def load_indexes(p: Path, manifest: Manifest, options: LoadOptions) -> ServedIndexes:
+    require_faiss_gpu(options.device)
     return ServedIndexes(
         {
             name: load_index(
@@ -181,15 +209,21 @@ def load_indexes(p: Path, manifest: Manifest, options: LoadOptions) -> ServedInd
 def load_encoders(
     p: Path, manifest: Manifest, options: LoadOptions
 ) -> tuple[list[OnnxTextEncoder], str]:
-    """The encoder at the asked precision (auto: fp16 on CUDA, int8 on the CPU), fp32 when
-    the bundle lacks it."""
+    """The encoder at the asked precision. ``auto`` chooses fp16 on CUDA, int8 on the CPU,
+    and fp32 when the bundle lacks that one (and logs it); an explicit precision the bundle
+    lacks is a ``BundleError``."""
     providers = onnx_providers(options.device)
     precision: str = options.encoder_precision
     if precision == "auto":
         precision = "fp16" if "CUDAExecutionProvider" in providers else "int8"
-    if Files.ENCODER[precision] not in manifest.files:
-        log.warning("bundle has no %s encoder; serving fp32", precision)
-        precision = "fp32"
+        if Files.ENCODER[precision] not in manifest.files:
+            log.warning("bundle has no %s encoder; auto chose fp32", precision)
+            precision = "fp32"
+    elif Files.ENCODER[precision] not in manifest.files:
+        raise BundleError(
+            f"encoder precision {precision} was asked for but the bundle has no "
+            f"{Files.ENCODER[precision]}: export it (export.fp16 / the int8 parity), or ask auto"
+        )
     max_length = json.loads((p / Files.TOKENIZER_CONFIG).read_text())["max_length"]
     encoders = [
         OnnxTextEncoder(
@@ -201,4 +235,5 @@ def load_encoders(
         )
         for _ in range(max(1, options.encoder_sessions))
     ]
+    require_providers(options.device, encoders[0].providers)
     return encoders, precision

@@ -11,6 +11,7 @@ import numpy as np
 
 from export.format import BundleError, Files, read_manifest, resolve_bundle
 from export.runtime.sessions import OnnxHead, OnnxTextEncoder
+from export.signing import check_signature, load_public_keys
 from models.core.errors import WalrusError
 
 
@@ -59,8 +60,12 @@ def check_parity(
         tolerances["int8_min_cosine"],
         tolerances["fp16_min_cosine"],
     )
+    absent = [
+        Files.ENCODER[p] for p, out in (("int8", int8_out), ("fp16", fp16_out)) if out is None
+    ]
     figures = {
         "encoder_fp32_max_abs_diff": fp32_diff,
+        "not_checked": [f"{name} (not in the bundle)" for name in absent],
         "encoder_int8_min_cosine": int8_cos,
         "encoder_fp16_min_cosine": fp16_cos,
         "head_max_abs_diff": head_diff,
@@ -81,10 +86,14 @@ def check_parity(
     return figures
 
 
-def verify_bundle(path: str | Path) -> dict[str, Any]:
-    """Re-check every checksum and re-run the parity figures; ``BundleError`` or
-    ``ParityError`` with one line on failure. Returns the recomputed figures."""
+def verify_bundle(path: str | Path, trusted_keys: Path | None = None) -> dict[str, Any]:
+    """Re-check the signature (with ``trusted_keys``), every checksum and the parity
+    figures; ``BundleError`` or ``ParityError`` with one line on failure. Returns the
+    recomputed figures."""
     bundle = resolve_bundle(path)
+    signer = (
+        None if trusted_keys is None else check_signature(bundle, load_public_keys(trusted_keys))
+    )
     manifest = read_manifest(bundle)
     texts = json.loads((bundle / Files.PARITY_TEXTS).read_text())
     reference = np.load(bundle / Files.PARITY_ENCODER)
@@ -92,4 +101,9 @@ def verify_bundle(path: str | Path) -> dict[str, Any]:
     head_reference = np.load(bundle / Files.PARITY_HEAD)
     # The tolerances are walrus' own, never the manifest's: a manifest cannot vouch for itself.
     figures = check_parity(bundle, texts, reference, features, head_reference, PARITY_TOLERANCES)
-    return {"bundle_id": manifest.bundle_id, "files": len(manifest.files), "parity": figures}
+    return {
+        "bundle_id": manifest.bundle_id,
+        "files": len(manifest.files),
+        "signed_by": signer,
+        "parity": figures,
+    }

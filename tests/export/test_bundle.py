@@ -182,6 +182,19 @@ def test_export_cli_verify_and_errors(tiny_bundle, tmp_path):
     ok = walrus("export", "--verify", str(tiny_bundle.parent))
     assert ok.returncode == 0, ok.stderr
     assert json.loads(ok.stdout)["bundle_id"] == tiny_bundle.name
+    assert json.loads(ok.stdout)["parity"]["not_checked"] == []
+    copy = tmp_path / "no-fp16"
+    shutil.copytree(tiny_bundle, copy)
+    (copy / "encoder.fp16.onnx").unlink()
+    manifest = json.loads((copy / "manifest.json").read_text())
+    del manifest["files"]["encoder.fp16.onnx"]
+    (copy / "manifest.json").write_text(json.dumps(manifest))
+    partial = walrus("export", "--verify", str(copy))
+    assert partial.returncode == 0, partial.stderr
+    assert json.loads(partial.stdout)["parity"]["not_checked"] == [
+        "encoder.fp16.onnx (not in the bundle)"
+    ]
+    assert "not checked:" in partial.stderr and "encoder.fp16.onnx" in partial.stderr
     bad = walrus("export", "--verify", str(tmp_path))
     assert (
         bad.returncode == 2 and "no manifest.json" in bad.stderr and "Traceback" not in bad.stderr

@@ -18,8 +18,9 @@ def recommender(tiny_bundle) -> Recommender:
 
 
 def test_auto_precision_is_int8_on_the_cpu_and_fp16_is_in_the_bundle(recommender, tiny_bundle):
-    assert recommender.encoder_precision == "int8"  # no CUDA provider on this machine
-    assert recommender.onnx_providers == ["CPUExecutionProvider"]
+    cuda = "CUDAExecutionProvider" in recommender.onnx_providers
+    assert recommender.encoder_precision == ("fp16" if cuda else "int8")
+    assert recommender.onnx_providers[-1] == "CPUExecutionProvider"
     # The head always runs on the CPU: on an H100 its CUDA output differed from the CPU's by
     # 0.09 (TF32 matmuls), and 200 rows took longer there than here.
     assert recommender.head.session.get_providers() == ["CPUExecutionProvider"]
@@ -35,20 +36,33 @@ def test_fp16_precision_serves_the_fp16_file(tiny_bundle):
     assert cos.min() > 0.999
 
 
-def test_a_missing_precision_falls_back_to_fp32(tiny_bundle, tmp_path, caplog):
+def _without(tiny_bundle, tmp_path, name: str):
+    import json
+
     from export.format import MANIFEST, file_table
 
     copy = tmp_path / "bundle"
     shutil.copytree(tiny_bundle, copy)
-    (copy / "encoder.fp16.onnx").unlink()
-    import json
-
+    (copy / name).unlink()
     manifest = json.loads((copy / MANIFEST).read_text())
     manifest["files"] = {k: v.model_dump() for k, v in file_table(copy).items()}
     (copy / MANIFEST).write_text(json.dumps(manifest))
-    rec = Recommender(copy, Settings(bundle=copy, encoder_precision="fp16"))
+    return copy
+
+
+def test_an_explicit_precision_the_bundle_lacks_is_refused(tiny_bundle, tmp_path):
+    from export.format import BundleError
+
+    copy = _without(tiny_bundle, tmp_path, "encoder.fp16.onnx")
+    with pytest.raises(BundleError, match=r"no encoder\.fp16\.onnx"):
+        Recommender(copy, Settings(bundle=copy, encoder_precision="fp16"))
+
+
+def test_auto_without_its_precision_chooses_fp32_and_says_so(tiny_bundle, tmp_path, caplog):
+    copy = _without(tiny_bundle, tmp_path, "encoder.int8.onnx")
+    rec = Recommender(copy, Settings(bundle=copy, device="cpu"))
     assert rec.encoder_precision == "fp32"
-    assert "no fp16 encoder" in caplog.text
+    assert "no int8 encoder; auto chose fp32" in caplog.text
 
 
 def test_a_batch_answers_each_request_as_alone(recommender):
