@@ -12,7 +12,7 @@ WALRUS_URL ?= http://127.0.0.1:8000
 LOADTEST_USERS ?= 8
 LOADTEST_DURATION ?= 30s
 
-.PHONY: install demo data train export serve test lint format bench bench-quality bench-quantization bench-serve soak seed-bundle gpu-check loadtest docker-test clean
+.PHONY: install demo demo-answers chaos data train export serve test lint format bench bench-quality bench-quantization bench-serve soak seed-bundle gpu-check loadtest docker-test clean
 
 # Re-install only when pyproject.toml changes.
 $(STAMP): pyproject.toml
@@ -61,10 +61,13 @@ bench: install
 bench-quality: install
 	$(BIN)/python -m bench.quality $(if $(WALRUS_MOVIELENS_DIR),--movielens $(WALRUS_MOVIELENS_DIR),)
 
+demo-answers: install
+	$(BIN)/python -m bench.demo_answers --bundle artifacts/demo/bundles
+
 bench-quantization: install
 	$(BIN)/python -m bench.quantization
 
-# The seed's scale: 10M users x 500k items, dim 64 (about 10 minutes and 12 GB on 2 cores).
+# The seed's scale: 10M users x 500k items, dim 64 (about 10 minutes on 2 cores).
 SEED_BUNDLE ?= artifacts/seed/bundles
 seed-bundle: $(SEED_BUNDLE)/current
 $(SEED_BUNDLE)/current: | install
@@ -80,6 +83,11 @@ bench-serve: install $(SEED_BUNDLE)/current
 # 10 minutes at 80% of capacity with a hot reload every 2 minutes (needs wrk and make export).
 soak: install
 	$(BIN)/python -m bench.soak --bundle artifacts/demo/bundles
+
+# Faults in turn under load (slow clients, a /similar flood, the engine killed, a tampered
+# and an unsigned bundle): 5xx, errors, and whether /readyz and /metrics showed each.
+chaos: install
+	$(BIN)/python -m bench.chaos --bundle artifacts/demo/bundles
 
 # On a GPU machine (see docs/benchmarks.md): WALS on CUDA, FAISS GPU, ONNX CUDA, GPU serving.
 GPU_CHECK_OUT ?= bench/results/gpu

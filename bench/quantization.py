@@ -11,6 +11,7 @@ from __future__ import annotations
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from onnxruntime.quantization import QuantType, quantize_dynamic
@@ -71,8 +72,27 @@ def main() -> int:
         rows,
         ["variant", "min_cosine", "max_abs_diff", "ms_per_query"],
     )
-    print(f"wrote {write_results('quantization', {'texts': len(texts), 'rows': rows})}")
+    payload = {"texts": len(texts), "rows": rows}
+    path = write_results("quantization", payload)
+    print(report(payload))
+    print(f"wrote {path}")
     return 0
+
+
+def report(result: dict[str, Any]) -> str:
+    """The table docs/benchmarks.md shows (a test compares them), speed as a ratio to fp32
+    measured in the same run."""
+    fp32 = next(r["ms_per_query"] for r in result["rows"] if r["variant"] == "fp32 ONNX")
+    lines = [
+        "| variant | min cosine to PyTorch | max abs diff | ms / query | ÷ fp32 |",
+        "|---|---|---|---|---|",
+        *(
+            f"| {r['variant']} | {r['min_cosine']:.4f} | {r['max_abs_diff']:.4f} "
+            f"| {r['ms_per_query']:.2f} | {r['ms_per_query'] / fp32:.2f} |"
+            for r in result["rows"]
+        ),
+    ]
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":

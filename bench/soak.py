@@ -27,7 +27,7 @@ from bench.wrk import BODIES_FROM_FILE, run_wrk, write_bodies
 from export.bundle import switch_current
 from export.format import MANIFEST, resolve_bundle
 
-TOKEN = "soak-token"
+TOKEN = "soak-token-at-least-32-characters-long"
 CONNECTIONS = 16
 
 PACED = BODIES_FROM_FILE.replace(

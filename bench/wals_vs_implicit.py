@@ -211,8 +211,37 @@ def main() -> None:
         "ndcg@20",
     ]
     print_table("WALS vs implicit ALS (same objective)", rows, columns)
-    path = write_results("wals_vs_implicit", {"iterations": args.iterations, "rows": rows})
+    payload = {"iterations": args.iterations, "rows": rows}
+    path = write_results("wals_vs_implicit", payload)
+    print(report(payload))
     print(f"wrote {path}")
+
+
+def report(result: dict[str, Any]) -> str:
+    """The markdown table docs/benchmarks.md shows (a test compares them)."""
+
+    def cell(row: dict[str, Any], key: str, fmt: str, bold: bool = False) -> str:
+        if key not in row:
+            return ""
+        text = format(row[key], fmt)
+        return f"**{text}**" if bold else text
+
+    lines = [
+        f"| data | model | dim, λ, w0 | fit, {SHORT} it. s | fit, {LONG} it. s | setup s "
+        f"| s / it. | ratio at {SHORT} | ratio at {LONG} | Recall@20 | NDCG@20 |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for row in result["rows"]:
+        lines.append(
+            f"| {row['dataset']} | {row['model']} "
+            f"| {row['dim']}, {row['regularization']:g}, {row['unobserved_weight']:g} "
+            f"| {cell(row, f'fit_s_{SHORT}', '.3f')} | {cell(row, f'fit_s_{LONG}', '.3f')} "
+            f"| {cell(row, 'setup_s', '.3f')} | {cell(row, 's_per_iter', '.4f')} "
+            f"| {cell(row, f'ratio_{SHORT}', '.2f', True)} "
+            f"| {cell(row, f'ratio_{LONG}', '.2f', True)} "
+            f"| {row['recall@20']:.4f} | {row['ndcg@20']:.4f} |"
+        )
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":

@@ -43,6 +43,7 @@ from export.onnx import (
     quantize_encoder,
 )
 from export.runtime import OnnxTextEncoder, ParityError, check_parity, cosine_rows
+from export.signing import sign_bundle
 from models.artifacts import atomic_directory
 
 if TYPE_CHECKING:
@@ -136,9 +137,11 @@ def build_bundle(
     trained: TrainedArtifacts,
     bundles_dir: Path,
     progress: Callable[[str], None] = lambda _m: None,
+    sign_with: Path | None = None,
 ) -> Path:
-    """Write a complete, checked bundle and make it ``current``. Nothing is left behind when
-    a check fails: the temporary directory is removed and ``current`` is unchanged."""
+    """Write a complete, checked bundle (signed with the private key ``sign_with`` names,
+    if any) and make it ``current``. Nothing is left behind when a check fails: the
+    temporary directory is removed and ``current`` is unchanged."""
     bundle_id = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime()) + "-" + uuid.uuid4().hex[:8]
     final = bundles_dir / bundle_id
     with atomic_directory(final) as tmp:
@@ -176,6 +179,8 @@ def build_bundle(
             files=file_table(tmp),
         )
         write_manifest(tmp, manifest)
+        if sign_with is not None:
+            sign_bundle(tmp, sign_with)
     switch_current(bundles_dir, bundle_id)
     return final
 

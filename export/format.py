@@ -43,6 +43,7 @@ FORMAT_VERSION = 3
 """2: index factory strings and ParameterSpace search strings, the cold-item mask.
 3: the head scores the pool features of ``models.core.features`` (ranks, cold flag)."""
 MANIFEST = "manifest.json"
+SIGNATURE = "manifest.sig"  # export.signing: not listed in the manifest it signs
 CURRENT = "current"
 REBUILD = "rebuild it with `walrus export -c CONFIG`"
 
@@ -177,11 +178,11 @@ def sha256_file(path: Path) -> str:
 
 
 def file_table(bundle: Path) -> dict[str, FileEntry]:
-    """sha256 and size of every file under ``bundle`` except the manifest."""
+    """sha256 and size of every file under ``bundle`` except the manifest and its signature."""
     table = {}
     for path in sorted(p for p in bundle.rglob("*") if p.is_file()):
         rel = path.relative_to(bundle).as_posix()
-        if rel != MANIFEST:
+        if rel not in (MANIFEST, SIGNATURE):
             table[rel] = FileEntry(sha256=sha256_file(path), bytes=path.stat().st_size)
     return table
 
@@ -243,6 +244,12 @@ def read_manifest(bundle: str | Path) -> Manifest:
     unlisted = [name for name in REQUIRED_FILES if name not in manifest.files]
     if unlisted:
         raise BundleError(f"{bundle}: the manifest does not list {unlisted[0]}; {REBUILD}")
+    _check_files(bundle, manifest)
+    return manifest
+
+
+def _check_files(bundle: Path, manifest: Manifest) -> None:
+    """Every listed file inside the bundle, present and intact; nothing else in it."""
     outside = [rel for rel in manifest.files if not _inside(bundle, rel)]
     if outside:
         raise BundleError(f"{bundle}: the manifest names {outside[0]!r}, outside the bundle")
@@ -252,4 +259,15 @@ def read_manifest(bundle: str | Path) -> Manifest:
             raise BundleError(f"{bundle}: {rel} is missing")
         if sha256_file(file) != meta.sha256:
             raise BundleError(f"{bundle}: {rel} is corrupt (sha256 differs from the manifest)")
-    return manifest
+    unlisted_files = [
+        rel
+        for path in sorted(bundle.rglob("*"))
+        if not path.is_dir()
+        and (rel := path.relative_to(bundle).as_posix()) not in manifest.files
+        and rel not in (MANIFEST, SIGNATURE)
+    ]
+    if unlisted_files:
+        # Nothing unhashed is ever opened: ONNX external data, a planted index, a link.
+        raise BundleError(
+            f"{bundle}: {unlisted_files[0]} is in the bundle but not in the manifest; {REBUILD}"
+        )

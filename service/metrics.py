@@ -77,6 +77,11 @@ class Metrics:
             "Requests answered 504 because WALRUS_DEADLINE_MS passed.",
             registry=r,
         )
+        self.batcher_restarts = Counter(
+            "walrus_batcher_restarts",
+            "Batcher threads found dead (a BaseException out of a batch) and started again.",
+            registry=r,
+        )
         self.queue_depth = Gauge(
             "walrus_queue_depth",
             "Requests waiting for the dynamic batcher (all workers).",

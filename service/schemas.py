@@ -92,7 +92,9 @@ class RecommendResponse(BaseModel):
     items: list[Item]
     user_known: bool = Field(description="Whether user_id was found in the bundle.")
     bundle_id: str
-    timings_ms: dict[str, float]
+    timings_ms: dict[str, float] = Field(
+        description="Milliseconds per stage with WALRUS_DEBUG_TIMINGS on; else empty."
+    )
     warnings: list[str] = Field(default_factory=list)
 
 
@@ -101,7 +103,9 @@ class SimilarResponse(BaseModel):
     source: Literal["wals", "text"] = Field(description="WALS factors, or text for cold items.")
     items: list[Item]
     bundle_id: str
-    timings_ms: dict[str, float]
+    timings_ms: dict[str, float] = Field(
+        description="Milliseconds per stage with WALRUS_DEBUG_TIMINGS on; else empty."
+    )
 
 
 class Health(BaseModel):

@@ -8,8 +8,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal, NamedTuple
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+MIN_ADMIN_TOKEN = 32
 
 
 class Settings(BaseSettings):
@@ -81,6 +83,23 @@ class Settings(BaseSettings):
     max_queue: int = Field(
         1024, ge=0, description="Requests waiting for the batcher beyond which new ones get 503."
     )
+    read_timeout_s: float = Field(
+        10.0,
+        gt=0,
+        le=300,
+        description="A request's headers and body must arrive within this (from its first "
+        "byte); a client that trickles them gets 408 and the connection closes.",
+    )
+    max_header_bytes: int = Field(
+        16_384, ge=1024, description="Largest header block; larger gets 431 and a close."
+    )
+    limit_concurrency: int = Field(
+        0,
+        ge=0,
+        description="Connections plus in-flight requests one front takes before answering "
+        "503 at once (uvicorn's limit_concurrency); 0: no limit.",
+    )
+    backlog: int = Field(2048, ge=1, description="Connections the kernel queues for accept().")
     deadline_ms: int = Field(
         10_000, ge=1, description="A request not answered by then gets 504; its work is dropped."
     )
@@ -98,7 +117,21 @@ class Settings(BaseSettings):
         10.0, ge=0, description="How often a moved `current` link is looked for; 0: never."
     )
     admin_token: SecretStr | None = Field(
-        None, description="Bearer token for POST /admin/reload; without one the route is absent."
+        None,
+        description="Bearer token for POST /admin/reload, at least 32 characters; without "
+        "one (and without admin_token_file) the route is absent.",
+    )
+    admin_token_file: Path | None = Field(
+        None,
+        description="A file holding the admin token (a mounted secret); instead of "
+        "WALRUS_ADMIN_TOKEN, which every process of the container can read in its "
+        "environment.",
+    )
+    admin_max_failures: int = Field(
+        5,
+        ge=1,
+        description="Wrong admin tokens one client address may send per minute; past that "
+        "it gets 429 until the minute is over.",
     )
     drain_s: float = Field(
         5.0, ge=0, description="After SIGTERM: /readyz is 503 and requests are still served."
@@ -106,15 +139,53 @@ class Settings(BaseSettings):
     graceful_timeout_s: float = Field(
         20.0, ge=0, description="After the drain: how long in-flight requests may take."
     )
+    user_header: str = Field(
+        "",
+        max_length=64,
+        pattern=r"^[A-Za-z0-9-]*$",
+        description="Behind a gateway that authenticates users: the header it sets to the "
+        "user's id (e.g. X-User-Id). The fronts then take the user from it, require it "
+        "(401 without), and refuse a body user_id (422). Empty: the body's user_id.",
+    )
+    debug_timings: bool = Field(
+        False,
+        description="Put each answer's stage timings in its body (timings_ms); off, that is "
+        "{}: a cached query's 0 ms encode would tell any caller that someone asked it "
+        "recently. /metrics has the stage histograms either way.",
+    )
+    trusted_keys: Path | None = Field(
+        None,
+        description="An Ed25519 public key (PEM) or a folder of *.pub keys: a bundle whose "
+        "manifest.sig is missing or made by none of them is refused, at start and at "
+        "reload. Unset: bundles need no signature.",
+    )
     verify_parity: bool = Field(
         False, description="Also re-run the bundle's parity check on start (slower start)."
     )
 
-    @field_validator("admin_token", mode="before")
+    @field_validator("admin_token", "admin_token_file", "trusted_keys", mode="before")
     @classmethod
     def _empty_is_none(cls, value: object) -> object:
         """Compose passes an unset variable as "": no token, no admin route."""
         return None if value == "" else value
+
+    @model_validator(mode="after")
+    def _admin_token(self) -> Settings:
+        if self.admin_token_file is not None:
+            if self.admin_token is not None:
+                raise ValueError("set WALRUS_ADMIN_TOKEN or WALRUS_ADMIN_TOKEN_FILE, not both")
+            try:
+                text = self.admin_token_file.read_text().strip()
+            except OSError as exc:
+                raise ValueError(f"admin_token_file: cannot read it ({exc})") from exc
+            self.admin_token = SecretStr(text)
+        token = self.admin_token
+        if token is not None and len(token.get_secret_value()) < MIN_ADMIN_TOKEN:
+            raise ValueError(
+                f"admin_token must be at least {MIN_ADMIN_TOKEN} characters "
+                "(e.g. `openssl rand -hex 32`)"
+            )
+        return self
 
     host: str = "127.0.0.1"
     port: int = Field(8000, ge=1, le=65535)

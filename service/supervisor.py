@@ -141,6 +141,9 @@ def run_uvicorn(app: str, settings: Settings, workers: int) -> None:
         log_level=settings.log_level,
         access_log=False,  # the fronts log each request themselves, as JSON with its id
         timeout_graceful_shutdown=graceful_timeout(settings),
+        http="service.front.protocol:DeadlineProtocol",  # read deadline, header size limit
+        limit_concurrency=settings.limit_concurrency or None,
+        backlog=settings.backlog,
     )
 
 

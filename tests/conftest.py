@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import os
 import shutil
 from collections.abc import Iterator
@@ -15,6 +16,14 @@ import scipy.sparse as sp
 from tests.server import Server
 
 REPO = Path(__file__).resolve().parents[1]
+
+
+def auto_precision() -> str:
+    """The encoder precision ``auto`` serves on this machine: fp16 where onnxruntime offers
+    CUDA, int8 on the CPU (the tests run on both)."""
+    import onnxruntime as ort
+
+    return "fp16" if "CUDAExecutionProvider" in ort.get_available_providers() else "int8"
 
 
 @pytest.fixture
@@ -96,6 +105,18 @@ def tool_or_skip(name: str, install: str) -> str:
     pytest.skip(reason)
 
 
+def module_or_skip(name: str, install: str) -> None:
+    """At a test module's top: skip the module without the Python package ``name``, naming
+    the install, except in CI (``CI=true``), which installs every extra: there it fails."""
+    try:
+        importlib.import_module(name)
+    except ImportError:
+        reason = f"{name} is not installed ({install})"
+        if os.environ.get("CI", "").lower() == "true":
+            pytest.fail(f"CI must run these tests: {reason}", pytrace=False)
+        pytest.skip(reason, allow_module_level=True)
+
+
 @pytest.fixture(scope="session")
 def movielens_dir() -> Path:
     """The MovieLens directory from WALRUS_MOVIELENS_DIR."""
@@ -170,6 +191,7 @@ def server(tiny_bundle: Path) -> Iterator[Server]:
         WALRUS_ENCODER_PRECISION="fp32",
         WALRUS_MAX_HISTORY="50",
         WALRUS_QUERY_CACHE_SIZE="0",
+        WALRUS_DEBUG_TIMINGS="true",
     )
     try:
         srv.wait()

@@ -7,9 +7,13 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import TypeVar
 
 import httpx
+
+T = TypeVar("T")
 
 
 def free_port() -> int:
@@ -23,7 +27,12 @@ class Server:
     start it, ``walrus serve`` (worker plan, multiprocess metrics)."""
 
     def __init__(
-        self, bundle: Path, extra_args: list[str] | None = None, cli: bool = False, **env: str
+        self,
+        bundle: Path,
+        extra_args: list[str] | None = None,
+        cli: bool = False,
+        app: str = "service.inline:create_app",
+        **env: str,
     ) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
@@ -36,8 +45,10 @@ class Server:
                 sys.executable,
                 "-m",
                 "uvicorn",
-                "service.inline:create_app",
+                app,
                 "--factory",
+                "--http",
+                "service.front.protocol:DeadlineProtocol",  # as walrus serve runs it
                 "--host",
                 "127.0.0.1",
                 "--port",
@@ -79,3 +90,22 @@ class Server:
         except subprocess.TimeoutExpired:
             self.process.kill()
         self.log.close()
+
+
+def eventually(check: Callable[[], T | None], timeout: float = 30.0, what: str = "") -> T:
+    """``check()``'s first truthy value, polled every 50 ms: waits for a condition instead of
+    sleeping a fixed time that a slow machine can outrun."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = check()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"not within {timeout} s: {what or check}")
+        time.sleep(0.05)
+
+
+def metric(text: str, name: str) -> float:
+    """One unlabelled sample's value in a Prometheus exposition (0 when absent)."""
+    lines = [ln for ln in text.splitlines() if ln.startswith(name + " ")]
+    return float(lines[0].split()[1]) if lines else 0.0

@@ -10,6 +10,7 @@ previous one is searched and reranked.
 from __future__ import annotations
 
 import asyncio
+import logging
 import queue
 import threading
 import time
@@ -19,6 +20,8 @@ from typing import Generic, TypeVar
 
 T = TypeVar("T")
 R = TypeVar("R")
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -75,12 +78,34 @@ class Batcher(Generic[T, R]):
         self.on_depth = on_depth  # told the queue depth whenever it changes: a gauge
         self._queue: queue.SimpleQueue[_Pending[T, R] | None] = queue.SimpleQueue()
         self._stopped = False
-        self._threads = [
-            threading.Thread(target=self._run, name=f"{name}-{i}", daemon=True)
-            for i in range(workers)
-        ]
+        self.name = name
+        self.deaths = 0  # worker threads that died (a BaseException out of ``process``)
+        self._threads = [self._thread(i) for i in range(workers)]
         for thread in self._threads:
             thread.start()
+
+    def _thread(self, i: int) -> threading.Thread:
+        return threading.Thread(target=self._run, name=f"{self.name}-{i}", daemon=True)
+
+    def dead(self) -> int:
+        """Worker threads that ended while the batcher still serves."""
+        if self._stopped:
+            return 0
+        return sum(not t.is_alive() for t in self._threads)
+
+    def revive(self) -> int:
+        """Start a new thread for each dead one; how many were started. Cheap enough to
+        call before every request."""
+        if self._stopped or all(t.is_alive() for t in self._threads):
+            return 0
+        revived = 0
+        for i, thread in enumerate(self._threads):
+            if not thread.is_alive():
+                self._threads[i] = self._thread(i)
+                self._threads[i].start()
+                revived += 1
+        log.error("%d batcher thread(s) had died and were started again", revived)
+        return revived
 
     async def submit(self, item: T) -> R:
         """The item's result; ``Overloaded`` at once when ``max_queue`` requests already wait.
@@ -93,8 +118,7 @@ class Batcher(Generic[T, R]):
         loop = asyncio.get_running_loop()
         future: asyncio.Future[R] = loop.create_future()
         self._queue.put(_Pending(item, future, loop))
-        if self.on_depth is not None:
-            self.on_depth(self._queue.qsize())
+        self._tell(self.on_depth, self._queue.qsize())
         return await future
 
     def stop(self) -> None:
@@ -139,8 +163,7 @@ class Batcher(Generic[T, R]):
             if first is None:
                 return
             batch, stop = self._gather(first)
-            if self.on_depth is not None:
-                self.on_depth(self._queue.qsize())
+            self._tell(self.on_depth, self._queue.qsize())
             batch = [p for p in batch if not p.future.cancelled()]  # abandoned: skip the work
             if not batch:
                 if stop:
@@ -150,16 +173,34 @@ class Batcher(Generic[T, R]):
             if stop:
                 return
 
-    def _serve(self, batch: list[_Pending[T, R]]) -> None:
-        """Process one batch and hand each caller its result, on its own event loop."""
-        if self.on_batch is not None:
-            self.on_batch(len(batch))
+    def _tell(self, callback: Callable[[int], None] | None, value: int) -> None:
+        """A metrics callback that raises must not end the thread."""
+        if callback is None:
+            return
         try:
-            results = self._process([p.item for p in batch])
-        except Exception as exc:
-            # One bad request must not fail the others: each is served again alone, and
-            # only the one that fails alone gets the exception.
-            results = [self._alone(p.item) for p in batch] if len(batch) > 1 else [exc]
+            callback(value)
+        except Exception:
+            log.exception("batcher callback %r failed", callback)
+
+    def _serve(self, batch: list[_Pending[T, R]]) -> None:
+        """Process one batch and hand each caller its result, on its own event loop. A
+        BaseException (``SystemExit`` from a library, ...) ends this thread, but not before
+        every caller of the batch has its answer: ``revive`` starts a new one."""
+        self._tell(self.on_batch, len(batch))
+        try:
+            try:
+                results = self._process([p.item for p in batch])
+            except Exception as exc:
+                # One bad request must not fail the others: each is served again alone, and
+                # only the one that fails alone gets the exception.
+                results = [self._alone(p.item) for p in batch] if len(batch) > 1 else [exc]
+        except BaseException as exc:
+            self.deaths += 1
+            failed = RuntimeError(f"the batcher thread died: {type(exc).__name__}")
+            for pending in batch:
+                pending.loop.call_soon_threadsafe(_resolve, pending.future, failed)
+            log.critical("batcher thread %s dies", threading.current_thread().name, exc_info=True)
+            raise
         for pending, result in zip(batch, results, strict=True):
             pending.loop.call_soon_threadsafe(_resolve, pending.future, result)
 

@@ -12,6 +12,8 @@ import asyncio
 import logging
 from concurrent.futures import ThreadPoolExecutor
 
+import msgspec
+
 from service.engine.batcher import Overloaded
 from service.engine.lifecycle import Bundles, NotReady
 from service.engine.recommender import InputError, UnknownItem
@@ -46,6 +48,7 @@ class Engine:
         # /similar and reloads each have their own threads: a flood of one cannot starve
         # the other (the batcher has its own too).
         self.similar_pool = ThreadPoolExecutor(settings.worker_threads, "walrus-similar")
+        self.similar_waiting = 0  # /similar calls queued or running
 
     async def start(self) -> None:
         await self.bundles.start()
@@ -83,18 +86,31 @@ class Engine:
     async def recommend(self, call: Recommend) -> Answer:
         result = await self.bundles.recommend(call)
         self.metrics.observe_stages(result.timings_ms)
+        if not self.settings.debug_timings:
+            result = msgspec.structs.replace(result, timings_ms={})
         return Answer(call.id, 200, json_body(result), bundle_id=result.bundle_id)
 
     async def similar(self, call: Similar) -> Answer:
+        """On its own threads (a flood of it cannot stall reloads or the batcher), with the
+        batcher's admission rule: past WALRUS_MAX_QUEUE waiting, 503 at once. A caller that
+        leaves or passes its deadline cancels its call; if still queued, it is never run."""
         recommender = self.bundles.recommender()
+        limit = self.settings.max_queue
+        if limit and self.similar_waiting >= limit:
+            raise Overloaded(f"{self.similar_waiting} /similar calls are waiting")
         loop = asyncio.get_running_loop()
+        self.similar_waiting += 1
         try:
             result = await loop.run_in_executor(
                 self.similar_pool, recommender.similar, call.item_id, call.k
             )
         except UnknownItem:
             return error(call.id, 404, f"unknown item_id {call.item_id!r}")
+        finally:
+            self.similar_waiting -= 1
         self.metrics.observe_stages(result.timings_ms)
+        if not self.settings.debug_timings:
+            result = msgspec.structs.replace(result, timings_ms={})
         return Answer(call.id, 200, json_body(result), bundle_id=result.bundle_id)
 
     def status(self, call: Status) -> Answer:
@@ -106,6 +122,13 @@ class Engine:
         serving = bundles.serving
         if serving is None:
             return Readiness(ready=False, reason=bundles.reason, refused=dict(bundles.refused))
+        if bundles.revive(serving):  # red for this answer; the next one sees it serving again
+            return Readiness(
+                ready=False,
+                bundle_id=serving.recommender.bundle_id,
+                reason="a batcher thread had died; it was started again",
+                refused=dict(bundles.refused),
+            )
         r = serving.recommender
         return Readiness(
             ready=True,

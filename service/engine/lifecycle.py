@@ -69,10 +69,20 @@ class Bundles:
             serving = self.serving
             if serving is None:
                 raise NotReady(self.reason or "not ready")
+            self.revive(serving)
             try:
                 return await serving.batcher.submit(request)
-            except Stopped:  # swapped between the dependency and here: the new one serves
-                continue
+            except Stopped:
+                if self.serving is serving:  # closed, not swapped: nothing will serve it
+                    raise NotReady("shutting down") from None
+                continue  # swapped between the dependency and here: the new one serves
+
+    def revive(self, serving: Serving) -> int:
+        """Start again the batcher threads that died; counted in /metrics."""
+        revived = serving.batcher.revive()
+        if revived:
+            self.metrics.batcher_restarts.inc(revived)
+        return revived
 
     # ------------------------------------------------------------------ loading
     def _load(self, path: Path) -> Recommender:
@@ -171,15 +181,20 @@ class Bundles:
             await asyncio.sleep(interval)
             if self.serving is None:  # start() is still retrying
                 continue
+            self.revive(self.serving)
             try:
                 await self.reload(retry_refused=False)
             except Exception:  # a bug: logged; the poll goes on, the old bundle serves
                 log.exception("the reload poll failed unexpectedly")
 
     async def close(self) -> None:
-        if self.serving is not None:
-            self.serving.batcher.stop()
-            await asyncio.to_thread(self.serving.batcher.join)
+        """Serve what is queued, then nothing: a later request is NotReady (503), never
+        queued behind a stopped batcher."""
+        serving, self.serving = self.serving, None
+        self.reason = "shutting down"
+        if serving is not None:
+            serving.batcher.stop()
+            await asyncio.to_thread(serving.batcher.join)
 
 
 def collect_and_freeze() -> None:

@@ -79,6 +79,7 @@ class Recommender:
                 plan.threads,
                 settings.verify_parity,
                 encoder_sessions=plan.batch_workers,
+                trusted_keys=settings.trusted_keys,
             ),
         )
         self.settings = settings
@@ -268,17 +269,23 @@ class Recommender:
         )
 
     def warm_up(self) -> None:
-        """A few real requests before the bundle serves: the first ONNX and FAISS calls pay
-        for lazy initialisation, which no client should wait for."""
+        """A real request down every path before the bundle serves (query, known user,
+        history fold-in, /similar): the first ONNX and FAISS calls pay for lazy
+        initialisation, which no client should wait for, and a bundle that would fail one
+        of them is refused here instead of answering 500s."""
         user = self.example_user()
+        item = self.items.ids[0] if len(self.items) else None
         for req in (
             Recommend(query="warm up", k=5),
             Recommend(user_id=user, k=5),
             Recommend(user_id=user, query="warm up the encoder", k=5),
+            Recommend(history=[item] if item is not None else None, k=5),
         ):
             result = self.recommend_batch([req])[0]
             if isinstance(result, Exception):
                 raise result
+        if item is not None:
+            self.similar(item, 5)
 
     def example_user(self) -> str | None:
         return self.users.ids[0] if len(self.users) else None

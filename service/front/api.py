@@ -94,6 +94,25 @@ def send(answer: Answer | Response, request: Request) -> Response:
     return Response(answer.body, answer.status, headers, media_type=JSON)
 
 
+def caller(front: Front, body: RecommendRequest, request: Request) -> str | None:
+    """The user to recommend for: the body's ``user_id``, or, behind a gateway that
+    authenticates users (``WALRUS_USER_HEADER``), that header's, and never the body's: a
+    caller could otherwise ask for anyone's recommendations and, with ``exclude_seen``,
+    learn their history."""
+    header = front.settings.user_header
+    if not header:
+        return body.user_id
+    if body.user_id is not None:
+        detail = f"set by the gateway in the {header} header; leave it out of the body"
+        raise HTTPException(
+            422, [{"loc": ["body", "user_id"], "msg": detail, "type": "value_error"}]
+        )
+    user = request.headers.get(header)
+    if not user or len(user) > ID_CHARS:
+        raise HTTPException(401, f"missing {header} header (the gateway sets it)")
+    return user
+
+
 @router.post("/v1/recommend", response_model=RecommendResponse, responses=ERRORS)
 async def recommend(body: RecommendRequest, front: FrontDep, request: Request) -> Response:
     """Recommendations for a user, a query, a history, any mix of them, or nothing (popular).
@@ -101,7 +120,7 @@ async def recommend(body: RecommendRequest, front: FrontDep, request: Request) -
     call = Recommend(
         front.engine.next_id(),
         body.k,
-        body.user_id,
+        caller(front, body, request),
         body.query,
         body.history,
         body.exclude,
@@ -140,6 +159,10 @@ async def reload(
     once for the whole machine; the old bundle serves until then, and on if the new one is
     refused. Needs ``Authorization: Bearer $WALRUS_ADMIN_TOKEN``."""
     token = front.settings.admin_token
+    client = request.client.host if request.client else "?"
+    wait = front.admin_failures.retry_after(client)
+    if wait:
+        raise HTTPException(429, "too many wrong admin tokens", {"Retry-After": str(wait)})
     if credentials is None:
         raise HTTPException(
             401, "send Authorization: Bearer <token>", {"WWW-Authenticate": "Bearer"}
@@ -147,6 +170,7 @@ async def reload(
     if token is None or not secrets.compare_digest(
         credentials.credentials.encode(), token.get_secret_value().encode()
     ):
+        front.admin_failures.failed(client)
         raise HTTPException(403, "wrong admin token")
     timeout_s = max(front.settings.deadline_ms / 1000, 600.0)  # a load takes what it takes
     return send(await ask(front, Reload(front.engine.next_id()), request, timeout_s), request)

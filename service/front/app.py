@@ -27,7 +27,7 @@ from fastapi.responses import JSONResponse
 from service.front.api import admin_router, router
 from service.front.client import EngineClient, EngineLink
 from service.front.middleware import Guard
-from service.front.state import Front
+from service.front.state import FailedAttempts, Front
 from service.logs import configure_logging
 from service.metrics import Metrics
 from service.settings import Settings
@@ -47,7 +47,9 @@ def build_app(settings: Settings, engine: EngineLink, metrics: Metrics) -> FastA
     """The app: routes, middleware and handlers around ``engine``; the lifespan starts and
     stops the link (never at import)."""
     configure_logging(settings.log_level)
-    front = Front(settings, engine, metrics)
+    front = Front(
+        settings, engine, metrics, admin_failures=FailedAttempts(settings.admin_max_failures)
+    )
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:

@@ -5,11 +5,11 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import pytest
+from tests.conftest import module_or_skip
 
-pytest.importorskip("pyspark", reason="the spark extra is not installed")
+module_or_skip("pyspark", "pip install -e '.[spark]'")
 
-from bench.spark_wals import report
+from bench.spark_wals import report  # noqa: E402 -- after the skip
 
 REPO = Path(__file__).resolve().parents[2]
 

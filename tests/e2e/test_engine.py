@@ -25,7 +25,7 @@ from tests.e2e.test_service_matches_offline import CASES, offline, request_body
 from tests.server import Server
 
 pytestmark = pytest.mark.slow
-TOKEN = "engine-test-token"
+TOKEN = "engine-test-token-32-characters-long"
 
 
 def processes(srv: Server) -> tuple[list[psutil.Process], list[psutil.Process]]:

@@ -8,7 +8,7 @@ import sys
 
 import httpx
 
-from tests.conftest import TINY_TOML
+from tests.conftest import TINY_TOML, auto_precision
 from tests.server import Server
 
 
@@ -43,7 +43,7 @@ def test_cli_pipeline_end_to_end(tmp_path):
         assert r.status_code == 200 and len(r.json()["items"]) == 3
         assert "ready: curl -s" in srv.output()
         ready = httpx.get(f"{srv.url}/readyz").json()
-        assert ready["encoder_precision"] == "int8"
+        assert ready["encoder_precision"] == auto_precision()
         assert (
             ready["bundle_id"]
             == json.loads((bundles / "current" / "manifest.json").read_text())["bundle_id"]

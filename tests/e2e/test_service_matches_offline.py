@@ -9,6 +9,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from tests.conftest import auto_precision
+
 CASES = [
     {"user": 2, "query": "jazz", "k": 9, "exclude_seen": False},
     {"user": 0, "k": 8},
@@ -124,11 +126,14 @@ def test_defaults_with_an_approximate_index_equal_offline(served_defaults, tiny_
     assert {e.kind for e in manifest.indexes.values()} == {"hnsw"}
     assert all("efSearch" in e.search_params for e in manifest.indexes.values())
     ready = httpx.get(f"{srv.url}/readyz").json()
-    assert ready["encoder_precision"] == "int8"
-    int8 = OnnxTextEncoder(bundle / "encoder.int8.onnx", bundle / "tokenizer.json", 32)
+    precision = auto_precision()
+    assert ready["encoder_precision"] == precision
+    served_encoder = OnnxTextEncoder(
+        bundle / f"encoder.{precision}.onnx", bundle / "tokenizer.json", 32
+    )
     body = request_body(tiny_trained, case)
     response = httpx.post(f"{srv.url}/v1/recommend", json=body, timeout=30).json()
-    ids, scores, sources = offline(tiny_trained, case, int8.encode)
+    ids, scores, sources = offline(tiny_trained, case, served_encoder.encode)
     assert [it["item_id"] for it in response["items"]] == ids
     np.testing.assert_allclose([it["score"] for it in response["items"]], scores, atol=1e-4)
     assert [it["sources"] for it in response["items"]] == sources

@@ -6,14 +6,14 @@ import json
 import shutil
 import subprocess
 import sys
-import time
 
 import httpx
 import numpy as np
 import pytest
 
 from export.format import FORMAT_VERSION
-from tests.server import Server
+from export.runtime import faiss_gpu_count
+from tests.server import Server, eventually
 
 
 def bundle_users(bundle):
@@ -194,7 +194,7 @@ def test_similar_items(client, tiny_bundle):
 def test_health_ready_metrics(client):
     assert client.get("/healthz").json() == {"status": "ok"}
     ready = client.get("/readyz").json()
-    assert ready["ready"] is True and ready["faiss"] == "cpu"
+    assert ready["ready"] is True and ready["faiss"] == ("gpu" if faiss_gpu_count() else "cpu")
     assert "CPUExecutionProvider" in ready["onnx_providers"]
     assert ready["encoder_precision"] == "fp32"
     post(client, query="robots", k=2)
@@ -287,32 +287,54 @@ def test_files_that_disagree_in_size_are_refused_at_load(tiny_bundle, tmp_path):
     srv = Server(copy)
     try:
         srv.wait(ready=False)
-        time.sleep(0.5)
-        reason = httpx.get(f"{srv.url}/readyz").json()["reason"]
-        assert f"user factor rows is {len(factors) - 1}, expected {len(factors)}" in reason
+        expected = f"user factor rows is {len(factors) - 1}, expected {len(factors)}"
+        eventually(
+            lambda: expected in httpx.get(f"{srv.url}/readyz").json().get("reason", ""),
+            what=expected,
+        )
     finally:
         srv.stop()
 
 
-def test_a_bug_at_request_time_is_a_clean_500_with_its_traceback_logged(tiny_bundle, tmp_path):
-    """The client gets a one-line 500, the log gets the traceback, /metrics counts it."""
-    copy = tmp_path / "bundle"
-    shutil.copytree(tiny_bundle, copy)
-    _seen_item_out_of_range(copy)
-    last_user = json.loads((copy / "user_ids.json").read_text())[-1]
-    srv = Server(copy)
+def test_a_bug_at_request_time_is_a_clean_500_with_its_traceback_logged(tiny_bundle):
+    """A bug planted deep in the batch (tests/service/buggy.py): the client gets a one-line
+    500, the log gets the traceback, /metrics counts it, and the rest is served."""
+    from tests.service.buggy import TRIGGER
+
+    srv = Server(tiny_bundle, app="tests.service.buggy:create_app")
     try:
         srv.wait()
-        r = httpx.post(f"{srv.url}/v1/recommend", json={"user_id": last_user, "k": 2})
+        r = httpx.post(f"{srv.url}/v1/recommend", json={"query": TRIGGER, "k": 2})
         assert r.status_code == 500 and r.json() == {"detail": "internal error"}
         assert "Traceback" not in r.text
-        time.sleep(0.2)
-        assert "unhandled error on POST /v1/recommend" in srv.output()
-        assert "Traceback" in srv.output()
+        eventually(lambda: "unhandled error on POST /v1/recommend" in srv.output(), 10)
+        assert "Traceback" in srv.output() and "a planted bug" in srv.output()
+        fine = httpx.post(f"{srv.url}/v1/recommend", json={"query": "space", "k": 2})
+        assert fine.status_code == 200
         metrics = httpx.get(f"{srv.url}/metrics").text
         assert 'walrus_requests_total{endpoint="/v1/recommend",status="500"} 1.0' in metrics
     finally:
         srv.stop()
+
+
+def test_a_bundle_whose_parts_disagree_is_refused_at_load(tiny_bundle, tmp_path):
+    """Intact files (each sha256 as listed) that cannot work together: a seen item outside
+    the catalog, a Gramian of the wrong shape, column weights of the wrong length."""
+    from export.format import BundleError
+    from export.runtime import load_bundle
+
+    cases = {
+        "seen item indices span": _seen_item_out_of_range,
+        "gramian rows is 3": lambda b: np.save(b / "item_gramian.npy", np.eye(3, dtype=np.float32)),
+        "column weights is 2": lambda b: np.save(b / "col_weights.npy", np.ones(2)),
+    }
+    for expected, spoil in cases.items():
+        copy = tmp_path / expected.split()[0]
+        shutil.copytree(tiny_bundle, copy)
+        spoil(copy)
+        _rewrite_manifest(copy, lambda m: None)
+        with pytest.raises(BundleError, match=expected):
+            load_bundle(copy)
 
 
 def test_a_bundle_that_fails_its_warm_up_never_serves(tiny_bundle, tmp_path):
@@ -490,5 +512,48 @@ def test_several_workers_report_one_sum_in_metrics(tiny_bundle, tmp_path):
                 batches = [x for x in text.splitlines() if x.startswith("walrus_batch_size_sum")]
                 assert float(batches[0].rsplit(" ", 1)[1]) == ok  # the engine's: one engine
         assert "and 2 front(s)" in srv.output()
+    finally:
+        srv.stop()
+
+
+def test_timings_stay_out_of_answers_unless_debugging(tiny_bundle):
+    """By default an answer's timings_ms is empty (a cached query's 0 ms encode would tell
+    any caller what others asked recently); /metrics still has the stages."""
+    srv = Server(tiny_bundle)
+    try:
+        srv.wait()
+        for _ in range(2):  # the second one is a cache hit
+            r = httpx.post(f"{srv.url}/v1/recommend", json={"query": "space robots", "k": 2})
+            assert r.status_code == 200 and r.json()["timings_ms"] == {}
+        warm = r.json()["items"][0]["item_id"]
+        similar = httpx.get(f"{srv.url}/v1/items/{warm}/similar", params={"k": 2})
+        assert similar.status_code == 200 and similar.json()["timings_ms"] == {}
+
+        def with_stages() -> str | None:
+            text = httpx.get(f"{srv.url}/metrics").text
+            return text if 'walrus_stage_seconds_count{stage="encode"}' in text else None
+
+        metrics = eventually(with_stages, what="the encode stage in /metrics")
+        assert 'stage="rerank"' in metrics
+    finally:
+        srv.stop()
+
+
+def test_behind_a_gateway_the_user_comes_from_its_header_only(tiny_bundle):
+    """With WALRUS_USER_HEADER the body cannot name a user (nobody can ask for another's
+    recommendations, or learn their history through exclude_seen)."""
+    users = json.loads((tiny_bundle / "user_ids.json").read_text())
+    srv = Server(tiny_bundle, WALRUS_USER_HEADER="X-User-Id")
+    try:
+        srv.wait()
+        url = f"{srv.url}/v1/recommend"
+        named = httpx.post(url, json={"user_id": users[0], "k": 2}, headers={"X-User-Id": users[0]})
+        assert named.status_code == 422 and named.json()["detail"][0]["loc"] == ["body", "user_id"]
+        missing = httpx.post(url, json={"k": 2})
+        assert missing.status_code == 401 and "X-User-Id" in missing.json()["detail"]
+        ok = httpx.post(url, json={"k": 2}, headers={"X-User-Id": users[0]})
+        assert ok.status_code == 200 and ok.json()["user_known"] is True
+        stranger = httpx.post(url, json={"k": 2}, headers={"X-User-Id": "nobody-here"})
+        assert stranger.status_code == 200 and stranger.json()["user_known"] is False
     finally:
         srv.stop()

@@ -69,3 +69,35 @@ def test_the_process_plan_gives_the_engine_one_thread_per_call_and_fronts_a_shar
 @pytest.mark.parametrize(("seconds", "whole"), [(0.5, 1), (0.0, 0), (20.0, 20), (2.1, 3)])
 def test_the_graceful_timeout_is_rounded_up_and_never_forever(seconds, whole):
     assert graceful_timeout(Settings(graceful_timeout_s=seconds)) == whole
+
+
+def test_the_admin_token_is_long_and_may_come_from_a_file(tmp_path):
+    from pydantic import ValidationError
+
+    with pytest.raises(ValidationError, match="at least 32 characters"):
+        Settings(admin_token="short")
+    secret = tmp_path / "token"
+    secret.write_text("x" * 40 + "\n")
+    token = Settings(admin_token_file=secret).admin_token
+    assert token is not None and token.get_secret_value() == "x" * 40
+    with pytest.raises(ValidationError, match="not both"):
+        Settings(admin_token="y" * 40, admin_token_file=secret)
+    with pytest.raises(ValidationError, match="cannot read it"):
+        Settings(admin_token_file=tmp_path / "missing")
+    assert Settings(admin_token="", admin_token_file="").admin_token is None
+
+
+def test_failed_admin_attempts_block_an_address_for_the_rest_of_its_minute(monkeypatch):
+    from service.front import state
+
+    now = [1000.0]
+    monkeypatch.setattr(state.time, "monotonic", lambda: now[0])
+    attempts = state.FailedAttempts(limit=2)
+    for _ in range(2):
+        assert attempts.retry_after("a") == 0
+        attempts.failed("a")
+    assert attempts.retry_after("a") == 61 and attempts.retry_after("b") == 0
+    now[0] += 59.5
+    assert attempts.retry_after("a") == 1
+    now[0] += 1
+    assert attempts.retry_after("a") == 0  # a new window

@@ -7,11 +7,13 @@ from collections.abc import Iterator
 
 import pytest
 
-pytest.importorskip("pyspark", reason="the spark extra is not installed")
+from tests.conftest import module_or_skip
 
-from pyspark.sql import SparkSession
+module_or_skip("pyspark", "pip install -e '.[spark]'")
 
-from models.spark.wals import session
+from pyspark.sql import SparkSession  # noqa: E402 -- after the skip
+
+from models.spark.wals import session  # noqa: E402 -- after the skip
 
 
 @pytest.fixture(scope="session")

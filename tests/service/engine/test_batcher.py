@@ -15,6 +15,12 @@ def run(coro):
     return asyncio.run(coro)
 
 
+async def queued() -> None:
+    """Let every task made so far reach its ``submit``'s put (no timing involved: tasks
+    scheduled before this yield run before it returns)."""
+    await asyncio.sleep(0)
+
+
 def test_concurrent_requests_are_batched_and_answered_in_order():
     sizes: list[int] = []
     gate = threading.Event()
@@ -27,7 +33,7 @@ def test_concurrent_requests_are_batched_and_answered_in_order():
 
     async def main() -> list[int]:
         tasks = [asyncio.ensure_future(batcher.submit(i)) for i in range(50)]
-        await asyncio.sleep(0.1)
+        await queued()
         gate.set()
         return list(await asyncio.gather(*tasks))
 
@@ -52,7 +58,7 @@ def test_max_batch_is_respected():
 
     async def main() -> None:
         tasks = [asyncio.ensure_future(batcher.submit(i)) for i in range(20)]
-        await asyncio.sleep(0.1)
+        await queued()
         gate.set()
         await asyncio.gather(*tasks)
 
@@ -66,12 +72,12 @@ def test_max_batch_is_respected():
 def test_wait_gathers_requests_arriving_later():
     sizes: list[int] = []
     batcher: Batcher[int, int] = Batcher(
-        lambda items: items, max_batch=8, wait_us=200_000, workers=1, on_batch=sizes.append
+        lambda items: items, max_batch=4, wait_us=5_000_000, workers=1, on_batch=sizes.append
     )
 
     async def main() -> None:
         first = asyncio.ensure_future(batcher.submit(0))
-        await asyncio.sleep(0.02)
+        await asyncio.sleep(0.02)  # later than the first; the batch closes when 4 have come
         rest = [asyncio.ensure_future(batcher.submit(i)) for i in range(1, 4)]
         await asyncio.gather(first, *rest)
 
@@ -143,7 +149,7 @@ def test_a_full_queue_sheds_at_once():
 
     async def main() -> list[object]:
         tasks = [asyncio.ensure_future(batcher.submit(i)) for i in range(6)]
-        await asyncio.sleep(0.1)
+        await queued()
         gate.set()
         return await asyncio.gather(*tasks, return_exceptions=True)
 
@@ -200,7 +206,7 @@ def test_a_failing_batch_is_retried_request_by_request():
 
     async def main() -> list[int | BaseException]:
         tasks = [asyncio.ensure_future(batcher.submit(i)) for i in range(20)]
-        await asyncio.sleep(0.1)
+        await queued()
         gate.set()
         return list(await asyncio.gather(*tasks, return_exceptions=True))
 
@@ -211,3 +217,41 @@ def test_a_failing_batch_is_retried_request_by_request():
     assert [r for i, r in enumerate(results) if i != 13] == [i * 10 for i in range(20) if i != 13]
     assert isinstance(results[13], ValueError)
     assert any(len(c) > 1 and 13 in c for c in calls)  # it did fail a real batch first
+
+
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnhandledThreadExceptionWarning")
+def test_a_thread_killed_by_a_base_exception_answers_its_batch_and_is_revived():
+    """SystemExit out of a batch ends that worker thread, but its callers get an error at
+    once (not a timeout), ``dead`` sees it and ``revive`` brings a worker back."""
+    calls: list[list[int]] = []
+
+    def process(items: list[int]) -> list[int]:
+        calls.append(items)
+        if len(calls) == 1:
+            raise SystemExit("a library called sys.exit")
+        return items
+
+    batcher: Batcher[int, int] = Batcher(process, max_batch=1, workers=1)
+    try:
+        with pytest.raises(RuntimeError, match="batcher thread died: SystemExit"):
+            run(asyncio.wait_for(batcher.submit(1), 5))
+        batcher._threads[0].join(5)
+        assert batcher.dead() == 1 and batcher.deaths == 1
+        assert batcher.revive() == 1 and batcher.dead() == 0 and batcher.revive() == 0
+        assert run(asyncio.wait_for(batcher.submit(2), 5)) == 2
+    finally:
+        batcher.close()
+
+
+def test_a_failing_metrics_callback_does_not_end_the_thread():
+    def broken(_: int) -> None:
+        raise ValueError("a metrics bug")
+
+    batcher: Batcher[int, int] = Batcher(
+        lambda items: items, max_batch=1, workers=1, on_batch=broken, on_depth=broken
+    )
+    try:
+        assert [run(batcher.submit(i)) for i in range(3)] == [0, 1, 2]
+        assert batcher.dead() == 0
+    finally:
+        batcher.close()

@@ -16,10 +16,10 @@ import httpx
 import pytest
 
 from export.bundle import switch_current
-from tests.server import Server
+from tests.server import Server, eventually, metric
 
 pytestmark = pytest.mark.slow
-TOKEN = "s3cret-token"
+TOKEN = "s3cret-token-of-thirty-two-chars!"
 
 
 def version(tiny_bundle: Path, bundles: Path, name: str) -> Path:
@@ -57,7 +57,14 @@ def test_the_admin_route_exists_only_with_a_token_and_checks_it(bundles):
         assert "/admin/reload" not in httpx.get(f"{without.url}/openapi.json").text
     finally:
         without.stop()
-    srv = Server(bundles, WALRUS_ADMIN_TOKEN=TOKEN, WALRUS_RELOAD_INTERVAL_S="0")
+    token_file = bundles.parent / "admin-token"
+    token_file.write_text(TOKEN + "\n")  # a mounted secret ends with a newline
+    srv = Server(
+        bundles,
+        WALRUS_ADMIN_TOKEN_FILE=str(token_file),
+        WALRUS_ADMIN_MAX_FAILURES="2",
+        WALRUS_RELOAD_INTERVAL_S="0",
+    )
     try:
         srv.wait()
         url = f"{srv.url}/admin/reload"
@@ -68,6 +75,11 @@ def test_the_admin_route_exists_only_with_a_token_and_checks_it(bundles):
         same = httpx.post(url, headers={"Authorization": f"Bearer {TOKEN}"})
         assert same.status_code == 200
         assert same.json() == {"bundle_id": "v1", "reloaded": False, "reason": "already serving it"}
+        # Wrong guesses cost time: past WALRUS_ADMIN_MAX_FAILURES (2 here, 1 used) a
+        # minute, the address gets 429, even with the right token.
+        assert httpx.post(url, headers={"Authorization": "Bearer guess"}).status_code == 403
+        blocked = httpx.post(url, headers={"Authorization": f"Bearer {TOKEN}"})
+        assert blocked.status_code == 429 and 0 < int(blocked.headers["retry-after"]) <= 60
     finally:
         srv.stop()
 
@@ -116,10 +128,14 @@ def test_five_reloads_under_load_drop_no_request(tiny_bundle, bundles):
         assert "item_factors.npy is corrupt" in answer["reason"]
 
         switch_current(bundles, "v9-missing")  # found by the poll, not told
-        time.sleep(1)
-        ready = httpx.get(f"{srv.url}/readyz").json()
+
+        def refused_v9() -> dict | None:
+            ready = httpx.get(f"{srv.url}/readyz").json()
+            refused = any("v9-missing" in reason for reason in ready["refused"].values())
+            return ready if refused else None
+
+        ready = eventually(refused_v9, what="the poll refusing v9-missing")
         assert ready["ready"] and ready["bundle_id"] == "v2"
-        assert any("v9-missing" in reason for reason in ready["refused"].values()), ready
 
         version(tiny_bundle, bundles, "v4")
         switch_current(bundles, "v4")  # the poll loads it
@@ -153,8 +169,8 @@ def test_sigterm_drains_then_exits_zero(tiny_bundle):
         tiny_bundle,
         ["--workers", "1"],
         cli=True,
-        WALRUS_DRAIN_S="1.5",
-        WALRUS_BATCH_WAIT_US="600000",
+        WALRUS_DRAIN_S="4",
+        WALRUS_BATCH_WAIT_US="1000000",  # the most allowed
         WALRUS_MAX_BATCH="64",
     )
     try:
@@ -167,11 +183,13 @@ def test_sigterm_drains_then_exits_zero(tiny_bundle):
 
         slow = threading.Thread(target=in_flight)
         slow.start()
-        time.sleep(0.2)  # the request waits in its batch for 0.6 s
+        time.sleep(0.3)  # sent by now; its batch waits 1 s for company
         srv.process.send_signal(signal.SIGTERM)
-        time.sleep(0.2)
-        ready = httpx.get(f"{srv.url}/readyz")
-        assert ready.status_code == 503 and ready.json()["draining"] is True
+        ready = eventually(
+            lambda: (r := httpx.get(f"{srv.url}/readyz")).status_code == 503 and r,
+            what="/readyz turning 503",
+        )
+        assert ready.json()["draining"] is True and slow.is_alive()
         during = httpx.post(f"{srv.url}/v1/recommend", json={"k": 2}, timeout=30)
         assert during.status_code == 200
         slow.join()
@@ -182,7 +200,7 @@ def test_sigterm_drains_then_exits_zero(tiny_bundle):
 
 
 def test_a_client_that_leaves_has_its_queued_work_dropped(tiny_bundle):
-    """The batch waits 1 s for company; a client that disconnects meanwhile is dropped from
+    """The batch waits 1 s (the most allowed) for company; a client that disconnects meanwhile is dropped from
     it: no batch is served for it, and /metrics counts the disconnect."""
     srv = Server(tiny_bundle, WALRUS_BATCH_WAIT_US="1000000")
     try:
@@ -194,16 +212,20 @@ def test_a_client_that_leaves_has_its_queued_work_dropped(tiny_bundle):
                 b"POST /v1/recommend HTTP/1.1\r\nHost: x\r\nContent-Type: "
                 b"application/json\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body)
             )
-            time.sleep(0.3)
-        time.sleep(1.5)
+            sent = time.monotonic()
+            time.sleep(0.3)  # received by now, and still inside its batch's 1 s wait
+        eventually(
+            lambda: (
+                metric(httpx.get(f"{srv.url}/metrics").text, "walrus_client_disconnects_total")
+                == 1.0
+            ),
+            what="the disconnect counted",
+        )
+        # What must not happen needs a wait: past the batch's deadline and /metrics' 1 s cache.
+        time.sleep(max(0.0, sent + 1 + 1.5 - time.monotonic()))
         after = httpx.get(f"{srv.url}/metrics").text
-
-        def value(text: str, name: str) -> float:
-            lines = [ln for ln in text.splitlines() if ln.startswith(name + " ")]
-            return float(lines[0].split()[1]) if lines else 0.0
-
-        assert value(after, "walrus_client_disconnects_total") == 1.0
-        assert value(after, "walrus_batch_size_count") == value(before, "walrus_batch_size_count")
+        batches = "walrus_batch_size_count"
+        assert metric(after, batches) == metric(before, batches)
     finally:
         srv.stop()
 
@@ -239,3 +261,71 @@ def test_the_start_and_watch_loops_outlive_an_unexpected_error(tiny_bundle, monk
 
     asyncio.run(main())
     assert len(calls) >= 5, calls  # load failed, load, poll failed, poll, poll...
+
+
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnhandledThreadExceptionWarning")
+def test_a_dead_batcher_turns_readyz_red_once_and_is_started_again(tiny_bundle):
+    """The engine in-process: a batch that raises SystemExit kills its batcher thread; the
+    caller gets a clean 500, /readyz says so (red) while it is dead, the restart is counted,
+    and the next request is served."""
+    import msgspec
+
+    from service.engine.engine import Engine
+    from service.messages import Recommend, Status
+    from service.metrics import Metrics
+    from service.settings import Settings
+
+    metrics = Metrics()
+    engine = Engine(Settings(bundle=tiny_bundle, reload_interval_s=0, batch_workers=1), metrics)
+
+    async def main() -> None:
+        await engine.start()
+        try:
+            batcher = engine.bundles.serving.batcher
+            served = batcher.process
+            calls: list[int] = []
+
+            def dies_once(reqs):
+                calls.append(len(reqs))
+                if len(calls) == 1:
+                    raise SystemExit("injected")
+                return served(reqs)
+
+            batcher.process = dies_once
+            first = await engine.answer(Recommend(1, 3, query="space"))
+            assert first.status == 500
+            await asyncio.to_thread(batcher._threads[0].join, 5)
+            red = await engine.answer(Status(2))
+            body = msgspec.json.decode(red.body)
+            assert red.status == 503 and "batcher thread had died" in body["reason"]
+            green = await engine.answer(Status(3))
+            assert green.status == 200
+            again = await engine.answer(Recommend(4, 3, query="space"))
+            assert again.status == 200 and calls == [1, 1]
+        finally:
+            await engine.close()
+
+    asyncio.run(main())
+    assert metrics.batcher_restarts._value.get() == 1
+
+
+def test_after_close_a_request_is_refused_at_once(tiny_bundle):
+    """close() serves what was queued; a request after it is NotReady at once (it used to
+    spin on the stopped batcher)."""
+    from service.engine.lifecycle import Bundles, NotReady
+    from service.messages import Recommend
+    from service.metrics import Metrics
+    from service.settings import Settings
+
+    bundles = Bundles(Settings(bundle=tiny_bundle, reload_interval_s=0), Metrics())
+
+    async def main() -> None:
+        await bundles.start()
+        queued = asyncio.ensure_future(bundles.recommend(Recommend(1, 2, query="space")))
+        await asyncio.sleep(0)
+        await bundles.close()
+        assert len((await queued).items) == 2  # queued before close: served
+        with pytest.raises(NotReady, match="shutting down"):
+            await asyncio.wait_for(bundles.recommend(Recommend(2, 2, query="space")), 5)
+
+    asyncio.run(main())

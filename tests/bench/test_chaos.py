@@ -1,0 +1,34 @@
+"""The chaos run, short, on the tiny bundle: every fault is applied and seen, the load
+gets no 5xx but 503-with-Retry-After, and the report says so."""
+
+from __future__ import annotations
+
+import pytest
+
+from bench.chaos import main, outcome_of, verdict
+
+pytestmark = pytest.mark.slow
+
+
+def test_outcomes_are_told_apart():
+    assert outcome_of(200, False) == "2xx" and outcome_of(503, True) == "503 with Retry-After"
+    assert outcome_of(503, False) == "5xx (503)" and outcome_of(422, False) == "4xx"
+
+
+def test_a_5xx_or_an_unseen_fault_fails_the_verdict():
+    def phases(extra_load: dict, red: float) -> dict:
+        fault = {
+            "slow clients": {"connections": 2, "answers": {"HTTP/1.1 408": 2}},
+            "engine killed": {"readyz_red_for_s": red},
+            "tampered bundle": {"reload": {"reloaded": False}},
+            "unsigned bundle": {"reload": {"reloaded": False, "reason": "x: unsigned"}},
+        }
+        return {k: {"load": {"2xx": 5, **extra_load}, "fault": v} for k, v in fault.items()}
+
+    assert verdict(phases({}, 1.0))["passed"]
+    assert not verdict(phases({"5xx (500)": 1}, 1.0))["passed"]
+    assert not verdict(phases({}, 0.0))["passed"]
+
+
+def test_a_short_run_passes(tiny_bundle):
+    assert main(["--bundle", str(tiny_bundle), "--phase-s", "3", "--clients", "2"]) == 0

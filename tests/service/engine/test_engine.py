@@ -1,0 +1,41 @@
+"""The engine in-process: admission control of /similar."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+
+from service.engine.engine import Engine
+from service.messages import Similar
+from service.metrics import Metrics
+from service.settings import Settings
+
+
+def test_a_similar_flood_is_shed_past_the_queue_limit(tiny_bundle):
+    """One /similar thread, held; WALRUS_MAX_QUEUE=2: two calls wait, the rest get 503 at
+    once (with Retry-After), and the two are answered once the thread is free."""
+    engine = Engine(
+        Settings(bundle=tiny_bundle, reload_interval_s=0, worker_threads=1, max_queue=2),
+        Metrics(),
+    )
+    gate = threading.Event()
+
+    async def main() -> list[int]:
+        await engine.start()
+        try:
+            recommender = engine.bundles.recommender()
+            served = recommender.similar
+            recommender.similar = lambda item, k: (gate.wait(10), served(item, k))[1]  # type: ignore[method-assign]
+            item = recommender.items.ids[0]
+            calls = [asyncio.ensure_future(engine.answer(Similar(item, 3, i))) for i in range(6)]
+            await asyncio.sleep(0)  # every call has been admitted or shed
+            shed = [c for c in calls if c.done()]
+            assert len(shed) == 4 and all(c.result().retry_after == 1 for c in shed)
+            gate.set()
+            return [(await c).status for c in calls]
+        finally:
+            await engine.close()
+
+    statuses = asyncio.run(main())
+    assert sorted(statuses) == [200, 200, 503, 503, 503, 503]
+    assert engine.similar_waiting == 0

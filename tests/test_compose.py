@@ -1,0 +1,23 @@
+"""docker-compose.yml: every serving container gets the same hardening (`make docker-test`
+checks it on a running `api` container; this checks the file for the others)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+HARDENING = ("read_only", "tmpfs", "cap_drop", "security_opt", "pids_limit", "stop_grace_period")
+
+
+def test_every_serving_container_is_hardened_alike():
+    services = yaml.safe_load((REPO / "docker-compose.yml").read_text())["services"]
+    api, gpu = services["api"], services["api-gpu"]
+    assert api["read_only"] is True and api["cap_drop"] == ["ALL"]
+    assert "no-new-privileges:true" in api["security_opt"]
+    for key in HARDENING:
+        assert gpu.get(key) == api.get(key), key
+    for service in (api, gpu):
+        assert service["cpus"] and service["mem_limit"]
+        assert all(v.endswith(":ro") for v in service["volumes"])
