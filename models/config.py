@@ -151,7 +151,14 @@ class HeadConfig(_Strict):
         0.2, gt=0, lt=1, description="Share of each user's positives the head learns to rank."
     )
     max_requests: int = Field(
-        20000, ge=10, description="Training requests (each one pool) the head learns from."
+        20000, ge=10, description="Training requests (each one pool) per example round."
+    )
+    example_rounds: int = Field(
+        1,
+        ge=1,
+        le=32,
+        description="Rounds of head examples, each its own split of the training data into "
+        "history and held-out positives: more pools per user on a small set of users.",
     )
     user_share: float = Field(0.4, ge=0, le=1, description="Requests with a known user only.")
     history_share: float = Field(

@@ -51,6 +51,21 @@ class RankingPools:
             labels[row, : len(f)] = y
         return cls(features, mask, labels)
 
+    @classmethod
+    def concat(cls, parts: Sequence[RankingPools]) -> RankingPools:
+        """One set of pools from several, padded to the largest pool."""
+        size = max(p.features.shape[1] for p in parts)
+
+        def pad(a: np.ndarray) -> np.ndarray:
+            widths = [(0, 0), (0, size - a.shape[1])] + [(0, 0)] * (a.ndim - 2)
+            return np.pad(a, widths)
+
+        return cls(
+            np.concatenate([pad(p.features) for p in parts]),
+            np.concatenate([pad(p.mask) for p in parts]),
+            np.concatenate([pad(p.labels) for p in parts]),
+        )
+
     def __len__(self) -> int:
         return len(self.features)
 

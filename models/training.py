@@ -383,6 +383,42 @@ def example_split(train: sp.csr_matrix, cfg: PipelineConfig) -> tuple[sp.csr_mat
     return history, positives
 
 
+def head_pools(
+    cfg: PipelineConfig,
+    train: sp.csr_matrix,
+    has_weights: bool,
+    text: TextResources,
+    say: Progress,
+) -> RankingPools:
+    """The head's examples: ``head.example_rounds`` rounds, each its own split of ``train``
+    into history and held-out positives (seeded ``head.seed + round``), its own WALS on
+    that history, and the pools the service would build from it. More rounds: more pools
+    per user (a small catalog of users runs out of requests after one round)."""
+    rounds = []
+    for r in range(cfg.head.example_rounds):
+        round_cfg = cfg.model_copy(
+            update={"head": cfg.head.model_copy(update={"seed": cfg.head.seed + r})}
+        )
+        history, positives = example_split(train, round_cfg)
+        say(f"WALS for head examples, round {r + 1}")
+        first = fit_wals(cfg, history, has_weights)
+        tables_first, _ = item_tables(first, history, text.embeddings, cfg)
+        say(f"head examples, round {r + 1}")
+        rounds.append(
+            make_head_pools(
+                round_cfg,
+                first,
+                tables_first,
+                history,
+                positives,
+                text.texts,
+                text.logged,
+                text.encode,
+            )
+        )
+    return rounds[0] if len(rounds) == 1 else RankingPools.concat(rounds)
+
+
 def train_hybrid(
     cfg: PipelineConfig,
     train: sp.csr_matrix,
@@ -392,14 +428,7 @@ def train_hybrid(
 ) -> HybridModel:
     """WALS on part of ``train``, head examples from the rest, head fit, WALS refit on all."""
     say = progress or (lambda _msg: None)
-    history, positives = example_split(train, cfg)
-    say("WALS for head examples")
-    first = fit_wals(cfg, history, has_weights)
-    tables_first, _ = item_tables(first, history, text.embeddings, cfg)
-    say("head examples")
-    pools = make_head_pools(
-        cfg, first, tables_first, history, positives, text.texts, text.logged, text.encode
-    )
+    pools = head_pools(cfg, train, has_weights, text, say)
     say(f"head on {len(pools)} request pools")
     head = ScoreHead.from_config(cfg.head).fit(pools, feature_names=FEATURES)
     say("WALS on all training data")

@@ -95,3 +95,37 @@ def test_request_counts_keep_the_mix_when_users_run_out(tiny_pipeline_config):
     total = sum(counts.values())
     for kind, share in mix.items():
         assert abs(counts[kind] / total - share) < 0.02, kind
+
+
+def test_example_rounds_add_pools_from_other_splits(tiny_pipeline_config, tiny_trained):
+    """head.example_rounds = 2: the pools of two different history/positive splits, one
+    after the other (the first round's are exactly those of one round)."""
+    from models.head import RankingPools
+    from models.training import TextResources, head_pools
+
+    text = TextResources(
+        tiny_trained.encoder,
+        tiny_trained.texts,
+        tiny_trained.hybrid.tables.item_text_embeddings,
+        {},
+    )
+    train = tiny_trained.hybrid.seen
+    cfg = load_config(tiny_pipeline_config, ["head.max_requests=60"])
+    one = head_pools(cfg, train, False, text, lambda _m: None)
+    two = head_pools(
+        cfg.model_copy(update={"head": cfg.head.model_copy(update={"example_rounds": 2})}),
+        train,
+        False,
+        text,
+        lambda _m: None,
+    )
+    assert len(one) < len(two) <= 2 * len(one) + 1
+    first = two.take(np.arange(len(one)))
+    width = one.features.shape[1]
+    np.testing.assert_array_equal(first.features[:, :width], one.features)
+    assert not first.mask[:, width:].any()
+    # the second round's pools differ: another split, another WALS
+    second = two.take(np.arange(len(one), len(two)))
+    assert not np.array_equal(second.features[: len(one), :width].sum(), one.features.sum())
+    both = RankingPools.concat([one, one])
+    assert len(both) == 2 * len(one) and both.features.shape[1] == width

@@ -18,6 +18,12 @@ def walrus(*args: str) -> subprocess.CompletedProcess[str]:
     )
 
 
+def tune(config, out, report, *settings: str) -> subprocess.CompletedProcess[str]:
+    """`walrus tune -c CONFIG --out OUT --report REPORT --set S...`."""
+    sets = [arg for setting in settings for arg in ("--set", setting)]
+    return walrus("tune", "-c", str(config), "--out", str(out), "--report", str(report), *sets)
+
+
 def test_write_config_round_trips_and_keeps_only_what_differs(tiny_pipeline_config, tmp_path):
     cfg = load_config(tiny_pipeline_config, ["wals.regularization=2.5", "head.loss=bpr"])
     out = tmp_path / "tuned.toml"
@@ -39,19 +45,12 @@ def test_tune_writes_a_config_with_the_best_trial_and_a_report(tiny_pipeline_con
     """Both studies run; the first trial of each is the config's own values, the written
     config carries the best trial's values, and the report lists every trial."""
     out, report = tmp_path / "tuned.toml", tmp_path / "report"
-    run = walrus(
-        "tune",
-        "-c",
-        str(tiny_pipeline_config),
-        "--out",
-        str(out),
-        "--report",
-        str(report),
-        "--set",
+    run = tune(
+        tiny_pipeline_config,
+        out,
+        report,
         "tune.wals_trials=4",
-        "--set",
         "tune.head_trials=2",
-        "--set",
         "tune.dims=[4,8]",
     )
     assert run.returncode == 0, run.stderr
@@ -162,19 +161,12 @@ def test_tune_carves_its_validation_split_from_all_the_data(tiny_pipeline_config
     from models.tuning import fingerprint, provenance
 
     out = tmp_path / "tuned.toml"
-    run = walrus(
-        "tune",
-        "-c",
-        str(tiny_pipeline_config),
-        "--out",
-        str(out),
-        "--report",
-        str(tmp_path / "r"),
-        "--set",
+    run = tune(
+        tiny_pipeline_config,
+        out,
+        tmp_path / "r",
         "tune.wals_trials=2",
-        "--set",
         "tune.head_trials=0",
-        "--set",
         "tune.dims=[4]",
     )
     assert run.returncode == 0, run.stderr
@@ -197,19 +189,12 @@ def test_a_pruned_trial_is_marked_and_never_chosen(tiny_pipeline_config, tmp_pat
     """With pruning, trials trailing the median stop early: the report marks them and the
     written values are a completed trial's."""
     out, report = tmp_path / "tuned.toml", tmp_path / "report"
-    run = walrus(
-        "tune",
-        "-c",
-        str(tiny_pipeline_config),
-        "--out",
-        str(out),
-        "--report",
-        str(report),
-        "--set",
+    run = tune(
+        tiny_pipeline_config,
+        out,
+        report,
         "tune.wals_trials=24",
-        "--set",
         "tune.head_trials=0",
-        "--set",
         "tune.dims=[2,8]",
     )
     assert run.returncode == 0, run.stderr
