@@ -204,3 +204,17 @@ def test_a_pruned_trial_is_marked_and_never_chosen(tiny_pipeline_config, tmp_pat
     assert pruned and len(pruned) < len(rows)
     assert "(pruned)" not in rows[0]  # the best row: a completed trial
     assert int(rows[0].split("|")[2]) == load_config(out).wals.dim
+
+
+def test_the_movielens_config_says_where_its_values_were_chosen():
+    """configs/movielens.toml's values come from `walrus tune` on all of the converted data
+    ([tuned_on]), and the figures its header quotes are that record's."""
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[2] / "configs/movielens.toml"
+    cfg, text = load_config(path), path.read_text()
+    t = cfg.tuned_on
+    assert t is not None and t.data == str(cfg.data.interactions)
+    assert t.wals_trials == cfg.tune.wals_trials and t.head_trials == cfg.tune.head_trials
+    assert f"tuned WALS {t.wals_validation_value:.4f}" in text
+    assert f"the hybrid {t.head_validation_value:.4f}" in text
