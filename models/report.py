@@ -26,6 +26,49 @@ def results_table(results: Sequence[dict[str, Any]], ks: Sequence[int]) -> str:
     return "\n".join([head, rule, *rows])
 
 
+def quality_targets(results: Sequence[dict[str, Any]], k: int = 20) -> list[str]:
+    """The hybrid's targets at Recall@k, each met or not, with the figures: at least 3%
+    above WALS alone on ``holdout`` and ``users``, the best of the three on the query task,
+    and cold items found at least twice as well as by text alone (``hybrid_cold``). A target
+    whose rows were not evaluated is left out."""
+    r = {(row["split"], row["model"]): row[f"recall@{k}"] for row in results}
+
+    def line(name: str, met: bool, figures: str) -> str:
+        return f"- **{name}: {'met' if met else 'not met'}** ({figures})"
+
+    out = []
+    for split in ("holdout", "users"):
+        if (split, "hybrid") in r and (split, "wals") in r:
+            ratio = r[(split, "hybrid")] / r[(split, "wals")]
+            out.append(
+                line(
+                    f"{split}, hybrid ≥ 1.03 × WALS",
+                    ratio >= 1.03,
+                    f"{r[(split, 'hybrid')]:.4f} against {r[(split, 'wals')]:.4f}, ×{ratio:.3f}",
+                )
+            )
+    queries = {m: v for (s, m), v in r.items() if s == "queries"}
+    if {"hybrid", "wals", "text"} <= set(queries):
+        best = max(queries, key=lambda m: queries[m])
+        out.append(
+            line(
+                "queries, the hybrid best of the three",
+                best == "hybrid",
+                ", ".join(f"{m} {queries[m]:.4f}" for m in ("hybrid", "wals", "text")),
+            )
+        )
+    if ("cold_items", "hybrid_cold") in r and ("cold_items", "text") in r:
+        cold, text = r[("cold_items", "hybrid_cold")], r[("cold_items", "text")]
+        out.append(
+            line(
+                "cold items, hybrid_cold ≥ 2 × text",
+                cold >= 2 * text,
+                f"{cold:.4f} against {text:.4f}, ×{cold / text if text else float('inf'):.1f}",
+            )
+        )
+    return out
+
+
 def importance_table(results: Sequence[dict[str, Any]]) -> str:
     """Features by split: the NDCG@20 drop of the head's validation pools when shuffled."""
     rows = [r for r in results if r.get("importances")]
@@ -89,6 +132,7 @@ def write_eval_report(
             about,
             "## Recall@K and NDCG@K",
             results_table(results, ks),
+            *(["\n".join(targets)] if (targets := quality_targets(results)) else []),
             "![Recall@K](recall.png)\n\n![NDCG@K](ndcg.png)",
         ]
         table = importance_table(results)

@@ -81,3 +81,12 @@ def test_the_wals_vs_implicit_table_is_the_kept_run():
     }
     gap = tuned["implicit"]["recall@20"] - tuned["walrus"]["recall@20"]
     assert f"implicit is ahead by {gap:.3f}" in docs
+
+
+def test_the_levers_table_is_the_kept_run():
+    from bench.levers import VARIANTS
+    from bench.levers import report as levers_report
+
+    results = json.loads((REPO / "docs/results/levers/levers.json").read_text())
+    assert levers_report(results) in (REPO / "docs/evaluation.md").read_text()
+    assert list(results["rows"]) == ["WALS alone", *VARIANTS]
