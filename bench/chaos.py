@@ -60,14 +60,15 @@ class Load:
     def _run(self, body: dict[str, Any]) -> None:
         with httpx.Client(base_url=self.url, timeout=15) as client:
             while not self.stop.is_set():
-                phase = self.phase
                 try:
                     r = client.post("/v1/recommend", json=body)
                     outcome = outcome_of(r.status_code, "retry-after" in r.headers)
                 except httpx.HTTPError as exc:
                     outcome = f"transport error ({type(exc).__name__})"
                     time.sleep(0.05)
-                self.outcomes.setdefault(phase, Counter())[outcome] += 1
+                # Counted in the phase it ended in: a request in flight when the engine is
+                # killed belongs to that fault.
+                self.outcomes.setdefault(self.phase, Counter())[outcome] += 1
 
     def __enter__(self) -> Load:
         for t in self.threads:

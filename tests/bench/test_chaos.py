@@ -32,3 +32,15 @@ def test_a_5xx_or_an_unseen_fault_fails_the_verdict():
 
 def test_a_short_run_passes(tiny_bundle):
     assert main(["--bundle", str(tiny_bundle), "--phase-s", "3", "--clients", "2"]) == 0
+
+
+def test_the_docs_table_is_the_kept_run():
+    import json
+    from pathlib import Path
+
+    from bench.chaos import report
+
+    repo = Path(__file__).resolve().parents[2]
+    kept = json.loads((repo / "docs/results/chaos-2cpu/chaos.json").read_text())
+    assert kept["verdict"]["passed"] and verdict(kept["phases"]) == kept["verdict"]
+    assert report(kept) in (repo / "docs/benchmarks.md").read_text()
