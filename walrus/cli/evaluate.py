@@ -47,7 +47,7 @@ def eval_(
     tuned: dict[str, PipelineConfig] | None = {} if tune else None
     results, tuning = run_evaluation(cfg, chosen_models(models), tuned)
     print_results(results, cfg.eval.ks)
-    console.print(tuning)
+    console.print(tuning, markup=False)  # it names [wals] and [head]: not rich markup
     if json_out is not None:
         json_out.parent.mkdir(parents=True, exist_ok=True)
         payload = {
