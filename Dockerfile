@@ -19,6 +19,7 @@ WORKDIR /app
 # The project's sources, copied once and reused by every stage that installs it.
 FROM base AS source
 COPY pyproject.toml README.md ./
+COPY docker/serve.lock docker/serve.lock
 COPY models/ models/
 COPY export/ export/
 COPY service/ service/
@@ -27,9 +28,14 @@ COPY walrus/ walrus/
 # ---------------------------------------------------------------- serving
 FROM base AS serve-build
 COPY --from=source /app /app
+# Every package pinned and hashed (docker/serve.lock, `make lock`): a changed or substituted
+# wheel fails the build. walrus itself goes in without dependencies, then `pip check`
+# proves the lock covers them all.
 RUN python -m venv /opt/venv \
     && /opt/venv/bin/pip install --upgrade pip setuptools wheel \
-    && /opt/venv/bin/pip install ".[serve]"
+    && /opt/venv/bin/pip install --require-hashes --no-deps -r docker/serve.lock \
+    && /opt/venv/bin/pip install --no-deps --no-build-isolation . \
+    && /opt/venv/bin/pip check
 
 FROM base AS pipeline-build
 ARG TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu

@@ -12,7 +12,7 @@ WALRUS_URL ?= http://127.0.0.1:8000
 LOADTEST_USERS ?= 8
 LOADTEST_DURATION ?= 30s
 
-.PHONY: install demo demo-answers chaos data train export serve test lint format bench bench-quality bench-quantization bench-serve soak seed-bundle gpu-check loadtest docker-test clean
+.PHONY: install demo demo-answers chaos lock data train export serve test lint format bench bench-quality bench-quantization bench-serve soak seed-bundle gpu-check loadtest docker-test clean
 
 # Re-install only when pyproject.toml changes.
 $(STAMP): pyproject.toml
@@ -60,6 +60,12 @@ bench: install
 # (about 10 minutes on 2 cores).
 bench-quality: install
 	$(BIN)/python -m bench.quality $(if $(WALRUS_MOVIELENS_DIR),--movielens $(WALRUS_MOVIELENS_DIR),)
+
+# The serving image's pinned, hashed requirements (Dockerfile, serve-build); tests/test_lock.py
+# checks that they still satisfy pyproject.toml.
+lock: install
+	$(BIN)/pip-compile --quiet --generate-hashes --extra serve --strip-extras --no-emit-index-url \
+		--no-emit-find-links --output-file docker/serve.lock pyproject.toml
 
 demo-answers: install
 	$(BIN)/python -m bench.demo_answers --bundle artifacts/demo/bundles
