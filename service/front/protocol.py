@@ -34,6 +34,7 @@ class DeadlineProtocol(HttpToolsProtocol):
         self._read_deadline: asyncio.TimerHandle | None = None
         self._header_bytes = 0
         self._in_headers = True
+        self._too_large = False
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
@@ -44,12 +45,32 @@ class DeadlineProtocol(HttpToolsProtocol):
         super().connection_lost(exc)
 
     def data_received(self, data: bytes) -> None:
-        if self._in_headers:
-            self._header_bytes += len(data)
-            if self._header_bytes > limits()[1]:
-                self._refuse(b"431 Request Header Fields Too Large")
-                return
         super().data_received(data)
+        # Headers still incomplete and already too long (a client that never ends them).
+        if self._in_headers and self._header_bytes > limits()[1]:
+            self._refuse(b"431 Request Header Fields Too Large")
+
+    def on_url(self, url: bytes) -> None:
+        self._count(len(url))
+        super().on_url(url)
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self._count(len(name) + len(value))
+        super().on_header(name, value)
+
+    def _count(self, n: int) -> None:
+        """Header bytes as the parser delivers them (a body in the same read never counts);
+        past the limit the parse stops and ``send_400_response`` answers 431 instead."""
+        self._header_bytes += n
+        if self._header_bytes > limits()[1]:
+            self._too_large = True
+            raise ValueError("header block over WALRUS_MAX_HEADER_BYTES")
+
+    def send_400_response(self, msg: str) -> None:
+        if self._too_large:
+            self._refuse(b"431 Request Header Fields Too Large")
+        else:
+            super().send_400_response(msg)
 
     def on_message_begin(self) -> None:
         super().on_message_begin()
