@@ -5,8 +5,8 @@ The protocol a new user would follow, end to end, repeated over several seeds of
 1. MovieLens ml-latest-small, ratings >= 4 as positives; a seeded per-user 20% holdout
    (``models.data.splits.holdout_split``) is the test set. Only the training part is written
    out: every later step sees nothing else.
-2. walrus from the seed's defaults (the config's [wals], [head] and [tuned_on] dropped; its
-   data settings kept): ``walrus tune`` with as many WALS trials as implicit's grid has
+2. walrus from the seed's defaults (the values `walrus tune` searches, and [tuned_on],
+   dropped from the config; the rest kept): ``walrus tune`` with as many WALS trials as implicit's grid has
    points, ``walrus train hybrid``, ``walrus export``, ``walrus serve``; then every test user
    is asked over HTTP for 20 items.
 3. implicit's ALS over a grid (factors, regularization, alpha) on the very validation split
@@ -46,7 +46,7 @@ from threadpoolctl import threadpool_limits
 
 from bench.common import RESULTS, print_table, write_results
 from bench.serve import running
-from models.config import HeadConfig, PipelineConfig, WALSConfig, load_config, write_config
+from models.config import PipelineConfig, load_config, write_config
 from models.core.ids import IdMap
 from models.data.movielens import load_movielens
 from models.data.splits import holdout_split
@@ -54,7 +54,7 @@ from models.evaluation import ranked_rows
 from models.metrics import evaluate_scores
 from models.pipeline import load_dataset, observed
 from models.training import TrainedArtifacts
-from models.tuning import fingerprint, tuned_values, validation_split
+from models.tuning import fingerprint, searched_defaults, tuned_values, validation_split
 
 K = 20
 # 100 points; the WALS study gets as many trials. Wide enough that the best values sit
@@ -274,10 +274,11 @@ def serve_and_ask(cfg: PipelineConfig, split: dict[str, Any]) -> tuple[np.ndarra
 
 
 def untuned(path: Path, work: Path, seed: int, n_trials: int) -> PipelineConfig:
-    """The config a new user starts from: ``path``'s data settings pointed at the split's
-    training files, the seed's WALS and head defaults, ``n_trials`` WALS trials, and the
-    validation split seeded as implicit's grid is."""
-    base = load_config(path)
+    """The config a new user starts from: ``path``'s settings pointed at the split's
+    training files, the searched values back at the seed's defaults
+    (``models.tuning.searched_defaults``, as `walrus eval --tune` starts), ``n_trials`` WALS
+    trials, and the validation split seeded as implicit's grid is."""
+    base = searched_defaults(load_config(path))
     data = base.data.model_copy(
         update={
             "interactions": work / "data" / "interactions.csv",
@@ -290,10 +291,7 @@ def untuned(path: Path, work: Path, seed: int, n_trials: int) -> PipelineConfig:
         update={
             "data": data,
             "output_dir": work / "out",
-            "wals": WALSConfig(),
-            "head": HeadConfig(),
             "tune": tune,
-            "tuned_on": None,
         }
     )
 

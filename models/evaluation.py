@@ -300,11 +300,12 @@ def evaluate_query_task(
         raise WalrusError("the catalog changed while evaluating: item order differs")
     query_dataset = Dataset(dataset.users, clean, dataset.matrix, dataset.weights)
     shared = Shared(cfg, query_dataset, train_log, progress)
+    train = observed(dataset)
     if tuner is not None:
-        shared = shared.with_config(tuner(shared, "queries", observed(dataset)))
+        shared = shared.with_config(tuner(shared, "queries", train))
     asked = QueryTest.from_log(dataset, test_log)
     test = asked.matrix(len(dataset.items))
-    ctx = EvalContext(shared, Split("queries", observed(dataset), test))
+    ctx = EvalContext(shared, Split("queries", train, test))
     nothing = sp.csr_matrix(test.shape)
     results = []
     for name, fn in query_models(ctx, asked, max(cfg.eval.ks)).items():

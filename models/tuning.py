@@ -35,7 +35,7 @@ import scipy.sparse as sp
 from models.config import PipelineConfig, TunedOn
 from models.data.splits import Split, holdout_split
 from models.evaluation import EvalContext, Shared, hybrid_model
-from models.metrics import evaluate_scores
+from models.metrics import ScoreFn, evaluate_scores
 from models.pipeline import fit_wals, observed
 
 log = logging.getLogger(__name__)
@@ -71,11 +71,15 @@ def validation_split(train: sp.csr_matrix, cfg: PipelineConfig) -> Split:
     return Split("validation", split.train, split.test)
 
 
-def score(shared: Shared, split: Split, ranked: Callable[[EvalContext], Any]) -> float:
+def metric(cfg: PipelineConfig, fn: ScoreFn, split: Split) -> float:
+    """``tune.metric`` of the scores ``fn`` gives on the validation split."""
+    k = int(cfg.tune.metric.split("@")[1])
+    return float(evaluate_scores(fn, split.train, split.test, (k,))[cfg.tune.metric])
+
+
+def score(shared: Shared, split: Split, ranked: Callable[[EvalContext], ScoreFn]) -> float:
     """``tune.metric`` of one model on the validation split."""
-    k = int(shared.cfg.tune.metric.split("@")[1])
-    fn = ranked(EvalContext(shared, split))
-    return float(evaluate_scores(fn, split.train, split.test, (k,))[shared.cfg.tune.metric])
+    return metric(shared.cfg, ranked(EvalContext(shared, split)), split)
 
 
 def with_params(cfg: PipelineConfig, section: str, params: dict[str, Any]) -> PipelineConfig:
@@ -150,7 +154,6 @@ def run_study(
 
 def wals_study(shared: Shared, split: Split, on_trial: OnTrial) -> Study:
     cfg = shared.cfg
-    k = int(cfg.tune.metric.split("@")[1])
     has_weights = shared.dataset.weights is not None
     prune = cfg.tune.pruning and cfg.wals.engine == "local"
 
@@ -169,13 +172,7 @@ def wals_study(shared: Shared, split: Split, on_trial: OnTrial) -> Study:
             validation=split.test if prune else None,
             callback=report if prune else None,
         )
-        metrics = evaluate_scores(
-            lambda rows: model.user_factors[rows] @ model.item_factors.T,
-            split.train,
-            split.test,
-            (k,),
-        )
-        return float(metrics[cfg.tune.metric])
+        return metric(cfg, lambda rows: model.user_factors[rows] @ model.item_factors.T, split)
 
     space, w = cfg.tune, cfg.wals
     baseline = {
@@ -217,13 +214,12 @@ def tune(
     split = validation_split(train, cfg)
     wals = wals_study(shared, split, on_trial)
     best = with_params(cfg, "wals", wals.best)
-    studies = [wals]
+    head = None
     if cfg.tune.head_trials > 0:
         # Built once here, shared by every trial's config.
         shared.text  # noqa: B018
         head = head_study(shared.with_config(best), split, on_trial)
         best = with_params(best, "head", head.best)
-        studies.append(head)
     best.tuned_on = TunedOn(
         data=str(cfg.data.interactions),
         interactions=int(train.nnz),
@@ -232,11 +228,11 @@ def tune(
         seed=cfg.tune.seed,
         metric=cfg.tune.metric,
         wals_trials=len(wals.trials),
-        head_trials=len(studies[1].trials) if len(studies) > 1 else 0,
+        head_trials=len(head.trials) if head else 0,
         wals_validation_value=wals.best_value,
-        head_validation_value=studies[1].best_value if len(studies) > 1 else None,
+        head_validation_value=head.best_value if head else None,
     )
-    return best, studies
+    return best, [wals] if head is None else [wals, head]
 
 
 WALS_SEARCHED = ("dim", "regularization", "unobserved_weight", "regularization_exp")

@@ -96,7 +96,7 @@ class Batcher(Generic[T, R]):
     def revive(self) -> int:
         """Start a new thread for each dead one; how many were started. Cheap enough to
         call before every request."""
-        if self._stopped or all(t.is_alive() for t in self._threads):
+        if not self.dead():
             return 0
         revived = 0
         for i, thread in enumerate(self._threads):

@@ -22,8 +22,10 @@ from service.messages import (
     Call,
     Readiness,
     Recommend,
+    Recommendations,
     Reload,
     Similar,
+    SimilarItems,
     Status,
     error,
     json_body,
@@ -84,11 +86,15 @@ class Engine:
             return error(call.id, 500, "internal error")
 
     async def recommend(self, call: Recommend) -> Answer:
-        result = await self.bundles.recommend(call)
+        return self.answered(call.id, await self.bundles.recommend(call))
+
+    def answered(self, call_id: int, result: Recommendations | SimilarItems) -> Answer:
+        """A served result as its 200 answer: its stages go to /metrics, and its body
+        carries them only with WALRUS_DEBUG_TIMINGS."""
         self.metrics.observe_stages(result.timings_ms)
         if not self.settings.debug_timings:
             result = msgspec.structs.replace(result, timings_ms={})
-        return Answer(call.id, 200, json_body(result), bundle_id=result.bundle_id)
+        return Answer(call_id, 200, json_body(result), bundle_id=result.bundle_id)
 
     async def similar(self, call: Similar) -> Answer:
         """On its own threads (a flood of it cannot stall reloads or the batcher), with the
@@ -108,10 +114,7 @@ class Engine:
             return error(call.id, 404, f"unknown item_id {call.item_id!r}")
         finally:
             self.similar_waiting -= 1
-        self.metrics.observe_stages(result.timings_ms)
-        if not self.settings.debug_timings:
-            result = msgspec.structs.replace(result, timings_ms={})
-        return Answer(call.id, 200, json_body(result), bundle_id=result.bundle_id)
+        return self.answered(call.id, result)
 
     def status(self, call: Status) -> Answer:
         ready = self.readiness()

@@ -47,9 +47,7 @@ def build_app(settings: Settings, engine: EngineLink, metrics: Metrics) -> FastA
     """The app: routes, middleware and handlers around ``engine``; the lifespan starts and
     stops the link (never at import)."""
     configure_logging(settings.log_level)
-    front = Front(
-        settings, engine, metrics, admin_failures=FailedAttempts(settings.admin_max_failures)
-    )
+    front = Front(settings, engine, metrics, FailedAttempts(settings.admin_max_failures))
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from service.front.client import EngineLink
 from service.metrics import Metrics
@@ -47,5 +47,5 @@ class Front:
     settings: Settings
     engine: EngineLink
     metrics: Metrics
+    admin_failures: FailedAttempts
     draining: bool = False
-    admin_failures: FailedAttempts = field(default_factory=lambda: FailedAttempts(5))
