@@ -3,10 +3,13 @@ engine, signed bundles required) under a steady load of clients while faults com
 
 1. ``slow clients``: hundreds of connections that trickle their headers or their body;
 2. ``similar flood``: many threads asking ``/v1/items/{id}/similar`` as fast as they can;
-3. ``engine killed``: SIGKILL to the engine process (the supervisor starts it again);
-4. ``tampered bundle``: ``current`` moved to a signed bundle whose manifest changed after
+3. ``batch failures``: requests carrying the fault query (``WALRUS_FAULT_QUERY``) among the
+   load, each making its batch raise; only they may fail (500), the load's requests that
+   shared their batches are served again alone;
+4. ``engine killed``: SIGKILL to the engine process (the supervisor starts it again);
+5. ``tampered bundle``: ``current`` moved to a signed bundle whose manifest changed after
    signing, and ``POST /admin/reload``;
-5. ``unsigned bundle``: the same with a bundle that has no signature;
+6. ``unsigned bundle``: the same with a bundle that has no signature;
 
 with a quiet phase before and after. Each phase reports the load's requests by outcome
 (2xx, 503 with Retry-After, other 5xx, 4xx, transport errors) and what ``/readyz`` and
@@ -20,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import shutil
 import signal
 import socket
 import tempfile
@@ -37,10 +39,11 @@ import psutil
 from bench.common import write_results
 from bench.serve import running, walrus_cmd
 from export.bundle import switch_current
-from export.format import MANIFEST, resolve_bundle
+from export.format import MANIFEST, resolve_bundle, writable_copy
 from export.signing import generate_keypair, sign_bundle
 
 TOKEN = "chaos-token-at-least-thirty-two-chars"
+FAULT = "chaos: fail this batch"
 PORT = 8941
 
 
@@ -131,6 +134,34 @@ def similar_flood(url: str, seconds: float, item: str, threads: int = 32) -> dic
     return {"similar": dict(statuses)}
 
 
+def batch_failures(url: str, seconds: float, threads: int = 2) -> dict[str, Any]:
+    """Fault queries sent among the load for ``seconds``; their outcomes, and the failed
+    batches /metrics counted meanwhile."""
+    statuses: Counter[str] = Counter()
+    before = failed_batches(url)
+    deadline = time.monotonic() + seconds
+
+    def poison() -> None:
+        with httpx.Client(base_url=url, timeout=15) as client:
+            while time.monotonic() < deadline:
+                r = client.post("/v1/recommend", json={"query": FAULT, "k": 5})
+                statuses[f"{r.status_code} {r.text[:40]}"] += 1
+                time.sleep(0.02)
+
+    workers = [threading.Thread(target=poison) for _ in range(threads)]
+    for w in workers:
+        w.start()
+    for w in workers:
+        w.join()
+    return {"fault_requests": dict(statuses), "failed_batches": failed_batches(url) - before}
+
+
+def failed_batches(url: str) -> float:
+    text = httpx.get(url + "/metrics", timeout=5).text
+    lines = [ln for ln in text.splitlines() if ln.startswith("walrus_failed_batches_total ")]
+    return float(lines[0].split()[1]) if lines else 0.0
+
+
 def kill_engine(url: str, seconds: float, pid: int) -> dict[str, Any]:
     """SIGKILL the engine; how long /readyz was red and what it said."""
     engine = next(
@@ -172,7 +203,7 @@ def prepare(source: Path, work: Path) -> tuple[Path, Path, str]:
     bundles.mkdir(parents=True)
     private, public = generate_keypair(work / "keys")
     for name in ("good", "tampered", "unsigned"):
-        shutil.copytree(resolve_bundle(source), bundles / name)
+        writable_copy(resolve_bundle(source), bundles / name)
     for name in ("good", "tampered"):
         sign_bundle(bundles / name, private)
     manifest = json.loads((bundles / "tampered" / MANIFEST).read_text())
@@ -208,12 +239,14 @@ def run(args: argparse.Namespace, work: Path) -> dict[str, Any]:
         WALRUS_TRUSTED_KEYS=str(public),
         WALRUS_READ_TIMEOUT_S="2",
         WALRUS_RELOAD_INTERVAL_S="0",
+        WALRUS_FAULT_QUERY=FAULT,
     )
     url, s = f"http://127.0.0.1:{PORT}", args.phase_s
     faults: dict[str, Callable[[int], dict[str, Any]]] = {
         "quiet, before": lambda _pid: (time.sleep(s), {})[1],
         "slow clients": lambda _pid: slow_clients(url, s),
         "similar flood": lambda _pid: similar_flood(url, s, item),
+        "batch failures": lambda _pid: batch_failures(url, s),
         "engine killed": lambda pid: kill_engine(url, s, pid),
         "tampered bundle": lambda _pid: bad_reload(url, bundles, "tampered", "good"),
         "unsigned bundle": lambda _pid: bad_reload(url, bundles, "unsigned", "good"),
@@ -243,6 +276,9 @@ def verdict(phases: dict[str, Any]) -> dict[str, Any]:
     seen = {
         "slow clients closed with 408": f["slow clients"]["answers"].get("HTTP/1.1 408", 0)
         == f["slow clients"]["connections"],
+        "batch failures only failed their own requests": set(f["batch failures"]["fault_requests"])
+        == {'500 {"detail":"internal error"}'}
+        and f["batch failures"]["failed_batches"] > 0,
         "engine restart red in /readyz": f["engine killed"]["readyz_red_for_s"] > 0,
         "tampered refused": not f["tampered bundle"]["reload"]["reloaded"],
         "unsigned refused": "unsigned" in str(f["unsigned bundle"]["reload"].get("reason")),

@@ -33,6 +33,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from bench.wrk import DISTINCT_QUERIES, WORDS, metric_summary, run_wrk
+from export.format import writable_copy
 
 
 class Results:
@@ -493,7 +494,7 @@ def roberta_bundle(bundle: Path, encoder_dir: Path, work: Path) -> Path:
     out = work / "roberta-bundle"
     if out.exists():
         shutil.rmtree(out)
-    shutil.copytree(bundle, out)
+    writable_copy(bundle, out)
     for name in ("encoder.onnx", "encoder.fp16.onnx", "tokenizer.json", "tokenizer_config.json"):
         shutil.copy2(encoder_dir / name, out / name)
     (out / "encoder.int8.onnx").unlink(missing_ok=True)

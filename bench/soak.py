@@ -25,7 +25,7 @@ from bench.common import write_results
 from bench.serve import MIX, mix_bodies, resident_bytes, run_bodies, running, walrus_cmd
 from bench.wrk import BODIES_FROM_FILE, run_wrk, write_bodies
 from export.bundle import switch_current
-from export.format import MANIFEST, resolve_bundle
+from export.format import MANIFEST, resolve_bundle, writable_copy
 
 TOKEN = "soak-token-at-least-32-characters-long"
 CONNECTIONS = 16
@@ -39,7 +39,7 @@ PACED = BODIES_FROM_FILE.replace(
 
 def new_version(source: Path, bundles: Path, name: str) -> None:
     """A copy of ``source`` as bundle ``name``, then ``current`` moved to it."""
-    shutil.copytree(source, bundles / name)
+    writable_copy(source, bundles / name)
     manifest = json.loads((bundles / name / MANIFEST).read_text())
     manifest["bundle_id"] = name
     (bundles / name / MANIFEST).write_text(json.dumps(manifest))

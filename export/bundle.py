@@ -32,6 +32,7 @@ from export.format import (
     IndexEntry,
     Manifest,
     file_table,
+    seal,
     write_manifest,
 )
 from export.onnx import (
@@ -181,6 +182,7 @@ def build_bundle(
         write_manifest(tmp, manifest)
         if sign_with is not None:
             sign_bundle(tmp, sign_with)
+        seal(tmp)
     switch_current(bundles_dir, bundle_id)
     return final
 

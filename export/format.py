@@ -23,7 +23,10 @@ Layout (paths relative to the bundle; ``manifest.json`` lists each with its sha2
     parity/                       texts and PyTorch reference outputs for ``--verify``
 
 Bundles live in ``BUNDLES/<bundle_id>/``; ``BUNDLES/current`` is a symlink switched
-atomically once a bundle is complete, so a reader never sees a half-written one.
+atomically once a bundle is complete, so a reader never sees a half-written one. A published
+bundle is never changed in place: its files are read-only (``seal``), and every load hashes
+every file again, so one changed after publication is refused at its next load. A variant is
+a new bundle (``writable_copy``, change it, give it a new id and file table).
 """
 
 from __future__ import annotations
@@ -31,6 +34,8 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
+import stat
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -185,6 +190,23 @@ def file_table(bundle: Path) -> dict[str, FileEntry]:
         if rel not in (MANIFEST, SIGNATURE):
             table[rel] = FileEntry(sha256=sha256_file(path), bytes=path.stat().st_size)
     return table
+
+
+READ_ONLY = stat.S_IRUSR | stat.S_IRGRP | stat.S_IROTH
+
+
+def seal(bundle: Path) -> None:
+    """Make every file of a finished bundle read-only (0444): publishing is the last write."""
+    for path in bundle.rglob("*"):
+        if path.is_file() and not path.is_symlink():
+            path.chmod(READ_ONLY)
+
+
+def writable_copy(bundle: Path, dest: Path) -> Path:
+    """A copy of ``bundle`` whose files may be changed (file contents only, not the sealed
+    modes): the start of a variant, which is published as a bundle of its own."""
+    shutil.copytree(bundle, dest, copy_function=shutil.copyfile)
+    return dest
 
 
 def write_manifest(bundle: Path, manifest: Manifest) -> None:

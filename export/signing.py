@@ -19,7 +19,7 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
-from export.format import MANIFEST, SIGNATURE, BundleError
+from export.format import MANIFEST, READ_ONLY, SIGNATURE, BundleError
 
 
 class SignatureError(BundleError):
@@ -90,7 +90,9 @@ def sign_bundle(bundle: Path, private_key: Path) -> str:
     key = load_private_key(private_key)
     signature = key.sign((bundle / MANIFEST).read_bytes())
     tmp = bundle / f".{SIGNATURE}.tmp"
+    tmp.unlink(missing_ok=True)  # left read-only by a signing that died
     tmp.write_text(base64.b64encode(signature).decode() + "\n")
+    tmp.chmod(READ_ONLY)  # sealed like the files it vouches for
     tmp.replace(bundle / SIGNATURE)
     return key_id(key.public_key())
 

@@ -77,6 +77,11 @@ class Metrics:
             "Requests answered 504 because WALRUS_DEADLINE_MS passed.",
             registry=r,
         )
+        self.failed_batches = Counter(
+            "walrus_failed_batches",
+            "Batches that raised; each of their requests was then served again alone.",
+            registry=r,
+        )
         self.batcher_restarts = Counter(
             "walrus_batcher_restarts",
             "Batcher threads found dead (a BaseException out of a batch) and started again.",

@@ -162,6 +162,14 @@ class Settings(BaseSettings):
     verify_parity: bool = Field(
         False, description="Also re-run the bundle's parity check on start (slower start)."
     )
+    fault_query: str = Field(
+        "",
+        max_length=512,
+        description="Fault injection for drills (`make chaos`), like Envoy's fault filter: a "
+        "batch holding a recommend request whose query is exactly this text raises, as a bug "
+        "deep in the request path would (the batch is then served again request by request, "
+        "and only that request fails, 500). Empty: never. Leave it empty in production.",
+    )
 
     @field_validator("admin_token", "admin_token_file", "trusted_keys", mode="before")
     @classmethod

@@ -52,8 +52,9 @@ class Batcher(Generic[T, R]):
     """Gathers concurrent ``submit`` calls into batches for ``process``.
 
     ``process`` takes a list of items and returns one result per item, in order; a result
-    that is an exception is raised to that item's caller. If ``process`` itself raises,
-    every caller in the batch gets that exception.
+    that is an exception is raised to that item's caller. If ``process`` itself raises, each
+    item of the batch is processed again alone, and only the callers whose item fails alone
+    get an exception.
     """
 
     def __init__(
@@ -66,6 +67,7 @@ class Batcher(Generic[T, R]):
         max_queue: int = 0,
         on_batch: Callable[[int], None] | None = None,
         on_depth: Callable[[int], None] | None = None,
+        on_failed_batch: Callable[[int], None] | None = None,
         name: str = "walrus-batcher",
     ) -> None:
         if max_batch < 1 or workers < 1 or wait_us < 0:
@@ -76,6 +78,7 @@ class Batcher(Generic[T, R]):
         self.max_queue = max_queue  # 0: unbounded
         self.on_batch = on_batch
         self.on_depth = on_depth  # told the queue depth whenever it changes: a gauge
+        self.on_failed_batch = on_failed_batch  # told the size of a batch that raised
         self._queue: queue.SimpleQueue[_Pending[T, R] | None] = queue.SimpleQueue()
         self._stopped = False
         self.name = name
@@ -191,6 +194,7 @@ class Batcher(Generic[T, R]):
             try:
                 results = self._process([p.item for p in batch])
             except Exception as exc:
+                self._tell(self.on_failed_batch, len(batch))
                 # One bad request must not fail the others: each is served again alone, and
                 # only the one that fails alone gets the exception.
                 results = [self._alone(p.item) for p in batch] if len(batch) > 1 else [exc]

@@ -101,6 +101,7 @@ class Bundles:
             max_queue=s.max_queue,
             on_batch=m.batch_size.observe,
             on_depth=m.queue_depth.set,
+            on_failed_batch=lambda _size: m.failed_batches.inc(),
         )
         return Serving(recommender, batcher)
 

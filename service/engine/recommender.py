@@ -35,6 +35,10 @@ class InputError(ValueError):
         self.field = field
 
 
+class InjectedFault(RuntimeError):
+    """The fault ``WALRUS_FAULT_QUERY`` asks for: stands for a bug inside a batch."""
+
+
 class UnknownItem(KeyError):
     """An item id that is not in the bundle (404)."""
 
@@ -154,6 +158,9 @@ class Recommender:
         round) and one head call. Each answer equals what the request gets alone; a request
         that fails gets its exception, the others their answers."""
         start = time.perf_counter()
+        fault = self.settings.fault_query
+        if fault and any(req.query == fault for req in reqs):
+            raise InjectedFault(f"a fault injected by WALRUS_FAULT_QUERY={fault!r}")
         results: list[Recommendations | Exception | None] = [None] * len(reqs)
         live = []
         for i, req in enumerate(reqs):

@@ -16,9 +16,11 @@ def test_outcomes_are_told_apart():
 
 
 def test_a_5xx_or_an_unseen_fault_fails_the_verdict():
-    def phases(extra_load: dict, red: float) -> dict:
+    def phases(extra_load: dict, red: float, fault_answers: dict | None = None) -> dict:
+        batches = {'500 {"detail":"internal error"}': 3} if fault_answers is None else fault_answers
         fault = {
             "slow clients": {"connections": 2, "answers": {"HTTP/1.1 408": 2}},
+            "batch failures": {"fault_requests": batches, "failed_batches": 3},
             "engine killed": {"readyz_red_for_s": red},
             "tampered bundle": {"reload": {"reloaded": False}},
             "unsigned bundle": {"reload": {"reloaded": False, "reason": "x: unsigned"}},
@@ -28,6 +30,7 @@ def test_a_5xx_or_an_unseen_fault_fails_the_verdict():
     assert verdict(phases({}, 1.0))["passed"]
     assert not verdict(phases({"5xx (500)": 1}, 1.0))["passed"]
     assert not verdict(phases({}, 0.0))["passed"]
+    assert not verdict(phases({}, 1.0, {"200 {...}": 3}))["passed"]  # the fault did not fire
 
 
 def test_a_short_run_passes(tiny_bundle):

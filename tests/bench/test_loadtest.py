@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from bench.loadtest import parse_stats
+from export.format import writable_copy
 
 CSV = """Type,Name,Request Count,Failure Count,Median Response Time,Average Response Time,Min Response Time,Max Response Time,Average Content Size,Requests/s,Failures/s,50%,66%,75%,80%,90%,95%,98%,99%,99.9%,99.99%,100%
 POST,user,100,2,12,14.5,3,80,900,33.3,0.6,12,14,15,16,20,30,40,50,80,80,80
@@ -28,7 +29,6 @@ def test_parse_stats(tmp_path):
 
 def test_the_exit_code_says_whether_any_request_failed(server, tiny_bundle, tmp_path):
     """A real locust run: 0 against a healthy service, 1 when requests fail."""
-    import shutil
 
     from bench.loadtest import main
     from tests.server import Server
@@ -36,7 +36,7 @@ def test_the_exit_code_says_whether_any_request_failed(server, tiny_bundle, tmp_
     ok = main(locust_args(server.url, "test-loadtest-ok"))
     assert ok == 0
     broken = tmp_path / "bundle"
-    shutil.copytree(tiny_bundle, broken)
+    writable_copy(tiny_bundle, broken)
     (broken / "head.onnx").write_bytes(b"not a model")
     srv = Server(broken)
     try:

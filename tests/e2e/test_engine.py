@@ -8,7 +8,6 @@ from __future__ import annotations
 import concurrent.futures
 import json
 import os
-import shutil
 import signal
 import threading
 import time
@@ -20,7 +19,7 @@ import psutil
 import pytest
 
 from export.bundle import switch_current
-from export.format import MANIFEST
+from export.format import MANIFEST, writable_copy
 from tests.e2e.test_service_matches_offline import CASES, offline, request_body
 from tests.server import Server
 
@@ -199,12 +198,12 @@ def test_a_front_killed_is_started_again_and_the_other_goes_on(tiny_bundle):
 def test_a_reload_through_any_front_is_seen_by_every_front(tiny_bundle, tmp_path):
     bundles = tmp_path / "bundles"
     bundles.mkdir()
-    shutil.copytree(tiny_bundle, bundles / "v1")
+    writable_copy(tiny_bundle, bundles / "v1")
     switch_current(bundles, "v1")
     srv = two_fronts(bundles, WALRUS_ADMIN_TOKEN=TOKEN, WALRUS_RELOAD_INTERVAL_S="0")
     try:
         first = httpx.get(f"{srv.url}/readyz").json()["bundle_id"]
-        shutil.copytree(tiny_bundle, bundles / "v2")
+        writable_copy(tiny_bundle, bundles / "v2")
         manifest = json.loads((bundles / "v2" / MANIFEST).read_text())
         manifest["bundle_id"] = "v2-id"
         (bundles / "v2" / MANIFEST).write_text(json.dumps(manifest))

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from export.bundle import build_bundle
-from export.format import FORMAT_VERSION, BundleError, read_manifest, resolve_bundle
+from export.format import FORMAT_VERSION, BundleError, read_manifest, resolve_bundle, writable_copy
 from export.runtime import ParityError, verify_bundle
 
 EXPECTED = {
@@ -78,7 +78,7 @@ def test_verify_passes_then_catches_corruption(tiny_bundle, tmp_path):
     report = verify_bundle(tiny_bundle)
     assert report["parity"]["encoder_fp32_max_abs_diff"] <= 1e-4
     copy = tmp_path / "copy"
-    shutil.copytree(tiny_bundle, copy)
+    writable_copy(tiny_bundle, copy)
     with open(copy / "item_factors.npy", "r+b") as f:
         f.seek(-4, 2)
         f.write(b"\x00\x00\x80\x7f")
@@ -93,7 +93,7 @@ def drifted_copy(bundle, copy, change_manifest):
     """A copy whose PyTorch reference outputs moved by 1e-2, checksums kept valid."""
     from export.format import sha256_file
 
-    shutil.copytree(bundle, copy)
+    writable_copy(bundle, copy)
     ref = np.load(copy / "parity" / "encoder_reference.npy")
     np.save(copy / "parity" / "encoder_reference.npy", ref + 1e-2)
     manifest = json.loads((copy / "manifest.json").read_text())
@@ -114,7 +114,7 @@ def test_verify_catches_parity_drift(tiny_bundle, tmp_path):
 
 def test_other_format_version_refused(tiny_bundle, tmp_path):
     copy = tmp_path / "old"
-    shutil.copytree(tiny_bundle, copy)
+    writable_copy(tiny_bundle, copy)
     manifest = json.loads((copy / "manifest.json").read_text())
     manifest["format_version"] = 999
     (copy / "manifest.json").write_text(json.dumps(manifest))
@@ -127,7 +127,7 @@ def test_a_manifest_that_leaves_out_a_file_the_service_loads_is_refused(
     tiny_bundle, tmp_path, name
 ):
     copy = tmp_path / "unlisted"
-    shutil.copytree(tiny_bundle, copy)
+    writable_copy(tiny_bundle, copy)
     manifest = json.loads((copy / "manifest.json").read_text())
     del manifest["files"][name]
     (copy / "manifest.json").write_text(json.dumps(manifest))
@@ -137,7 +137,7 @@ def test_a_manifest_that_leaves_out_a_file_the_service_loads_is_refused(
 
 def test_a_manifest_with_a_wrong_field_is_refused(tiny_bundle, tmp_path):
     copy = tmp_path / "typed"
-    shutil.copytree(tiny_bundle, copy)
+    writable_copy(tiny_bundle, copy)
     manifest = json.loads((copy / "manifest.json").read_text())
     manifest["indexes"]["wals"]["factory"] = 7
     (copy / "manifest.json").write_text(json.dumps(manifest))
@@ -184,7 +184,7 @@ def test_export_cli_verify_and_errors(tiny_bundle, tmp_path):
     assert json.loads(ok.stdout)["bundle_id"] == tiny_bundle.name
     assert json.loads(ok.stdout)["parity"]["not_checked"] == []
     copy = tmp_path / "no-fp16"
-    shutil.copytree(tiny_bundle, copy)
+    writable_copy(tiny_bundle, copy)
     (copy / "encoder.fp16.onnx").unlink()
     manifest = json.loads((copy / "manifest.json").read_text())
     del manifest["files"]["encoder.fp16.onnx"]
@@ -241,7 +241,7 @@ def test_the_ladder_falls_back_and_fails_when_no_scheme_passes(tiny_bundle, tmp_
     from export.bundle import quantize_to_target
 
     copy = tmp_path / "ladder"
-    shutil.copytree(tiny_bundle, copy)
+    writable_copy(tiny_bundle, copy)
     texts = json.loads((copy / "parity" / "texts.json").read_text())
     reference = np.load(copy / "parity" / "encoder_reference.npy")
     max_length = json.loads((copy / "tokenizer_config.json").read_text())["max_length"]
@@ -265,7 +265,7 @@ def test_the_ladder_falls_back_and_fails_when_no_scheme_passes(tiny_bundle, tmp_
 @pytest.mark.parametrize("bad", ["../outside.npy", "/etc/hostname", "parity/../../x"])
 def test_a_manifest_naming_files_outside_the_bundle_is_refused(tiny_bundle, tmp_path, bad):
     copy = tmp_path / "escape"
-    shutil.copytree(tiny_bundle, copy)
+    writable_copy(tiny_bundle, copy)
     manifest = json.loads((copy / "manifest.json").read_text())
     manifest["files"][bad] = {"sha256": "0" * 64, "bytes": 1}
     (copy / "manifest.json").write_text(json.dumps(manifest))
@@ -275,7 +275,7 @@ def test_a_manifest_naming_files_outside_the_bundle_is_refused(tiny_bundle, tmp_
 
 def test_a_link_leading_out_of_the_bundle_is_refused(tiny_bundle, tmp_path):
     copy = tmp_path / "linked"
-    shutil.copytree(tiny_bundle, copy)
+    writable_copy(tiny_bundle, copy)
     outside = tmp_path / "elsewhere.npy"
     shutil.move(copy / "item_factors.npy", outside)
     (copy / "item_factors.npy").symlink_to(outside)  # same bytes, same sha256
@@ -285,7 +285,7 @@ def test_a_link_leading_out_of_the_bundle_is_refused(tiny_bundle, tmp_path):
 
 def test_a_manifest_without_its_file_list_is_refused(tiny_bundle, tmp_path):
     copy = tmp_path / "nofiles"
-    shutil.copytree(tiny_bundle, copy)
+    writable_copy(tiny_bundle, copy)
     manifest = json.loads((copy / "manifest.json").read_text())
     del manifest["files"]
     (copy / "manifest.json").write_text(json.dumps(manifest))
@@ -304,9 +304,24 @@ def test_an_index_the_format_does_not_name_is_refused(tiny_bundle, tmp_path, nam
     """The service opens ``<name>.faiss`` for every entry of ``indexes``: a name of its own
     choosing would load a file from outside the bundle, unhashed."""
     copy = tmp_path / "indexes"
-    shutil.copytree(tiny_bundle, copy)
+    writable_copy(tiny_bundle, copy)
     manifest = json.loads((copy / "manifest.json").read_text())
     manifest["indexes"][name] = manifest["indexes"]["wals"]
     (copy / "manifest.json").write_text(json.dumps(manifest))
     with pytest.raises(BundleError, match=r"indexes: .*wals.*text"):
         read_manifest(copy)
+
+
+def test_a_published_bundle_is_read_only_and_a_later_change_is_refused(tiny_bundle, tmp_path):
+    """Publishing is the last write: every file 0444 (the signature too, when signed); a file
+    changed after publication anyway (root ignores the modes) fails the next load."""
+    from export.runtime import LoadOptions, load_bundle
+
+    files = [p for p in tiny_bundle.rglob("*") if p.is_file()]
+    assert files and {p.stat().st_mode & 0o777 for p in files} == {0o444}
+    copy = writable_copy(tiny_bundle, tmp_path / "copy")
+    assert (copy / "item_factors.npy").stat().st_mode & 0o200  # a variant may be changed
+    load_bundle(copy, LoadOptions("cpu"))
+    np.save(copy / "item_factors.npy", np.load(copy / "item_factors.npy") * 2)
+    with pytest.raises(BundleError, match=r"item_factors\.npy is corrupt"):
+        load_bundle(copy, LoadOptions("cpu"))

@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import json
-import shutil
 import stat
 import subprocess
 import sys
 
 import pytest
 
-from export.format import BundleError, read_manifest
+from export.format import BundleError, read_manifest, writable_copy
 from export.signing import (
     SignatureError,
     check_signature,
@@ -23,7 +22,7 @@ from export.signing import (
 @pytest.fixture
 def signed(tiny_bundle, tmp_path):
     copy = tmp_path / "bundle"
-    shutil.copytree(tiny_bundle, copy)
+    writable_copy(tiny_bundle, copy)
     private, public = generate_keypair(tmp_path / "keys")
     sign_bundle(copy, private)
     return copy, private, public
@@ -68,7 +67,7 @@ def test_keygen_never_overwrites_and_bad_keys_are_named(tmp_path):
 
 def test_a_file_the_manifest_does_not_list_is_refused(tiny_bundle, tmp_path):
     copy = tmp_path / "bundle"
-    shutil.copytree(tiny_bundle, copy)
+    writable_copy(tiny_bundle, copy)
     (copy / "encoder.onnx.data").write_bytes(b"external data nobody hashed")
     with pytest.raises(BundleError, match=r"encoder\.onnx\.data is in the bundle but not in"):
         read_manifest(copy)
@@ -81,7 +80,7 @@ def test_the_cli_makes_keys_signs_and_verifies(tiny_bundle, tmp_path):
         )
 
     copy = tmp_path / "bundle"
-    shutil.copytree(tiny_bundle, copy)
+    writable_copy(tiny_bundle, copy)
     keys = tmp_path / "keys"
     assert walrus("bundle", "keygen", "--out", str(keys)).returncode == 0
     pub = keys / "walrus-signing.pub"
@@ -121,7 +120,7 @@ def test_the_service_refuses_unsigned_and_tampered_bundles(tiny_bundle, tmp_path
     bundles = tmp_path / "bundles"
     bundles.mkdir()
     for name in ("good", "unsigned", "tampered"):
-        shutil.copytree(tiny_bundle, bundles / name)
+        writable_copy(tiny_bundle, bundles / name)
     sign_bundle(bundles / "good", private)
     sign_bundle(bundles / "tampered", private)
     manifest = json.loads((bundles / "tampered/manifest.json").read_text())

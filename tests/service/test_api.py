@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import concurrent.futures
 import json
 import shutil
 import subprocess
@@ -11,9 +12,9 @@ import httpx
 import numpy as np
 import pytest
 
-from export.format import FORMAT_VERSION
+from export.format import FORMAT_VERSION, writable_copy
 from export.runtime import faiss_gpu_count
-from tests.server import Server, eventually
+from tests.server import Server, eventually, metric
 
 
 def bundle_users(bundle):
@@ -253,7 +254,7 @@ def _drifted_parity(bundle):
 )
 def test_a_bad_bundle_is_refused_at_start(tiny_bundle, tmp_path, break_it, env, reason):
     copy = tmp_path / "bundle"
-    shutil.copytree(tiny_bundle, copy)
+    writable_copy(tiny_bundle, copy)
     break_it(copy)
     srv = Server(copy, **env)
     try:
@@ -280,7 +281,7 @@ def _seen_item_out_of_range(bundle):
 def test_files_that_disagree_in_size_are_refused_at_load(tiny_bundle, tmp_path):
     """Each file intact (sha256 as listed), but the user factors miss the last user's row."""
     copy = tmp_path / "bundle"
-    shutil.copytree(tiny_bundle, copy)
+    writable_copy(tiny_bundle, copy)
     factors = np.load(copy / "user_factors.npy")
     np.save(copy / "user_factors.npy", factors[:-1])
     _rewrite_manifest(copy, lambda m: None)
@@ -297,22 +298,29 @@ def test_files_that_disagree_in_size_are_refused_at_load(tiny_bundle, tmp_path):
 
 
 def test_a_bug_at_request_time_is_a_clean_500_with_its_traceback_logged(tiny_bundle):
-    """A bug planted deep in the batch (tests/service/buggy.py): the client gets a one-line
-    500, the log gets the traceback, /metrics counts it, and the rest is served."""
-    from tests.service.buggy import TRIGGER
-
-    srv = Server(tiny_bundle, app="tests.service.buggy:create_app")
+    """A fault injected deep in the batch (WALRUS_FAULT_QUERY): the client gets a one-line
+    500, the log gets the traceback, /metrics counts it, and the rest is served, also the
+    requests that shared its batch."""
+    fault = "raise a bug"
+    srv = Server(tiny_bundle, WALRUS_FAULT_QUERY=fault, WALRUS_BATCH_WAIT_US="200000")
     try:
         srv.wait()
-        r = httpx.post(f"{srv.url}/v1/recommend", json={"query": TRIGGER, "k": 2})
-        assert r.status_code == 500 and r.json() == {"detail": "internal error"}
-        assert "Traceback" not in r.text
+        with concurrent.futures.ThreadPoolExecutor(
+            4
+        ) as pool:  # one batch: the batcher waits 200 ms for more
+            bodies = [{"query": fault, "k": 2}] + [{"query": "space", "k": 2}] * 3
+            answers = list(
+                pool.map(lambda b: httpx.post(f"{srv.url}/v1/recommend", json=b), bodies)
+            )
+        bad, *fine = answers
+        assert bad.status_code == 500 and bad.json() == {"detail": "internal error"}
+        assert "Traceback" not in bad.text
+        assert [r.status_code for r in fine] == [200, 200, 200]
         eventually(lambda: "unhandled error on POST /v1/recommend" in srv.output(), 10)
-        assert "Traceback" in srv.output() and "a planted bug" in srv.output()
-        fine = httpx.post(f"{srv.url}/v1/recommend", json={"query": "space", "k": 2})
-        assert fine.status_code == 200
+        assert "Traceback" in srv.output() and "WALRUS_FAULT_QUERY" in srv.output()
         metrics = httpx.get(f"{srv.url}/metrics").text
         assert 'walrus_requests_total{endpoint="/v1/recommend",status="500"} 1.0' in metrics
+        assert metric(metrics, "walrus_failed_batches_total") >= 1
     finally:
         srv.stop()
 
@@ -330,7 +338,7 @@ def test_a_bundle_whose_parts_disagree_is_refused_at_load(tiny_bundle, tmp_path)
     }
     for expected, spoil in cases.items():
         copy = tmp_path / expected.split()[0]
-        shutil.copytree(tiny_bundle, copy)
+        writable_copy(tiny_bundle, copy)
         spoil(copy)
         _rewrite_manifest(copy, lambda m: None)
         with pytest.raises(BundleError, match=expected):
@@ -344,7 +352,7 @@ def test_a_bundle_that_fails_its_warm_up_never_serves(tiny_bundle, tmp_path):
     from models.head import ScoreHead
 
     copy = tmp_path / "bundle"
-    shutil.copytree(tiny_bundle, copy)
+    writable_copy(tiny_bundle, copy)
     head = ScoreHead(hidden=4)
     rng = np.random.default_rng(0)
     head.weights = {
@@ -417,8 +425,6 @@ def test_a_body_that_is_not_json_is_415(client, kind):
 def test_deadline_and_load_shedding(tiny_bundle):
     """A request past WALRUS_DEADLINE_MS is a 504; past WALRUS_MAX_QUEUE waiting requests a
     503 with Retry-After; both counted; nothing else fails."""
-    import concurrent.futures
-
     srv = Server(tiny_bundle.parent, WALRUS_DEADLINE_MS="1")
     try:
         srv.wait()
@@ -471,7 +477,7 @@ def test_the_port_opens_at_once_and_a_failed_load_is_retried(tiny_bundle, tmp_pa
         ready = httpx.get(f"{srv.url}/readyz")
         assert ready.status_code == 503 and "retrying in" in ready.json()["reason"]
         assert httpx.get(f"{srv.url}/healthz").status_code == 200
-        shutil.copytree(tiny_bundle, bundles / tiny_bundle.name)
+        writable_copy(tiny_bundle, bundles / tiny_bundle.name)
         (bundles / "current").symlink_to(tiny_bundle.name)
         srv.wait(ready=True, timeout=60)
         r = httpx.post(f"{srv.url}/v1/recommend", json={"query": "space robots", "k": 3})

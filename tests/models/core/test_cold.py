@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import json
-import shutil
 
 import numpy as np
 
+from export.format import writable_copy
 from models.cold_start import fill_cold_items
 from models.core.cold import cold_mask
 
@@ -28,7 +28,7 @@ def test_the_service_answers_similar_for_exported_cold_items_by_text(tiny_bundle
     from service.settings import Settings
 
     bundle = tmp_path / "bundle"
-    shutil.copytree(tiny_bundle, bundle)
+    writable_copy(tiny_bundle, bundle)
     items = json.loads((bundle / "items.json").read_text())
     popular = max(range(len(items)), key=lambda i: items[i]["popularity"])
     cold = np.load(bundle / "cold_items.npy")

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import shutil
 import signal
 import socket
 import threading
@@ -16,6 +15,7 @@ import httpx
 import pytest
 
 from export.bundle import switch_current
+from export.format import writable_copy
 from tests.server import Server, eventually, metric
 
 pytestmark = pytest.mark.slow
@@ -27,7 +27,7 @@ def version(tiny_bundle: Path, bundles: Path, name: str) -> Path:
     from export.format import MANIFEST
 
     path = bundles / name
-    shutil.copytree(tiny_bundle, path)
+    writable_copy(tiny_bundle, path)
     manifest = json.loads((path / MANIFEST).read_text())
     manifest["bundle_id"] = name
     (path / MANIFEST).write_text(json.dumps(manifest))

@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import shutil
-
 import numpy as np
 import pytest
 
+from export.format import writable_copy
 from service.engine.recommender import InputError, Recommender
 from service.messages import Recommend
 from service.settings import Settings
@@ -42,7 +41,7 @@ def _without(tiny_bundle, tmp_path, name: str):
     from export.format import MANIFEST, file_table
 
     copy = tmp_path / "bundle"
-    shutil.copytree(tiny_bundle, copy)
+    writable_copy(tiny_bundle, copy)
     (copy / name).unlink()
     manifest = json.loads((copy / MANIFEST).read_text())
     manifest["files"] = {k: v.model_dump() for k, v in file_table(copy).items()}
