@@ -46,6 +46,7 @@ from export.onnx import (
 from export.runtime import OnnxTextEncoder, ParityError, check_parity, cosine_rows
 from export.signing import sign_bundle
 from models.artifacts import atomic_directory
+from models.core.attributes import Column, to_arrays
 
 if TYPE_CHECKING:
     from models.config import PipelineConfig
@@ -213,6 +214,19 @@ def write_arrays(bundle: Path, trained: TrainedArtifacts) -> None:
     }
     for name, array in arrays.items():
         np.save(bundle / name, np.ascontiguousarray(array))
+    write_attributes(bundle, trained.attributes)
+
+
+def write_attributes(bundle: Path, columns: list[Column]) -> None:
+    """``attributes.json`` and each column's arrays; nothing when the catalog declares no
+    attributes."""
+    if not columns:
+        return
+    description, arrays = to_arrays(columns)
+    (bundle / "attributes").mkdir()
+    for name, array in arrays.items():
+        np.save(bundle / name, np.ascontiguousarray(array))
+    (bundle / Files.ATTRIBUTES).write_text(json.dumps(description))
 
 
 def write_indexes(

@@ -20,6 +20,8 @@ Layout (paths relative to the bundle; ``manifest.json`` lists each with its sha2
     wals.faiss text.faiss         inner-product indexes (CPU format)
     encoder.onnx encoder.int8.onnx encoder.fp16.onnx head.onnx tokenizer.json
     tokenizer_config.json
+    attributes.json attributes/   optional: item attributes (name, kind, values of each
+                                  column) and their arrays (``models.core.attributes``)
     parity/                       texts and PyTorch reference outputs for ``--verify``
 
 Bundles live in ``BUNDLES/<bundle_id>/``; ``BUNDLES/current`` is a symlink switched
@@ -81,6 +83,10 @@ class Files:
     PARITY_ENCODER = "parity/encoder_reference.npy"
     PARITY_HEAD_FEATURES = "parity/head_features.npy"
     PARITY_HEAD = "parity/head_reference.npy"
+
+    # Optional: a bundle without it has no filterable fields. Its arrays are laid out by
+    # models.core.attributes (to_arrays / from_arrays), under attributes/.
+    ATTRIBUTES = "attributes.json"
 
     @staticmethod
     def index(name: str) -> str:

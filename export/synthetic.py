@@ -31,6 +31,7 @@ from models.config import DataConfig, ExportConfig, HeadConfig, PipelineConfig
 from models.core.fold_in import weights_from_counts
 from models.core.types import ItemTables
 from models.data import IdMap
+from models.data.synthetic import attribute_arrays
 from models.data.vocabulary import TOPICS
 from models.encoder import TextEncoder
 from models.head import ScoreHead
@@ -173,6 +174,9 @@ def build_synthetic_bundle(
             IdMap(f"i{i}" for i in range(spec.items)),
             item_titles,
             item_titles,
+            attributes=attribute_arrays(
+                np.random.default_rng(spec.seed + 7919), list(TOPICS), item_topics
+            ),
         )
         return build_bundle(cfg, trained, out, progress)
 

@@ -15,6 +15,7 @@ import tomli_w
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 from pydantic.dataclasses import dataclass as pydantic_dataclass
 
+from models.core.attributes import Kind as AttributeKind
 from models.core.errors import WalrusError
 from models.core.params import InvalidParam, WALSParams
 
@@ -48,8 +49,16 @@ class DataConfig(_Strict):
     text_template: str | None = Field(
         None,
         description="str.format template over catalog columns, e.g. '{title}. {genres}'. "
-        "Default: every text column, non-empty ones joined by '. '.",
+        "Default: every catalog column but item_id and the attributes, non-empty ones "
+        "joined by '. '.",
     )
+    attributes: dict[str, AttributeKind] = Field(
+        default_factory=dict,
+        description="Catalog columns served as filterable attributes, by kind: categorical "
+        "(one value), tags (several, split on tag_separator), numeric, boolean "
+        "(true/false, 1/0, yes/no). `walrus data check` suggests kinds for the columns.",
+    )
+    tag_separator: str = Field(",", min_length=1, description="Between the values of tags.")
 
 
 class SplitConfig(_Strict):

@@ -61,6 +61,7 @@ class EvalContext:
 
     shared: Shared
     split: Split
+    allowed: np.ndarray | None = None  # a filter's items: requests and metrics keep to them
 
     @property
     def cfg(self) -> PipelineConfig:
@@ -158,10 +159,13 @@ def hybrid_model(ctx: EvalContext, cold_every: int | None = None) -> ScoreFn:
 
     def score(rows: np.ndarray) -> np.ndarray:
         requests = [
-            hybrid.request(
-                k,
-                user=None if folded else int(row),
-                history=csr_row(history, row) if folded else None,
+            dataclasses.replace(
+                hybrid.request(
+                    k,
+                    user=None if folded else int(row),
+                    history=csr_row(history, row) if folded else None,
+                ),
+                allowed=ctx.allowed,
             )
             for row in rows
         ]
@@ -187,20 +191,25 @@ def evaluate(
     models: dict[str, ModelFactory] | None = None,
     on_done: Callable[[str, str], None] | None = None,
     tuner: Tuner | None = None,
+    allowed: np.ndarray | None = None,
 ) -> list[dict[str, Any]]:
     """Rows ``{split, model, recall@K..., ndcg@K..., users, seconds}``, one per pair; the
     ``hybrid`` rows also hold its head's permutation ``importances``. With ``tuner``, each
-    split's models use the values it chose inside that split's training part."""
+    split's models use the values it chose inside that split's training part. With
+    ``allowed`` (a filter's items, ``models.core.attributes``), a filtered evaluation:
+    every model ranks only those items (the hybrid through the served filtered retrieval)
+    and Recall@K counts only the held-out items among them."""
     results: list[dict[str, Any]] = []
     for split in splits:
         split_shared = shared
         if tuner is not None:
             split_shared = shared.with_config(tuner(shared, split.name, split.train))
-        ctx = EvalContext(split_shared, split)
+        ctx = EvalContext(split_shared, split, allowed)
+        test = split.test if allowed is None else keep_columns(split.test, allowed)
         for name, factory in (models or MODELS).items():
             start = time.perf_counter()
-            score_fn = factory(ctx)
-            metrics = evaluate_scores(score_fn, ctx.history, split.test, shared.cfg.eval.ks)
+            score_fn = only_allowed(factory(ctx), allowed)
+            metrics = evaluate_scores(score_fn, ctx.history, test, shared.cfg.eval.ks)
             row = {"split": split.name, "model": name, **metrics}
             row["seconds"] = time.perf_counter() - start
             if name == "hybrid":
@@ -209,6 +218,26 @@ def evaluate(
             if on_done is not None:
                 on_done(split.name, name)
     return results
+
+
+def keep_columns(matrix: sp.csr_matrix, allowed: np.ndarray) -> sp.csr_matrix:
+    """``matrix`` with only the ``allowed`` columns' entries."""
+    kept = matrix.multiply(sp.csr_matrix(allowed.astype(matrix.dtype)[None, :])).tocsr()
+    kept.eliminate_zeros()
+    return kept
+
+
+def only_allowed(score_fn: ScoreFn, allowed: np.ndarray | None) -> ScoreFn:
+    """``score_fn`` that never ranks an item outside ``allowed``."""
+    if allowed is None:
+        return score_fn
+
+    def score(rows: np.ndarray) -> np.ndarray:
+        scores = np.array(score_fn(rows), dtype=np.float32, copy=True)
+        scores[:, ~allowed] = -np.inf
+        return scores
+
+    return score
 
 
 # ---------------------------------------------------------------- the query task
@@ -294,7 +323,10 @@ def evaluate_query_task(
     queries are the test part: a ``tuner`` sees the interactions and the other queries."""
     train_log, test_log = hold_out_queries(query_log, cfg.eval.query_fraction, cfg.split.seed)
     clean = Catalog.from_frame(
-        catalog_without_queries(catalog_frame, train_log, test_log), cfg.data.text_template
+        catalog_without_queries(catalog_frame, train_log, test_log),
+        cfg.data.text_template,
+        attributes=cfg.data.attributes,
+        separator=cfg.data.tag_separator,
     )
     if clean.ids.ids != dataset.items.ids:
         raise WalrusError("the catalog changed while evaluating: item order differs")

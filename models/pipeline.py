@@ -29,7 +29,9 @@ def load_dataset(cfg: DataConfig) -> Dataset:
     """Read and validate the interactions and catalog a ``DataConfig`` names."""
     interactions = read_interactions(cfg.interactions, cfg.rating_threshold)
     catalog = read_catalog(cfg.catalog) if cfg.catalog is not None else None
-    return build_dataset(interactions, catalog, cfg.text_template)
+    return build_dataset(
+        interactions, catalog, cfg.text_template, cfg.attributes, cfg.tag_separator
+    )
 
 
 def load_query_log(path: Path | None) -> pd.DataFrame | None:

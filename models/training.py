@@ -18,8 +18,9 @@ import json
 import logging
 import tempfile
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -27,6 +28,7 @@ import scipy.sparse as sp
 
 from models.cold_start import fill_cold_items
 from models.config import EncoderConfig, PipelineConfig
+from models.core.attributes import Column, array_names, from_arrays, to_arrays
 from models.core.candidates import ExactSearch, candidate_pools
 from models.core.errors import MissingArtifact
 from models.core.features import FEATURES, N_FEATURES, text_profile
@@ -315,7 +317,7 @@ def make_head_pools(
             csr_row(positives, user) if item < 0 else np.array([item])
             for _, user, item in (plan[e] for e in chunk)
         ]
-        pools = candidate_pools(requests, tables.n_items, searcher, n_wals, n_text)
+        pools = candidate_pools(requests, tables, searcher, n_wals, n_text)
         for request, pool, positive in zip(requests, pools, labels, strict=True):
             if len(pool) < 2 or not any(int(i) in pool for i in positive):
                 continue
@@ -457,6 +459,7 @@ class TrainedArtifacts:
     titles: list[str]
     texts: list[str]
     fine_tuned: bool = False
+    attributes: list[Column] = field(default_factory=list)
 
     def save(self, path: Path) -> None:
         """Plain files only (npy, npz, json, safetensors): no pickle."""
@@ -480,6 +483,11 @@ class TrainedArtifacts:
             "n_text": self.hybrid.n_text,
             "cold_every": self.hybrid.cold_every,
         }
+        description, arrays = to_arrays(self.attributes)
+        for name, array in arrays.items():
+            (path / name).parent.mkdir(exist_ok=True)
+            np.save(path / name, array)
+        meta["attributes"] = description
         (path / "trained.json").write_text(json.dumps(meta))
 
     @classmethod
@@ -513,7 +521,13 @@ class TrainedArtifacts:
             meta["titles"],
             meta["texts"],
             meta["fine_tuned"],
+            load_attributes(path, meta.get("attributes", {}), tables.n_items),
         )
+
+
+def load_attributes(path: Path, description: dict[str, Any], n_items: int) -> list[Column]:
+    arrays = {name: np.load(path / name) for name in array_names(description)}
+    return from_arrays(description, arrays, n_items)
 
 
 def train_all(
@@ -535,4 +549,5 @@ def train_all(
         list(dataset.catalog.titles),
         text.texts,
         cfg.encoder.fine_tune,
+        dataset.catalog.attributes,
     )

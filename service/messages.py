@@ -13,7 +13,20 @@ typed and checked as it is decoded.
 
 from __future__ import annotations
 
+from typing import Any
+
 import msgspec
+
+Filter = dict[str, dict[str, Any]]
+"""``{field: {operator: value}}``: shape checked by the front, fields by the engine."""
+
+
+class Diversity(msgspec.Struct, frozen=True):
+    """At most ``max_per_value`` items per value of ``field``; and/or MMR with ``mmr``."""
+
+    field: str | None = None
+    max_per_value: int = 0
+    mmr: float = 0.0
 
 
 class Recommend(msgspec.Struct, tag=True, frozen=True):
@@ -26,14 +39,21 @@ class Recommend(msgspec.Struct, tag=True, frozen=True):
     history: list[str] | None = None
     exclude: list[str] | None = None
     exclude_seen: bool = True
+    offset: int = 0
+    filter: Filter | None = None
+    diversity: Diversity | None = None
+    explain: bool = False
 
 
 class Similar(msgspec.Struct, tag=True, frozen=True):
-    """``GET /v1/items/{item_id}/similar``."""
+    """``GET`` or ``POST /v1/items/{item_id}/similar``."""
 
     item_id: str
     k: int = 10
     id: int = 0
+    offset: int = 0
+    filter: Filter | None = None
+    diversity: Diversity | None = None
 
 
 class Status(msgspec.Struct, tag=True, frozen=True):
@@ -74,11 +94,29 @@ class Answer(msgspec.Struct, frozen=True):
 # against the pydantic response model of service.schemas that documents it in OpenAPI.
 
 
-class Item(msgspec.Struct, frozen=True):
+class Contribution(msgspec.Struct, frozen=True):
+    item_id: str
+    title: str
+    score: float
+    share: float
+
+
+class Explanation(msgspec.Struct, frozen=True):
+    head_score: float
+    sources: list[str]
+    wals_score: float | None
+    text_score: float | None
+    because: list[Contribution]
+    other_terms: float | None = None
+    rest: float | None = None
+
+
+class Item(msgspec.Struct, frozen=True, omit_defaults=True):
     item_id: str
     title: str
     score: float
     sources: list[str]
+    explanation: Explanation | None = None
 
 
 class Recommendations(msgspec.Struct, frozen=True):
@@ -106,6 +144,7 @@ class Readiness(msgspec.Struct, frozen=True):
     faiss: str | None = None
     encoder_precision: str | None = None
     refused: dict[str, str] = msgspec.field(default_factory=dict)
+    attributes: dict[str, str] = msgspec.field(default_factory=dict)
 
 
 class Reloaded(msgspec.Struct, frozen=True):

@@ -62,6 +62,9 @@ class Settings(BaseSettings):
         description="One cold item in every this many places; 0: off. Default: the bundle's.",
     )
     max_k: int = Field(100, ge=1, le=1000)
+    max_offset: int = Field(
+        1000, ge=0, le=100_000, description="Deepest place a page may start at (offset)."
+    )
     max_body_bytes: int = Field(
         65_536, ge=1024, description="Largest request body; larger ones get 413 unread."
     )

@@ -128,6 +128,11 @@ output_dir = "{out}"
 [data]
 interactions = "{data}/interactions.csv"
 catalog = "{data}/catalog.csv"
+[data.attributes]
+topic = "categorical"
+year = "numeric"
+price = "numeric"
+in_stock = "boolean"
 [wals]
 dim = 8
 iterations = 6

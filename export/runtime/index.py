@@ -20,31 +20,52 @@ log = logging.getLogger(__name__)
 GPU_MAX_K = 2048
 """FAISS GPU flat and IVF indexes return at most this many results per query."""
 
+HNSW_MAX_EF = 4096
+"""The widest efSearch a filtered HNSW search is given; what it still misses, the core
+ranks exactly (``models.core.candidates``)."""
+
 
 def search(
-    index: Any, queries: np.ndarray, k: int, exclude: np.ndarray | None = None
+    index: Any,
+    queries: np.ndarray,
+    k: int,
+    exclude: np.ndarray | None = None,
+    allowed: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Top-k ids and scores for (b, dim) queries; ``k`` is clamped to the index size and raises
     HNSW's efSearch when needed (FAISS does not). ``exclude``: ids no row may return, dropped
     inside FAISS by an ``IDSelector`` (so the search for k allowed items costs the same however
-    many are excluded). Padding ids (-1) stay for callers to drop."""
+    many are excluded); ``allowed``: an (ntotal,) bool mask of the only ids any row may return
+    (an ``IDSelectorBitmap``), which replaces ``exclude``: an IVF index then probes, and an
+    HNSW index explores, about 1 / (the share that passes) times as much, so a filter
+    passing 5% finds about as many items as an unfiltered search. Padding ids (-1) stay for
+    callers to drop."""
     queries, k = _clamped(index, queries, k)
     inner: Any = faiss.downcast_index(index)
     hnsw = isinstance(inner, faiss.IndexHNSW)
-    selector = banned = None
-    if exclude is not None and len(exclude):
-        # Both objects stay referenced here for the search: FAISS keeps raw pointers.
+    selector: Any = None
+    banned = bits = None
+    widen = 1.0  # a filter passing a share s of the items: visit about 1/s as much
+    # The objects stay referenced here for the search: FAISS keeps raw pointers.
+    if allowed is not None:
+        allowed = np.asarray(allowed, dtype=bool)
+        bits = np.packbits(allowed, bitorder="little")
+        selector = faiss.IDSelectorBitmap(len(bits), faiss.swig_ptr(bits))
+        widen = len(allowed) / max(int(np.count_nonzero(allowed)), 1)
+    elif exclude is not None and len(exclude):
         banned = faiss.IDSelectorBatch(np.ascontiguousarray(exclude, dtype=np.int64))
         selector = faiss.IDSelectorNot(banned)
     params: Any = None
     if hnsw and (inner.hnsw.efSearch < k or selector is not None):
-        params = faiss.SearchParametersHNSW(efSearch=max(k, inner.hnsw.efSearch), sel=selector)  # type: ignore[attr-defined]
+        ef = min(int(max(k, inner.hnsw.efSearch) * widen), HNSW_MAX_EF)
+        params = faiss.SearchParametersHNSW(efSearch=max(k, ef), sel=selector)  # type: ignore[attr-defined]
     elif selector is not None and isinstance(inner, faiss.IndexIVF):
-        params = faiss.SearchParametersIVF(nprobe=inner.nprobe, sel=selector)  # type: ignore[call-arg]
+        nprobe = min(int(np.ceil(inner.nprobe * widen)), int(inner.nlist))
+        params = faiss.SearchParametersIVF(nprobe=nprobe, sel=selector)  # type: ignore[call-arg]
     elif selector is not None:
         params = faiss.SearchParameters(sel=selector)  # type: ignore[call-arg]
     scores, ids = index.search(queries, k, params=params)
-    del banned
+    del banned, bits
     return ids, scores
 
 
@@ -84,17 +105,23 @@ class ServedIndex:
         return self.gpu_index is None
 
     def search(
-        self, queries: np.ndarray, k: int, exclude: np.ndarray | None = None
+        self,
+        queries: np.ndarray,
+        k: int,
+        exclude: np.ndarray | None = None,
+        allowed: np.ndarray | None = None,
     ) -> tuple[np.ndarray, np.ndarray]:
-        """As ``search``: (b, k') ids and scores. ``exclude`` needs ``filters``."""
-        if exclude is not None and len(exclude) and not self.filters:
+        """As ``search``: (b, k') ids and scores. ``exclude`` and ``allowed`` need
+        ``filters``."""
+        filtering = allowed is not None or (exclude is not None and len(exclude))
+        if filtering and not self.filters:
             raise ValueError("the GPU copy cannot filter: over-fetch and drop instead")
         if self.gpu_index is not None and min(k, self.ntotal) <= GPU_MAX_K:
             queries, k = _clamped(self.cpu_index, queries, k)
             with self._gpu_lock:  # GPU copies are flat or IVF: no efSearch to raise
                 scores, ids = self.gpu_index.search(queries, k)
             return ids, scores
-        return search(self.cpu_index, queries, k, exclude)
+        return search(self.cpu_index, queries, k, exclude, allowed)
 
 
 def load_index(path: Path, kind: str, search_params: str, use_gpu: bool = False) -> ServedIndex:
@@ -120,8 +147,9 @@ def load_index(path: Path, kind: str, search_params: str, use_gpu: bool = False)
 class ServedIndexes:
     """The bundle's indexes by name, as the core's ``Searcher``: each ``SearchBatch`` runs as
     few FAISS calls as the index allows. Over-fetched rows go in one call (HNSW: one per k,
-    since its results for a smaller k are not a prefix of a larger k's); rows that drop
-    their exclusions inside the search go one by one, each with its own ``IDSelector``."""
+    since its results for a smaller k are not a prefix of a larger k's), rows sharing a
+    filter in one call with its ``IDSelectorBitmap``; rows that drop their exclusions inside
+    the search go one by one, each with its own ``IDSelector``."""
 
     def __init__(self, indexes: Mapping[str, ServedIndex]) -> None:
         self.indexes = dict(indexes)
@@ -134,14 +162,21 @@ class ServedIndexes:
         index = self.indexes[name]
         k_max = int(batch.k.max(initial=1))
         out = np.full((len(batch.k), k_max), -1, dtype=np.int64)
-        groups: dict[int, list[int]] = {}
+        groups: dict[tuple[int, int], list[int]] = {}
+        masks: dict[int, np.ndarray] = {}
         for row, (k, exclude) in enumerate(zip(batch.k.tolist(), batch.exclude, strict=True)):
+            mask = batch.allowed_for(row)
             if exclude is not None:
                 ids, _ = index.search(batch.vectors[row : row + 1], k, exclude)
                 out[row, : ids.shape[1]] = ids[0]
-            else:
-                groups.setdefault(k if index.kind == "hnsw" else 0, []).append(row)
-        for rows in groups.values():
-            ids, _ = index.search(batch.vectors[rows], int(batch.k[rows].max()))
+                continue
+            if mask is not None:
+                masks[id(mask)] = mask  # rows sharing a filter share a call and a selector
+            key = (id(mask) if mask is not None else 0, k if index.kind == "hnsw" else 0)
+            groups.setdefault(key, []).append(row)
+        for (mask_id, _), rows in groups.items():
+            ids, _ = index.search(
+                batch.vectors[rows], int(batch.k[rows].max()), allowed=masks.get(mask_id)
+            )
             out[rows, : ids.shape[1]] = ids
         return out

@@ -13,7 +13,7 @@ from typing import Literal
 import faiss
 import numpy as np
 
-from export.format import BundleError, Files, Manifest, read_manifest, resolve_bundle
+from export.format import REBUILD, BundleError, Files, Manifest, read_manifest, resolve_bundle
 from export.runtime.hardware import (
     DevicePreference,
     onnx_providers,
@@ -24,6 +24,7 @@ from export.runtime.index import ServedIndexes, load_index
 from export.runtime.parity import verify_bundle
 from export.runtime.sessions import OnnxHead, OnnxTextEncoder
 from export.signing import check_signature, load_public_keys
+from models.core.attributes import ItemAttributes, array_names, from_arrays
 from models.core.fold_in import fold_in_user
 from models.core.ids import CompactIds
 from models.core.types import ItemTables
@@ -77,6 +78,7 @@ class LoadedBundle:
     encoders: list[OnnxTextEncoder]  # the same model, one session each
     encoder_precision: str
     head: OnnxHead
+    attributes: ItemAttributes  # no columns when the bundle has none
 
     @property
     def encoder(self) -> OnnxTextEncoder:
@@ -186,9 +188,28 @@ def load_bundle(bundle: str | Path, options: LoadOptions = LoadOptions()) -> Loa
         # The head is a 2-layer MLP over a few hundred rows: a GPU round trip costs more
         # than it saves, so it always runs on the CPU.
         head=OnnxHead(p / Files.HEAD, ["CPUExecutionProvider"], options.threads),
+        attributes=load_attributes(p, manifest),
     )
     loaded.check_sizes()
     return loaded
+
+
+def load_attributes(p: Path, manifest: Manifest) -> ItemAttributes:
+    """The bundle's item attributes with their bitmaps; none when it has no attributes.json.
+    Every array it names must be listed (and so hashed) in the manifest."""
+    n_items = manifest.counts["items"]
+    if Files.ATTRIBUTES not in manifest.files:
+        return ItemAttributes(n_items, [])
+    description = json.loads((p / Files.ATTRIBUTES).read_text())
+    names = array_names(description)
+    unlisted = [name for name in names if name not in manifest.files]
+    if unlisted:
+        raise BundleError(f"{p}: {unlisted[0]} is named by attributes.json but not listed")
+    try:
+        arrays = {name: np.load(p / name) for name in names}
+        return ItemAttributes(n_items, from_arrays(description, arrays, n_items))
+    except (KeyError, TypeError, ValueError) as exc:
+        raise BundleError(f"{p}: {Files.ATTRIBUTES}: {exc}; {REBUILD}") from exc
 
 
 def load_indexes(p: Path, manifest: Manifest, options: LoadOptions) -> ServedIndexes:

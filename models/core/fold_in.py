@@ -6,10 +6,12 @@ same vector as offline. No torch here: the service imports this module.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 
 from models.core.params import WALSParams, WeightScheme
-from models.core.solve import observed_sums, solve_rows
+from models.core.solve import observed_sums, row_matrices, solve_rows
 
 
 def weights_from_counts(
@@ -102,6 +104,30 @@ def fold_in_user(
     ``params`` are the fitted model's; ``col_weights`` the fitted c_j. Without weights or
     targets, duplicate indices count once. Raises ``ValueError`` on indices out of range.
     """
+    row = user_row(item_factors, col_weights, params, item_indices, weights, targets)
+    w0 = params.unobserved_weight
+    return fold_in(item_factors, gramian, row.items, row.weights, row.targets, w0, row.reg)
+
+
+@dataclass(frozen=True)
+class UserRow:
+    """One user's row of the WALS objective: distinct items, W_j, A_j and lambda."""
+
+    items: np.ndarray
+    weights: np.ndarray
+    targets: np.ndarray
+    reg: float
+
+
+def user_row(
+    item_factors: np.ndarray,
+    col_weights: np.ndarray,
+    params: WALSParams,
+    item_indices: np.ndarray | list[int],
+    weights: np.ndarray | list[float] | None = None,
+    targets: np.ndarray | list[float] | None = None,
+) -> UserRow:
+    """The row ``fold_in_user`` solves, with the weights and lambda WALS trained with."""
     n_items = item_factors.shape[0]
     idx = np.asarray(item_indices, dtype=np.int64).reshape(-1)
     if weights is None and targets is None:
@@ -122,4 +148,27 @@ def fold_in_user(
     reg = row_regularization(
         params.regularization, params.regularization_exp, len(idx), n_items, w0
     )
-    return fold_in(item_factors, gramian, idx, w, a, w0, float(reg))
+    return UserRow(idx, w, a, float(reg))
+
+
+def contributions(
+    item_factors: np.ndarray,
+    gramian: np.ndarray,
+    col_weights: np.ndarray,
+    params: WALSParams,
+    item_indices: np.ndarray,
+    targets: np.ndarray,
+) -> tuple[np.ndarray, np.ndarray]:
+    """``(items, c)``: each distinct history item, and c[i, j], history item j's part of
+    the WALS score of ``targets[i]`` (a (m, dim) block of served item factors) for the user
+    ``fold_in_user`` solves from ``item_indices``. The solve is u = A^-1 b with
+    b = sum_j W_j A_j v_j, so t_i . u = sum_j W_j A_j t_i A^-1 v_j exactly: the terms sum
+    to the score (implicit's ``explain`` splits it the same way)."""
+    row = user_row(item_factors, col_weights, params, item_indices)
+    w0 = params.unobserved_weight
+    v = item_factors[row.items].astype(np.float64)
+    sums = observed_sums(v, np.array([0, len(row.items)]), row.weights - w0, row.weights)
+    lhs = row_matrices(sums, w0 * gramian.astype(np.float64), np.array([row.reg]))[0]
+    solved = np.linalg.solve(lhs, v.T)  # (dim, n): A^-1 v_j
+    scale = row.weights * row.targets
+    return row.items, (np.asarray(targets, dtype=np.float64) @ solved) * scale

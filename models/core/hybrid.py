@@ -12,11 +12,18 @@ The service calls this with its FAISS searcher and the ONNX head; offline evalua
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
-from models.core.candidates import candidate_pools, search_vectors, usable
+from models.core.candidates import (
+    candidate_pools,
+    eligible_mask,
+    passing_count,
+    search_vectors,
+    usable,
+)
+from models.core.diversity import admitted, diversify, room
 from models.core.features import build_features, text_profile
 from models.core.types import (
     SOURCES,
@@ -62,30 +69,53 @@ def pool_features(
     return candidates, features
 
 
+def window(sizes: PoolSizes) -> int:
+    """Places one pass of a ranking holds: the smaller source's pool, so each pass gets the
+    pool a request for that many places gets. A ranking deeper than one pass (a page past
+    it, a large ``k``) is passes in turn, each excluding what the earlier ones placed: every
+    page of a ranking is a slice of the same sequence, whatever its offset and ``k``."""
+    return max(1, min(sizes.n_wals, sizes.n_text))
+
+
+def eligible_count(tables: ItemTables, request: Request) -> int:
+    """Items the request may get: those its filter allows, less its exclusions."""
+    excluded = np.unique(request.exclude)
+    if request.allowed is None:
+        return tables.n_items - len(excluded)
+    return passing_count(request.allowed, excluded)
+
+
 def answer_size(tables: ItemTables, request: Request) -> int:
-    """``k``, or fewer when the exclusions leave fewer items."""
-    return max(0, min(request.k, tables.n_items - len(np.unique(request.exclude))))
+    """``offset + k`` places, or fewer when the filter and exclusions leave fewer items."""
+    return max(0, min(request.offset + request.k, eligible_count(tables, request)))
 
 
-def most_popular(tables: ItemTables, request: Request, k: int) -> Recommendation:
-    """Nothing known about the request: the ``k`` most popular items, as they are."""
-    order = tables.popular_order
-    popular = order[~np.isin(order, request.exclude)][:k]
-    return Recommendation(
-        popular, tables.item_log_popularity[popular], [["popular"]] * len(popular)
-    )
-
-
-def top_up(tables: ItemTables, request: Request, pool: Pool, k: int) -> Pool:
-    """Popular items after the pool's own, until it holds ``k`` (or the catalog runs out)."""
-    if len(pool) >= k:
+def top_up(tables: ItemTables, request: Request, pool: Pool, k: int, placed: np.ndarray) -> Pool:
+    """Popular items the request may get after the pool's own, until it holds ``k`` that
+    the diversity caps admit (after what earlier passes ``placed``), or the catalog runs
+    out."""
+    left = room(request.diversity, placed)
+    codes = request.diversity.codes if left is not None and request.diversity else None
+    members = np.fromiter(pool.keys(), dtype=np.int64, count=len(pool))
+    have = len(pool) if codes is None else int(admitted(codes[members], left or {}).sum())
+    if have >= k:
         return pool
-    blocked = set(request.exclude.tolist()) | set(pool)
-    for item in tables.popular_order.tolist():
-        if item not in blocked:
-            pool[item] = {"popular": len(pool)}
-            if len(pool) >= k:
+    ok = eligible_mask(request, tables.n_items)
+    ok = np.ones(tables.n_items, dtype=bool) if ok is None else ok
+    ok[request.exclude] = False
+    ok[members] = False
+    extra = tables.popular_order[ok[tables.popular_order]]
+    take = k - have
+    if codes is not None:  # as many as the caps need: the admitted count reaches k
+        take = len(extra)
+        for n in 4 ** np.arange(1, 12) * max(k - have, 1):
+            counted = np.cumsum(admitted(codes[np.r_[members, extra[:n]]], left or {}))
+            if counted[-1] >= k or n >= len(extra):
+                reached = np.flatnonzero(counted >= k)
+                take = int(reached[0]) + 1 - len(members) if len(reached) else len(extra)
                 break
+    for item in extra[: max(take, 0)].tolist():
+        pool[item] = {"popular": len(pool)}
     return pool
 
 
@@ -96,46 +126,105 @@ def recommend_batch(
     head: HeadFn,
     sizes: PoolSizes = PoolSizes(),
 ) -> list[Recommendation]:
-    """Every request's answer: pools planned and searched once per batch, one head call for
-    all their features, each request's own top k. A request's answer does not depend on the
-    others in its batch."""
-    ks = [answer_size(tables, r) for r in requests]
+    """Every request's answer: places ``offset`` to ``offset + k`` of its ranking, built in
+    passes of ``window`` places (one for most requests); in each pass the pools are planned
+    and searched once per batch and scored in one head call. A request's answer does not
+    depend on the others in its batch."""
+    depth = [answer_size(tables, r) for r in requests]
+    w = window(sizes)
+    placed = [Recommendation(no_items(), np.zeros(0, dtype=np.float32), []) for _ in requests]
+    while live := [i for i in range(len(requests)) if len(placed[i].items) < depth[i]]:
+        passes = [
+            replace(
+                requests[i],
+                k=w,
+                offset=0,
+                exclude=np.concatenate([requests[i].exclude, placed[i].items]).astype(np.int64),
+            )
+            for i in live
+        ]
+        found = one_pass(tables, passes, searcher, head, sizes, [placed[i].items for i in live])
+        for i, rec in zip(live, found, strict=True):
+            if len(rec.items) < w:  # nothing more to place: the catalog or the caps ran out
+                depth[i] = len(placed[i].items) + len(rec.items)
+            placed[i] = Recommendation(
+                np.concatenate([placed[i].items, rec.items]),
+                np.concatenate([placed[i].scores, rec.scores]),
+                placed[i].sources + rec.sources,
+            )
+    return [page(rec, r.offset, r.k) for rec, r in zip(placed, requests, strict=True)]
+
+
+def page(rec: Recommendation, offset: int, k: int) -> Recommendation:
+    end = offset + k
+    return Recommendation(rec.items[offset:end], rec.scores[offset:end], rec.sources[offset:end])
+
+
+def one_pass(
+    tables: ItemTables,
+    requests: Sequence[Request],
+    searcher: Searcher,
+    head: HeadFn,
+    sizes: PoolSizes,
+    placed: Sequence[np.ndarray],
+) -> list[Recommendation]:
+    """One pass of ``window`` places per request: its pool, topped up, scored and ranked."""
+    ks = [min(r.k, eligible_count(tables, r)) for r in requests]
     searched = [i for i, r in enumerate(requests) if search_vectors(r)]
-    unsearched = set(range(len(requests))).difference(searched)
-    out = {i: most_popular(tables, requests[i], ks[i]) for i in unsearched}
+    out = {}
+    for i in set(range(len(requests))).difference(searched):  # nothing known: by popularity
+        pool = top_up(tables, requests[i], {}, ks[i], placed[i])
+        popularity = tables.item_log_popularity[np.fromiter(pool, dtype=np.int64, count=len(pool))]
+        out[i] = ranked(tables, requests[i], pool, popularity, ks[i], 0, placed[i])
     pools = candidate_pools(
-        [requests[i] for i in searched], tables.n_items, searcher, sizes.n_wals, sizes.n_text
+        [requests[i] for i in searched], tables, searcher, sizes.n_wals, sizes.n_text
     )
     scored = [
-        (i, pool, *pool_features(tables, requests[i], pool))
+        (i, pool, pool_features(tables, requests[i], pool)[1])
         for i, raw in zip(searched, pools, strict=True)
-        if (pool := top_up(tables, requests[i], raw, ks[i])) and ks[i]
+        if (pool := top_up(tables, requests[i], raw, ks[i], placed[i])) and ks[i]
     ]
     if scored:
         all_scores = np.asarray(head(np.concatenate([f for *_, f in scored])), np.float32)
-        ends = np.cumsum([len(c) for _, _, c, _ in scored])[:-1]
-        for (i, pool, candidates, _), scores in zip(
+        ends = np.cumsum([len(p) for _, p, _ in scored])[:-1]
+        for (i, pool, _), scores in zip(
             scored, np.split(all_scores.reshape(-1), ends), strict=True
         ):
-            out[i] = ranked(tables, pool, candidates, scores, ks[i], sizes.cold_every)
+            out[i] = ranked(tables, requests[i], pool, scores, ks[i], sizes.cold_every, placed[i])
     empty = Recommendation(no_items(), np.zeros(0, dtype=np.float32), [])
     return [out.get(i, empty) for i in range(len(requests))]
 
 
 def ranked(
     tables: ItemTables,
+    request: Request,
     pool: Pool,
-    candidates: np.ndarray,
     scores: np.ndarray,
     k: int,
     cold_every: int,
+    placed: np.ndarray,
 ) -> Recommendation:
-    """A pool's top ``k`` by head score (ties by item index), with the cold places kept."""
-    order = reserve_cold(
-        np.lexsort((candidates, -scores)), tables.item_cold[candidates], k, cold_every
-    )
+    """A pool's top ``k`` by score (ties by item index): with the cold places kept, or, for
+    a request asking for diversity, as ``models.core.diversity`` spreads it."""
+    candidates = np.fromiter(pool.keys(), dtype=np.int64, count=len(pool))
+    order = np.lexsort((candidates, -scores))
+    d = request.diversity
+    if d is None:
+        order = reserve_cold(order, tables.item_cold[candidates], k, cold_every)
+    else:
+        embeddings = tables.item_text_embeddings
+        order = diversify(
+            order,
+            scores,
+            embeddings[candidates],
+            None if d.codes is None else d.codes[candidates],
+            k,
+            d.mmr,
+            room(d, placed),
+            embeddings[placed],
+        )
     top = candidates[order]
-    return Recommendation(top, scores[order], [list(pool[int(i)]) for i in top])
+    return Recommendation(top, scores[order], [list(pool[i]) for i in top.tolist()])
 
 
 def reserve_cold(order: np.ndarray, cold: np.ndarray, k: int, every: int) -> np.ndarray:

@@ -48,8 +48,16 @@ def solve_rows(
 ) -> np.ndarray:
     """(n_rows, dim) float32 solutions, solved in float64; ``w0_gramian`` is ``w0 V^T V``
     over all of the fixed side, ``regularization`` each row's lambda."""
+    lhs = row_matrices(sums, w0_gramian, regularization)
+    return np.linalg.solve(lhs, sums.rhs[:, :, None])[:, :, 0].astype(np.float32)
+
+
+def row_matrices(
+    sums: ObservedSums, w0_gramian: np.ndarray, regularization: np.ndarray
+) -> np.ndarray:
+    """(n_rows, dim, dim) float64 left-hand sides: observed part + w0 V^T V + lambda I."""
     dim = w0_gramian.shape[0]
     lhs = sums.matrices + w0_gramian.astype(np.float64)
     diagonal = np.arange(dim)
     lhs[:, diagonal, diagonal] += np.asarray(regularization, dtype=np.float64).reshape(-1, 1)
-    return np.linalg.solve(lhs, sums.rhs[:, :, None])[:, :, 0].astype(np.float32)
+    return lhs

@@ -56,15 +56,32 @@ class ItemTables:
         return self.item_factors if name == "wals" else self.item_text_embeddings
 
 
+@dataclass(frozen=True)
+class Diversity:
+    """How an answer spreads: at most ``max_per_value`` items sharing a code of ``codes`` (a
+    categorical attribute's per-item codes, -1: no value, never capped), and/or maximal
+    marginal relevance with weight ``mmr`` on dissimilarity (0: the ranking as it is)."""
+
+    codes: np.ndarray | None = None
+    max_per_value: int = 0
+    mmr: float = 0.0
+
+
 @dataclass
 class Request:
-    """One request, already resolved to vectors and item indices."""
+    """One request, already resolved to vectors and item indices.
+
+    ``allowed``: (n_items,) bool, the items a filter lets through (None: all). ``offset``:
+    the places skipped before the ``k`` returned (pages of one ranking)."""
 
     k: int
     user_vector: np.ndarray | None = None
     query_vector: np.ndarray | None = None
     profile_vector: np.ndarray | None = None
     exclude: np.ndarray = field(default_factory=no_items)
+    allowed: np.ndarray | None = None
+    offset: int = 0
+    diversity: Diversity | None = None
 
 
 @dataclass
@@ -79,13 +96,19 @@ class SearchBatch:
     """Searches of one index for many requests at once.
 
     Row r wants the top ``k[r]`` items for ``vectors[r]``; ``exclude[r]``, when not None,
-    lists ids the index must drop inside the search (only indexes named in the searcher's
-    ``filtering`` are asked to); otherwise the caller over-fetched and drops them itself.
+    lists ids the index must drop inside the search, and ``allowed[r]``, when not None, is
+    the (n_items,) bool mask of the only ids it may return (only indexes named in the
+    searcher's ``filtering`` are asked to do either); otherwise the caller over-fetched and
+    drops them itself.
     """
 
     vectors: np.ndarray  # (m, dim)
     k: np.ndarray  # (m,) int
     exclude: list[np.ndarray | None]
+    allowed: list[np.ndarray | None] = field(default_factory=list)  # empty: none for any row
+
+    def allowed_for(self, row: int) -> np.ndarray | None:
+        return self.allowed[row] if self.allowed else None
 
 
 class Searcher(Protocol):

@@ -4,14 +4,16 @@ from __future__ import annotations
 
 import re
 import string
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
+from models.core.attributes import Column, Kind
 from models.core.ids import IdMap
+from models.data.attributes import catalog_attributes
 from models.data.errors import DataError
 
 DEFAULT_SEPARATOR = ". "
@@ -35,18 +37,28 @@ def item_text(row: dict[str, str], template: str | None, text_columns: Sequence[
 
 @dataclass
 class Catalog:
-    """Items in index order: ``ids[i]``, ``titles[i]`` and ``texts[i]`` describe item i."""
+    """Items in index order: ``ids[i]``, ``titles[i]`` and ``texts[i]`` describe item i;
+    ``attributes`` are the columns declared as attributes (``models.core.attributes``)."""
 
     ids: IdMap
     titles: list[str]
     texts: list[str]
+    attributes: list[Column] = field(default_factory=list)
 
     @classmethod
     def from_frame(
-        cls, frame: pd.DataFrame, template: str | None = None, path: str = "catalog"
+        cls,
+        frame: pd.DataFrame,
+        template: str | None = None,
+        path: str = "catalog",
+        attributes: Mapping[str, Kind] | None = None,
+        separator: str = ",",
     ) -> Catalog:
-        """Build from a catalog table (``item_id`` plus text columns)."""
+        """Build from a catalog table (``item_id``, text columns and the ``attributes``
+        columns; without a template, the text is every column but those)."""
+        declared = dict(attributes or {})
         columns = [c for c in frame.columns if c != "item_id"]
+        text_columns = [c for c in columns if c not in declared]
         if template is not None:
             names = {f[1] for f in string.Formatter().parse(template) if f[1]}
             missing = sorted(names - set(columns))
@@ -55,9 +67,10 @@ class Catalog:
                     path, f"text_template uses column '{missing[0]}', which the catalog lacks"
                 )
         records = frame.astype(str).to_dict("records")
-        texts = [item_text(r, template, columns) for r in records]
+        texts = [item_text(r, template, text_columns) for r in records]
         titles = [r.get("title", r["item_id"]) for r in records]
-        return cls(IdMap(frame["item_id"]), titles, texts)
+        columns_of = catalog_attributes(frame, declared, separator) if declared else []
+        return cls(IdMap(frame["item_id"]), titles, texts, columns_of)
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -88,7 +101,11 @@ class Dataset:
 
 
 def build_dataset(
-    interactions: pd.DataFrame, catalog: pd.DataFrame | None = None, template: str | None = None
+    interactions: pd.DataFrame,
+    catalog: pd.DataFrame | None = None,
+    template: str | None = None,
+    attributes: Mapping[str, Kind] | None = None,
+    separator: str = ",",
 ) -> Dataset:
     """Map ids to indices and build the CSR.
 
@@ -100,7 +117,9 @@ def build_dataset(
     if catalog is None:
         item_ids = pd.unique(interactions["item_id"])
         catalog = pd.DataFrame({"item_id": item_ids, "title": item_ids})
-    cat = Catalog.from_frame(catalog, template, catalog.attrs.get("path", "catalog"))
+    cat = Catalog.from_frame(
+        catalog, template, catalog.attrs.get("path", "catalog"), attributes, separator
+    )
     users = IdMap(interactions["user_id"].drop_duplicates())
     user_idx = interactions["user_id"].map(users._index).to_numpy()
     item_idx = interactions["item_id"].map(cat.ids._index)

@@ -32,9 +32,10 @@ def load_movielens(
     """Return ``(interactions, catalog, queries)`` frames.
 
     interactions: ``user_id, item_id, rating, timestamp``; catalog: ``item_id, title, genres,
-    tags``; queries: ``user_id, query, item_id, timestamp`` (one per tag application, index
-    = row of tags.csv). ``exclude_tag_rows`` leaves those tag applications out of the item
-    text, so held-out queries do not leak into what the model sees.
+    tags, year`` (genres and year are attributes in configs/movielens.toml); queries:
+    ``user_id, query, item_id, timestamp`` (one per tag application, index = row of
+    tags.csv). ``exclude_tag_rows`` leaves those tag applications out of the item text, so
+    held-out queries do not leak into what the model sees.
     """
     path = check_movielens_dir(path)
     ratings = pd.read_csv(path / "ratings.csv", dtype={"userId": str, "movieId": str})
@@ -65,4 +66,6 @@ def load_movielens(
         }
     )
     catalog["tags"] = catalog["item_id"].map(tag_text).fillna("")
+    # The release year, from the title's "(1995)" (some titles have none: no value).
+    catalog["year"] = catalog["title"].str.extract(r"\((\d{4})\)\s*$", expand=False).fillna("")
     return interactions, catalog, queries[["user_id", "query", "item_id", "timestamp"]]

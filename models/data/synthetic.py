@@ -16,6 +16,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
+from models.core.attributes import Column
 from models.data.vocabulary import TOPICS
 
 
@@ -95,7 +96,8 @@ def _words(rng: np.random.Generator, n: int) -> list[str]:
 def generate(spec: SyntheticSpec, seed: int = 0) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Return ``(interactions, catalog)`` frames.
 
-    interactions: ``user_id, item_id``; catalog: ``item_id, title, description, tags``.
+    interactions: ``user_id, item_id``; catalog: ``item_id, title, description, tags`` and
+    the attributes ``topic, year, price, in_stock``.
 
     Deterministic for a given ``(spec, seed)``. The number of interactions is close to
     ``spec.interactions`` (duplicates are dropped).
@@ -128,6 +130,7 @@ def generate(spec: SyntheticSpec, seed: int = 0) -> tuple[pd.DataFrame, pd.DataF
             "title": titles,
             "description": descriptions,
             "tags": tags,
+            **attribute_columns(np.random.default_rng(seed + 7919), topic_names, item_topic),
         }
     )
 
@@ -150,6 +153,43 @@ def generate(spec: SyntheticSpec, seed: int = 0) -> tuple[pd.DataFrame, pd.DataF
         }
     )
     return interactions, catalog
+
+
+def draw_attributes(rng: np.random.Generator, n: int) -> dict[str, np.ndarray]:
+    """A year, a price and an in-stock flag per item, from their own generator so the
+    interactions and texts of a seed stay what they were."""
+    return {
+        "year": rng.integers(1950, 2026, size=n),
+        "price": np.round(rng.lognormal(2.5, 0.6, size=n), 2),
+        "in_stock": rng.random(n) < 0.8,
+    }
+
+
+def attribute_columns(
+    rng: np.random.Generator, topic_names: list[str], item_topic: np.ndarray
+) -> dict[str, list[str]]:
+    """The catalog's attribute columns (configs/demo.toml declares them): the item's topic
+    and ``draw_attributes``."""
+    drawn = draw_attributes(rng, len(item_topic))
+    return {
+        "topic": [topic_names[t] for t in item_topic],
+        "year": [str(y) for y in drawn["year"]],
+        "price": [f"{p:.2f}" for p in drawn["price"]],
+        "in_stock": ["true" if s else "false" for s in drawn["in_stock"]],
+    }
+
+
+def attribute_arrays(
+    rng: np.random.Generator, topic_names: list[str], item_topic: np.ndarray
+) -> list[Column]:
+    """The same attributes as columns, for a bundle made without a catalog file."""
+    drawn = draw_attributes(rng, len(item_topic))
+    return [
+        Column("topic", "categorical", list(topic_names), codes=item_topic.astype(np.int32)),
+        Column("year", "numeric", numbers=drawn["year"].astype(np.float64)),
+        Column("price", "numeric", numbers=drawn["price"].astype(np.float64)),
+        Column("in_stock", "boolean", codes=drawn["in_stock"].astype(np.int8)),
+    ]
 
 
 def _sample_pairs(

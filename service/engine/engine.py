@@ -107,9 +107,7 @@ class Engine:
         loop = asyncio.get_running_loop()
         self.similar_waiting += 1
         try:
-            result = await loop.run_in_executor(
-                self.similar_pool, recommender.similar, call.item_id, call.k
-            )
+            result = await loop.run_in_executor(self.similar_pool, recommender.similar, call)
         except UnknownItem:
             return error(call.id, 404, f"unknown item_id {call.item_id!r}")
         finally:
@@ -140,6 +138,7 @@ class Engine:
             faiss=r.faiss_device,
             encoder_precision=r.encoder_precision,
             refused=dict(bundles.refused),
+            attributes=r.bundle.attributes.schema(),
         )
 
     async def reload(self, call: Reload) -> Answer:

@@ -10,16 +10,29 @@ import logging
 import queue
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import ParamSpec, TypeVar
 
 import numpy as np
 
 from export.runtime import LoadOptions, OnnxTextEncoder, ServedIndexes, load_bundle, usable_cpus
-from models.core.hybrid import PoolSizes, build_request, recommend_batch
-from models.core.types import Request
+from models.core.attributes import FilterError
+from models.core.features import COLUMN
+from models.core.hybrid import PoolSizes, build_request, eligible_count, recommend_batch
+from models.core.types import Request, no_items
 from service.engine.cache import QueryCache
-from service.messages import Item, Recommend, Recommendations, SimilarItems
+from service.engine.rules import FilterMasks, diversity, explanations
+from service.messages import Diversity as DiversitySpec
+from service.messages import (
+    Explanation,
+    Filter,
+    Item,
+    Recommend,
+    Recommendations,
+    Similar,
+    SimilarItems,
+)
 from service.settings import Settings, process_plan
 
 log = logging.getLogger("walrus.service.recommender")
@@ -94,6 +107,7 @@ class Recommender:
         for encoder in loaded.encoders:  # each batcher thread encodes with its own session
             self.encoders.put(encoder)
         self.head, self.encoder_precision = loaded.head, loaded.encoder_precision
+        self.filter_masks = FilterMasks(loaded)
         candidates = loaded.manifest.candidates
         self.sizes = PoolSizes(
             settings.n_wals or candidates.n_wals,
@@ -137,11 +151,23 @@ class Recommender:
             raise InputError("history", f"history holds at most {s.max_history} item ids")
         if req.exclude is not None and len(req.exclude) > s.max_exclude:
             raise InputError("exclude", f"exclude holds at most {s.max_exclude} item ids")
+        self.check_page(req.offset)
 
-    def _items(self, ids: np.ndarray, scores: np.ndarray, sources: list[list[str]]) -> list[Item]:
+    def check_page(self, offset: int) -> None:
+        if offset > (limit := self.settings.max_offset):
+            raise InputError("offset", f"offset must be <= {limit} (WALRUS_MAX_OFFSET)")
+
+    def _items(
+        self,
+        ids: np.ndarray,
+        scores: np.ndarray,
+        sources: list[list[str]],
+        explained: list[Explanation] | None = None,
+    ) -> list[Item]:
+        why: list[Explanation | None] = [None] * len(ids) if explained is None else [*explained]
         return [
-            Item(item_id=self.items.ids[i], title=self.titles[i], score=float(s), sources=src)
-            for i, s, src in zip(ids.tolist(), scores.tolist(), sources, strict=True)
+            Item(self.items.ids[i], self.titles[i], float(s), src, e)
+            for i, s, src, e in zip(ids.tolist(), scores.tolist(), sources, why, strict=True)
         ]
 
     # ------------------------------------------------------------------ endpoints
@@ -184,11 +210,18 @@ class Recommender:
             batch.timed("rerank", self.head.score),
             self.sizes,
         )
-        for (i, _, clock, warnings, user_known), rec in zip(prepared, recs, strict=True):
+        for (i, request, clock, warnings, user_known), rec in zip(prepared, recs, strict=True):
+            explained = None
+            if reqs[i].explain:
+                user = self.users.find(reqs[i].user_id or "")
+                seen = self.seen(user) if user_known else no_items()
+                history = self.items.lookup(reqs[i].history or [])[0]
+                interactions = np.unique(np.concatenate([seen, history]).astype(np.int64))
+                explained = explanations(self.bundle, request, interactions, rec)
             clock.ms.update(batch.ms)
             clock.ms["total"] = (time.perf_counter() - start) * 1e3
             results[i] = Recommendations(
-                items=self._items(rec.items, rec.scores, rec.sources),
+                items=self._items(rec.items, rec.scores, rec.sources, explained),
                 user_known=user_known,
                 bundle_id=self.bundle_id,
                 timings_ms={k: round(v, 3) for k, v in clock.ms.items()},
@@ -247,30 +280,70 @@ class Recommender:
             item_text_embeddings=self.tables.item_text_embeddings,
             fold_in=clock.timed("fold_in", self.bundle.fold_in),
         )
+        request = self.with_rules(request, req.filter, req.diversity, req.offset, warnings)
         return request, clock, warnings, user is not None
 
-    def similar(self, item_id: str, k: int) -> SimilarItems:
-        """Item-to-item: WALS factors, or the text index for cold items."""
-        if item_id not in self.items:
-            raise UnknownItem(item_id)
-        if k > self.settings.max_k:
+    def with_rules(
+        self,
+        request: Request,
+        spec: Filter | None,
+        spread: DiversitySpec | None,
+        offset: int,
+        warnings: list[str],
+    ) -> Request:
+        """The request with its filter, diversity and page; a filter or diversity that does
+        not fit this bundle's attributes is a 422 naming the part."""
+        try:
+            allowed = self.filter_masks.mask(spec, self._lookup, warnings)
+            request = replace(
+                request, allowed=allowed, offset=offset, diversity=diversity(self.bundle, spread)
+            )
+        except FilterError as exc:
+            raise InputError(exc.field, exc.message) from None
+        if allowed is not None and (passing := eligible_count(self.tables, request)) < (
+            offset + request.k
+        ):
+            warnings.append(
+                f"filter: {passing} items pass (exclusions taken out), fewer than "
+                f"offset + k = {offset + request.k}"
+            )
+        return request
+
+    def similar(self, call: Similar) -> SimilarItems:
+        """Item-to-item: the nearest items by WALS factors (by text for cold items), ranked
+        by that similarity through the core's ranking, so filters, diversity and pages work
+        as for /v1/recommend."""
+        if call.item_id not in self.items:
+            raise UnknownItem(call.item_id)
+        if call.k > self.settings.max_k:
             raise InputError("k", f"k must be <= {self.settings.max_k}")
-        clock = Stopwatch()
+        self.check_page(call.offset)
         start = time.perf_counter()
-        item = self.items.index(item_id)
+        item = self.items.index(call.item_id)
         cold = bool(self.tables.item_cold[item])  # the training's own cold rule, exported
         source = "text" if cold else "wals"
-        vector = (self.tables.item_text_embeddings if cold else self.tables.item_factors)[item]
-        found, found_scores = clock.timed("ann", self.indexes[source].search)(
-            vector[None, :], k + 1
+        vector = self.tables.index(source)[item]
+        request = Request(
+            call.k,
+            user_vector=None if cold else vector,
+            query_vector=vector if cold else None,
+            exclude=np.array([item], dtype=np.int64),
         )
-        keep = (found[0] >= 0) & (found[0] != item)
-        ids, scores = found[0][keep][:k], found_scores[0][keep][:k]
+        request = self.with_rules(request, call.filter, call.diversity, call.offset, [])
+        similarity = COLUMN["query_score" if cold else "wals_score"]
+        clock = Stopwatch()
+        (rec,) = recommend_batch(
+            self.tables,
+            [request],
+            TimedSearcher(self.indexes, clock),
+            lambda features: features[:, similarity],
+            replace(self.sizes, cold_every=0),
+        )
         clock.ms["total"] = (time.perf_counter() - start) * 1e3
         return SimilarItems(
-            item_id=item_id,
+            item_id=call.item_id,
             source=source,
-            items=self._items(ids, scores, [[source]] * len(ids)),
+            items=self._items(rec.items, rec.scores, rec.sources),
             bundle_id=self.bundle_id,
             timings_ms={k: round(v, 3) for k, v in clock.ms.items()},
         )
@@ -292,7 +365,7 @@ class Recommender:
             if isinstance(result, Exception):
                 raise result
         if item is not None:
-            self.similar(item, 5)
+            self.similar(Similar(item, 5))
 
     def example_user(self) -> str | None:
         return self.users.ids[0] if len(self.users) else None

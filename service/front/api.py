@@ -5,10 +5,13 @@ is: the engine wrote that JSON once, and nothing here parses or validates it aga
 from __future__ import annotations
 
 import asyncio
+import copy
 import secrets
 from typing import Annotated, Any
 
+import msgspec
 from fastapi import APIRouter, Depends, HTTPException, Path, Query, Request, Response
+from fastapi.openapi.docs import get_swagger_ui_html
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from prometheus_client import CONTENT_TYPE_LATEST
 
@@ -16,6 +19,7 @@ from service.front.state import Front
 from service.messages import (
     Answer,
     Call,
+    Diversity,
     Readiness,
     Recommend,
     Reload,
@@ -26,10 +30,13 @@ from service.messages import (
 from service.metrics import Metrics
 from service.schemas import (
     ID_CHARS,
+    CapDiversity,
     Health,
     RecommendRequest,
     RecommendResponse,
     ReloadResponse,
+    Rules,
+    SimilarRequest,
     SimilarResponse,
 )
 from service.schemas import Readiness as ReadinessSchema
@@ -125,8 +132,19 @@ async def recommend(body: RecommendRequest, front: FrontDep, request: Request) -
         body.history,
         body.exclude,
         body.exclude_seen,
+        body.offset,
+        body.filter_spec(),
+        diversity_of(body),
+        body.explain,
     )
     return send(await ask(front, call, request, front.settings.deadline_ms / 1000), request)
+
+
+def diversity_of(body: Rules) -> Diversity | None:
+    d = body.diversity
+    if isinstance(d, CapDiversity):
+        return Diversity(d.field, d.max_per_value, d.mmr)
+    return None if d is None else Diversity(mmr=d.mmr)
 
 
 @router.get(
@@ -139,9 +157,35 @@ async def similar(
     front: FrontDep,
     request: Request,
     k: Annotated[int, Query(ge=1, le=1000, description="How many items.")] = 10,
+    offset: Annotated[int, Query(ge=0, le=100_000, description="Places skipped.")] = 0,
 ) -> Response:
-    """Items similar to one item: WALS factors, or text for cold items."""
-    call = Similar(item_id, k, front.engine.next_id())
+    """Items similar to one item: WALS factors, or text for cold items, most similar first.
+    POST it for a filter or diversity."""
+    call = Similar(item_id, k, front.engine.next_id(), offset)
+    return send(await ask(front, call, request, front.settings.deadline_ms / 1000), request)
+
+
+@router.post(
+    "/v1/items/{item_id}/similar",
+    response_model=SimilarResponse,
+    responses={404: {"description": "Unknown item_id."}, **ERRORS},
+)
+async def similar_with_rules(
+    item_id: Annotated[str, Path(max_length=ID_CHARS, description="An item of the bundle.")],
+    body: SimilarRequest,
+    front: FrontDep,
+    request: Request,
+) -> Response:
+    """Items similar to one item, with the same pages, filter and diversity as
+    /v1/recommend."""
+    call = Similar(
+        item_id,
+        body.k,
+        front.engine.next_id(),
+        body.offset,
+        body.filter_spec(),
+        diversity_of(body),
+    )
     return send(await ask(front, call, request, front.settings.deadline_ms / 1000), request)
 
 
@@ -206,3 +250,90 @@ async def metrics_endpoint(front: FrontDep) -> Response:
     metrics: Metrics = front.metrics
     body = await asyncio.to_thread(metrics.exposition_cached)
     return Response(body, media_type=CONTENT_TYPE_LATEST)
+
+
+@router.get("/openapi.json", include_in_schema=False)
+async def openapi_document(front: FrontDep, request: Request) -> Response:
+    """The OpenAPI document (``configured_openapi``), with the filterable fields of the
+    bundle the engine serves now: a filter naming another field is a 422."""
+    try:
+        answer = await ask(front, Status(front.engine.next_id()), request, STATUS_TIMEOUT_S)
+    except HTTPException:
+        answer = Response(status_code=504)
+    attributes: dict[str, str] = {}
+    if isinstance(answer, Answer):
+        attributes = msgspec.json.decode(answer.body, type=Readiness).attributes
+    doc = with_attributes(request.app.openapi(), attributes)
+    return Response(msgspec.json.encode(doc), media_type=JSON)
+
+
+def with_attributes(doc: dict[str, Any], attributes: dict[str, str]) -> dict[str, Any]:
+    """A copy of ``doc`` whose request bodies take exactly this bundle's fields: ``filter``
+    lists each attribute (and ``item_id``) with the operators and value types of its kind,
+    and a diversity cap names only categorical or boolean fields. A request the document
+    allows is then one the engine accepts."""
+    doc = copy.deepcopy(doc)
+    schemas = doc["components"]["schemas"]
+    listed = ", ".join(f"{name} ({kind})" for name, kind in attributes.items()) or "none"
+    fields = {name: condition_schema(kind) for name, kind in attributes.items()}
+    fields["item_id"] = condition_schema("item_id")
+    cappable = [n for n, kind in attributes.items() if kind in ("categorical", "boolean")]
+    for body in ("RecommendRequest", "SimilarRequest"):
+        props = schemas[body]["properties"]
+        props["filter"]["description"] += f" This bundle's fields: {listed}; and item_id."
+        props["filter"]["x-walrus-attributes"] = attributes
+        for branch in props["filter"]["anyOf"]:
+            if branch.get("type") == "object":
+                branch.pop("additionalProperties", None)
+                branch.pop("propertyNames", None)
+                branch.update(properties=fields, additionalProperties=False)
+        if not cappable:  # no field to cap: only MMR
+            props["diversity"]["anyOf"] = [
+                b for b in props["diversity"]["anyOf"] if "CapDiversity" not in b.get("$ref", "")
+            ]
+    schemas["CapDiversity"]["properties"]["field"]["enum"] = cappable
+    return doc
+
+
+OPERATOR_VALUES: dict[str, dict[str, dict[str, Any]]] = {
+    "categorical": {
+        "eq": {"type": "string"},
+        "ne": {"type": "string"},
+        "in": {"type": "array", "items": {"type": "string"}, "minItems": 1},
+        "not_in": {"type": "array", "items": {"type": "string"}, "minItems": 1},
+    },
+    "boolean": {
+        "eq": {"type": "boolean"},
+        "ne": {"type": "boolean"},
+        "in": {"type": "array", "items": {"type": "boolean"}, "minItems": 1},
+        "not_in": {"type": "array", "items": {"type": "boolean"}, "minItems": 1},
+    },
+    "tags": {
+        op: {"type": "array", "items": {"type": "string"}, "minItems": 1}
+        for op in ("any", "all", "none")
+    },
+    "numeric": {op: {"type": "number"} for op in ("gt", "gte", "lt", "lte")},
+    "item_id": {
+        op: {
+            "type": "array",
+            "items": {"type": "string", "minLength": 1, "maxLength": ID_CHARS},
+            "minItems": 1,
+        }
+        for op in ("in", "not_in")
+    },
+}
+
+
+def condition_schema(kind: str) -> dict[str, Any]:
+    """The JSON schema of one field's condition: the operators its kind takes."""
+    return {
+        "type": "object",
+        "properties": OPERATOR_VALUES[kind],
+        "additionalProperties": False,
+        "minProperties": 1,
+    }
+
+
+@router.get("/docs", include_in_schema=False)
+async def docs() -> Response:
+    return get_swagger_ui_html(openapi_url="/openapi.json", title="walrus")

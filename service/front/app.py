@@ -61,6 +61,10 @@ def build_app(settings: Settings, engine: EngineLink, metrics: Metrics) -> FastA
         version="0.1.0",
         summary="Hybrid recommender: WALS + text encoder + score head.",
         lifespan=lifespan,
+        # service.front.api serves both: the document names the serving bundle's fields.
+        openapi_url=None,
+        docs_url=None,
+        redoc_url=None,
     )
     app.state.front = front
     app.include_router(router)
@@ -108,6 +112,7 @@ def configured_openapi(app: FastAPI, settings: Settings) -> dict[str, Any]:
         )
         fields = doc["components"]["schemas"]["RecommendRequest"]["properties"]
         fields["k"]["maximum"] = settings.max_k
+        fields["offset"]["maximum"] = settings.max_offset
         for name, key, limit in (
             ("query", "maxLength", settings.max_query_chars),
             ("history", "maxItems", settings.max_history),
@@ -116,9 +121,12 @@ def configured_openapi(app: FastAPI, settings: Settings) -> dict[str, Any]:
             for branch in fields[name].get("anyOf", [fields[name]]):
                 if key in branch:
                     branch[key] = limit
+        limits = {"k": settings.max_k, "offset": settings.max_offset}
         for parameter in doc["paths"]["/v1/items/{item_id}/similar"]["get"]["parameters"]:
-            if parameter["name"] == "k":
-                parameter["schema"]["maximum"] = settings.max_k
+            if parameter["name"] in limits:
+                parameter["schema"]["maximum"] = limits[parameter["name"]]
+        similar = doc["components"]["schemas"]["SimilarRequest"]["properties"]
+        similar["k"]["maximum"], similar["offset"]["maximum"] = settings.max_k, settings.max_offset
         app.openapi_schema = doc
     return app.openapi_schema
 

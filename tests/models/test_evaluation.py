@@ -81,6 +81,38 @@ def test_the_query_task_ranks_every_held_out_query_with_each_model(tiny_pipeline
     assert by_model["text"][f"recall@{max(cfg.eval.ks)}"] > chance
 
 
+def test_a_filtered_evaluation_ranks_and_counts_only_the_allowed_items(tiny_pipeline_config):
+    """Every model ranks only the allowed items (the hybrid through the served filtered
+    retrieval), and only held-out items among them count; allowing everything changes
+    nothing."""
+    import numpy as np
+
+    from models.config import load_config
+    from models.core.attributes import ItemAttributes
+    from models.evaluation import MODELS, EvalContext, Shared, evaluate, keep_columns
+    from models.pipeline import load_dataset, make_split
+
+    cfg = load_config(tiny_pipeline_config)
+    dataset = load_dataset(cfg.data)
+    split = make_split(dataset, "holdout", cfg.split)
+    shared = Shared(cfg, dataset, None)
+    models = {m: MODELS[m] for m in ("wals", "hybrid")}
+    allowed = ItemAttributes(len(dataset.items), dataset.catalog.attributes).mask(
+        {"in_stock": {"eq": True}}
+    )
+    assert allowed is not None and 0.5 < allowed.mean() < 1
+    filtered = {r["model"]: r for r in evaluate(shared, [split], models, allowed=allowed)}
+    users = np.diff(keep_columns(split.test, allowed).indptr) > 0
+    assert {r["users"] for r in filtered.values()} == {float(users.sum())}
+    scores = MODELS["hybrid"](EvalContext(shared, split, allowed))(np.flatnonzero(users)[:20])
+    assert np.isneginf(scores[:, ~allowed]).all() and np.isfinite(scores[:, allowed]).any()
+    everything = np.ones(len(dataset.items), dtype=bool)
+    same = {r["model"]: r for r in evaluate(shared, [split], models, allowed=everything)}
+    plain = {r["model"]: r for r in evaluate(shared, [split], models)}
+    for model in models:
+        assert same[model]["recall@20"] == plain[model]["recall@20"]
+
+
 def test_the_docs_tables_and_targets_are_the_kept_run():
     """docs/evaluation.md shows the kept `walrus eval --tune --json` run: its table, the
     head's importances, and each target of the hybrid stated as met or not from that run's

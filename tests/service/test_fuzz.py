@@ -14,7 +14,11 @@ from schemathesis import GenerationMode
 from tests.server import Server
 
 pytestmark = pytest.mark.slow
-TAKE_INPUT = ("POST /v1/recommend", "GET /v1/items/{item_id}/similar")
+TAKE_INPUT = (
+    "POST /v1/recommend",
+    "GET /v1/items/{item_id}/similar",
+    "POST /v1/items/{item_id}/similar",
+)
 CASES_PER_OPERATION = 300  # per mode; /healthz, /readyz and /metrics take no input
 
 

@@ -66,14 +66,18 @@ def data_movielens(
 @app.command("check")
 @user_errors
 def data_check(config: ConfigOption, set_: SetOption = None) -> None:
-    """Load and validate the configured data; print its size."""
+    """Load and validate the configured data; print its size, its attributes (values per
+    field) and a suggested kind for every catalog column, for `data.attributes`."""
     from models.config import load_config
+    from models.data import read_catalog
+    from models.data.attributes import suggest_kinds
     from models.pipeline import load_dataset
 
     cfg = load_config(config, set_)
     with progress() as bar:
         bar.add_task("reading and validating", total=None)
         dataset = load_dataset(cfg.data)
+        catalog = read_catalog(cfg.data.catalog) if cfg.data.catalog is not None else None
     counts = dataset.item_popularity
     print(
         json.dumps(
@@ -83,6 +87,13 @@ def data_check(config: ConfigOption, set_: SetOption = None) -> None:
                 "interactions": int(dataset.matrix.nnz),
                 "items_without_interactions": int((counts == 0).sum()),
                 "has_weights": dataset.weights is not None,
+                "attributes": {
+                    c.name: {"kind": c.kind, "values": len(c.values)} if c.values else c.kind
+                    for c in dataset.catalog.attributes
+                },
+                "suggested_kinds": {}
+                if catalog is None
+                else suggest_kinds(catalog, cfg.data.tag_separator),
             }
         )
     )

@@ -13,7 +13,10 @@ from rich.table import Table
 from models.core.errors import WalrusError
 
 if TYPE_CHECKING:  # the command imports them when it runs
+    import numpy as np
+
     from models.config import PipelineConfig
+    from models.data import Dataset
     from models.evaluation import ModelFactory
 from walrus.cli.common import ConfigOption, SetOption, console, progress, user_errors
 
@@ -38,6 +41,15 @@ def eval_(
             "tune's studies, [tune] settings): figures no tuned value has seen the test of.",
         ),
     ] = False,
+    filter_: Annotated[
+        str | None,
+        typer.Option(
+            "--filter",
+            help='A filter as the service takes it, e.g. \'{"genres": {"any": ["Comedy"]}}\': '
+            "every model ranks only the items it allows, and Recall@K counts only the "
+            "held-out items among them (the interaction splits; not the query task).",
+        ),
+    ] = None,
 ) -> None:
     """Recall@K and NDCG@K of every model on every configured split."""
     from models.config import load_config
@@ -45,7 +57,8 @@ def eval_(
 
     cfg = load_config(config, set_)
     tuned: dict[str, PipelineConfig] | None = {} if tune else None
-    results, tuning = run_evaluation(cfg, chosen_models(models), tuned)
+    spec = parse_filter(filter_)
+    results, tuning = run_evaluation(cfg, chosen_models(models), tuned, spec)
     print_results(results, cfg.eval.ks)
     console.print(tuning, markup=False)  # it names [wals] and [head]: not rich markup
     if json_out is not None:
@@ -81,6 +94,36 @@ def eval_(
         console.print(f"wrote {write_eval_report(results, cfg.eval.ks, report, about)}")
 
 
+def parse_filter(text: str | None) -> dict[str, Any] | None:
+    if text is None:
+        return None
+    try:
+        spec = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise WalrusError(
+            f"--filter: not JSON ({exc.msg}); give {{field: {{op: value}}}}"
+        ) from None
+    if not isinstance(spec, dict):
+        raise WalrusError("--filter: give a JSON object {field: {operator: value}}")
+    return spec
+
+
+def filter_mask(dataset: Dataset, spec: dict[str, Any] | None) -> np.ndarray | None:
+    """The catalog items ``spec`` allows (item_id conditions by id); a ``FilterError``
+    (a ``WalrusError``) names what does not fit the configured attributes."""
+    from models.core.attributes import ITEM_ID, ItemAttributes
+
+    if spec is None:
+        return None
+    resolved = dict(spec)
+    if isinstance(spec.get(ITEM_ID), dict):
+        resolved[ITEM_ID] = {
+            op: dataset.items.lookup([str(i) for i in ids] if isinstance(ids, list) else [])[0]
+            for op, ids in spec[ITEM_ID].items()
+        }
+    return ItemAttributes(len(dataset.items), dataset.catalog.attributes).mask(resolved)
+
+
 def chosen_models(models: str | None) -> dict[str, ModelFactory]:
     """The models ``--models`` names (all when none), or a one-line error."""
     from models.evaluation import MODELS
@@ -98,6 +141,7 @@ def run_evaluation(
     cfg: PipelineConfig,
     chosen: dict[str, ModelFactory],
     tuned: dict[str, PipelineConfig] | None = None,
+    spec: dict[str, Any] | None = None,
 ) -> tuple[list[dict[str, Any]], str]:
     """Every chosen model on every configured split, then the query task when the config
     has a query log and a catalog; with ``tuned`` (a dict to fill), each split tuned inside
@@ -108,6 +152,7 @@ def run_evaluation(
     from models.tuning import per_split_tuner, provenance
 
     dataset = load_dataset(cfg.data)
+    allowed = filter_mask(dataset, spec)
     query_log = load_query_log(cfg.data.queries)
     splits = [make_split(dataset, s, cfg.split) for s in cfg.eval.splits if s != "queries"]
     catalog = cfg.data.catalog
@@ -126,8 +171,9 @@ def run_evaluation(
             chosen,
             on_done=lambda s, m: bar.update(task, advance=1, description=f"{s}/{m}"),
             tuner=tuner,
+            allowed=allowed,
         )
-        if with_queries and query_log is not None and catalog is not None:
+        if with_queries and allowed is None and query_log is not None and catalog is not None:
             results += evaluate_query_task(
                 cfg, dataset, read_catalog(catalog), query_log, shared.progress, tuner
             )

@@ -71,7 +71,7 @@ def oracle(tab: ItemTables, request: Request, n_wals: int, n_text: int) -> dict[
 def test_pools_follow_the_rule_and_match_an_oracle(seed):
     tab = tables(seed=seed)
     reqs = random_requests(tab, 40, seed)
-    for req, got in zip(reqs, candidate_pools(reqs, tab.n_items, exact(tab), 12, 9), strict=True):
+    for req, got in zip(reqs, candidate_pools(reqs, tab, exact(tab), 12, 9), strict=True):
         assert {item: set(found) for item, found in got.items()} == oracle(tab, req, 12, 9)
         assert not set(got) & set(req.exclude.tolist())
         for name in search_vectors(req):  # ranks count allowed items only: 0, 1, 2, ...
@@ -83,16 +83,16 @@ def test_pools_follow_the_rule_and_match_an_oracle(seed):
 def test_over_fetching_and_filtering_searchers_build_the_same_pools(seed):
     tab = tables(seed=seed)
     reqs = random_requests(tab, 40, seed)
-    filtered = candidate_pools(reqs, tab.n_items, exact(tab), 12, 9)
-    over = candidate_pools(reqs, tab.n_items, OverFetching(tab), 12, 9)
+    filtered = candidate_pools(reqs, tab, exact(tab), 12, 9)
+    over = candidate_pools(reqs, tab, OverFetching(tab), 12, 9)
     assert filtered == over  # same items, same sources, same ranks, same order
 
 
 def test_a_request_gets_the_same_pool_alone_and_in_a_batch():
     tab = tables()
     reqs = random_requests(tab, 24, 5)
-    together = candidate_pools(reqs, tab.n_items, OverFetching(tab, 0.5), 12, 9)
-    alone = [candidate_pools([r], tab.n_items, OverFetching(tab, 0.5), 12, 9)[0] for r in reqs]
+    together = candidate_pools(reqs, tab, OverFetching(tab, 0.5), 12, 9)
+    alone = [candidate_pools([r], tab, OverFetching(tab, 0.5), 12, 9)[0] for r in reqs]
     assert together == alone
 
 
@@ -103,7 +103,7 @@ def test_each_source_gives_exactly_n_allowed_items():
     user = np.ones(4, np.float32)
     ranking = np.argsort(-(tab.item_factors @ user), kind="stable")
     req = Request(0, user_vector=user, exclude=np.sort(ranking[-20:]))
-    (pool,) = candidate_pools([req], tab.n_items, OverFetching(tab), 10, 10)
+    (pool,) = candidate_pools([req], tab, OverFetching(tab), 10, 10)
     assert list(pool) == ranking[:10].tolist()
 
 
@@ -114,6 +114,6 @@ def test_short_answers_are_fetched_again_together():
     rng = np.random.default_rng(3)
     reqs = [Request(0, user_vector=rng.normal(size=4).astype(np.float32)) for _ in range(16)]
     searcher = OverFetching(tab, 0.5)
-    pools = candidate_pools(reqs, tab.n_items, searcher, 10, 10)
+    pools = candidate_pools(reqs, tab, searcher, 10, 10)
     assert all(len(p) == 10 for p in pools)
     assert searcher.calls == [16, 16]  # the first round, then every short row at once

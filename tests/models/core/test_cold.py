@@ -25,6 +25,7 @@ def test_the_service_answers_similar_for_exported_cold_items_by_text(tiny_bundle
     cold in training and warm in serving."""
     from export.format import MANIFEST, file_table
     from service.engine.recommender import Recommender
+    from service.messages import Similar
     from service.settings import Settings
 
     bundle = tmp_path / "bundle"
@@ -33,14 +34,18 @@ def test_the_service_answers_similar_for_exported_cold_items_by_text(tiny_bundle
     popular = max(range(len(items)), key=lambda i: items[i]["popularity"])
     cold = np.load(bundle / "cold_items.npy")
     assert not cold[popular]
-    warm = Recommender(bundle, Settings(bundle=bundle)).similar(items[popular]["item_id"], 3)
+    warm = Recommender(bundle, Settings(bundle=bundle)).similar(
+        Similar(items[popular]["item_id"], 3)
+    )
     assert warm.source == "wals"
     cold[popular] = True  # as a larger cold_start.min_interactions would mark it
     np.save(bundle / "cold_items.npy", cold)
     manifest = json.loads((bundle / MANIFEST).read_text())
     manifest["files"] = {k: v.model_dump() for k, v in file_table(bundle).items()}
     (bundle / MANIFEST).write_text(json.dumps(manifest))
-    answer = Recommender(bundle, Settings(bundle=bundle)).similar(items[popular]["item_id"], 3)
+    answer = Recommender(bundle, Settings(bundle=bundle)).similar(
+        Similar(items[popular]["item_id"], 3)
+    )
     assert answer.source == "text"
 
 

@@ -25,7 +25,7 @@ def test_a_similar_flood_is_shed_past_the_queue_limit(tiny_bundle):
         try:
             recommender = engine.bundles.recommender()
             served = recommender.similar
-            recommender.similar = lambda item, k: (gate.wait(10), served(item, k))[1]  # type: ignore[method-assign]
+            recommender.similar = lambda call: (gate.wait(10), served(call))[1]  # type: ignore[method-assign]
             item = recommender.items.ids[0]
             calls = [asyncio.ensure_future(engine.answer(Similar(item, 3, i))) for i in range(6)]
             await asyncio.sleep(0)  # every call has been admitted or shed

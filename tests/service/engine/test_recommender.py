@@ -127,9 +127,9 @@ def test_exclusions_are_dropped_inside_faiss_with_the_same_answer(tiny_bundle):
     for index in filtered.indexes.indexes.values():
         original = index.search
 
-        def spy(queries, k, exclude=None, original=original):
+        def spy(queries, k, exclude=None, allowed=None, original=original):
             asked.append((k, exclude is not None and len(exclude) > 0))
-            return original(queries, k, exclude)
+            return original(queries, k, exclude, allowed)
 
         index.search = spy  # type: ignore[method-assign]
     items = filtered.items.ids

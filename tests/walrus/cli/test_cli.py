@@ -57,6 +57,9 @@ def test_train_and_eval_on_tiny(tiny_config, tmp_path):
             "file not found",
         ),
         (["eval", "-c", "{cfg}", "--models", "magic"], "unknown model 'magic'"),
+        (["eval", "-c", "{cfg}", "--filter", "[1,"], "--filter: not JSON"),
+        (["eval", "-c", "{cfg}", "--filter", "[1]"], "--filter: give a JSON object"),
+        (["eval", "-c", "{cfg}", "--filter", '{{"colour": {{"eq": "red"}}}}'], "filter.colour"),
         (["data", "synthetic", "--size", "huge", "--out", "{tmp}/x"], "--size 'huge'"),
         (["data", "movielens", "--dir", "{tmp}", "--out", "{tmp}/y"], "ratings.csv: not found"),
     ],
@@ -104,20 +107,36 @@ def test_data_check_reads_tsv_and_reports_sizes(tmp_path):
         "user_id\titem_id\tweight\nu1\ti1\t2\nu1\ti2\t1\nu2\ti1\t1\n"
     )
     (tmp_path / "catalog.tsv").write_text(
-        "item_id\ttitle\ni1\tSpace robots\ni2\tJazz night\ni3\tCold one\n"
+        "item_id\ttitle\tshelf\tyear\tin_stock\tgenres\n"
+        "i1\tSpace robots\tsf\t1999\tyes\tAction, Sci-Fi\n"
+        "i2\tJazz night\tmusic\t2004\tno\tMusic\n"
+        "i3\tCold one\tsf\t\tyes\tSci-Fi, Drama\n"
+        "i4\tStar hymn\tsf\t2010\tno\tMusic, Sci-Fi\n"
     )
     (tmp_path / "c.toml").write_text(
         f'output_dir = "{tmp_path / "out"}"\n[data]\n'
         f'interactions = "{tmp_path / "interactions.tsv"}"\ncatalog = "{tmp_path / "catalog.tsv"}"\n'
+        '[data.attributes]\nshelf = "categorical"\ngenres = "tags"\n'
     )
     run = walrus("data", "check", "-c", str(tmp_path / "c.toml"))
     assert run.returncode == 0, run.stderr
     assert json.loads(run.stdout) == {
         "users": 2,
-        "items": 3,
+        "items": 4,
         "interactions": 3,
-        "items_without_interactions": 1,
+        "items_without_interactions": 2,
         "has_weights": True,
+        "attributes": {
+            "shelf": {"kind": "categorical", "values": 2},
+            "genres": {"kind": "tags", "values": 4},
+        },
+        "suggested_kinds": {
+            "title": "text",
+            "shelf": "categorical",
+            "year": "numeric",
+            "in_stock": "boolean",
+            "genres": "tags",
+        },
     }
     (tmp_path / "interactions.tsv").write_text("user_id\titem_id\nu1\tnope\n")
     bad = walrus("data", "check", "-c", str(tmp_path / "c.toml"))
