@@ -59,6 +59,16 @@ class Condition(BaseModel):
     lt: Number | None = None
     lte: Number | None = None
 
+    @model_validator(mode="before")
+    @classmethod
+    def _no_null_values(cls, data: object) -> object:
+        """``{"lt": null}`` is not "no bound": every operator given needs its value."""
+        if isinstance(data, dict):
+            nulls = [op for op, value in data.items() if value is None]
+            if nulls:
+                raise ValueError(f"{nulls[0]}: give a value (null is not one)")
+        return data
+
     @model_validator(mode="after")
     def _one_operator_at_least(self) -> Condition:
         if not self.operators():

@@ -41,10 +41,11 @@ SELECTOR_BELOW = 0.3
 1 / share as many results: a selector slows every list it scans by more than the extra
 results cost (docs/benchmarks.md, "Filters")."""
 
-EXACT_BELOW = 16384
+EXACT_BELOW = 32768
 """A filter passing at most this many items is searched exactly over them, their vectors
 gathered once for the batch's requests sharing the filter: cheaper than an ANN search that
-must skip most of what it visits, and exact (docs/benchmarks.md, "Filters")."""
+must skip most of what it visits whenever a few requests share the filter, and exact
+(docs/benchmarks.md, "Filters")."""
 
 
 def usable(vector: np.ndarray | None) -> bool:

@@ -19,7 +19,7 @@ def test_a_short_run_keeps_every_pool_to_its_filter(monkeypatch, tmp_path):
 
     monkeypatch.setattr(bench.common, "RESULTS", tmp_path)
     monkeypatch.setattr("bench.filters.RESULTS", tmp_path)
-    assert main(["--items", "60000", "--rounds", "2"]) == 0
+    assert main(["--items", "100000", "--rounds", "2"]) == 0
     result = json.loads((tmp_path / "filters.json").read_text())
     rows = {row["filter"]: row for row in result["rows"]}
     assert result["index"].startswith("IVF")  # the export's choice at this size

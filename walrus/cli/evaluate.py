@@ -62,18 +62,7 @@ def eval_(
     print_results(results, cfg.eval.ks)
     console.print(tuning, markup=False)  # it names [wals] and [head]: not rich markup
     if json_out is not None:
-        json_out.parent.mkdir(parents=True, exist_ok=True)
-        payload = {
-            "config": cfg.model_dump(mode="json"),
-            "tuning": tuning,
-            "tuned_per_split": {
-                name: {**c.tuned_on.model_dump(), **tuned_values(c)}  # type: ignore[union-attr]
-                for name, c in (tuned or {}).items()
-            },
-            "results": results,
-        }
-        json_out.write_text(json.dumps(payload, indent=2))
-        console.print(f"wrote {json_out}")
+        write_json(json_out, cfg, tuning, tuned, results, spec)
     if report is not None:
         from models.report import write_eval_report
 
@@ -81,6 +70,7 @@ def eval_(
             f"`walrus eval -c {config}`"
             + "".join(f" --set {s}" for s in set_ or [])
             + (" --tune" if tune else "")
+            + (f" --filter '{json.dumps(spec)}'" if spec else "")
             + f": data {cfg.data.interactions}, encoder {cfg.encoder.name}. {tuning}"
             + "".join(
                 f"\n\n- {name}: "
@@ -92,6 +82,31 @@ def eval_(
             )
         )
         console.print(f"wrote {write_eval_report(results, cfg.eval.ks, report, about)}")
+
+
+def write_json(
+    path: Path,
+    cfg: PipelineConfig,
+    tuning: str,
+    tuned: dict[str, PipelineConfig] | None,
+    results: list[dict[str, Any]],
+    spec: dict[str, Any] | None,
+) -> None:
+    from models.tuning import tuned_values
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    payload = {
+        "config": cfg.model_dump(mode="json"),
+        "tuning": tuning,
+        "tuned_per_split": {
+            name: {**c.tuned_on.model_dump(), **tuned_values(c)}  # type: ignore[union-attr]
+            for name, c in (tuned or {}).items()
+        },
+        "filter": spec,
+        "results": results,
+    }
+    path.write_text(json.dumps(payload, indent=2))
+    console.print(f"wrote {path}")
 
 
 def parse_filter(text: str | None) -> dict[str, Any] | None:
