@@ -32,7 +32,7 @@ import faiss
 import numpy as np
 from matplotlib.figure import Figure
 
-from bench.common import RESULTS, print_table, write_results
+from bench.common import RESULTS, median_ms, print_table, write_results
 from export.faiss_index import build_index, tune_search
 from export.runtime.index import ServedIndex, ServedIndexes
 from models.config import ExportConfig
@@ -82,15 +82,6 @@ def catalog(n: int, dim: int, text_dim: int, seed: int) -> tuple[ItemTables, Ite
         genres,
     ]
     return ItemTables(factors / np.sqrt(dim), text, popularity), ItemAttributes(n, columns)
-
-
-def median_ms(fn: Any, repeat: int) -> float:
-    times = []
-    for _ in range(repeat):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return float(np.median(times) * 1e3)
 
 
 def pools_row(

@@ -32,6 +32,7 @@ from typing import Any
 import numpy as np
 import scipy.sparse as sp
 
+from bench.common import median_ms
 from bench.wrk import DISTINCT_QUERIES, WORDS, metric_summary, run_wrk
 from export.format import writable_copy
 
@@ -78,18 +79,6 @@ def _plain(value: Any) -> Any:
     if isinstance(value, np.ndarray):
         return value.tolist()
     return str(value)
-
-
-def _ms(fn: Callable[[], Any], repeat: int, warmup: int = 2) -> float:
-    """Median milliseconds of ``fn``."""
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(repeat):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return float(np.median(times) * 1e3)
 
 
 def power_law_matrix(n_users: int, n_items: int, nnz: int, seed: int) -> sp.csr_matrix:
@@ -237,10 +226,10 @@ def faiss_timing(served: Any, queries: np.ndarray) -> dict[str, float]:
     for batch in (1, 64):
         q = queries[:batch]
         timing[f"{served.device}_ms_per_query_batch{batch}"] = (
-            _ms(lambda q=q, s=served: s.search(q, 100), repeat=20) / batch
+            median_ms(lambda q=q, s=served: s.search(q, 100), repeat=20, warmup=2) / batch
         )
         timing[f"cpu_ms_per_query_batch{batch}"] = (
-            _ms(lambda q=q, s=served: faiss_search_cpu(s, q, 100), repeat=5) / batch
+            median_ms(lambda q=q, s=served: faiss_search_cpu(s, q, 100), repeat=5, warmup=2) / batch
         )
     return timing
 
@@ -363,12 +352,16 @@ class OnnxRun:
                 if where == "cpu" and batch > 32:
                     continue
                 qs = distinct_queries(batch, 4)
-                ms = _ms(lambda qs=qs, enc=enc: enc.encode(qs), repeat=10 if batch > 1 else 30)
+                ms = median_ms(
+                    lambda qs=qs, enc=enc: enc.encode(qs), repeat=10 if batch > 1 else 30, warmup=2
+                )
                 item[f"batch{batch}_ms"] = ms
                 item[f"batch{batch}_queries_per_s"] = batch / ms * 1e3
             # Tokenisation alone, single thread: the HTTP path's CPU cost per query.
             qs = distinct_queries(256, 5)
-            item["tokenize_256_ms"] = _ms(lambda qs=qs, enc=enc: enc.tokenize(qs), repeat=10)
+            item["tokenize_256_ms"] = median_ms(
+                lambda qs=qs, enc=enc: enc.tokenize(qs), repeat=10, warmup=2
+            )
             entry[f"{name}_{where}"] = item
             self.res.write()
         return outputs
@@ -446,8 +439,8 @@ def head_speed(head: dict[str, Any], bundle: Path, cuda: bool) -> None:
         head["max_abs_diff_cuda_vs_cpu"] = float(
             np.abs(gpu_head.score(features) - cpu_head.score(features)).max()
         )
-        head["cuda_ms_200_rows"] = _ms(lambda: gpu_head.score(rows), repeat=30)
-    head["cpu_ms_200_rows"] = _ms(lambda: cpu_head.score(rows), repeat=30)
+        head["cuda_ms_200_rows"] = median_ms(lambda: gpu_head.score(rows), repeat=30, warmup=2)
+    head["cpu_ms_200_rows"] = median_ms(lambda: cpu_head.score(rows), repeat=30, warmup=2)
 
 
 def build_roberta_base_onnx(work: Path, smoke: bool) -> Path:
