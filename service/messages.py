@@ -133,6 +133,7 @@ class SimilarItems(msgspec.Struct, frozen=True):
     items: list[Item]
     bundle_id: str
     timings_ms: dict[str, float]
+    warnings: list[str] = msgspec.field(default_factory=list)
 
 
 class Readiness(msgspec.Struct, frozen=True):

@@ -275,6 +275,9 @@ class SimilarResponse(BaseModel):
     timings_ms: dict[str, float] = Field(
         description="Milliseconds per stage with WALRUS_DEBUG_TIMINGS on; else empty."
     )
+    warnings: list[str] = Field(
+        default_factory=list, description="Such as how many items a filter let through."
+    )
 
 
 class Health(BaseModel):

@@ -329,7 +329,8 @@ class Recommender:
             query_vector=vector if cold else None,
             exclude=np.array([item], dtype=np.int64),
         )
-        request = self.with_rules(request, call.filter, call.diversity, call.offset, [])
+        warnings: list[str] = []
+        request = self.with_rules(request, call.filter, call.diversity, call.offset, warnings)
         similarity = COLUMN["query_score" if cold else "wals_score"]
         clock = Stopwatch()
         (rec,) = recommend_batch(
@@ -346,6 +347,7 @@ class Recommender:
             items=self._items(rec.items, rec.scores, rec.sources),
             bundle_id=self.bundle_id,
             timings_ms={k: round(v, 3) for k, v in clock.ms.items()},
+            warnings=warnings,
         )
 
     def warm_up(self) -> None:

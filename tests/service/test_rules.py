@@ -78,6 +78,11 @@ def test_fewer_pass_than_k_all_of_them_with_a_warning(served):
     assert r.status_code == 200
     assert sorted(i["item_id"] for i in r.json()["items"]) == sorted(few)
     assert any("4 items pass" in w for w in r.json()["warnings"])
+    similar = post(
+        srv, {"k": 10, "filter": {"item_id": {"in": few}}}, f"/v1/items/{few[0]}/similar"
+    )
+    assert sorted(i["item_id"] for i in similar.json()["items"]) == sorted(few[1:])
+    assert any("3 items pass" in w for w in similar.json()["warnings"])
 
 
 def test_no_filtered_item_under_concurrent_load(served):
