@@ -77,6 +77,23 @@ def test_a_query_finds_its_topic(seed_bundle):
     assert topics.most_common(1)[0][0] == "jazz", topics  # after the head's rerank
 
 
+def test_the_seed_s_attributes_describe_its_items(seed_bundle):
+    """A topic (the one the item's title was drawn from), a year, a price, an in-stock flag:
+    a filter on the topic returns only that topic's titles."""
+    rec = Recommender(seed_bundle, Settings(bundle=seed_bundle))
+    assert rec.bundle.attributes.schema() == {
+        "topic": "categorical",
+        "year": "numeric",
+        "price": "numeric",
+        "in_stock": "boolean",
+    }
+    column = rec.bundle.attributes.columns["topic"]
+    for i in range(0, 600, 37):
+        assert column.values[column.codes[i]] == topic(rec.titles[i])
+    got = rec.recommend(Recommend(query="space", k=10, filter={"topic": {"eq": "jazz"}}))
+    assert len(got.items) == 10 and {topic(item.title) for item in got.items} == {"jazz"}
+
+
 def test_cli_refuses_impossible_sizes_with_one_line(tmp_path):
     result = CliRunner().invoke(
         app, ["bundle", "synthetic", "--out", str(tmp_path / "b"), "--users", "5"]
