@@ -29,7 +29,7 @@ is one (n_items,) bool mask.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -47,6 +47,7 @@ OPERATORS: dict[str, tuple[str, ...]] = {
     "item_id": ("in", "not_in"),
 }
 ITEM_ID = "item_id"
+ITEM_PATH = f"filter.{ITEM_ID}"
 BITMAP_VALUES = 4096
 """Columns with more values than this compute each filter from their codes instead: one
 bitmap per value would cost values x items / 8 bytes."""
@@ -78,6 +79,22 @@ class Column:
         indptr, indices = np.asarray(self.indptr), np.asarray(self.indices)
         owners = np.repeat(np.arange(len(indptr) - 1), np.diff(indptr))
         return np.asarray(owners[indices == code])
+
+
+def with_item_indices(
+    spec: Mapping[str, Any], find: Callable[[list[str], str], np.ndarray]
+) -> dict[str, Any]:
+    """``spec`` with the ids of its ``item_id`` condition turned into item indices by
+    ``find`` (given the ids and the condition's path, such as ``filter.item_id.in``); a
+    value that is not a list finds nothing."""
+    out = dict(spec)
+    condition = spec.get(ITEM_ID)
+    if isinstance(condition, Mapping):
+        out[ITEM_ID] = {
+            op: find([str(i) for i in ids] if isinstance(ids, list) else [], f"{ITEM_PATH}.{op}")
+            for op, ids in condition.items()
+        }
+    return out
 
 
 def pack(mask: np.ndarray) -> np.ndarray:

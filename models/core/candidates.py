@@ -97,12 +97,13 @@ class IndexPlan:
         )
 
 
-def eligible_mask(request: Request, n_items: int) -> np.ndarray | None:
-    """A filtered request's (n_items,) bool mask of the items it may get, exclusions taken
-    out; None without a filter."""
+def eligible_mask(request: Request, n_items: int) -> np.ndarray:
+    """The (n_items,) bool mask of the items a request may get: those its filter allows
+    (all, without one), exclusions taken out. A fresh array the caller may change."""
     if request.allowed is None:
-        return None
-    mask = np.array(request.allowed, dtype=bool, copy=True)
+        mask = np.ones(n_items, dtype=bool)
+    else:
+        mask = np.array(request.allowed, dtype=bool, copy=True)
     mask[in_range(request.exclude, n_items)] = False
     return mask
 

@@ -64,13 +64,13 @@ def diversify(
     span = float(rel.max() - rel.min()) if len(rel) else 0.0
     rel = (rel - rel.min()) / span if span > 0 else np.zeros_like(rel)
     vectors = embeddings[order].astype(np.float64)
-    closest = np.zeros(len(order))
+    closest = None  # per position, the max cosine to anything placed; None: nothing yet
     if len(placed_embeddings):
         closest = (vectors @ placed_embeddings.T.astype(np.float64)).max(1)
     free = np.array([c < 0 or left.get(c, left[ANY]) > 0 for c in own.tolist()], dtype=bool)
     left, picked = dict(left), list[int]()
     while len(picked) < k and free.any():
-        gain = (1 - mmr) * rel - mmr * closest
+        gain = (1 - mmr) * rel - (0.0 if closest is None else mmr * closest)
         best = int(np.flatnonzero(free)[np.argmax(gain[free])])
         picked.append(best)
         free[best] = False
@@ -80,9 +80,5 @@ def diversify(
             if left[code] <= 0:
                 free[own == code] = False
         similarity = vectors @ vectors[best]
-        closest = (
-            similarity
-            if len(picked) == 1 and not len(placed_embeddings)
-            else np.maximum(closest, similarity)
-        )
+        closest = similarity if closest is None else np.maximum(closest, similarity)
     return order[np.array(picked, dtype=np.int64)]

@@ -85,11 +85,6 @@ def eligible_count(tables: ItemTables, request: Request) -> int:
     return passing_count(request.allowed, excluded)
 
 
-def answer_size(tables: ItemTables, request: Request) -> int:
-    """``offset + k`` places, or fewer when the filter and exclusions leave fewer items."""
-    return max(0, min(request.offset + request.k, eligible_count(tables, request)))
-
-
 def top_up(tables: ItemTables, request: Request, pool: Pool, k: int, placed: np.ndarray) -> Pool:
     """Popular items the request may get after the pool's own, until it holds ``k`` that
     the diversity caps admit (after what earlier passes ``placed``), or the catalog runs
@@ -101,8 +96,6 @@ def top_up(tables: ItemTables, request: Request, pool: Pool, k: int, placed: np.
     if have >= k:
         return pool
     ok = eligible_mask(request, tables.n_items)
-    ok = np.ones(tables.n_items, dtype=bool) if ok is None else ok
-    ok[request.exclude] = False
     ok[members] = False
     extra = tables.popular_order[ok[tables.popular_order]]
     take = k - have
@@ -130,7 +123,9 @@ def recommend_batch(
     passes of ``window`` places (one for most requests); in each pass the pools are planned
     and searched once per batch and scored in one head call. A request's answer does not
     depend on the others in its batch."""
-    depth = [answer_size(tables, r) for r in requests]
+    # Placed items are eligible and distinct, so a pass may get what is eligible less them.
+    eligible = [eligible_count(tables, r) for r in requests]
+    depth = [max(0, min(r.offset + r.k, n)) for r, n in zip(requests, eligible, strict=True)]
     w = window(sizes)
     placed = [Recommendation(no_items(), np.zeros(0, dtype=np.float32), []) for _ in requests]
     while live := [i for i in range(len(requests)) if len(placed[i].items) < depth[i]]:
@@ -143,7 +138,8 @@ def recommend_batch(
             )
             for i in live
         ]
-        found = one_pass(tables, passes, searcher, head, sizes, [placed[i].items for i in live])
+        ks = [min(w, eligible[i] - len(placed[i].items)) for i in live]
+        found = one_pass(tables, passes, ks, searcher, head, sizes, [placed[i].items for i in live])
         for i, rec in zip(live, found, strict=True):
             if len(rec.items) < w:  # nothing more to place: the catalog or the caps ran out
                 depth[i] = len(placed[i].items) + len(rec.items)
@@ -163,13 +159,14 @@ def page(rec: Recommendation, offset: int, k: int) -> Recommendation:
 def one_pass(
     tables: ItemTables,
     requests: Sequence[Request],
+    ks: Sequence[int],
     searcher: Searcher,
     head: HeadFn,
     sizes: PoolSizes,
     placed: Sequence[np.ndarray],
 ) -> list[Recommendation]:
-    """One pass of ``window`` places per request: its pool, topped up, scored and ranked."""
-    ks = [min(r.k, eligible_count(tables, r)) for r in requests]
+    """One pass per request: ``ks[i]`` places (the window, or what is left to place), its
+    pool topped up, scored and ranked."""
     searched = [i for i, r in enumerate(requests) if search_vectors(r)]
     out = {}
     for i in set(range(len(requests))).difference(searched):  # nothing known: by popularity

@@ -9,12 +9,11 @@ import json
 import threading
 from collections import OrderedDict
 from collections.abc import Callable
-from typing import Any
 
 import numpy as np
 
 from export.runtime import LoadedBundle
-from models.core.attributes import ITEM_ID, FilterError
+from models.core.attributes import FilterError, with_item_indices
 from models.core.candidates import usable
 from models.core.fold_in import contributions
 from models.core.types import Diversity, Recommendation, Request
@@ -46,12 +45,7 @@ class FilterMasks:
         ``item_id`` condition are looked up (unknown ones warned about and ignored)."""
         if not spec:
             return None
-        resolved: dict[str, Any] = dict(spec)
-        if ITEM_ID in spec:
-            resolved[ITEM_ID] = {
-                op: lookup(ids if isinstance(ids, list) else None, f"filter.item_id.{op}", warnings)
-                for op, ids in spec[ITEM_ID].items()
-            }
+        resolved = with_item_indices(spec, lambda ids, where: lookup(ids, where, warnings))
         key = json.dumps(spec, sort_keys=True)
         with self._lock:
             if (cached := self._masks.get(key)) is not None:

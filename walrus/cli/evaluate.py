@@ -126,16 +126,11 @@ def parse_filter(text: str | None) -> dict[str, Any] | None:
 def filter_mask(dataset: Dataset, spec: dict[str, Any] | None) -> np.ndarray | None:
     """The catalog items ``spec`` allows (item_id conditions by id); a ``FilterError``
     (a ``WalrusError``) names what does not fit the configured attributes."""
-    from models.core.attributes import ITEM_ID, ItemAttributes
+    from models.core.attributes import ItemAttributes, with_item_indices
 
     if spec is None:
         return None
-    resolved = dict(spec)
-    if isinstance(spec.get(ITEM_ID), dict):
-        resolved[ITEM_ID] = {
-            op: dataset.items.lookup([str(i) for i in ids] if isinstance(ids, list) else [])[0]
-            for op, ids in spec[ITEM_ID].items()
-        }
+    resolved = with_item_indices(spec, lambda ids, _where: dataset.items.lookup(ids)[0])
     return ItemAttributes(len(dataset.items), dataset.catalog.attributes).mask(resolved)
 
 
