@@ -3,6 +3,7 @@
 #   pipeline  torch CPU + transformers: `walrus data|train|export` into a volume
 #   loadtest  locust and the load-test file
 #   serve-gpu CUDA base, onnxruntime-gpu and FAISS GPU (build with --target serve-gpu)
+#   redis     Debian's redis-server with persistence on /data: users' recent events
 #   spark     a Spark master, worker or driver for `wals.engine = "spark"`: a JRE, pyspark
 #             (with its Arrow extras), numpy and the job's own modules; no torch, no scipy
 # BASE_IMAGE replaces python:3.11-slim (e.g. a mirror, or a locally imported stand-in).
@@ -55,6 +56,23 @@ RUN groupadd --system --gid 10001 walrus && useradd --system --uid 10001 --gid w
 USER 10001:10001
 ENTRYPOINT ["walrus"]
 CMD ["--help"]
+
+# ---------------------------------------------------------------- Redis (users' recent events)
+# Debian's redis-server, as the tests run it: every acknowledged write is in the append-only
+# file on the /data volume before the reply (appendfsync always), so a restart loses none.
+FROM base AS redis
+# hadolint ignore=DL3008
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends redis-server \
+    && rm -rf /var/lib/apt/lists/* \
+    && mkdir -p /data && chown redis:redis /data
+USER redis
+WORKDIR /data
+VOLUME ["/data"]
+EXPOSE 6379
+HEALTHCHECK --interval=5s --timeout=3s --retries=12 CMD ["redis-cli", "ping"]
+CMD ["redis-server", "--bind", "0.0.0.0", "--protected-mode", "no", "--dir", "/data", \
+     "--appendonly", "yes", "--appendfsync", "always", "--save", ""]
 
 # ---------------------------------------------------------------- Spark (compose profile spark)
 FROM base AS spark

@@ -38,8 +38,7 @@ import psutil
 
 from bench.common import write_results
 from bench.serve import running, walrus_cmd
-from export.bundle import switch_current
-from export.format import MANIFEST, resolve_bundle, writable_copy
+from export.format import MANIFEST, resolve_bundle, switch_current, writable_copy
 from export.signing import generate_keypair, sign_bundle
 
 TOKEN = "chaos-token-at-least-thirty-two-chars"

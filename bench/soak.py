@@ -24,8 +24,7 @@ import httpx
 from bench.common import write_results
 from bench.serve import MIX, mix_bodies, resident_bytes, run_bodies, running, walrus_cmd
 from bench.wrk import BODIES_FROM_FILE, run_wrk, write_bodies
-from export.bundle import switch_current
-from export.format import MANIFEST, resolve_bundle, writable_copy
+from export.format import MANIFEST, resolve_bundle, switch_current, writable_copy
 
 TOKEN = "soak-token-at-least-32-characters-long"
 CONNECTIONS = 16

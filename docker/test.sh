@@ -13,6 +13,7 @@ VENV=${VENV:-.venv}
 STATE=${WALRUS_DOCKER_STATE:-/var/tmp/walrus-docker}
 IMAGE=walrus-serve:docker-test
 NAME=walrus-docker-test-$$
+REDIS=walrus-docker-redis-$$
 say() { printf '\n== %s\n' "$*"; }
 
 say "hadolint"
@@ -41,7 +42,8 @@ dockerd --data-root "$STATE/data" --exec-root "$STATE/exec" --pidfile "$STATE/do
 DOCKERD=$!
 export DOCKER_HOST="unix://$SOCK"
 cleanup() {
-  docker rm -f "$NAME" >/dev/null 2>&1 || true
+  docker rm -f "$NAME" "$REDIS" >/dev/null 2>&1 || true
+  docker volume rm -f "$REDIS" >/dev/null 2>&1 || true
   kill "$DOCKERD" 2>/dev/null || true
   wait "$DOCKERD" 2>/dev/null || true
   umount "$STATE/exec/netns/default" 2>/dev/null || true
@@ -103,6 +105,26 @@ TOML
 "$VENV/bin/walrus" export -c "$WORK/c.toml" >/dev/null 2>&1
 chmod -R a+rX "$WORK"
 
+say "the redis image: read-only, on a volume, every acknowledged write in its append-only file"
+"$COMPOSE" -f docker-compose.yml -f docker/compose.build-host-network.yml build redis \
+  >"$STATE/build-redis.log" 2>&1 || { tail -40 "$STATE/build-redis.log" >&2; exit 1; }
+RPORT=$("$VENV/bin/python" -c "import socket; s = socket.socket(); s.bind(('127.0.0.1', 0)); print(s.getsockname()[1])")
+# The image's own command, on a free host port (the containers share the host's network).
+REDIS_CMD=$(docker image inspect -f '{{json .Config.Cmd}}' walrus-redis:docker-test | "$VENV/bin/python" -c '
+import json, sys; print(" ".join(json.load(sys.stdin)[1:]))')
+# shellcheck disable=SC2086 # one flag per word
+docker run -d --name "$REDIS" --network host --read-only --tmpfs /tmp --cap-drop ALL \
+  --security-opt no-new-privileges:true -v "$REDIS:/data" walrus-redis:docker-test \
+  redis-server $REDIS_CMD --port "$RPORT" --bind 127.0.0.1 >/dev/null
+redis_healthy() {
+  for _ in $(seq 1 60); do
+    [ "$(docker inspect -f '{{.State.Health.Status}}' "$REDIS")" = healthy ] && return 0
+    sleep 1
+  done
+  docker logs "$REDIS" >&2; echo "redis did not become healthy" >&2; exit 1
+}
+redis_healthy
+
 say "run the image with the compose file's hardening (read-only, no capabilities, limits)"
 # The flags come from the compose file itself, so what is checked is what compose runs.
 HARDENING=$(WALRUS_CPUS=1 "$COMPOSE" -f docker-compose.yml config --format json | "$VENV/bin/python" -c '
@@ -119,6 +141,7 @@ echo "$HARDENING"
 PORT=$("$VENV/bin/python" -c "import socket; s = socket.socket(); s.bind(('127.0.0.1', 0)); print(s.getsockname()[1])")
 # shellcheck disable=SC2086 # one flag per word
 docker run -d --name "$NAME" --network host -e WALRUS_HOST=127.0.0.1 -e WALRUS_PORT="$PORT" \
+  -e WALRUS_REDIS_URL="redis://127.0.0.1:$RPORT/0" \
   $HARDENING -v "$WORK/out/bundles:/bundles:ro" "$IMAGE" >/dev/null
 for _ in $(seq 1 90); do
   status=$(docker inspect -f '{{.State.Health.Status}}' "$NAME")
@@ -172,6 +195,35 @@ expected = [it.item_id for it in want.items]
 assert ids == expected and len(ids) == 5, (ids, expected)
 print(f"container answered {ids}, the same as the host")
 PY
+say "POST /v1/events: the next answer folds them in; a Redis restart keeps them"
+events_check() {
+  "$VENV/bin/python" - "$PORT" "$1" <<'PY'
+import sys
+
+import httpx
+
+port, post = sys.argv[1], sys.argv[2] == "post"
+url = f"http://127.0.0.1:{port}"
+five = [f"i{n}" for n in range(5)]
+if post:
+    events = [{"user_id": "docker-new-user", "item_id": i} for i in five]
+    r = httpx.post(f"{url}/v1/events", json={"events": events}, timeout=30)
+    assert r.status_code == 202 and r.json()["accepted"] == 5, r.text
+got = httpx.post(f"{url}/v1/recommend", json={"user_id": "docker-new-user", "k": 5}, timeout=30)
+want = httpx.post(f"{url}/v1/recommend", json={"history": five, "k": 5}, timeout=30)
+assert got.json()["items"] == want.json()["items"] and not got.json()["warnings"], got.text
+print("the new user's answer is the one their five events give as a history")
+PY
+}
+events_check post
+docker restart "$REDIS" >/dev/null
+redis_healthy
+for _ in $(seq 1 30); do
+  curl -sf "http://127.0.0.1:$PORT/readyz" | grep -q '"events":"ok"' && break
+  sleep 0.5
+done
+events_check after-restart
+
 say "docker stop: drained, then exit status 0"
 docker stop -t 40 "$NAME" >/dev/null
 code=$(docker inspect -f '{{.State.ExitCode}}' "$NAME")

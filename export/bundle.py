@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import time
 import uuid
 from collections.abc import Callable
@@ -23,16 +22,17 @@ import numpy as np
 
 from export.faiss_index import build_index, speedup_over_flat, tune_search
 from export.format import (
-    CURRENT,
     FORMAT_VERSION,
     BundleError,
     Candidates,
+    CatalogText,
     Dims,
     Files,
     IndexEntry,
     Manifest,
     file_table,
     seal,
+    switch_current,
     write_manifest,
 )
 from export.onnx import (
@@ -46,6 +46,7 @@ from export.onnx import (
 from export.runtime import OnnxTextEncoder, ParityError, check_parity, cosine_rows
 from export.signing import sign_bundle
 from models.artifacts import atomic_directory
+from models.cold_start import cold_start_map
 from models.core.attributes import Column, to_arrays
 
 if TYPE_CHECKING:
@@ -125,15 +126,6 @@ def write_tokenizer(encoder: TextEncoder, bundle: Path) -> None:
     (bundle / Files.TOKENIZER_CONFIG).write_text(json.dumps(config, indent=2))
 
 
-def switch_current(bundles_dir: Path, bundle_id: str) -> None:
-    """Point ``bundles_dir/current`` at ``bundle_id`` with one atomic rename."""
-    tmp = bundles_dir / f".{CURRENT}.{os.getpid()}"
-    if tmp.is_symlink() or tmp.exists():
-        tmp.unlink()
-    tmp.symlink_to(bundle_id)
-    os.replace(tmp, bundles_dir / CURRENT)
-
-
 def build_bundle(
     cfg: PipelineConfig,
     trained: TrainedArtifacts,
@@ -149,6 +141,7 @@ def build_bundle(
     with atomic_directory(final) as tmp:
         progress("arrays and id maps")
         write_arrays(tmp, trained)
+        write_cold_start(tmp, trained, cfg.cold_start.ridge_alpha)
         progress("FAISS indexes")
         indexes = write_indexes(tmp, trained, cfg)
         progress("ONNX export and parity")
@@ -179,6 +172,11 @@ def build_bundle(
             parity=parity,
             packages=package_versions(),
             files=file_table(tmp),
+            catalog=CatalogText(
+                text_template=cfg.data.text_template,
+                attributes=[c.name for c in trained.attributes],
+                tag_separator=cfg.data.tag_separator,
+            ),
         )
         write_manifest(tmp, manifest)
         if sign_with is not None:
@@ -215,6 +213,20 @@ def write_arrays(bundle: Path, trained: TrainedArtifacts) -> None:
     for name, array in arrays.items():
         np.save(bundle / name, np.ascontiguousarray(array))
     write_attributes(bundle, trained.attributes)
+
+
+def write_cold_start(bundle: Path, trained: TrainedArtifacts, alpha: float) -> None:
+    """The cold-start map, fitted as training fitted it (``models.cold_start``), for the
+    items a bundle update adds; nothing when every item is cold (no map to fit)."""
+    hybrid = trained.hybrid
+    ridge = cold_start_map(
+        hybrid.wals.item_factors, hybrid.cold_items, hybrid.tables.item_text_embeddings, alpha
+    )
+    if ridge is None:
+        return
+    (bundle / "cold_start").mkdir()
+    np.save(bundle / Files.COLD_START_COEF, ridge.coef)
+    np.save(bundle / Files.COLD_START_INTERCEPT, ridge.intercept)
 
 
 def write_attributes(bundle: Path, columns: list[Column]) -> None:

@@ -50,13 +50,22 @@ def factory_string(kind: str, n: int, cfg: IndexConfig) -> tuple[str, str]:
 
 def build_index(vectors: np.ndarray, cfg: IndexConfig) -> BuiltIndex:
     """Index (n, dim) float32 vectors for maximum inner product search."""
-    vectors = np.ascontiguousarray(vectors, dtype=np.float32)
-    n, dim = vectors.shape
+    n = len(vectors)
     kind = choose_kind(n, cfg)
     factory, search_params = factory_string(kind, n, cfg)
+    return build_from_factory(vectors, kind, factory, search_params, cfg.hnsw_ef_construction)
+
+
+def build_from_factory(
+    vectors: np.ndarray, kind: str, factory: str, search_params: str, ef_construction: int
+) -> BuiltIndex:
+    """An index of the given factory string over (n, dim) vectors: what ``build_index``
+    chose, or what a bundle's manifest records (a compaction rebuilds it so)."""
+    vectors = np.ascontiguousarray(vectors, dtype=np.float32)
+    n, dim = vectors.shape
     index = faiss.index_factory(dim, factory, faiss.METRIC_INNER_PRODUCT)
     if kind == "hnsw":
-        faiss.downcast_index(index).hnsw.efConstruction = cfg.hnsw_ef_construction  # type: ignore[attr-defined]
+        faiss.downcast_index(index).hnsw.efConstruction = ef_construction  # type: ignore[attr-defined]
     if search_params:
         faiss.ParameterSpace().set_index_parameters(index, search_params)  # type: ignore[arg-type]
 

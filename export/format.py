@@ -87,6 +87,13 @@ class Files:
     # Optional: a bundle without it has no filterable fields. Its arrays are laid out by
     # models.core.attributes (to_arrays / from_arrays), under attributes/.
     ATTRIBUTES = "attributes.json"
+    # Optional: the cold-start map (models.cold_start.RidgeMap), text embedding -> WALS
+    # factors, which gives the items a bundle update adds their WALS vectors.
+    COLD_START_COEF = "cold_start/coef.npy"
+    COLD_START_INTERCEPT = "cold_start/intercept.npy"
+    # Optional: items withdrawn by a bundle update, (n_items,) bool. They stay in every
+    # array and index until a compaction, and no answer ever holds them.
+    WITHDRAWN = "withdrawn.npy"
 
     @staticmethod
     def index(name: str) -> str:
@@ -155,6 +162,24 @@ class Candidates(_Model):
     cold_every: int = 0
 
 
+class CatalogText(_Model):
+    """How the catalog's rows became item texts (``models.core.catalog``), so that a bundle
+    update turns new rows into texts the same way."""
+
+    text_template: str | None = None
+    attributes: list[str] = []  # the columns that are attributes, not text
+    tag_separator: str = ","
+
+
+class Lineage(_Model):
+    """Where an updated bundle comes from: the full export it started from, and the
+    updates since (``walrus bundle update``; a compaction starts a new count)."""
+
+    exported: str
+    updates: int = 0
+    withdrawn: int = 0
+
+
 class Manifest(_Model):
     """``manifest.json``: what a bundle holds and the figures it was checked with."""
 
@@ -171,6 +196,8 @@ class Manifest(_Model):
     parity: dict[str, Any]
     packages: dict[str, str]
     files: dict[str, FileEntry]
+    catalog: CatalogText | None = None  # None: made before bundle updates existed
+    lineage: Lineage | None = None  # None: a full export, never updated
 
     @field_validator("indexes")
     @classmethod
@@ -213,6 +240,15 @@ def writable_copy(bundle: Path, dest: Path) -> Path:
     modes): the start of a variant, which is published as a bundle of its own."""
     shutil.copytree(bundle, dest, copy_function=shutil.copyfile)
     return dest
+
+
+def switch_current(bundles_dir: Path, bundle_id: str) -> None:
+    """Point ``bundles_dir/current`` at ``bundle_id`` with one atomic rename."""
+    tmp = bundles_dir / f".{CURRENT}.{os.getpid()}"
+    if tmp.is_symlink() or tmp.exists():
+        tmp.unlink()
+    tmp.symlink_to(bundle_id)
+    os.replace(tmp, bundles_dir / CURRENT)
 
 
 def write_manifest(bundle: Path, manifest: Manifest) -> None:

@@ -54,7 +54,17 @@ def fill_cold_items(
     """
     cold = cold_mask(item_counts, min_interactions)
     out = item_factors.copy()
-    if cold.any() and (~cold).any():
-        ridge = RidgeMap(alpha).fit(text_embeddings[~cold], item_factors[~cold])
+    ridge = cold_start_map(item_factors, cold, text_embeddings, alpha)
+    if cold.any() and ridge is not None:
         out[cold] = ridge.predict(text_embeddings[cold])
     return out, cold
+
+
+def cold_start_map(
+    item_factors: np.ndarray, cold: np.ndarray, text_embeddings: np.ndarray, alpha: float
+) -> RidgeMap | None:
+    """The ridge map fitted on the warm items (None without any): what gives cold items,
+    and the items a bundle update adds, their WALS factors."""
+    if cold.all():
+        return None
+    return RidgeMap(alpha).fit(text_embeddings[~cold], item_factors[~cold])

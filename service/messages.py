@@ -1,7 +1,7 @@
 """The messages between the HTTP fronts and the engine: one typed definition both sides import.
 
-A front sends one ``Call`` per request (``Recommend``, ``Similar``, ``Status``, ``Reload`` or
-``Cancel``), each with the front's own request number; the engine answers each with an
+A front sends one ``Call`` per request (``Recommend``, ``Similar``, ``Status``, ``Reload``,
+``Events`` or ``Cancel``), each with the front's own request number; the engine answers each with an
 ``Answer`` carrying that number. On the wire (``service.transport``) they are msgpack
 (``encode`` / ``decode_*``); in inline mode they are passed as they are. What the client
 reads, ``Answer.body``, is the final JSON, serialised once by the engine: a front forwards
@@ -69,13 +69,29 @@ class Reload(msgspec.Struct, tag=True, frozen=True):
     id: int = 0
 
 
+class Event(msgspec.Struct, frozen=True):
+    """One interaction, as the front validated its shape; the engine checks the rest."""
+
+    user_id: str
+    item_id: str
+    weight: float | None = None
+    timestamp: float | None = None
+
+
+class Events(msgspec.Struct, tag=True, frozen=True):
+    """``POST /v1/events``: stored in Redis by the engine (``service.engine.events``)."""
+
+    events: list[Event]
+    id: int = 0
+
+
 class Cancel(msgspec.Struct, tag=True, frozen=True):
     """The front gave up on call ``id`` (deadline, client gone): drop it if still queued."""
 
     id: int
 
 
-Call = Recommend | Similar | Status | Reload | Cancel
+Call = Recommend | Similar | Status | Reload | Events | Cancel
 
 
 class Answer(msgspec.Struct, frozen=True):
@@ -146,6 +162,18 @@ class Readiness(msgspec.Struct, frozen=True):
     encoder_precision: str | None = None
     refused: dict[str, str] = msgspec.field(default_factory=dict)
     attributes: dict[str, str] = msgspec.field(default_factory=dict)
+    events: str = "off"
+    degraded: list[str] = msgspec.field(default_factory=list)
+
+
+class RejectedEvent(msgspec.Struct, frozen=True):
+    index: int
+    reason: str
+
+
+class EventsAccepted(msgspec.Struct, frozen=True):
+    accepted: int
+    rejected: list[RejectedEvent]
 
 
 class Reloaded(msgspec.Struct, frozen=True):

@@ -32,6 +32,7 @@ class Metrics:
         self._requests(self.registry)
         self._batching(self.registry)
         self._bundles(self.registry)
+        self._events(self.registry)
 
     def _requests(self, r: CollectorRegistry) -> None:
         self.requests = Counter(
@@ -119,6 +120,20 @@ class Metrics:
             "walrus_bundle_loads",
             "Bundle loads by result: loaded or refused.",
             ["result"],
+            registry=r,
+        )
+
+    def _events(self, r: CollectorRegistry) -> None:
+        self.events = Counter(
+            "walrus_events",
+            "Events posted to /v1/events, by outcome: accepted, rejected (one bad event), "
+            "unavailable (Redis did not take the batch: 503).",
+            ["outcome"],
+            registry=r,
+        )
+        self.events_unused = Counter(
+            "walrus_events_unused",
+            "Answers served from the bundle alone because Redis did not answer in time.",
             registry=r,
         )
 

@@ -298,6 +298,54 @@ class Readiness(BaseModel):
     attributes: dict[str, Literal["categorical", "tags", "numeric", "boolean"]] = Field(
         default_factory=dict, description="The bundle's filterable fields and their kinds."
     )
+    events: str = Field(
+        "off", description="off (no WALRUS_REDIS_URL), ok, or why Redis is not used now."
+    )
+    degraded: list[str] = Field(
+        default_factory=list,
+        description="What works less well now, though answers still come (Redis down).",
+    )
+
+
+class EventIn(BaseModel):
+    """One interaction: ``user_id`` did something with ``item_id``."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    user_id: ItemId = Field(description="Any user: an unknown one becomes a new user.")
+    item_id: ItemId = Field(description="An item of the serving bundle.")
+    weight: float | None = Field(
+        None,
+        strict=True,
+        description="The interaction's strength, > 0 and <= 1000 (default 1.0): kept for the "
+        "next training run (`walrus data events`); online, each event counts as one "
+        "interaction, as `history` does.",
+    )
+    timestamp: float | None = Field(
+        None, strict=True, description="Unix seconds; default: when it was received."
+    )
+
+
+class EventsRequest(BaseModel):
+    """A batch of events, stored in Redis and folded into the users' next answers."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    events: list[EventIn] = Field(
+        min_length=1,
+        max_length=LIST_ITEMS * 10,
+        description="At most WALRUS_EVENTS_MAX_BATCH (default 1,000).",
+    )
+
+
+class RejectedEvent(BaseModel):
+    index: int = Field(description="Its place in the posted list, from 0.")
+    reason: str
+
+
+class EventsResponse(BaseModel):
+    accepted: int = Field(description="Events stored (acknowledged by Redis).")
+    rejected: list[RejectedEvent] = Field(description="The others, each with why.")
 
 
 class ReloadResponse(BaseModel):

@@ -174,6 +174,41 @@ class Settings(BaseSettings):
         "and only that request fails, 500). Empty: never. Leave it empty in production.",
     )
 
+    redis_url: str = Field(
+        "",
+        max_length=1024,
+        description="Redis for users' recent events (redis://host:6379/0): turns on POST "
+        "/v1/events, and every answer for a user folds in their recent events. Empty: off.",
+    )
+    events_max_batch: int = Field(
+        1000, ge=1, le=100_000, description="Most events one POST /v1/events may carry."
+    )
+    events_max_body_bytes: int = Field(
+        1_048_576, ge=1024, description="Largest POST /v1/events body (413 past it)."
+    )
+    events_per_user: int = Field(
+        100, ge=1, le=10_000, description="A user's newest events kept in Redis (the rest drop)."
+    )
+    events_ttl_s: int = Field(
+        30 * 86_400,
+        ge=1,
+        description="A user's events expire this long after their last one (export them "
+        "for training first: `walrus data events`).",
+    )
+    redis_timeout_ms: int = Field(
+        50,
+        ge=1,
+        le=10_000,
+        description="Each Redis call's timeout: a slow Redis costs an answer at most this.",
+    )
+    redis_breaker_s: float = Field(
+        5.0,
+        gt=0,
+        le=3600,
+        description="After 3 failed Redis calls in a row, no call for this long (answers "
+        "without events, with a warning; /v1/events 503), then one trial.",
+    )
+
     @field_validator("admin_token", "admin_token_file", "trusted_keys", mode="before")
     @classmethod
     def _empty_is_none(cls, value: object) -> object:

@@ -21,3 +21,17 @@ def test_every_serving_container_is_hardened_alike():
     for service in (api, gpu):
         assert service["cpus"] and service["mem_limit"]
         assert all(v.endswith(":ro") for v in service["volumes"])
+
+
+def test_redis_keeps_every_acknowledged_event_on_a_volume_and_both_apis_use_it():
+    services = yaml.safe_load((REPO / "docker-compose.yml").read_text())["services"]
+    redis = services["redis"]
+    assert redis["build"]["target"] == "redis" and redis["read_only"] is True
+    assert any(v.startswith("redis-data:/data") for v in redis["volumes"])
+    dockerfile = (REPO / "Dockerfile").read_text()
+    stage = dockerfile.split("AS redis", 1)[1].split("\nFROM ", 1)[0]
+    assert '"--appendonly", "yes", "--appendfsync", "always"' in stage
+    for name in ("api", "api-gpu"):
+        service = services[name]
+        assert service["environment"]["WALRUS_REDIS_URL"].endswith("redis://redis:6379/0}")
+        assert service["depends_on"]["redis"]["condition"] == "service_healthy"

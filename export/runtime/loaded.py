@@ -79,6 +79,7 @@ class LoadedBundle:
     encoder_precision: str
     head: OnnxHead
     attributes: ItemAttributes  # no columns when the bundle has none
+    withdrawn: np.ndarray  # item indices a bundle update withdrew: never in an answer
 
     @property
     def encoder(self) -> OnnxTextEncoder:
@@ -189,9 +190,20 @@ def load_bundle(bundle: str | Path, options: LoadOptions = LoadOptions()) -> Loa
         # than it saves, so it always runs on the CPU.
         head=OnnxHead(p / Files.HEAD, ["CPUExecutionProvider"], options.threads),
         attributes=load_attributes(p, manifest),
+        withdrawn=load_withdrawn(p, manifest),
     )
     loaded.check_sizes()
     return loaded
+
+
+def load_withdrawn(p: Path, manifest: Manifest) -> np.ndarray:
+    """The withdrawn items' indices (int64, ascending); none without withdrawn.npy."""
+    if Files.WITHDRAWN not in manifest.files:
+        return np.zeros(0, dtype=np.int64)
+    mask = np.load(p / Files.WITHDRAWN)
+    if mask.shape != (manifest.counts["items"],) or mask.dtype != bool:
+        raise BundleError(f"{p}: {Files.WITHDRAWN} is not one bool per item; {REBUILD}")
+    return np.flatnonzero(mask).astype(np.int64)
 
 
 def load_attributes(p: Path, manifest: Manifest) -> ItemAttributes:

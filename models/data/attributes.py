@@ -5,52 +5,25 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-import numpy as np
 import pandas as pd
 
 from models.core.attributes import Column, Kind
+from models.core.columns import FALSE, TRUE, CellError, parse_column, tag_lists
 from models.core.ids import IdMap
 from models.data.errors import DataError
-
-TRUE, FALSE = {"true", "1", "yes", "y", "t"}, {"false", "0", "no", "n", "f"}
 
 
 def _cells(frame: pd.DataFrame, name: str) -> list[str]:
     return [str(v).strip() for v in frame[name].fillna("").tolist()]
 
 
-def _tags(cells: list[str], separator: str) -> list[list[str]]:
-    return [[t.strip() for t in c.split(separator) if t.strip()] for c in cells]
-
-
 def column(name: str, kind: Kind, cells: list[str], separator: str, path: str) -> Column:
     """One attribute from a catalog column's cells, in the column's row order; empty cells
     have no value. A cell that does not fit the kind is a ``DataError`` naming its row."""
-    if kind == "numeric":
-        numbers = pd.to_numeric(pd.Series(cells).replace("", np.nan), errors="coerce")
-        bad = numbers.isna() & (pd.Series(cells) != "")
-        if bad.any():
-            row = int(np.flatnonzero(bad.to_numpy())[0])
-            raise DataError(path, f"{name} is numeric; {cells[row]!r} is not a number", row=row + 2)
-        return Column(name, kind, numbers=numbers.to_numpy(dtype=np.float64))
-    if kind == "boolean":
-        lowered = [c.lower() for c in cells]
-        bad = [i for i, c in enumerate(lowered) if c and c not in TRUE | FALSE]
-        if bad:
-            raise DataError(path, f"{name} is boolean; {cells[bad[0]]!r} is not", row=bad[0] + 2)
-        flags = [1 if c in TRUE else 0 if c in FALSE else -1 for c in lowered]
-        return Column(name, kind, codes=np.array(flags, dtype=np.int8))
-    if kind == "tags":
-        rows = _tags(cells, separator)
-        values = sorted({t for r in rows for t in r})
-        index = {v: i for i, v in enumerate(values)}
-        indptr = np.cumsum([0] + [len(set(r)) for r in rows]).astype(np.int64)
-        indices = np.array([index[t] for r in rows for t in sorted(set(r))], dtype=np.int32)
-        return Column(name, kind, values, indptr=indptr, indices=indices)
-    values = sorted({c for c in cells if c})
-    index = {v: i for i, v in enumerate(values)}
-    codes = np.array([index.get(c, -1) for c in cells], dtype=np.int32)
-    return Column(name, kind, values, codes=codes)
+    try:
+        return parse_column(name, kind, cells, separator)
+    except CellError as exc:
+        raise DataError(path, str(exc), row=exc.row + 2) from None
 
 
 def catalog_attributes(
@@ -95,7 +68,7 @@ def suggest_kinds(frame: pd.DataFrame, separator: str) -> dict[str, str]:
 
 
 def _looks_like_tags(cells: list[str], separator: str) -> bool:
-    rows = _tags(cells, separator)
+    rows = tag_lists(cells, separator)
     split = sum(len(r) > 1 for r in rows) / len(rows)
     vocabulary = {t for r in rows for t in r}
     return split > 0.2 and len(vocabulary) <= max(50, len(cells) // 10)

@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-import re
 import string
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -12,27 +11,10 @@ import pandas as pd
 import scipy.sparse as sp
 
 from models.core.attributes import Column, Kind
+from models.core.catalog import item_text, item_title, text_columns
 from models.core.ids import IdMap
 from models.data.attributes import catalog_attributes
 from models.data.errors import DataError
-
-DEFAULT_SEPARATOR = ". "
-
-
-def item_text(row: dict[str, str], template: str | None, text_columns: Sequence[str]) -> str:
-    """The one text of an item.
-
-    With a ``template`` (``str.format`` syntax, e.g. ``"{title}. {genres}. Tags: {tags}"``) the
-    fields are substituted; without one, the non-empty ``text_columns`` are joined by ". ".
-    Runs of whitespace collapse to one space either way.
-    """
-    if template is not None:
-        text = template.format(**row)
-    else:
-        text = DEFAULT_SEPARATOR.join(
-            str(row[c]).strip() for c in text_columns if str(row[c]).strip()
-        )
-    return re.sub(r"\s+", " ", text).strip()
 
 
 @dataclass
@@ -58,7 +40,6 @@ class Catalog:
         columns; without a template, the text is every column but those)."""
         declared = dict(attributes or {})
         columns = [c for c in frame.columns if c != "item_id"]
-        text_columns = [c for c in columns if c not in declared]
         if template is not None:
             names = {f[1] for f in string.Formatter().parse(template) if f[1]}
             missing = sorted(names - set(columns))
@@ -67,8 +48,9 @@ class Catalog:
                     path, f"text_template uses column '{missing[0]}', which the catalog lacks"
                 )
         records = frame.astype(str).to_dict("records")
-        texts = [item_text(r, template, text_columns) for r in records]
-        titles = [r.get("title", r["item_id"]) for r in records]
+        texts_from = text_columns(list(frame.columns), list(declared))
+        texts = [item_text(r, template, texts_from) for r in records]
+        titles = [item_title(r) for r in records]
         columns_of = catalog_attributes(frame, declared, separator) if declared else []
         return cls(IdMap(frame["item_id"]), titles, texts, columns_of)
 

@@ -9,17 +9,24 @@ modes: in its own process behind a socket (``service.engine.server``), or inside
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import time
+from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
+from typing import Any
 
 import msgspec
 
 from service.engine.batcher import Overloaded
+from service.engine.events import EventStore, EventsUnavailable, accept_events
 from service.engine.lifecycle import Bundles, NotReady
 from service.engine.recommender import InputError, UnknownItem
 from service.messages import (
     Answer,
     Call,
+    Events,
+    EventsAccepted,
     Readiness,
     Recommend,
     Recommendations,
@@ -39,6 +46,7 @@ ROUTES: dict[type, str] = {
     Similar: "GET /v1/items/{item_id}/similar",
     Status: "GET /readyz",
     Reload: "POST /admin/reload",
+    Events: "POST /v1/events",
 }
 
 
@@ -46,30 +54,42 @@ class Engine:
     def __init__(self, settings: Settings, metrics: Metrics) -> None:
         self.settings = settings
         self.metrics = metrics
-        self.bundles = Bundles(settings, metrics)
+        self.events = event_store(settings)
+        self.bundles = Bundles(settings, metrics, self.events)
+        self._events_watch: asyncio.Task[None] | None = None
+        self.handlers: dict[type, Callable[[Any], Awaitable[Answer]]] = {
+            Recommend: self.recommend,
+            Similar: self.similar,
+            Reload: self.reload,
+            Events: self.store_events,
+        }
         # /similar and reloads each have their own threads: a flood of one cannot starve
         # the other (the batcher has its own too).
         self.similar_pool = ThreadPoolExecutor(settings.worker_threads, "walrus-similar")
         self.similar_waiting = 0  # /similar calls queued or running
 
     async def start(self) -> None:
+        if self.events is not None:
+            self._events_watch = asyncio.create_task(self.events.watch())
         await self.bundles.start()
 
     async def close(self) -> None:
         await self.bundles.close()
         self.similar_pool.shutdown(wait=False, cancel_futures=True)
+        if self._events_watch is not None:
+            self._events_watch.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._events_watch
+        if self.events is not None:
+            self.events.close()
 
     async def answer(self, call: Call) -> Answer:
         """The answer to one call; never raises for a request's own failure."""
         try:
-            if isinstance(call, Recommend):
-                return await self.recommend(call)
-            if isinstance(call, Similar):
-                return await self.similar(call)
             if isinstance(call, Status):
                 return self.status(call)
-            if isinstance(call, Reload):
-                return await self.reload(call)
+            if isinstance(call, Recommend | Similar | Reload | Events):
+                return await self.handlers[type(call)](call)
             return error(0, 400, f"the engine does not answer {type(call).__name__}")
         except NotReady as exc:
             return error(call.id, 503, f"not ready: {exc}", retry_after=1)
@@ -114,6 +134,26 @@ class Engine:
             self.similar_waiting -= 1
         return self.answered(call.id, result)
 
+    async def store_events(self, call: Events) -> Answer:
+        """Check each event against the serving bundle, store the good ones in Redis in one
+        pipeline: 202 once Redis acknowledged them, 503 (Retry-After) when it did not."""
+        store = self.events
+        if store is None:
+            return error(call.id, 404, "events are off: set WALRUS_REDIS_URL")
+        recommender = self.bundles.recommender()
+        accepted, rejected = accept_events(call.events, recommender.offers, time.time())
+        if accepted:
+            try:
+                await asyncio.to_thread(store.append, accepted)
+            except EventsUnavailable as exc:
+                self.metrics.events.labels("unavailable").inc(len(call.events))
+                detail = f"events not stored: {exc}"
+                return error(call.id, 503, detail, retry_after=store.breaker.retry_after())
+        self.metrics.events.labels("accepted").inc(len(accepted))
+        self.metrics.events.labels("rejected").inc(len(rejected))
+        body = json_body(EventsAccepted(len(accepted), rejected))
+        return Answer(call.id, 202, body, bundle_id=recommender.bundle_id)
+
     def status(self, call: Status) -> Answer:
         ready = self.readiness()
         return Answer(call.id, 200 if ready.ready else 503, json_body(ready), ready.bundle_id)
@@ -131,6 +171,7 @@ class Engine:
                 refused=dict(bundles.refused),
             )
         r = serving.recommender
+        events = "off" if self.events is None else self.events.status()
         return Readiness(
             ready=True,
             bundle_id=r.bundle_id,
@@ -139,8 +180,25 @@ class Engine:
             encoder_precision=r.encoder_precision,
             refused=dict(bundles.refused),
             attributes=r.bundle.attributes.schema(),
+            events=events,
+            # Still ready: answers come from the bundle alone, which beats taking every
+            # replica out of the load balancer when the shared Redis is down.
+            degraded=[f"events: {events}"] if events not in ("off", "ok") else [],
         )
 
     async def reload(self, call: Reload) -> Answer:
         result = await self.bundles.reload()
         return Answer(call.id, 200, json_body(result), bundle_id=result.bundle_id)
+
+
+def event_store(settings: Settings) -> EventStore | None:
+    """The Redis events WALRUS_REDIS_URL names; None when it is empty (events off)."""
+    if not settings.redis_url:
+        return None
+    return EventStore(
+        settings.redis_url,
+        settings.events_per_user,
+        settings.events_ttl_s,
+        settings.redis_timeout_ms / 1000,
+        settings.redis_breaker_s,
+    )

@@ -23,6 +23,7 @@ from pathlib import Path
 from export.format import resolve_bundle
 from service.engine.batcher import Batcher, Stopped
 from service.engine.cache import QueryCache
+from service.engine.events import EventStore
 from service.engine.recommender import Recommender
 from service.messages import Recommend, Recommendations, Reloaded
 from service.metrics import Metrics
@@ -44,9 +45,12 @@ def one_line(exc: BaseException) -> str:
 
 
 class Bundles:
-    def __init__(self, settings: Settings, metrics: Metrics) -> None:
+    def __init__(
+        self, settings: Settings, metrics: Metrics, events: EventStore | None = None
+    ) -> None:
         self.settings = settings
         self.metrics = metrics
+        self.events = events
         self.cache = QueryCache(settings.query_cache_size, metrics.count_cache_lookup)
         self.serving: Serving | None = None
         self.reason: str | None = "loading the bundle"
@@ -87,7 +91,7 @@ class Bundles:
     # ------------------------------------------------------------------ loading
     def _load(self, path: Path) -> Recommender:
         """Blocking: load, check and warm one bundle (off the event loop)."""
-        recommender = Recommender(path, self.settings, self.cache)
+        recommender = Recommender(path, self.settings, self.cache, self.events, self.metrics)
         recommender.warm_up()
         return recommender
 

@@ -22,6 +22,7 @@ from models.core.features import COLUMN
 from models.core.hybrid import PoolSizes, build_request, eligible_count, recommend_batch
 from models.core.types import Request, no_items
 from service.engine.cache import QueryCache
+from service.engine.events import EventStore, EventsUnavailable
 from service.engine.rules import FilterMasks, diversity, explanations
 from service.messages import Diversity as DiversitySpec
 from service.messages import (
@@ -33,6 +34,7 @@ from service.messages import (
     Similar,
     SimilarItems,
 )
+from service.metrics import Metrics
 from service.settings import Settings, process_plan
 
 log = logging.getLogger("walrus.service.recommender")
@@ -85,7 +87,12 @@ class Recommender:
     """What a request does with one loaded bundle. Thread-safe for concurrent requests."""
 
     def __init__(
-        self, bundle: Path, settings: Settings, query_cache: QueryCache | None = None
+        self,
+        bundle: Path,
+        settings: Settings,
+        query_cache: QueryCache | None = None,
+        events: EventStore | None = None,
+        metrics: Metrics | None = None,
     ) -> None:
         self.plan = plan = process_plan(settings, usable_cpus())
         self.bundle = loaded = load_bundle(
@@ -107,6 +114,8 @@ class Recommender:
         for encoder in loaded.encoders:  # each batcher thread encodes with its own session
             self.encoders.put(encoder)
         self.head, self.encoder_precision = loaded.head, loaded.encoder_precision
+        self.withdrawn = loaded.withdrawn
+        self._withdrawn = frozenset(self.withdrawn.tolist())
         self.filter_masks = FilterMasks(loaded)
         candidates = loaded.manifest.candidates
         self.sizes = PoolSizes(
@@ -117,6 +126,8 @@ class Recommender:
         on_gpu = any(ix.device == "gpu" for ix in self.indexes.indexes.values())
         self.faiss_device = "gpu" if on_gpu else "cpu"
         self.query_cache = query_cache if query_cache is not None else QueryCache(0)
+        self.events = events
+        self.metrics = metrics
         self.onnx_providers = self.encoder.providers
         log.info(
             "bundle %s: %d users, %d items; ONNX on %s; FAISS on %s; %d threads",
@@ -135,8 +146,16 @@ class Recommender:
             warnings.append(f"{what}: {len(unknown)} unknown item id(s) ignored: {shown}")
         return found
 
+    def offers(self, item_id: str) -> bool:
+        """Whether the bundle has the item and has not withdrawn it."""
+        index = self.items.find(item_id)
+        return index >= 0 and index not in self._withdrawn
+
     def seen(self, user: int) -> np.ndarray:
-        return self.bundle.seen.row(user)
+        """A known user's training items; withdrawn ones left out, as a compaction drops
+        them, so a tombstone and its compaction answer alike."""
+        row = self.bundle.seen.row(user)
+        return row[~np.isin(row, self.withdrawn)] if len(self.withdrawn) else row
 
     def check(self, req: Recommend) -> None:
         s = self.settings
@@ -195,34 +214,35 @@ class Recommender:
                 live.append(i)
             except InputError as exc:
                 results[i] = exc
+        batch = Stopwatch()
+        read = batch.timed("events", self._recent_events) if self.events else self._recent_events
+        recent, unused = read([reqs[i] for i in live])
         encoded, encode_ms = self._encode({q for i in live if (q := reqs[i].query) is not None})
         prepared = []
         for i in live:
             try:
-                prepared.append((i, *self._prepare(reqs[i], encoded, encode_ms)))
+                events = recent.get(reqs[i].user_id or "", [])
+                prepared.append((i, *self._prepare(reqs[i], encoded, encode_ms, events, unused)))
             except Exception as exc:  # one request's bug must not fail the batch
                 results[i] = exc
-        batch = Stopwatch()
         recs = recommend_batch(
             self.tables,
-            [request for _, request, _, _, _ in prepared],
+            [request for _, request, *_ in prepared],
             TimedSearcher(self.indexes, batch),
             batch.timed("rerank", self.head.score),
             self.sizes,
         )
-        for (i, request, clock, warnings, user_known), rec in zip(prepared, recs, strict=True):
+        for (i, request, clock, warnings, user, history), rec in zip(prepared, recs, strict=True):
             explained = None
             if reqs[i].explain:
-                user = self.users.find(reqs[i].user_id or "")
-                seen = self.seen(user) if user_known else no_items()
-                history = self.items.lookup(reqs[i].history or [])[0]
+                seen = self.seen(user) if user is not None else no_items()
                 interactions = np.unique(np.concatenate([seen, history]).astype(np.int64))
                 explained = explanations(self.bundle, request, interactions, rec)
             clock.ms.update(batch.ms)
             clock.ms["total"] = (time.perf_counter() - start) * 1e3
             results[i] = Recommendations(
                 items=self._items(rec.items, rec.scores, rec.sources, explained),
-                user_known=user_known,
+                user_known=user is not None,
                 bundle_id=self.bundle_id,
                 timings_ms={k: round(v, 3) for k, v in clock.ms.items()},
                 warnings=warnings,
@@ -252,18 +272,44 @@ class Recommender:
             self.query_cache.put(self.bundle_id, query, vector)
         return encoded, (time.perf_counter() - start) * 1e3
 
+    def _recent_events(self, reqs: list[Recommend]) -> tuple[dict[str, list[str]], str | None]:
+        """The recent events of a batch's users (one Redis round trip), and, when Redis did
+        not answer, no events and the warning their answers carry."""
+        users = [req.user_id for req in reqs if req.user_id is not None]
+        if self.events is None or not users:
+            return {}, None
+        try:
+            return self.events.recent(users), None
+        except EventsUnavailable as exc:
+            if self.metrics is not None:
+                self.metrics.events_unused.inc(len(users))
+            return {}, f"recent events were not used: {exc}"
+
     def _prepare(
-        self, req: Recommend, encoded: dict[str, np.ndarray], encode_ms: float
-    ) -> tuple[Request, Stopwatch, list[str], bool]:
-        """Resolve ids and vectors: the request as ``models.core.hybrid`` takes it."""
+        self,
+        req: Recommend,
+        encoded: dict[str, np.ndarray],
+        encode_ms: float,
+        events: list[str],
+        events_unused: str | None,
+    ) -> tuple[Request, Stopwatch, list[str], int | None, np.ndarray]:
+        """Resolve ids and vectors: the request as ``models.core.hybrid`` takes it; with the
+        user (None: not in the bundle) and the fresh item indices (history and recent
+        events) it was folded in from."""
         clock = Stopwatch()
         warnings: list[str] = []
         user_id = req.user_id
         found = self.users.find(user_id) if user_id is not None else -1
         user = found if found >= 0 else None
-        if req.user_id is not None and user is None:
-            warnings.append(f"user_id {req.user_id!r} is unknown: served without a user vector")
-        history = self._lookup(req.history, "history", warnings)
+        if user_id is not None and events_unused is not None:
+            warnings.append(events_unused)
+        if user_id is not None and user is None and not events:
+            warnings.append(f"user_id {user_id!r} is unknown: served without a user vector")
+        # Recent events are history the caller did not have to send; an item the bundle no
+        # longer has (withdrawn since) is skipped without a word.
+        history = np.concatenate(
+            [self._lookup(req.history, "history", warnings), self.items.lookup(events)[0]]
+        )
         exclude = self._lookup(req.exclude, "exclude", warnings)
         query_vector = None
         if req.query is not None:
@@ -274,14 +320,14 @@ class Recommender:
             user_vector=np.asarray(self.bundle.user_factors[user]) if user is not None else None,
             seen=self.seen(user) if user is not None else np.zeros(0, np.int64),
             history=history,
-            exclude=exclude,
+            exclude=np.concatenate([exclude, self.withdrawn]),
             exclude_seen=req.exclude_seen,
             query_vector=query_vector,
             item_text_embeddings=self.tables.item_text_embeddings,
             fold_in=clock.timed("fold_in", self.bundle.fold_in),
         )
         request = self.with_rules(request, req.filter, req.diversity, req.offset, warnings)
-        return request, clock, warnings, user is not None
+        return request, clock, warnings, user, history
 
     def with_rules(
         self,
@@ -313,7 +359,7 @@ class Recommender:
         """Item-to-item: the nearest items by WALS factors (by text for cold items), ranked
         by that similarity through the core's ranking, so filters, diversity and pages work
         as for /v1/recommend."""
-        if call.item_id not in self.items:
+        if not self.offers(call.item_id):
             raise UnknownItem(call.item_id)
         if call.k > self.settings.max_k:
             raise InputError("k", f"k must be <= {self.settings.max_k}")
@@ -327,7 +373,7 @@ class Recommender:
             call.k,
             user_vector=None if cold else vector,
             query_vector=vector if cold else None,
-            exclude=np.array([item], dtype=np.int64),
+            exclude=np.concatenate([[item], self.withdrawn]).astype(np.int64),
         )
         warnings: list[str] = []
         request = self.with_rules(request, call.filter, call.diversity, call.offset, warnings)

@@ -20,6 +20,8 @@ from service.messages import (
     Answer,
     Call,
     Diversity,
+    Event,
+    Events,
     Readiness,
     Recommend,
     Reload,
@@ -31,6 +33,8 @@ from service.metrics import Metrics
 from service.schemas import (
     ID_CHARS,
     CapDiversity,
+    EventsRequest,
+    EventsResponse,
     Health,
     RecommendRequest,
     RecommendResponse,
@@ -52,6 +56,7 @@ FrontDep = Annotated[Front, Depends(get_front)]
 
 router = APIRouter()
 admin_router = APIRouter()
+events_router = APIRouter()
 bearer = HTTPBearer(auto_error=False)
 JSON = "application/json"
 STATUS_TIMEOUT_S = 2.0
@@ -186,6 +191,30 @@ async def similar_with_rules(
         body.filter_spec(),
         diversity_of(body),
     )
+    return send(await ask(front, call, request, front.settings.deadline_ms / 1000), request)
+
+
+@events_router.post(
+    "/v1/events",
+    status_code=202,
+    response_model=EventsResponse,
+    responses={
+        **ERRORS,
+        503: {"description": "Redis did not take the events (down or slow): Retry-After."},
+    },
+)
+async def post_events(body: EventsRequest, front: FrontDep, request: Request) -> Response:
+    """Store users' interactions: the next answer for each of those users folds them in
+    (within a second), on every front and every replica sharing the Redis. 202 with how
+    many were stored and why each other one was not. Present with WALRUS_REDIS_URL only."""
+    limit = front.settings.events_max_batch
+    if len(body.events) > limit:
+        detail = f"at most {limit} events per call (WALRUS_EVENTS_MAX_BATCH)"
+        raise HTTPException(
+            422, [{"loc": ["body", "events"], "msg": detail, "type": "value_error"}]
+        )
+    events = [Event(e.user_id, e.item_id, e.weight, e.timestamp) for e in body.events]
+    call = Events(events, front.engine.next_id())
     return send(await ask(front, call, request, front.settings.deadline_ms / 1000), request)
 
 

@@ -24,7 +24,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.utils import get_openapi
 from fastapi.responses import JSONResponse
 
-from service.front.api import admin_router, router
+from service.front.api import admin_router, events_router, router
 from service.front.client import EngineClient, EngineLink
 from service.front.middleware import Guard
 from service.front.state import FailedAttempts, Front
@@ -71,9 +71,16 @@ def build_app(settings: Settings, engine: EngineLink, metrics: Metrics) -> FastA
     app.openapi = lambda: configured_openapi(app, settings)  # type: ignore[method-assign]
     if settings.admin_token is not None:
         app.include_router(admin_router)  # no token configured: the route does not exist
+    if settings.redis_url:
+        app.include_router(events_router)  # no Redis: no events
     # Outermost of the app's own layers: limits apply before any parsing, and the 500s that
     # the error handler below answers are counted too.
-    app.add_middleware(Guard, metrics=metrics, max_body_bytes=settings.max_body_bytes)
+    app.add_middleware(
+        Guard,
+        metrics=metrics,
+        max_body_bytes=settings.max_body_bytes,
+        larger={"/v1/events": settings.events_max_body_bytes},
+    )
     app.add_exception_handler(RequestValidationError, invalid)  # type: ignore[arg-type]
     app.add_exception_handler(Exception, bug)
     return app

@@ -25,10 +25,17 @@ class Guard:
     that, whatever Content-Length claims), refuses bodies that are not JSON (415), and counts
     every answer by endpoint and status."""
 
-    def __init__(self, app: ASGIApp, metrics: Metrics, max_body_bytes: int) -> None:
+    def __init__(
+        self,
+        app: ASGIApp,
+        metrics: Metrics,
+        max_body_bytes: int,
+        larger: dict[str, int] | None = None,
+    ) -> None:
         self.app = app
         self.metrics = metrics
         self.max_body_bytes = max_body_bytes
+        self.larger = larger or {}  # paths whose bodies may be larger (a batch of events)
         self.access = AccessLog()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -86,8 +93,9 @@ class Guard:
         if kind not in JSON_TYPES and not (bodiless and not kind):  # no body, no type: fine
             shown = kind or "none"
             return (415, "content-type", f"send application/json, not {shown}"), receive
-        too_big = (413, "body", f"the body must be at most {self.max_body_bytes} bytes")
-        if declared.isdigit() and int(declared) > self.max_body_bytes:
+        limit = self.larger.get(scope["path"], self.max_body_bytes)
+        too_big = (413, "body", f"the body must be at most {limit} bytes")
+        if declared.isdigit() and int(declared) > limit:
             return too_big, receive
         chunks, size, more = [], 0, True
         while more:
@@ -96,7 +104,7 @@ class Guard:
                 break
             chunk = message.get("body", b"")
             size += len(chunk)
-            if size > self.max_body_bytes:
+            if size > limit:
                 return too_big, receive
             chunks.append(chunk)
             more = message.get("more_body", False)

@@ -18,8 +18,7 @@ import numpy as np
 import psutil
 import pytest
 
-from export.bundle import switch_current
-from export.format import MANIFEST, writable_copy
+from export.format import MANIFEST, switch_current, writable_copy
 from tests.e2e.test_service_matches_offline import CASES, offline, request_body
 from tests.server import Server
 

@@ -113,7 +113,7 @@ def test_the_service_refuses_unsigned_and_tampered_bundles(tiny_bundle, tmp_path
     the signed one serves on."""
     import httpx
 
-    from export.bundle import switch_current
+    from export.format import switch_current
     from tests.server import Server
 
     private, public = generate_keypair(tmp_path / "keys")

@@ -22,11 +22,15 @@ from service.messages import (
     Cancel,
     Contribution,
     Diversity,
+    Event,
+    Events,
+    EventsAccepted,
     Explanation,
     Item,
     Readiness,
     Recommend,
     Recommendations,
+    RejectedEvent,
     Reload,
     Reloaded,
     Similar,
@@ -52,6 +56,7 @@ CALLS = [
     Similar("i9", 3, 14, 10, {"in_stock": {"eq": True}}, Diversity(mmr=0.5)),
     Status(10),
     Reload(11),
+    Events([Event("u1", "i1"), Event("u2", "i2", 2.5, 1_700_000_000.0)], 15),
     Cancel(12),
 ]
 
@@ -89,6 +94,11 @@ BODIES = [
     (Readiness(ready=True, bundle_id="b1", onnx_providers=["CPU"], faiss="cpu"), schemas.Readiness),
     (Readiness(ready=False, reason="loading", refused={"/b": "bad"}), schemas.Readiness),
     (Reloaded("b1", True), schemas.ReloadResponse),
+    (
+        Readiness(ready=True, bundle_id="b1", events="unavailable: x", degraded=["events: x"]),
+        schemas.Readiness,
+    ),
+    (EventsAccepted(2, [RejectedEvent(1, "unknown item_id 'x'")]), schemas.EventsResponse),
 ]
 
 

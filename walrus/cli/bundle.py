@@ -133,3 +133,61 @@ def bundle_sign(
     path = resolve_bundle(bundle)
     read_manifest(path)  # never vouch for a bundle that does not check out
     console.print(f"signed {path} with key {sign_bundle(path, key)}")
+
+
+@app.command("update")
+@user_errors
+def bundle_update(
+    bundles: Annotated[Path, typer.Option(help="Bundles folder: its current is updated.")],
+    add: Annotated[
+        Path | None, typer.Option(help="CSV of new items: item_id and the catalog's columns.")
+    ] = None,
+    remove: Annotated[
+        Path | None, typer.Option(help="Text file of item ids to withdraw, one per line.")
+    ] = None,
+    sign: Annotated[
+        Path | None, typer.Option(help="Sign the new version with this Ed25519 private key.")
+    ] = None,
+    compact_after: Annotated[
+        int, typer.Option(min=1, help="Compact as well once this many updates piled up.")
+    ] = 10,
+) -> None:
+    """A new bundle version with items added and withdrawn, in seconds: no training, no
+    torch (the serving image runs it). It becomes current; the service reloads it."""
+    from export.update import read_change, update_bundle
+
+    change = read_change(add, remove)
+    with progress() as bar:
+        task = bar.add_task("update", total=None)
+        path = update_bundle(
+            bundles, change, sign, compact_after, lambda m: bar.update(task, description=m)
+        )
+    report(path, f"+{len(change.added)} items, -{len(change.withdrawn)} withdrawn")
+
+
+@app.command("compact")
+@user_errors
+def bundle_compact(
+    bundles: Annotated[Path, typer.Option(help="Bundles folder: its current is compacted.")],
+    sign: Annotated[
+        Path | None, typer.Option(help="Sign the new version with this Ed25519 private key.")
+    ] = None,
+) -> None:
+    """A new version of the current bundle without its withdrawn items, its indexes rebuilt
+    (their recall measured again); it becomes current."""
+    from export.update import compact_bundle
+
+    with progress() as bar:
+        task = bar.add_task("compact", total=None)
+        path = compact_bundle(bundles, sign, lambda m: bar.update(task, description=m))
+    report(path, "compacted")
+
+
+def report(path: Path, what: str) -> None:
+    manifest = json.loads((path / "manifest.json").read_text())
+    lineage = manifest.get("lineage") or {}
+    console.print(
+        f"bundle {manifest['bundle_id']} -> {path} (current): {what}; "
+        f"{manifest['counts']['items']} items, {lineage.get('withdrawn', 0)} withdrawn, "
+        f"{lineage.get('updates', 0)} update(s) since the last full build"
+    )

@@ -63,6 +63,42 @@ def data_movielens(
     )
 
 
+@app.command("events")
+@user_errors
+def data_events(
+    redis_url: Annotated[str, typer.Option(help="The service's WALRUS_REDIS_URL.")],
+    out: Annotated[Path, typer.Option(help="The interactions CSV to write.")],
+    merge_with: Annotated[
+        Path | None,
+        typer.Option(help="An interactions CSV to write first (its columns are kept)."),
+    ] = None,
+) -> None:
+    """Export the users' recent events from Redis as interactions (user_id, item_id, weight,
+    timestamp), alone or after an existing interactions file, for the next training run.
+    Written to a temporary file, then renamed: never half a file."""
+    import pandas as pd
+    import redis
+
+    from service.engine.events import all_events
+
+    try:
+        rows = [vars(e) for e in all_events(redis.Redis.from_url(redis_url, socket_timeout=10))]
+    except (redis.RedisError, ValueError) as exc:
+        raise WalrusError(f"--redis-url {redis_url}: {exc}") from None
+    events = pd.DataFrame(rows, columns=["user_id", "item_id", "weight", "timestamp"])
+    frame = events
+    if merge_with is not None:
+        base = pd.read_csv(merge_with, dtype={"user_id": str, "item_id": str})
+        # The base's columns decide: without a weight column, training weighs every
+        # interaction as WALS does (w0 + r_i c_j), and the events' weights are left out.
+        frame = pd.concat([base, events[[c for c in events.columns if c in base.columns]]])
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.tmp")
+    frame.to_csv(tmp, index=False)
+    tmp.replace(out)
+    console.print(f"wrote {len(events)} events of {events['user_id'].nunique()} users to {out}")
+
+
 @app.command("check")
 @user_errors
 def data_check(config: ConfigOption, set_: SetOption = None) -> None:

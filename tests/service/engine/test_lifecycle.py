@@ -14,8 +14,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from export.bundle import switch_current
-from export.format import writable_copy
+from export.format import switch_current, writable_copy
 from tests.server import Server, eventually, metric
 
 pytestmark = pytest.mark.slow
