@@ -12,7 +12,7 @@ WALRUS_URL ?= http://127.0.0.1:8000
 LOADTEST_USERS ?= 8
 LOADTEST_DURATION ?= 30s
 
-.PHONY: install demo demo-answers chaos lock data train export serve test lint format bench bench-quality bench-filters bench-quantization bench-serve soak seed-bundle gpu-check loadtest docker-test clean
+.PHONY: install demo demo-answers chaos lock data train export serve test lint format bench bench-quality bench-filters bench-events bench-update bench-quantization bench-serve soak seed-bundle gpu-check loadtest docker-test clean
 
 # Re-install only when pyproject.toml changes.
 $(STAMP): pyproject.toml
@@ -74,6 +74,16 @@ demo-answers: install
 # (500,000 items; about 3 minutes on 2 cores).
 bench-filters: install
 	$(BIN)/python -m bench.filters
+
+# What users' events cost the request path: events off and on (a real redis-server), side
+# by side (about 3 minutes; needs wrk, redis-server and the demo bundle).
+bench-events: install
+	$(BIN)/python -m bench.events_cost --bundle artifacts/demo/bundles
+
+# A live catalog at the seed's item scale: +1,000 / -1,000 items on 500,000 (builds a
+# 100,000-user synthetic bundle once, about 5 minutes; then about 4 minutes on 2 cores).
+bench-update: install
+	$(BIN)/python -m bench.update
 
 bench-quantization: install
 	$(BIN)/python -m bench.quantization

@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import json
 import logging
-import time
-import uuid
 from collections.abc import Callable
 from importlib import metadata
 from pathlib import Path
@@ -31,9 +29,9 @@ from export.format import (
     IndexEntry,
     Manifest,
     file_table,
-    seal,
+    new_bundle_id,
     switch_current,
-    write_manifest,
+    utc_now,
 )
 from export.onnx import (
     QUANTIZATION_SCHEMES,
@@ -44,7 +42,7 @@ from export.onnx import (
     quantize_encoder,
 )
 from export.runtime import OnnxTextEncoder, ParityError, check_parity, cosine_rows
-from export.signing import sign_bundle
+from export.signing import finish
 from models.artifacts import atomic_directory
 from models.cold_start import cold_start_map
 from models.core.attributes import Column, to_arrays
@@ -136,7 +134,7 @@ def build_bundle(
     """Write a complete, checked bundle (signed with the private key ``sign_with`` names,
     if any) and make it ``current``. Nothing is left behind when a check fails: the
     temporary directory is removed and ``current`` is unchanged."""
-    bundle_id = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime()) + "-" + uuid.uuid4().hex[:8]
+    bundle_id = new_bundle_id()
     final = bundles_dir / bundle_id
     with atomic_directory(final) as tmp:
         progress("arrays and id maps")
@@ -150,7 +148,7 @@ def build_bundle(
         manifest = Manifest(
             format_version=FORMAT_VERSION,
             bundle_id=bundle_id,
-            created_at=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            created_at=utc_now(),
             counts={"users": int(hybrid.seen.shape[0]), "items": int(hybrid.seen.shape[1])},
             dims=Dims(
                 wals=int(hybrid.tables.item_factors.shape[1]),
@@ -178,10 +176,7 @@ def build_bundle(
                 tag_separator=cfg.data.tag_separator,
             ),
         )
-        write_manifest(tmp, manifest)
-        if sign_with is not None:
-            sign_bundle(tmp, sign_with)
-        seal(tmp)
+        finish(tmp, manifest, sign_with)
     switch_current(bundles_dir, bundle_id)
     return final
 

@@ -38,6 +38,8 @@ import json
 import os
 import shutil
 import stat
+import time
+import uuid
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -240,6 +242,15 @@ def writable_copy(bundle: Path, dest: Path) -> Path:
     modes): the start of a variant, which is published as a bundle of its own."""
     shutil.copytree(bundle, dest, copy_function=shutil.copyfile)
     return dest
+
+
+def new_bundle_id() -> str:
+    """A new version's id: its UTC creation time, then 8 random hex digits."""
+    return time.strftime("%Y%m%dT%H%M%SZ", time.gmtime()) + "-" + uuid.uuid4().hex[:8]
+
+
+def utc_now() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
 
 
 def switch_current(bundles_dir: Path, bundle_id: str) -> None:

@@ -19,7 +19,15 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
-from export.format import MANIFEST, READ_ONLY, SIGNATURE, BundleError
+from export.format import (
+    MANIFEST,
+    READ_ONLY,
+    SIGNATURE,
+    BundleError,
+    Manifest,
+    seal,
+    write_manifest,
+)
 
 
 class SignatureError(BundleError):
@@ -118,3 +126,12 @@ def check_signature(bundle: Path, keys: list[Ed25519PublicKey]) -> str:
         f"{bundle}: the signature of {MANIFEST} verifies with none of the "
         f"{len(keys)} trusted key(s) (tampered, or signed with another key)"
     )
+
+
+def finish(bundle: Path, manifest: Manifest, sign_with: Path | None) -> None:
+    """The last writes of a new bundle version: its manifest, its signature (with a private
+    key), every file made read-only."""
+    write_manifest(bundle, manifest)
+    if sign_with is not None:
+        sign_bundle(bundle, sign_with)
+    seal(bundle)

@@ -33,8 +33,6 @@ from __future__ import annotations
 import csv
 import json
 import os
-import time
-import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -51,15 +49,15 @@ from export.format import (
     Files,
     Lineage,
     Manifest,
+    new_bundle_id,
     read_manifest,
     resolve_bundle,
-    seal,
     sha256_file,
     switch_current,
-    write_manifest,
+    utc_now,
 )
 from export.runtime import OnnxTextEncoder
-from export.signing import sign_bundle
+from export.signing import finish
 from models.artifacts import atomic_directory
 from models.cold_start import RidgeMap
 from models.config import IndexConfig
@@ -447,7 +445,7 @@ def rebuilt_indexes(
 def publish(bundles_dir: Path, source: Path, version: Version, sign_with: Path | None) -> Path:
     """Write the version beside ``source`` (unchanged files hard-linked), check it as the
     service will, and make it current."""
-    bundle_id = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime()) + "-" + uuid.uuid4().hex[:8]
+    bundle_id = new_bundle_id()
     final = bundles_dir / bundle_id
     old = version.manifest.files
     changed = version.changed()
@@ -475,7 +473,7 @@ def publish(bundles_dir: Path, source: Path, version: Version, sign_with: Path |
         manifest = version.manifest.model_copy(
             update={
                 "bundle_id": bundle_id,
-                "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                "created_at": utc_now(),
                 "indexes": {
                     name: entry.model_copy(update={"size": version.manifest.counts["items"]})
                     for name, entry in version.manifest.indexes.items()
@@ -483,9 +481,6 @@ def publish(bundles_dir: Path, source: Path, version: Version, sign_with: Path |
                 "files": dict(sorted(files.items())),
             }
         )
-        write_manifest(tmp, manifest)
-        if sign_with is not None:
-            sign_bundle(tmp, sign_with)
-        seal(tmp)
+        finish(tmp, manifest, sign_with)
     switch_current(bundles_dir, bundle_id)
     return final

@@ -38,3 +38,13 @@ def test_the_docs_table_is_the_kept_run():
     assert kept["update_s"] <= kept["target_s"] and kept["withdrawn_in_answers"] == 0
     assert kept["own_bytes"] <= kept["changed_files_bytes"]
     assert table(kept) in (REPO / "docs/benchmarks.md").read_text()
+
+
+def test_the_docs_events_table_is_the_kept_run():
+    from bench.events_cost import table as events_table
+
+    kept = json.loads((REPO / "docs/results/events-2cpu/events_cost.json").read_text())
+    assert kept["rounds"] >= 3 and kept["ratio"] == pytest.approx(
+        kept["requests_per_s"]["on"] / kept["requests_per_s"]["off"]
+    )
+    assert events_table(kept) in (REPO / "docs/benchmarks.md").read_text()

@@ -1,0 +1,114 @@
+"""What users' events cost the request path (``make bench-events``): the service as ``make
+demo`` starts it, the realistic mix with wrk, with events off and with a real redis-server
+holding 20 recent events for every user of the mix (so each user request reads and folds
+them in), side by side, alternating, three rounds each; the ratio of the medians.
+
+    python -m bench.events_cost --bundle artifacts/demo/bundles
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import statistics
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from bench.common import write_results
+from bench.redis_server import RedisServer
+from bench.serve import MIX, mix_bodies, run_bodies, running, walrus_cmd
+from export.format import resolve_bundle
+from service.engine.events import EventStore, StoredEvent
+
+PER_USER = 20
+
+
+def fill(url: str, bundle: Path, users: set[str]) -> None:
+    """``PER_USER`` events of random items for each of ``users``."""
+    items = json.loads((bundle / "item_ids.json").read_text())
+    rng = np.random.default_rng(0)
+    store = EventStore(url, 100, 3600, timeout_s=5, breaker_s=1)
+    events = [
+        StoredEvent(user, items[int(i)], 1.0, float(t))
+        for user in sorted(users)
+        for t, i in enumerate(rng.integers(len(items), size=PER_USER))
+    ]
+    for start in range(0, len(events), 10_000):
+        store.append(events[start : start + 10_000])
+
+
+def measure(args: argparse.Namespace, work: Path) -> dict[str, Any]:
+    bundle = resolve_bundle(args.bundle)
+    mix = mix_bodies(bundle, 20_000, MIX)
+    redis = RedisServer(work, args.port + 1).start()
+    try:
+        fill(redis.url, bundle, {b["user_id"] for b in mix if "user_id" in b})
+        runs: dict[str, list[dict[str, Any]]] = {"off": [], "on": []}
+        for _ in range(args.rounds):
+            for name in runs:
+                extra = {"WALRUS_REDIS_URL": redis.url} if name == "on" else {}
+                cmd, env = walrus_cmd(bundle, args.port, **extra)
+                url = f"http://127.0.0.1:{args.port}"
+                with running(cmd, env, url, {"query": "warm up", "k": 10}):
+                    runs[name].append(
+                        run_bodies(args.wrk, url, mix, 32, args.seconds, work, f"{name}")
+                    )
+    finally:
+        redis.stop()
+    median = {n: statistics.median(r["requests_per_s"] for r in rs) for n, rs in runs.items()}
+    p99 = {n: statistics.median(r["p99_ms"] for r in rs) for n, rs in runs.items()}
+    return {
+        "events_per_user": PER_USER,
+        "connections": 32,
+        "seconds": args.seconds,
+        "rounds": args.rounds,
+        "requests_per_s": median,
+        "p99_ms": p99,
+        "ratio": median["on"] / median["off"],
+        "runs": runs,
+    }
+
+
+def table(r: dict[str, Any]) -> str:
+    """The docs table (docs/benchmarks.md prints this, tested against the kept run)."""
+    return "\n".join(
+        [
+            "| events | requests/s | p99 ms |",
+            "|---|---|---|",
+            f"| off | {r['requests_per_s']['off']:.0f} | {r['p99_ms']['off']:.1f} |",
+            f"| on, {r['events_per_user']} per user | {r['requests_per_s']['on']:.0f} "
+            f"| {r['p99_ms']['on']:.1f} |",
+            f"| ratio | {r['ratio']:.2f} | |",
+        ]
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--bundle", type=Path, default=Path("artifacts/demo/bundles"))
+    ap.add_argument("--seconds", type=int, default=15)
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--port", type=int, default=8750)
+    ap.add_argument("--wrk", default=shutil.which("wrk"))
+    ap.add_argument("--report", type=Path, help="only print the table of a JSON result")
+    args = ap.parse_args(argv)
+    if args.report:
+        print(table(json.loads(args.report.read_text())))
+        return 0
+    if args.wrk is None:
+        print("error: wrk not found: install it (apt install wrk) or pass --wrk PATH")
+        return 2
+    with tempfile.TemporaryDirectory(prefix="walrus-events-") as tmp:
+        result = measure(args, Path(tmp))
+    path = write_results("events_cost", result)
+    print(table(result))
+    print(f"wrote {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
