@@ -12,7 +12,7 @@ WALRUS_URL ?= http://127.0.0.1:8000
 LOADTEST_USERS ?= 8
 LOADTEST_DURATION ?= 30s
 
-.PHONY: install demo demo-answers chaos lock data train export serve test lint format bench bench-quality bench-filters bench-events bench-update bench-quantization bench-serve soak seed-bundle gpu-check loadtest docker-test clean
+.PHONY: install demo demo-answers chaos lock data train export serve test lint format bench bench-quality ui-screenshot bench-filters bench-events bench-update bench-quantization bench-serve soak seed-bundle gpu-check loadtest docker-test clean
 
 # Re-install only when pyproject.toml changes.
 $(STAMP): pyproject.toml
@@ -74,6 +74,11 @@ demo-answers: install
 # (500,000 items; about 3 minutes on 2 cores).
 bench-filters: install
 	$(BIN)/python -m bench.filters
+
+# The README's picture of the page (/ui): its browser test run against the demo bundle.
+ui-screenshot: install
+	WALRUS_UI_BUNDLE=artifacts/demo/bundles WALRUS_UI_SCREENSHOT=$(abspath docs/ui.png) \
+		$(BIN)/python -m pytest -q tests/service/front/test_ui.py
 
 # What users' events cost the request path: events off and on (a real redis-server), side
 # by side (about 3 minutes; needs wrk, redis-server and the demo bundle).

@@ -225,6 +225,13 @@ for _ in $(seq 1 30); do
 done
 events_check after-restart
 
+say "the page's files are in the image"
+for file in "" ui.js ui.css; do
+  curl -sf "http://127.0.0.1:$PORT/ui/$file" >/dev/null || { echo "/ui/$file is not served" >&2; exit 1; }
+done
+curl -sfI "http://127.0.0.1:$PORT/ui/" | grep -qi "content-security-policy: default-src 'none'" || {
+  echo "/ui/ comes without its content security policy" >&2; exit 1; }
+
 say "docker stop: drained, then exit status 0"
 docker stop -t 40 "$NAME" >/dev/null
 code=$(docker inspect -f '{{.State.ExitCode}}' "$NAME")

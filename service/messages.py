@@ -1,11 +1,11 @@
 """The messages between the HTTP fronts and the engine: one typed definition both sides import.
 
 A front sends one ``Call`` per request (``Recommend``, ``Similar``, ``Status``, ``Reload``,
-``Events`` or ``Cancel``), each with the front's own request number; the engine answers each with an
-``Answer`` carrying that number. On the wire (``service.transport``) they are msgpack
-(``encode`` / ``decode_*``); in inline mode they are passed as they are. What the client
-reads, ``Answer.body``, is the final JSON, serialised once by the engine: a front forwards
-it unread.
+``Events``, ``Users`` or ``Cancel``), each with the front's own request number; the engine
+answers each with an ``Answer`` carrying that number. On the wire (``service.transport``)
+they are msgpack (``encode`` / ``decode_*``); in inline mode they are passed as they are.
+What the client reads, ``Answer.body``, is the final JSON, serialised once by the engine: a
+front forwards it unread.
 
 msgspec only (no pydantic): decoding a message is a few microseconds, and its fields are
 typed and checked as it is decoded.
@@ -85,13 +85,21 @@ class Events(msgspec.Struct, tag=True, frozen=True):
     id: int = 0
 
 
+class Users(msgspec.Struct, tag=True, frozen=True):
+    """``GET /v1/users``: the bundle's user ids starting with ``prefix`` (the page's picker)."""
+
+    prefix: str = ""
+    limit: int = 20
+    id: int = 0
+
+
 class Cancel(msgspec.Struct, tag=True, frozen=True):
     """The front gave up on call ``id`` (deadline, client gone): drop it if still queued."""
 
     id: int
 
 
-Call = Recommend | Similar | Status | Reload | Events | Cancel
+Call = Recommend | Similar | Status | Reload | Events | Users | Cancel
 
 
 class Answer(msgspec.Struct, frozen=True):
@@ -164,6 +172,7 @@ class Readiness(msgspec.Struct, frozen=True):
     attributes: dict[str, str] = msgspec.field(default_factory=dict)
     events: str = "off"
     degraded: list[str] = msgspec.field(default_factory=list)
+    counts: dict[str, int] = msgspec.field(default_factory=dict)
 
 
 class RejectedEvent(msgspec.Struct, frozen=True):
@@ -174,6 +183,11 @@ class RejectedEvent(msgspec.Struct, frozen=True):
 class EventsAccepted(msgspec.Struct, frozen=True):
     accepted: int
     rejected: list[RejectedEvent]
+
+
+class UserIds(msgspec.Struct, frozen=True):
+    user_ids: list[str]
+    users: int
 
 
 class Reloaded(msgspec.Struct, frozen=True):

@@ -305,6 +305,9 @@ class Readiness(BaseModel):
         default_factory=list,
         description="What works less well now, though answers still come (Redis down).",
     )
+    counts: dict[str, int] = Field(
+        default_factory=dict, description="The bundle's users and items (less withdrawn ones)."
+    )
 
 
 class EventIn(BaseModel):
@@ -346,6 +349,11 @@ class RejectedEvent(BaseModel):
 class EventsResponse(BaseModel):
     accepted: int = Field(description="Events stored (acknowledged by Redis).")
     rejected: list[RejectedEvent] = Field(description="The others, each with why.")
+
+
+class UsersResponse(BaseModel):
+    user_ids: list[str] = Field(description="Ids starting with the prefix, in byte order.")
+    users: int = Field(description="How many users the bundle has.")
 
 
 class ReloadResponse(BaseModel):

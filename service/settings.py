@@ -174,6 +174,11 @@ class Settings(BaseSettings):
         "and only that request fails, 500). Empty: never. Leave it empty in production.",
     )
 
+    ui: bool = Field(
+        True,
+        description="The page at /ui (static files calling the public API; / redirects "
+        "to it). False: neither route exists.",
+    )
     redis_url: str = Field(
         "",
         max_length=1024,

@@ -95,6 +95,15 @@ class CompactIds:
         unknown = [key for key, at in zip(keys, found.tolist(), strict=True) if at < 0]
         return found[found >= 0], unknown
 
+    def starting_with(self, prefix: str, limit: int) -> list[str]:
+        """Up to ``limit`` ids that start with ``prefix``, in byte order (a search box)."""
+        wanted = prefix.encode("utf-8")
+        if not len(self._ids) or len(wanted) > self._ids.dtype.itemsize or limit < 1:
+            return []
+        at = int(np.searchsorted(self._ids, np.array([wanted]), sorter=self._order)[0])
+        picked = self._ids[self._order[at : at + limit]]
+        return [raw.decode("utf-8") for raw in picked if raw.startswith(wanted)]
+
     def _find(self, keys: Sequence[str]) -> np.ndarray:
         """Each key's index, -1 when unknown."""
         if not len(keys) or not len(self._ids):

@@ -34,6 +34,8 @@ from service.messages import (
     Similar,
     SimilarItems,
     Status,
+    UserIds,
+    Users,
     error,
     json_body,
 )
@@ -47,6 +49,7 @@ ROUTES: dict[type, str] = {
     Status: "GET /readyz",
     Reload: "POST /admin/reload",
     Events: "POST /v1/events",
+    Users: "GET /v1/users",
 }
 
 
@@ -88,6 +91,8 @@ class Engine:
         try:
             if isinstance(call, Status):
                 return self.status(call)
+            if isinstance(call, Users):
+                return self.user_ids(call)
             if isinstance(call, Recommend | Similar | Reload | Events):
                 return await self.handlers[type(call)](call)
             return error(0, 400, f"the engine does not answer {type(call).__name__}")
@@ -154,6 +159,12 @@ class Engine:
         body = json_body(EventsAccepted(len(accepted), rejected))
         return Answer(call.id, 202, body, bundle_id=recommender.bundle_id)
 
+    def user_ids(self, call: Users) -> Answer:
+        recommender = self.bundles.recommender()
+        found = recommender.users.starting_with(call.prefix, call.limit)
+        body = json_body(UserIds(found, len(recommender.users)))
+        return Answer(call.id, 200, body, bundle_id=recommender.bundle_id)
+
     def status(self, call: Status) -> Answer:
         ready = self.readiness()
         return Answer(call.id, 200 if ready.ready else 503, json_body(ready), ready.bundle_id)
@@ -181,6 +192,7 @@ class Engine:
             refused=dict(bundles.refused),
             attributes=r.bundle.attributes.schema(),
             events=events,
+            counts={"users": len(r.users), "items": len(r.items) - len(r.withdrawn)},
             # Still ready: answers come from the bundle alone, which beats taking every
             # replica out of the load balancer when the shared Redis is down.
             degraded=[f"events: {events}"] if events not in ("off", "ok") else [],

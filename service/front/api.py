@@ -27,6 +27,7 @@ from service.messages import (
     Reload,
     Similar,
     Status,
+    Users,
     json_body,
 )
 from service.metrics import Metrics
@@ -42,6 +43,7 @@ from service.schemas import (
     Rules,
     SimilarRequest,
     SimilarResponse,
+    UsersResponse,
 )
 from service.schemas import Readiness as ReadinessSchema
 
@@ -192,6 +194,18 @@ async def similar_with_rules(
         diversity_of(body),
     )
     return send(await ask(front, call, request, front.settings.deadline_ms / 1000), request)
+
+
+@router.get("/v1/users", response_model=UsersResponse, responses={503: ERRORS[503]})
+async def users(
+    front: FrontDep,
+    request: Request,
+    prefix: Annotated[str, Query(max_length=ID_CHARS, description="The ids' beginning.")] = "",
+    limit: Annotated[int, Query(ge=1, le=100, description="How many at most.")] = 20,
+) -> Response:
+    """The bundle's user ids that start with ``prefix`` (the page's user picker)."""
+    call = Users(prefix, limit, front.engine.next_id())
+    return send(await ask(front, call, request, STATUS_TIMEOUT_S), request)
 
 
 @events_router.post(

@@ -28,6 +28,7 @@ from service.front.api import admin_router, events_router, router
 from service.front.client import EngineClient, EngineLink
 from service.front.middleware import Guard
 from service.front.state import FailedAttempts, Front
+from service.front.ui import ui_router
 from service.logs import configure_logging
 from service.metrics import Metrics
 from service.settings import Settings
@@ -73,6 +74,8 @@ def build_app(settings: Settings, engine: EngineLink, metrics: Metrics) -> FastA
         app.include_router(admin_router)  # no token configured: the route does not exist
     if settings.redis_url:
         app.include_router(events_router)  # no Redis: no events
+    if settings.ui:
+        app.include_router(ui_router())
     # Outermost of the app's own layers: limits apply before any parsing, and the 500s that
     # the error handler below answers are counted too.
     app.add_middleware(

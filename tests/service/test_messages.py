@@ -36,6 +36,8 @@ from service.messages import (
     Similar,
     SimilarItems,
     Status,
+    UserIds,
+    Users,
     decode_answer,
     decode_call,
     encode,
@@ -57,6 +59,7 @@ CALLS = [
     Status(10),
     Reload(11),
     Events([Event("u1", "i1"), Event("u2", "i2", 2.5, 1_700_000_000.0)], 15),
+    Users("u1", 5, 16),
     Cancel(12),
 ]
 
@@ -99,6 +102,8 @@ BODIES = [
         schemas.Readiness,
     ),
     (EventsAccepted(2, [RejectedEvent(1, "unknown item_id 'x'")]), schemas.EventsResponse),
+    (UserIds(["u1", "u10"], 60), schemas.UsersResponse),
+    (Readiness(ready=True, counts={"users": 2, "items": 3}), schemas.Readiness),
 ]
 
 

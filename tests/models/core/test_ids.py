@@ -44,3 +44,13 @@ def test_duplicates_are_refused_and_empty_is_fine():
         CompactIds(["a", "b", "a"])
     empty = CompactIds([])
     assert len(empty) == 0 and "a" not in empty and empty.lookup(["a"])[1] == ["a"]
+
+
+def test_ids_starting_with_a_prefix_are_those_of_a_scan_in_byte_order():
+    ids = ["u10", "u1", "u2", "b7", "u100", "ü9", "u"]
+    compact = CompactIds(ids)
+    for prefix in ("u1", "u", "", "ü", "x", "u100", "u1000"):
+        expected = sorted((i for i in ids if i.startswith(prefix)), key=lambda i: i.encode())
+        assert compact.starting_with(prefix, 100) == expected, prefix
+    assert compact.starting_with("u", 2) == ["u", "u1"]
+    assert compact.starting_with("u", 0) == [] and CompactIds([]).starting_with("u", 5) == []
