@@ -116,9 +116,10 @@ import json, sys; print(" ".join(json.load(sys.stdin)[1:]))')
 docker run -d --name "$REDIS" --network host --read-only --tmpfs /tmp --cap-drop ALL \
   --security-opt no-new-privileges:true -v "$REDIS:/data" walrus-redis:docker-test \
   redis-server $REDIS_CMD --port "$RPORT" --bind 127.0.0.1 >/dev/null
+# The image's healthcheck pings the default port; this one listens on $RPORT.
 redis_healthy() {
   for _ in $(seq 1 60); do
-    [ "$(docker inspect -f '{{.State.Health.Status}}' "$REDIS")" = healthy ] && return 0
+    [ "$(docker exec "$REDIS" redis-cli -p "$RPORT" ping 2>/dev/null)" = PONG ] && return 0
     sleep 1
   done
   docker logs "$REDIS" >&2; echo "redis did not become healthy" >&2; exit 1
@@ -229,7 +230,8 @@ say "the page's files are in the image"
 for file in "" ui.js ui.css; do
   curl -sf "http://127.0.0.1:$PORT/ui/$file" >/dev/null || { echo "/ui/$file is not served" >&2; exit 1; }
 done
-curl -sfI "http://127.0.0.1:$PORT/ui/" | grep -qi "content-security-policy: default-src 'none'" || {
+headers=$(curl -sf -D - -o /dev/null "http://127.0.0.1:$PORT/ui/")
+grep -qi "content-security-policy: default-src 'none'" <<<"$headers" || {
   echo "/ui/ comes without its content security policy" >&2; exit 1; }
 
 say "docker stop: drained, then exit status 0"
