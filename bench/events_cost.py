@@ -44,7 +44,7 @@ def fill(url: str, bundle: Path, users: set[str]) -> None:
 def measure(args: argparse.Namespace, work: Path) -> dict[str, Any]:
     bundle = resolve_bundle(args.bundle)
     mix = mix_bodies(bundle, 20_000, MIX)
-    redis = RedisServer(work, args.port + 1).start()
+    redis = RedisServer(work).start()
     try:
         fill(redis.url, bundle, {b["user_id"] for b in mix if "user_id" in b})
         runs: dict[str, list[dict[str, Any]]] = {"off": [], "on": []}

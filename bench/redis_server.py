@@ -5,6 +5,7 @@ events tests (``tests/redis_server.py``) and ``make soak`` run it."""
 from __future__ import annotations
 
 import shutil
+import socket
 import subprocess
 import time
 from pathlib import Path
@@ -14,11 +15,20 @@ import redis
 INSTALL = "apt-get install redis-server"
 
 
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
 class RedisServer:
-    def __init__(self, folder: Path, port: int, binary: str | None = None) -> None:
+    """``port`` None: a free one, so that runs side by side (or a port left taken) never meet."""
+
+    def __init__(self, folder: Path, port: int | None = None, binary: str | None = None) -> None:
         found = binary or shutil.which("redis-server")
         if found is None:
             raise FileNotFoundError(f"redis-server is not installed ({INSTALL})")
+        port = free_port() if port is None else port
         self.binary, self.folder, self.port = found, folder, port
         self.url = f"redis://127.0.0.1:{port}/0"
         self.process: subprocess.Popen[bytes] | None = None
@@ -39,6 +49,8 @@ class RedisServer:
         self.process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
         deadline = time.monotonic() + timeout_s
         while not self.answers():
+            if self.process.poll() is not None:  # e.g. the port was taken
+                raise RuntimeError(f"redis-server exited: see {self.folder / 'redis.log'}")
             if time.monotonic() > deadline:
                 raise TimeoutError(f"redis-server on port {self.port} never answered PING")
             time.sleep(0.05)

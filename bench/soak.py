@@ -194,7 +194,7 @@ def run_soak(args: argparse.Namespace, work: Path, out: dict[str, Any]) -> Soak:
     mix = mix_bodies(source, 20_000, MIX)
     bodies = write_bodies(work / "mix.jsonl", mix)
     cmd, env = walrus_cmd(bundles, 8740)
-    redis = RedisServer(work, 8741).start()
+    redis = RedisServer(work).start()
     env.update(WALRUS_ADMIN_TOKEN=TOKEN, WALRUS_RELOAD_INTERVAL_S="0", WALRUS_REDIS_URL=redis.url)
     soak = Soak(args.wrk, "http://127.0.0.1:8740", source, bundles)
     try:

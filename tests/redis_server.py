@@ -7,10 +7,9 @@ from pathlib import Path
 
 from bench import redis_server
 from tests.conftest import tool_or_skip
-from tests.server import free_port
 
 
 class RedisServer(redis_server.RedisServer):
     def __init__(self, folder: Path) -> None:
         binary = tool_or_skip("redis-server", redis_server.INSTALL)
-        super().__init__(folder, free_port(), binary)
+        super().__init__(folder, binary=binary)
