@@ -105,6 +105,29 @@ TOML
 "$VENV/bin/walrus" export -c "$WORK/c.toml" >/dev/null 2>&1
 chmod -R a+rX "$WORK"
 
+say "the bundle through object storage: published from the host, pulled by the image"
+# As on Kubernetes (deploy/k8s): the serving image's own `walrus bundle pull` (the init
+# container's command) fetches the store's current into an empty folder, read-only root, no
+# capabilities, as uid 10001; the service then serves that copy. The store is moto's S3 server.
+SPORT=$("$VENV/bin/python" -c "import socket; s = socket.socket(); s.bind(('127.0.0.1', 0)); print(s.getsockname()[1])")
+"$VENV/bin/python" -m moto.server -H 127.0.0.1 -p "$SPORT" >"$STATE/moto.log" 2>&1 &
+MOTO=$!
+trap 'kill $MOTO 2>/dev/null || true; cleanup' EXIT
+S3_ENV=("AWS_ENDPOINT_URL=http://127.0.0.1:$SPORT" AWS_ACCESS_KEY_ID=walrus-docker
+  AWS_SECRET_ACCESS_KEY=walrus-docker-secret AWS_DEFAULT_REGION=us-east-1)
+for _ in $(seq 1 60); do curl -sf "http://127.0.0.1:$SPORT/moto-api/" >/dev/null && break; sleep 0.5; done
+curl -sf -X PUT "http://127.0.0.1:$SPORT/walrus-docker" >/dev/null
+env "${S3_ENV[@]}" "$VENV/bin/walrus" bundle publish "$WORK/out/bundles" s3://walrus-docker/bundles \
+  >"$STATE/publish.log" 2>&1 || { cat "$STATE/publish.log" >&2; exit 1; }
+mkdir -p "$WORK/pulled" && chown 10001:10001 "$WORK/pulled"
+docker run --rm --network host --read-only --tmpfs /tmp --cap-drop ALL \
+  --security-opt no-new-privileges:true "${S3_ENV[@]/#/--env=}" -v "$WORK/pulled:/bundles" "$IMAGE" \
+  walrus bundle pull s3://walrus-docker/bundles /bundles --keep 2 || {
+  echo "the serving image could not pull the bundle from object storage" >&2; exit 1; }
+[ "$(readlink "$WORK/pulled/current")" = "$(readlink "$WORK/out/bundles/current")" ] || {
+  echo "the pulled current is not the published bundle" >&2; exit 1; }
+kill "$MOTO"
+
 say "the redis image: read-only, on a volume, every acknowledged write in its append-only file"
 "$COMPOSE" -f docker-compose.yml -f docker/compose.build-host-network.yml build redis \
   >"$STATE/build-redis.log" 2>&1 || { tail -40 "$STATE/build-redis.log" >&2; exit 1; }
@@ -143,7 +166,7 @@ PORT=$("$VENV/bin/python" -c "import socket; s = socket.socket(); s.bind(('127.0
 # shellcheck disable=SC2086 # one flag per word
 docker run -d --name "$NAME" --network host -e WALRUS_HOST=127.0.0.1 -e WALRUS_PORT="$PORT" \
   -e WALRUS_REDIS_URL="redis://127.0.0.1:$RPORT/0" \
-  $HARDENING -v "$WORK/out/bundles:/bundles:ro" "$IMAGE" >/dev/null
+  $HARDENING -v "$WORK/pulled:/bundles:ro" "$IMAGE" >/dev/null
 for _ in $(seq 1 90); do
   status=$(docker inspect -f '{{.State.Health.Status}}' "$NAME")
   [ "$status" = healthy ] && break

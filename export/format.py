@@ -298,6 +298,18 @@ def read_manifest(bundle: str | Path) -> Manifest:
     Raises ``BundleError`` naming the first problem.
     """
     bundle = resolve_bundle(bundle)
+    manifest = parse_manifest(bundle)
+    _check_files(bundle, manifest)
+    return manifest
+
+
+def parse_manifest(bundle: Path) -> Manifest:
+    """``bundle``'s manifest checked on its own: valid JSON, this format version, its fields,
+    every file the service loads listed, every name inside the bundle. The files it lists are
+    not read: a bundle being downloaded (``export.remote``) is checked this far first.
+
+    Raises ``BundleError`` naming the first problem.
+    """
     path = bundle / MANIFEST
     if not path.is_file():
         raise BundleError(f"{bundle}: no {MANIFEST}; is this a walrus bundle?")
@@ -319,15 +331,14 @@ def read_manifest(bundle: str | Path) -> Manifest:
     unlisted = [name for name in REQUIRED_FILES if name not in manifest.files]
     if unlisted:
         raise BundleError(f"{bundle}: the manifest does not list {unlisted[0]}; {REBUILD}")
-    _check_files(bundle, manifest)
+    outside = [rel for rel in manifest.files if not _inside(bundle, rel)]
+    if outside:
+        raise BundleError(f"{bundle}: the manifest names {outside[0]!r}, outside the bundle")
     return manifest
 
 
 def _check_files(bundle: Path, manifest: Manifest) -> None:
-    """Every listed file inside the bundle, present and intact; nothing else in it."""
-    outside = [rel for rel in manifest.files if not _inside(bundle, rel)]
-    if outside:
-        raise BundleError(f"{bundle}: the manifest names {outside[0]!r}, outside the bundle")
+    """Every listed file present and intact; nothing else in the bundle."""
     for rel, meta in manifest.files.items():
         file = bundle / rel
         if not file.is_file():

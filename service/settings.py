@@ -19,9 +19,17 @@ class Settings(BaseSettings):
 
     model_config = SettingsConfigDict(env_prefix="WALRUS_", extra="ignore")
 
-    bundle: Path = Field(
-        Path("artifacts/demo/bundles"),
-        description="A bundle directory, or a bundles directory whose 'current' link is used.",
+    bundle: str = Field(
+        "artifacts/demo/bundles",
+        min_length=1,
+        description="A bundle directory, or a bundles directory whose 'current' link is used, "
+        "or a bundles prefix in object storage (s3://bucket/prefix, any fsspec URL) whose "
+        "'current' object is followed: each version is pulled into WALRUS_BUNDLE_CACHE.",
+    )
+    bundle_cache: Path = Field(
+        Path("/tmp/walrus-bundles"),
+        description="With an object-storage WALRUS_BUNDLE: the local folder its versions are "
+        "pulled into (the newest two are kept).",
     )
     device: Literal["auto", "cpu", "cuda"] = Field(
         "auto", description="GPU execution providers and FAISS GPU when present and allowed."
@@ -213,6 +221,11 @@ class Settings(BaseSettings):
         description="After 3 failed Redis calls in a row, no call for this long (answers "
         "without events, with a warning; /v1/events 503), then one trial.",
     )
+
+    @field_validator("bundle", mode="before")
+    @classmethod
+    def _path_as_text(cls, value: object) -> object:
+        return str(value) if isinstance(value, Path) else value
 
     @field_validator("admin_token", "admin_token_file", "trusted_keys", mode="before")
     @classmethod

@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 import scipy.sparse as sp
 
+from tests.s3_server import S3Server
 from tests.server import Server
 
 REPO = Path(__file__).resolve().parents[1]
@@ -229,3 +230,19 @@ def served_defaults(tiny_pipeline_config, tiny_trained, tmp_path_factory):
         yield srv, bundle
     finally:
         srv.stop()
+
+
+@pytest.fixture(scope="session")
+def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:
+    """moto's S3 server, one per session (``tests/s3_server.py``)."""
+    server = S3Server(tmp_path_factory.mktemp("s3")).start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def s3_prefix(s3_server: S3Server, monkeypatch: pytest.MonkeyPatch) -> str:
+    """``s3://<a new bucket>/bundles``, with this process's AWS variables pointing at moto."""
+    for name, value in s3_server.env().items():
+        monkeypatch.setenv(name, value)
+    return f"s3://{s3_server.bucket()}/bundles"

@@ -28,16 +28,19 @@ class Server:
 
     def __init__(
         self,
-        bundle: Path,
+        bundle: Path | str,
         extra_args: list[str] | None = None,
         cli: bool = False,
         app: str = "service.inline:create_app",
+        log_dir: Path | None = None,
         **env: str,
     ) -> None:
+        """``log_dir``: where its log goes (default: beside the bundle, a local one)."""
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         environ = {**os.environ, "WALRUS_BUNDLE": str(bundle), "WALRUS_PORT": str(self.port), **env}
-        self.log = open(Path(bundle).parent / f"server-{self.port}.log", "w+")  # noqa: SIM115 -- lives as long as the server
+        log = (log_dir or Path(bundle).parent) / f"server-{self.port}.log"
+        self.log = open(log, "w+")  # noqa: SIM115 -- lives as long as the server
         command = (
             [str(Path(sys.executable).with_name("walrus")), "serve"]
             if cli

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from export.format import resolve_bundle
+from export.remote import KEEP_LOCAL, BundleStore, is_remote
 from service.engine.batcher import Batcher, Stopped
 from service.engine.cache import QueryCache
 from service.engine.events import EventStore
@@ -55,6 +56,8 @@ class Bundles:
         self.serving: Serving | None = None
         self.reason: str | None = "loading the bundle"
         self.refused: dict[str, str] = {}  # bundle path -> why it was refused
+        source = settings.bundle
+        self.store = BundleStore(source) if is_remote(source) else None
         self._lock = asyncio.Lock()
 
     # ------------------------------------------------------------------ requests
@@ -89,8 +92,20 @@ class Bundles:
         return revived
 
     # ------------------------------------------------------------------ loading
+    def _locate(self) -> Path:
+        """Blocking: the local folder of the bundle ``WALRUS_BUNDLE`` names now. In object
+        storage: where the version ``current`` names is, or will be once pulled (one small
+        read, so that a version refused before is not downloaded again at every poll)."""
+        if self.store is None:
+            return resolve_bundle(self.settings.bundle)
+        return self.settings.bundle_cache.resolve() / self.store.current()
+
     def _load(self, path: Path) -> Recommender:
-        """Blocking: load, check and warm one bundle (off the event loop)."""
+        """Blocking: pull (from object storage), load, check and warm one bundle (off the
+        event loop)."""
+        if self.store is not None:
+            keys = self.settings.trusted_keys
+            self.store.pull(path.parent, path.name, keys, keep=KEEP_LOCAL)
         recommender = Recommender(path, self.settings, self.cache, self.events, self.metrics)
         recommender.warm_up()
         return recommender
@@ -139,7 +154,7 @@ class Bundles:
         async with self._lock:
             old = self.serving
             try:
-                path = resolve_bundle(self.settings.bundle)
+                path = await asyncio.to_thread(self._locate)
             except Exception as exc:  # a dangling or missing `current`: keep serving
                 return self._refuse(str(self.settings.bundle), one_line(exc))
             if old is not None and old.recommender.path == path:
@@ -180,7 +195,8 @@ class Bundles:
         return Reloaded(serving.recommender.bundle_id if serving else None, False, reason)
 
     async def watch(self) -> None:
-        """Poll ``WALRUS_BUNDLE`` for a moved ``current`` link; load what it names."""
+        """Poll ``WALRUS_BUNDLE`` for a moved ``current`` link (or object); load what it
+        names."""
         interval = self.settings.reload_interval_s
         while interval > 0:
             await asyncio.sleep(interval)

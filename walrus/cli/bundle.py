@@ -9,6 +9,7 @@ from typing import Annotated
 
 import typer
 
+from export.remote import BundleStore, is_remote
 from models.core.errors import WalrusError
 from walrus.cli.common import SetOption, console, progress, user_errors
 
@@ -68,21 +69,21 @@ def export(
         Path | None,
         typer.Option(help="With --verify: the signature must verify with this key or folder."),
     ] = None,
+    publish: Annotated[
+        str | None,
+        typer.Option(
+            help="Then upload the new bundle to this object-storage prefix (s3://bucket/prefix) "
+            "and point its current at it."
+        ),
+    ] = None,
 ) -> None:
     """Build a bundle (FAISS, ONNX, manifest) from `walrus train hybrid`, or --verify one."""
     if verify is not None:
-        from export.runtime import verify_bundle
-
-        report = verify_bundle(verify, trusted_keys)
-        print(json.dumps(report, indent=2))
-        unchecked = report["parity"]["not_checked"]
-        console.print(
-            f"bundle {report['bundle_id']}: {report['files']} files and parity OK"
-            + (f"; not checked: {', '.join(unchecked)}" if unchecked else "")
-        )
+        verify_and_report(verify, trusted_keys)
         return
     if config is None:
         raise WalrusError("give --config to build a bundle, or --verify BUNDLE to check one")
+    store = open_store(publish) if publish else None  # a bad URL fails before the build
     from export.bundle import build_bundle
     from models.config import load_config
     from models.training import TrainedArtifacts
@@ -103,6 +104,82 @@ def export(
         f"encoder fp32 diff {manifest['parity']['encoder_fp32_max_abs_diff']:.1e}, "
         f"int8 cosine {manifest['parity']['encoder_int8_min_cosine']}"
     )
+    if store is not None:
+        publish_to(store, path)
+
+
+def verify_and_report(bundle: Path, trusted_keys: Path | None) -> None:
+    from export.runtime import verify_bundle
+
+    report = verify_bundle(bundle, trusted_keys)
+    print(json.dumps(report, indent=2))
+    unchecked = report["parity"]["not_checked"]
+    console.print(
+        f"bundle {report['bundle_id']}: {report['files']} files and parity OK"
+        + (f"; not checked: {', '.join(unchecked)}" if unchecked else "")
+    )
+
+
+StoreURL = Annotated[str, typer.Argument(help="Object-storage prefix, e.g. s3://bucket/walrus.")]
+
+
+def open_store(url: str) -> BundleStore:
+    if not is_remote(url):
+        raise WalrusError(f"{url}: not an object-storage URL; give one like s3://bucket/prefix")
+    return BundleStore(url)
+
+
+def publish_to(store: BundleStore, bundle: Path) -> None:
+    with progress() as bar:
+        task = bar.add_task("upload", total=None)
+        bundle_id = store.publish(bundle, lambda rel: bar.update(task, description=rel))
+        bar.update(task, description="done", completed=1, total=1)
+    console.print(f"published bundle {bundle_id} to {store.url} (its current)")
+
+
+@app.command("publish")
+@user_errors
+def bundle_publish(
+    bundle: Annotated[Path, typer.Argument(help="A bundle, or a bundles folder (its current).")],
+    url: StoreURL,
+) -> None:
+    """Upload a bundle (every file checked first; files the store's current version holds
+    are copied there, not uploaded), then point the store's current at it. Publishing a
+    version the store holds already only moves current: a rollback."""
+    publish_to(open_store(url), bundle)
+
+
+@app.command("pull")
+@user_errors
+def bundle_pull(
+    url: StoreURL,
+    out: Annotated[Path, typer.Argument(help="Local bundles folder; its current is switched.")],
+    bundle_id: Annotated[
+        str | None, typer.Option(help="This version instead of the store's current.")
+    ] = None,
+    trusted_keys: Annotated[
+        Path | None,
+        typer.Option(
+            envvar="WALRUS_TRUSTED_KEYS",
+            help="The manifest's signature must verify with this key or folder of *.pub.",
+        ),
+    ] = None,
+    keep: Annotated[
+        int | None,
+        typer.Option(min=1, help="Then remove all but the newest this many versions in OUT."),
+    ] = None,
+) -> None:
+    """Download the store's current bundle into OUT: the manifest (and its signature) checked
+    first, every file's size and sha256 as it arrives, files OUT holds already hard-linked;
+    OUT's current moves only when all is well."""
+    store = open_store(url)
+    with progress() as bar:
+        task = bar.add_task("pull", total=None)
+        path = store.pull(
+            out, bundle_id, trusted_keys, keep, lambda rel: bar.update(task, description=rel)
+        )
+        bar.update(task, description="done", completed=1, total=1)
+    console.print(f"bundle {path.name} -> {path} (current)")
 
 
 @app.command("keygen")

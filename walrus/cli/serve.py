@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -13,7 +12,10 @@ from walrus.cli.common import console
 
 def serve(
     bundle: Annotated[
-        Path | None, typer.Option(help="Bundle or bundles directory (else WALRUS_BUNDLE).")
+        str | None,
+        typer.Option(
+            help="Bundle or bundles directory, or an s3:// bundles prefix (else WALRUS_BUNDLE)."
+        ),
     ] = None,
     host: Annotated[str | None, typer.Option(help="Else WALRUS_HOST (127.0.0.1).")] = None,
     port: Annotated[int | None, typer.Option(help="Else WALRUS_PORT (8000).")] = None,

@@ -328,3 +328,50 @@ def test_after_close_a_request_is_refused_at_once(tiny_bundle):
             await asyncio.wait_for(bundles.recommend(Recommend(2, 2, query="space")), 5)
 
     asyncio.run(main())
+
+
+def test_the_service_follows_a_bundle_prefix_in_object_storage(bundles, s3_prefix, tmp_path):
+    """WALRUS_BUNDLE=s3://...: the engine pulls what the store's `current` names into
+    WALRUS_BUNDLE_CACHE, follows it when it moves, refuses a version whose object does not
+    match its manifest (the old one serves on), and keeps the newest two versions there."""
+    from export.remote import BundleStore
+
+    store = BundleStore(s3_prefix)
+    store.publish(bundles / "v1")
+    cache = tmp_path / "cache"
+    srv = Server(
+        s3_prefix,
+        cli=True,
+        log_dir=tmp_path,
+        WALRUS_BUNDLE_CACHE=str(cache),
+        WALRUS_RELOAD_INTERVAL_S="0.3",
+        WALRUS_WORKERS="1",
+    )
+
+    def readiness() -> dict:
+        return httpx.get(f"{srv.url}/readyz", timeout=5).json()
+
+    try:
+        srv.wait()
+        assert readiness()["bundle_id"] == "v1"
+        answer = httpx.post(f"{srv.url}/v1/recommend", json={"user_id": "u1", "k": 3})
+        assert answer.status_code == 200 and answer.json()["bundle_id"] == "v1"
+
+        store.publish(version(bundles / "v1", tmp_path, "v2"))
+        eventually(lambda: readiness()["bundle_id"] == "v2", what="v2 served")
+
+        # v3's manifest in the store names another sha256 for items.json: that file is
+        # downloaded (no local copy has that hash) and refused as it arrives.
+        store.publish(version(bundles / "v1", tmp_path, "v3"))
+        manifest = json.loads(store.fs.cat_file(f"{store.root}/v3/manifest.json"))
+        manifest["files"]["items.json"]["sha256"] = "0" * 64
+        store.fs.pipe_file(f"{store.root}/v3/manifest.json", json.dumps(manifest).encode())
+        refused = eventually(lambda: readiness()["refused"], what="v3 refused")
+        assert "v3/items.json differs from its manifest" in json.dumps(refused)
+        assert readiness()["bundle_id"] == "v2" and readiness()["ready"]
+
+        store.publish(version(bundles / "v1", tmp_path, "v4"))
+        eventually(lambda: readiness()["bundle_id"] == "v4", what="v4 served")
+        assert sorted(p.name for p in cache.iterdir()) == ["current", "v2", "v4"]
+    finally:
+        srv.stop()
