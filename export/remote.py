@@ -29,7 +29,7 @@ import os
 import re
 import shutil
 import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Collection, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
@@ -100,11 +100,13 @@ class BundleStore:
         trusted_keys: Path | None = None,
         keep: int | None = None,
         progress: Callable[[str], None] = lambda _message: None,
+        spare: Collection[Path] = (),
     ) -> Path:
         """Download ``bundle_id`` (default: what ``current`` names) into ``bundles_dir`` and
         make it the local ``current``; every file checked against the manifest, the manifest
         against ``trusted_keys`` when given. A version already there is only switched to.
-        ``keep``: then remove all but the newest ``keep`` versions (``None``: none removed).
+        ``keep``: then remove all but the newest ``keep`` versions (``None``: none removed),
+        never those in ``spare``.
         Raises ``BundleError`` (``StorageError``, ``SignatureError``) and leaves the local
         ``current`` as it was."""
         bundle_id = bundle_id or self.current()
@@ -121,7 +123,7 @@ class BundleStore:
                 place(tmp, final)
         switch_current(bundles_dir, bundle_id)
         if keep is not None:
-            prune(bundles_dir, keep)
+            prune(bundles_dir, keep, spare)
         return final
 
     def _manifest_into(self, tmp: Path, bundle_id: str, trusted_keys: Path | None) -> Manifest:
@@ -304,15 +306,16 @@ def versions(bundles_dir: Path) -> list[Path]:
     ]
 
 
-def prune(bundles_dir: Path, keep: int) -> list[str]:
-    """Remove pulled versions beyond the ``keep`` newest, never ``current``; returns their ids.
-    A process still serving a removed one keeps its open and mapped files (Linux frees them
-    when the last is closed); this runs only in a pull's folder, never over an export's."""
-    current = (bundles_dir / CURRENT).resolve()
+def prune(bundles_dir: Path, keep: int, spare: Collection[Path] = ()) -> list[str]:
+    """Remove pulled versions beyond the ``keep`` newest, never ``current`` nor those in
+    ``spare`` (the service spares the version it serves: the local ``current`` names a
+    version refused at load until a good one comes); returns their ids. This runs only in a
+    pull's folder, never over an export's."""
+    kept = {(bundles_dir / CURRENT).resolve(), *(Path(p).resolve() for p in spare)}
     old = sorted(versions(bundles_dir), key=lambda p: p.stat().st_mtime, reverse=True)[keep:]
     removed = []
     for version in old:
-        if version.resolve() != current:
+        if version.resolve() not in kept:
             shutil.rmtree(version, ignore_errors=True)
             removed.append(version.name)
     return removed

@@ -105,7 +105,8 @@ class Bundles:
         event loop)."""
         if self.store is not None:
             keys = self.settings.trusted_keys
-            self.store.pull(path.parent, path.name, keys, keep=KEEP_LOCAL)
+            serving = () if self.serving is None else (self.serving.recommender.path,)
+            self.store.pull(path.parent, path.name, keys, keep=KEEP_LOCAL, spare=serving)
         recommender = Recommender(path, self.settings, self.cache, self.events, self.metrics)
         recommender.warm_up()
         return recommender

@@ -205,3 +205,6 @@ def test_prune_keeps_the_newest_and_never_current(tiny_bundle, second_version, s
     assert sorted(p.name for p in local.iterdir()) == sorted([CURRENT, second])
     store.pull(local, first)  # a rollback pins the older one again
     assert prune(local, keep=0) == [second] and resolve_bundle(local).name == first
+    store.pull(local, second)  # refused at load, say: current, but the first still serves
+    assert prune(local, keep=0, spare=[local / first]) == []
+    assert sorted(p.name for p in local.iterdir()) == sorted([CURRENT, first, second])
