@@ -136,10 +136,10 @@ class BundleStore:
             raise StorageError(f"{where}: its manifest is bundle {manifest.bundle_id}")
         if trusted_keys is not None:
             check_signature(tmp, load_public_keys(trusted_keys))
-        if free_bytes(tmp) < (needed := sum(e.bytes for e in manifest.files.values())):
+        needed, free = sum(e.bytes for e in manifest.files.values()), free_bytes(tmp)
+        if free < needed:
             raise StorageError(
-                f"{where}: needs {needed / 1e9:.2f} GB, {free_bytes(tmp) / 1e9:.2f} GB free "
-                f"in {tmp.parent}"
+                f"{where}: needs {needed / 1e9:.2f} GB, {free / 1e9:.2f} GB free in {tmp.parent}"
             )
         return manifest
 

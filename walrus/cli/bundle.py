@@ -11,7 +11,7 @@ import typer
 
 from export.remote import BundleStore, is_remote
 from models.core.errors import WalrusError
-from walrus.cli.common import SetOption, console, progress, user_errors
+from walrus.cli.common import SetOption, console, user_errors, with_progress
 
 app = typer.Typer(help="Bundles made without the training pipeline.", no_args_is_help=True)
 
@@ -37,12 +37,10 @@ def bundle_synthetic(
     if head_examples > users:
         raise WalrusError(f"--head-examples {head_examples} > --users {users}: lower it")
     spec = SeedSpec(users, items, dim, seen_per_user, min(titles, items), head_examples, seed)
-    with progress() as bar:
-        task = bar.add_task("seed bundle", total=None)
-        path = build_synthetic_bundle(
-            spec, out, encoder or EncoderConfig().name, lambda m: bar.update(task, description=m)
-        )
-        bar.update(task, description="done", completed=1, total=1)
+    path = with_progress(
+        "seed bundle",
+        lambda say: build_synthetic_bundle(spec, out, encoder or EncoderConfig().name, say),
+    )
     manifest = json.loads((path / "manifest.json").read_text())
     indexes = ", ".join(
         f"{name} {e['factory']} {e['search_params']} recall@100 {e['recall_at_100']:.3f} "
@@ -90,12 +88,9 @@ def export(
 
     cfg = load_config(config, set_)
     trained = TrainedArtifacts.load(cfg.output_dir / "hybrid")
-    with progress() as bar:
-        task = bar.add_task("export", total=None)
-        path = build_bundle(
-            cfg, trained, cfg.bundles_dir, lambda m: bar.update(task, description=m), sign
-        )
-        bar.update(task, description="done", completed=1, total=1)
+    path = with_progress(
+        "export", lambda say: build_bundle(cfg, trained, cfg.bundles_dir, say, sign)
+    )
     manifest = json.loads((path / "manifest.json").read_text())
     console.print(
         f"bundle {manifest['bundle_id']} -> {path} (current); "
@@ -130,10 +125,7 @@ def open_store(url: str) -> BundleStore:
 
 
 def publish_to(store: BundleStore, bundle: Path) -> None:
-    with progress() as bar:
-        task = bar.add_task("upload", total=None)
-        bundle_id = store.publish(bundle, lambda rel: bar.update(task, description=rel))
-        bar.update(task, description="done", completed=1, total=1)
+    bundle_id = with_progress("upload", lambda say: store.publish(bundle, say))
     console.print(f"published bundle {bundle_id} to {store.url} (its current)")
 
 
@@ -173,12 +165,7 @@ def bundle_pull(
     first, every file's size and sha256 as it arrives, files OUT holds already hard-linked;
     OUT's current moves only when all is well."""
     store = open_store(url)
-    with progress() as bar:
-        task = bar.add_task("pull", total=None)
-        path = store.pull(
-            out, bundle_id, trusted_keys, keep, lambda rel: bar.update(task, description=rel)
-        )
-        bar.update(task, description="done", completed=1, total=1)
+    path = with_progress("pull", lambda say: store.pull(out, bundle_id, trusted_keys, keep, say))
     console.print(f"bundle {path.name} -> {path} (current)")
 
 
@@ -234,11 +221,9 @@ def bundle_update(
     from export.update import read_change, update_bundle
 
     change = read_change(add, remove)
-    with progress() as bar:
-        task = bar.add_task("update", total=None)
-        path = update_bundle(
-            bundles, change, sign, compact_after, lambda m: bar.update(task, description=m)
-        )
+    path = with_progress(
+        "update", lambda say: update_bundle(bundles, change, sign, compact_after, say)
+    )
     report(path, f"+{len(change.added)} items, -{len(change.withdrawn)} withdrawn")
 
 
@@ -254,9 +239,7 @@ def bundle_compact(
     (their recall measured again); it becomes current."""
     from export.update import compact_bundle
 
-    with progress() as bar:
-        task = bar.add_task("compact", total=None)
-        path = compact_bundle(bundles, sign, lambda m: bar.update(task, description=m))
+    path = with_progress("compact", lambda say: compact_bundle(bundles, sign, say))
     report(path, "compacted")
 
 

@@ -53,6 +53,15 @@ def progress() -> Progress:
     )
 
 
+def with_progress(label: str, work: Callable[[Callable[[str], None]], R]) -> R:
+    """``work(say)`` under a spinner whose line shows what ``say`` last reported; then done."""
+    with progress() as bar:
+        task = bar.add_task(label, total=None)
+        result = work(lambda message: bar.update(task, description=message))
+        bar.update(task, description="done", completed=1, total=1)
+    return result
+
+
 def configure_logging(verbose: bool) -> None:
     logging.basicConfig(
         level=logging.INFO if verbose else logging.WARNING,
