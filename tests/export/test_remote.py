@@ -208,3 +208,18 @@ def test_prune_keeps_the_newest_and_never_current(tiny_bundle, second_version, s
     store.pull(local, second)  # refused at load, say: current, but the first still serves
     assert prune(local, keep=0, spare=[local / first]) == []
     assert sorted(p.name for p in local.iterdir()) == sorted([CURRENT, first, second])
+
+
+def test_a_pull_that_would_not_fit_stops_before_any_data(
+    tiny_bundle, s3_prefix, tmp_path, monkeypatch
+):
+    store = BundleStore(s3_prefix)
+    bundle_id = store.publish(tiny_bundle)
+    needed = sum(e.bytes for e in read_manifest(resolve_bundle(tiny_bundle)).files.values())
+    monkeypatch.setattr("export.remote.free_bytes", lambda _folder: needed - 1)
+    local = tmp_path / "pulled"
+    with pytest.raises(StorageError, match=rf"{bundle_id}: needs [\d.]+ GB, [\d.]+ GB free"):
+        store.pull(local)
+    assert list(local.iterdir()) == []  # no version, no current, no staging folder
+    monkeypatch.setattr("export.remote.free_bytes", lambda _folder: needed)
+    assert store.pull(local).name == bundle_id
