@@ -11,18 +11,22 @@ and shared. No test pair is involved: this chooses what to keep, it does not rep
 
 from __future__ import annotations
 
-import argparse
 import json
 import time
-from pathlib import Path
 from typing import Any
 
-from bench.common import write_results
+from bench.common import config_or_report, write_results
 from models.config import PipelineConfig, load_config
 from models.evaluation import EvalContext, ModelFactory, Shared, hybrid_model, wals_model
 from models.metrics import evaluate_scores
 from models.pipeline import load_dataset, load_query_log, observed
 from models.tuning import validation_split
+
+
+def fine_tuned(pairs: int) -> dict[str, Any]:
+    """The encoder section of a fine-tune on ``pairs`` (item, co-consumed item) text pairs."""
+    return {"fine_tune": True, "fine_tune_pairs": ["co_consumed"], "fine_tune_max_pairs": pairs}
+
 
 USER_HEAVY = {"user_share": 0.7, "history_share": 0.1, "user_query_share": 0.1, "query_share": 0.1}
 VARIANTS: dict[str, dict[str, dict[str, Any]]] = {
@@ -31,6 +35,9 @@ VARIANTS: dict[str, dict[str, dict[str, Any]]] = {
     "larger WALS pool (200, text 100)": {"candidates": {"n_wals": 200}},
     "user-heavy request mix (0.7 user)": {"head": USER_HEAVY},
     "4 example rounds and the user-heavy mix": {"head": {"example_rounds": 4, **USER_HEAVY}},
+    # Co-consumed pairs come from the validation split's training part only (EvalContext.text).
+    "encoder fine-tuned on 20,000 co-consumed pairs": {"encoder": fine_tuned(20_000)},
+    "encoder fine-tuned on 60,000 co-consumed pairs": {"encoder": fine_tuned(60_000)},
 }
 
 
@@ -43,14 +50,10 @@ def variant(cfg: PipelineConfig, changes: dict[str, dict[str, Any]]) -> Pipeline
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--config", type=Path, default=Path("configs/movielens.toml"))
-    ap.add_argument("--report", type=Path, help="only print the table of a JSON result")
-    args = ap.parse_args(argv)
-    if args.report:
-        print(report(json.loads(args.report.read_text())))
+    config = config_or_report(argv, __doc__, report)
+    if config is None:
         return 0
-    cfg = load_config(args.config)
+    cfg = load_config(config)
     dataset = load_dataset(cfg.data)
     shared = Shared(cfg, dataset, load_query_log(cfg.data.queries))
     split = validation_split(observed(dataset), cfg)
@@ -69,7 +72,7 @@ def main(argv: list[str] | None = None) -> int:
     for name, changes in VARIANTS.items():
         rows[name] = score(variant(cfg, changes), hybrid_model) | {"changes": changes}
         print(name, rows[name], flush=True)
-    path = write_results("levers", {"config": str(args.config), "rows": rows})
+    path = write_results("levers", {"config": str(config), "rows": rows})
     result = json.loads(path.read_text())
     print(report(result))
     print(f"wrote {path}")
