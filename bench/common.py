@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import platform
@@ -16,21 +15,6 @@ from rich.console import Console
 from rich.table import Table
 
 RESULTS = Path(__file__).resolve().parent / "results"
-
-
-def config_or_report(
-    argv: list[str] | None, doc: str, report: Callable[[dict[str, Any]], str]
-) -> Path | None:
-    """The ``--config`` a benchmark on `walrus tune`'s validation split runs with, or
-    ``None`` once ``--report`` has printed a kept result's table instead."""
-    ap = argparse.ArgumentParser(description=doc.split("\n")[0])
-    ap.add_argument("--config", type=Path, default=Path("configs/movielens.toml"))
-    ap.add_argument("--report", type=Path, help="only print the table of a JSON result")
-    args = ap.parse_args(argv)
-    if args.report:
-        print(report(json.loads(args.report.read_text())))
-        return None
-    return Path(args.config)
 
 
 def machine() -> dict[str, Any]:

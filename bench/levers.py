@@ -15,12 +15,12 @@ import json
 import time
 from typing import Any
 
-from bench.common import config_or_report, write_results
-from models.config import PipelineConfig, load_config
+from bench.common import write_results
+from bench.validation import config_or_report, validation_data
+from models.config import PipelineConfig
 from models.evaluation import EvalContext, ModelFactory, Shared, hybrid_model, wals_model
 from models.metrics import evaluate_scores
-from models.pipeline import load_dataset, load_query_log, observed
-from models.tuning import validation_split
+from models.pipeline import load_query_log
 
 
 def fine_tuned(pairs: int) -> dict[str, Any]:
@@ -53,10 +53,8 @@ def main(argv: list[str] | None = None) -> int:
     config = config_or_report(argv, __doc__, report)
     if config is None:
         return 0
-    cfg = load_config(config)
-    dataset = load_dataset(cfg.data)
+    cfg, dataset, split = validation_data(config)
     shared = Shared(cfg, dataset, load_query_log(cfg.data.queries))
-    split = validation_split(observed(dataset), cfg)
 
     def score(c: PipelineConfig, factory: ModelFactory) -> dict[str, float]:
         start = time.perf_counter()

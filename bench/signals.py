@@ -30,15 +30,15 @@ from typing import Any
 import numpy as np
 import scipy.sparse as sp
 
-from bench.common import config_or_report, write_results
-from models.config import PipelineConfig, load_config
+from bench.common import write_results
+from bench.validation import config_or_report, validation_data
+from models.config import PipelineConfig
 from models.core.features import standardized
 from models.data.dataset import Dataset
 from models.data.io import read_interactions
 from models.data.splits import Split
 from models.metrics import evaluate_scores
-from models.pipeline import binarize, fit_wals, load_dataset, observed
-from models.tuning import validation_split
+from models.pipeline import binarize, fit_wals
 
 BETAS = np.round(np.arange(0.0, 2.01, 0.1), 2)
 YEAR_SECONDS = 365.25 * 86400
@@ -147,9 +147,7 @@ def main(argv: list[str] | None = None) -> int:
     config = config_or_report(argv, __doc__, report)
     if config is None:
         return 0
-    cfg = load_config(config)
-    dataset = load_dataset(cfg.data)
-    split = validation_split(observed(dataset), cfg)
+    cfg, dataset, split = validation_data(config)
     model = fit_wals(cfg, split.train, dataset.weights is not None)
     scores = model.user_factors @ model.item_factors.T
     users = np.flatnonzero(np.diff(split.test.indptr) > 0)
