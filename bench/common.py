@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import platform
+import subprocess
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -15,6 +18,9 @@ from rich.console import Console
 from rich.table import Table
 
 RESULTS = Path(__file__).resolve().parent / "results"
+REPO = Path(__file__).resolve().parents[1]
+PRODUCT = ("models", "export", "service", "walrus")
+"""The packages whose code a kept result measures (bench itself is the harness)."""
 
 
 def machine() -> dict[str, Any]:
@@ -38,6 +44,48 @@ def median_ms(fn: Callable[[], Any], repeat: int, warmup: int = 0) -> float:
     return float(np.median(times) * 1e3)
 
 
+def digest(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()[:16]
+
+
+def provenance() -> dict[str, Any]:
+    """What a result measured: the commit it ran on, and a digest of each product source
+    file the benchmark had imported by the time it wrote the result. A later change to any
+    of them makes the result stale (``stale``), which tests/test_results.py holds the docs
+    to."""
+    files = sorted(
+        {
+            Path(module.__file__).resolve()
+            for name, module in list(sys.modules.items())
+            if name.split(".")[0] in PRODUCT and getattr(module, "__file__", None)
+        }
+    )
+    sources = {str(f.relative_to(REPO)): digest(f) for f in files if f.is_relative_to(REPO)}
+    git = ["git", "-C", str(REPO)]
+    head = subprocess.run([*git, "rev-parse", "--short=12", "HEAD"], capture_output=True, text=True)
+    changed = subprocess.run(
+        [*git, "status", "--porcelain", "--", *sources], capture_output=True, text=True
+    )
+    commit = head.stdout.strip() or "unknown"
+    # Uncommitted edits to what it measured: the digests, not the commit, say what ran.
+    return {"commit": commit + ("+edits" if changed.stdout.strip() else ""), "sources": sources}
+
+
+def stale(result: dict[str, Any]) -> list[str]:
+    """The source files a kept result measured that have changed since (or are gone)."""
+    sources: dict[str, str] = result.get("provenance", {}).get("sources", {})
+    return [
+        name
+        for name, kept in sources.items()
+        if not (REPO / name).is_file() or digest(REPO / name) != kept
+    ]
+
+
+def stale_note(result: dict[str, Any]) -> str:
+    """What the docs print beside a figure whose code changed since it was measured."""
+    return f"measured at commit {result['provenance']['commit']}, code changed since"
+
+
 def write_results(name: str, payload: dict[str, Any]) -> Path:
     RESULTS.mkdir(parents=True, exist_ok=True)
     path = RESULTS / f"{name}.json"
@@ -45,6 +93,7 @@ def write_results(name: str, payload: dict[str, Any]) -> Path:
         "benchmark": name,
         "when": time.strftime("%Y-%m-%dT%H:%M:%S"),
         "machine": machine(),
+        "provenance": provenance(),
         **payload,
     }
     path.write_text(json.dumps(payload, indent=2))

@@ -17,8 +17,9 @@ from typing import Any
 import msgspec
 
 from bench.common import write_results
+from service.api import Diversity
 from service.engine.recommender import Recommender
-from service.messages import Diversity, Recommend
+from service.messages import Recommend
 from service.settings import Settings
 
 REQUESTS: list[dict[str, Any]] = [

@@ -53,7 +53,7 @@ from models.data.splits import holdout_split
 from models.evaluation import ranked_rows
 from models.metrics import evaluate_scores
 from models.pipeline import load_dataset, observed
-from models.training import TrainedArtifacts
+from models.trained import TrainedArtifacts
 from models.tuning import fingerprint, searched_defaults, tuned_values, validation_split
 
 K = 20
@@ -96,7 +96,7 @@ def split_movielens(directory: Path, work: Path, seed: int) -> dict[str, Any]:
     catalog.to_csv(data / "catalog.csv", index=False)
     train_pairs = set(zip(coo.row.tolist(), coo.col.tolist(), strict=True))
     # The query log may only hold what the training part holds: tags of test pairs go.
-    q = queries[queries["user_id"].astype(str).isin(users._index)]
+    q = queries[queries["user_id"].astype(str).isin(users.positions)]
     keep = [
         (users.index(u), items.index(i)) in train_pairs
         for u, i in zip(q["user_id"].astype(str), q["item_id"].astype(str), strict=True)

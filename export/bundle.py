@@ -50,7 +50,7 @@ from models.core.attributes import Column, to_arrays
 if TYPE_CHECKING:
     from models.config import PipelineConfig
     from models.encoder import TextEncoder
-    from models.training import TrainedArtifacts
+    from models.trained import TrainedArtifacts
 
 log = logging.getLogger(__name__)
 PACKAGES = (
@@ -262,6 +262,7 @@ def write_indexes(
             factory=built.factory,
             search_params=built.search_params,
             built_on=built.built_on,
+            build_params=built.build_params,
             recall_at_100=recall,
             size=len(vectors),
             speedup_over_flat=speedup_over_flat(built, vectors, sample[:100]),

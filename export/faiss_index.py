@@ -28,6 +28,7 @@ class BuiltIndex:
     factory: str  # the faiss.index_factory string it was built from
     search_params: str  # ParameterSpace string the service applies at load ("" for flat)
     built_on: str  # cpu or gpu
+    build_params: str = ""  # what shaped the build besides the factory ("efConstruction=200")
 
 
 def choose_kind(n: int, cfg: IndexConfig) -> str:
@@ -53,19 +54,28 @@ def build_index(vectors: np.ndarray, cfg: IndexConfig) -> BuiltIndex:
     n = len(vectors)
     kind = choose_kind(n, cfg)
     factory, search_params = factory_string(kind, n, cfg)
-    return build_from_factory(vectors, kind, factory, search_params, cfg.hnsw_ef_construction)
+    return build_from_factory(vectors, kind, factory, search_params, build_params(kind, cfg))
+
+
+def build_params(kind: str, cfg: IndexConfig) -> str:
+    """The build-time parameters a kind takes beyond its factory string, as the manifest
+    records them (``IndexEntry.build_params``) for a compaction to build the same index."""
+    return f"efConstruction={cfg.hnsw_ef_construction}" if kind == "hnsw" else ""
 
 
 def build_from_factory(
-    vectors: np.ndarray, kind: str, factory: str, search_params: str, ef_construction: int
+    vectors: np.ndarray, kind: str, factory: str, search_params: str, params: str
 ) -> BuiltIndex:
-    """An index of the given factory string over (n, dim) vectors: what ``build_index``
-    chose, or what a bundle's manifest records (a compaction rebuilds it so)."""
+    """An index of the given factory string over (n, dim) vectors, built with ``params``:
+    what ``build_index`` chose, or what a bundle's manifest records (a compaction rebuilds
+    it so)."""
     vectors = np.ascontiguousarray(vectors, dtype=np.float32)
     n, dim = vectors.shape
     index = faiss.index_factory(dim, factory, faiss.METRIC_INNER_PRODUCT)
-    if kind == "hnsw":
-        faiss.downcast_index(index).hnsw.efConstruction = ef_construction  # type: ignore[attr-defined]
+    for name, value in (p.split("=", 1) for p in params.split(",") if p):
+        if name != "efConstruction" or kind != "hnsw":
+            raise ValueError(f"unknown build parameter {name!r} for a {kind} index")
+        faiss.downcast_index(index).hnsw.efConstruction = int(value)  # type: ignore[attr-defined]
     if search_params:
         faiss.ParameterSpace().set_index_parameters(index, search_params)  # type: ignore[arg-type]
 
@@ -93,7 +103,7 @@ def build_from_factory(
         index.train(training)
         index.add(vectors)
     log.info("FAISS %s index over %d x %d built on the %s", factory, n, dim, built_on)
-    return BuiltIndex(index, kind, factory, search_params, built_on)
+    return BuiltIndex(index, kind, factory, search_params, built_on, params)
 
 
 def ann_recall(index: Any, vectors: np.ndarray, queries: np.ndarray, k: int = 100) -> float:

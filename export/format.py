@@ -150,6 +150,7 @@ class IndexEntry(_Model):
     recall_at_100: float
     size: int
     speedup_over_flat: float | None = None  # one query at a time, measured at export
+    build_params: str | None = None  # "efConstruction=200"; None: a bundle that predates it
 
 
 class Dims(_Model):

@@ -34,9 +34,11 @@ from models.data import IdMap
 from models.data.synthetic import attribute_arrays
 from models.data.vocabulary import TOPICS
 from models.encoder import TextEncoder
+from models.examples import make_head_pools
 from models.head import ScoreHead
+from models.hybrid import HybridModel
 from models.pipeline import local_wals
-from models.training import HybridModel, TrainedArtifacts, make_head_pools
+from models.trained import TrainedArtifacts
 from models.wals import WALS
 
 log = logging.getLogger(__name__)
@@ -223,7 +225,7 @@ def train_head(
     encoder: TextEncoder,
 ) -> ScoreHead:
     """The head learns to rank each sampled user's last seen item within the service's pool
-    for a request built from the rest (``models.training.make_head_pools``)."""
+    for a request built from the rest (``models.examples.make_head_pools``)."""
     sample = np.sort(rng.choice(seen.shape[0], size=cfg.head.max_requests, replace=False))
     rows = seen[sample].tocsr()
     last = rows.indptr[1:] - 1

@@ -41,7 +41,7 @@ from typing import Any
 import faiss
 import numpy as np
 
-from export.faiss_index import ann_recall, build_from_factory
+from export.faiss_index import ann_recall, build_from_factory, build_params
 from export.format import (
     BundleError,
     CatalogText,
@@ -61,7 +61,7 @@ from export.signing import finish
 from models.artifacts import atomic_directory
 from models.cold_start import RidgeMap
 from models.config import IndexConfig
-from models.core.attributes import array_names, from_arrays, to_arrays
+from models.core.attributes import Column, array_names, from_arrays, to_arrays
 from models.core.catalog import item_text, item_title, text_columns
 from models.core.columns import CellError, append_rows, keep_rows, parse_column
 from models.core.fold_in import weights_from_counts
@@ -117,13 +117,49 @@ def read_change(add: Path | None, remove: Path | None) -> CatalogChange:
 
 @dataclass
 class Version:
-    """A bundle version being written: its files that change, by name."""
+    """A bundle version being written over the version at ``source``: the files it changes,
+    by name. Every read goes through it (``array``, ``text``, ``rows``, ``attributes``): what
+    this version changed, else the file ``source`` holds."""
 
+    source: Path
     manifest: Manifest
-    arrays: dict[str, np.ndarray]
-    texts: dict[str, str]  # JSON files
-    indexes: dict[str, Any]
+    arrays: dict[str, np.ndarray] = field(default_factory=dict)
+    texts: dict[str, str] = field(default_factory=dict)  # JSON files
+    indexes: dict[str, Any] = field(default_factory=dict)
     dropped: set[str] = field(default_factory=set)  # files the new version no longer has
+
+    @property
+    def n_items(self) -> int:
+        return self.manifest.counts["items"]
+
+    def array(self, name: str) -> np.ndarray:
+        return self.arrays[name] if name in self.arrays else np.load(self.source / name)
+
+    def text(self, name: str) -> str:
+        return self.texts[name] if name in self.texts else (self.source / name).read_text()
+
+    def rows(self, name: str) -> list[Any]:
+        rows: list[Any] = json.loads(self.text(name))
+        return rows
+
+    def withdrawn(self) -> np.ndarray:
+        """The tombstone mask: every item False in a version that never withdrew one."""
+        if Files.WITHDRAWN in self.arrays or Files.WITHDRAWN in self.manifest.files:
+            return np.array(self.array(Files.WITHDRAWN), dtype=bool)
+        return np.zeros(self.n_items, dtype=bool)
+
+    def attributes(self) -> list[Column] | None:
+        """The item attributes, as columns; None for a bundle without them."""
+        if Files.ATTRIBUTES not in self.manifest.files:
+            return None
+        description = json.loads(self.text(Files.ATTRIBUTES))
+        arrays = {name: self.array(name) for name in array_names(description)}
+        return from_arrays(description, arrays, self.n_items)
+
+    def set_attributes(self, columns: list[Column]) -> None:
+        described, arrays = to_arrays(columns)
+        self.texts[Files.ATTRIBUTES] = json.dumps(described)
+        self.arrays.update(arrays)
 
     def changed(self) -> set[str]:
         return set(self.arrays) | set(self.texts) | {Files.index(n) for n in self.indexes}
@@ -137,13 +173,97 @@ class Version:
     def check(self) -> None:
         """Every per-item array and index the version changed has one row per item: an
         update that would fail the service's size checks is never published."""
-        n = self.manifest.counts["items"]
+        n = self.n_items
         for name, array in self.arrays.items():
             if name in PER_ITEM and len(array) != n:
                 raise BundleError(f"{name} has {len(array)} rows, not {n}: a bug in the update")
         for name, index in self.indexes.items():
             if index.ntotal != n:
                 raise BundleError(f"index {name} holds {index.ntotal} items, not {n}")
+
+    # ------------------------------------------------------------ an update
+    def add_items(self, change: CatalogChange, ids: list[str]) -> None:
+        """The new items' rows appended to every per-item file and both indexes."""
+        rule = self.manifest.catalog or CatalogText()
+        columns = list(change.added[0])
+        texts = [
+            item_text(row, rule.text_template, text_columns(columns, rule.attributes))
+            for row in change.added
+        ]
+        vectors = encode(self.source, texts)
+        ridge = RidgeMap(0.0)
+        ridge.coef = self.array(Files.COLD_START_COEF)
+        ridge.intercept = self.array(Files.COLD_START_INTERCEPT)
+        factors = ridge.predict(vectors)
+        n = len(texts)
+        for name, rows in (
+            (Files.ITEM_FACTORS, factors),
+            # Fold-in solves against these: an added item has no fitted factors, so a
+            # user's events on it count through its mapped ones.
+            (Files.WALS_ITEM_FACTORS, factors),
+            (Files.ITEM_TEXT_EMBEDDINGS, vectors),
+            (Files.ITEM_LOG_POPULARITY, np.zeros(n)),
+            (Files.COLD_ITEMS, np.ones(n, dtype=bool)),
+            # c_j as for an item seen once: a user's events on it then weigh in fold-in.
+            (Files.COL_WEIGHTS, np.full(n, once_seen(self.manifest))),
+        ):
+            old = self.array(name)
+            self.arrays[name] = np.concatenate([old, rows.astype(old.dtype)])
+        items = self.rows(Files.ITEMS) + [
+            {"item_id": row["item_id"], "title": item_title(row), "popularity": 0}
+            for row in change.added
+        ]
+        self.texts[Files.ITEMS] = json.dumps(items)
+        self.texts[Files.ITEM_IDS] = json.dumps(ids)
+        for name, rows in (("wals", factors), ("text", vectors)):
+            index = faiss.read_index(str(self.source / Files.index(name)))
+            index.add(np.ascontiguousarray(rows, dtype=np.float32))
+            self.indexes[name] = index
+        self.append_attributes(change)
+
+    def append_attributes(self, change: CatalogChange) -> None:
+        """The added rows' attribute cells parsed and appended (new values join the end of
+        each vocabulary, so old codes keep their meaning)."""
+        old = self.attributes()
+        if old is None:
+            return
+        separator = (self.manifest.catalog or CatalogText()).tag_separator
+        columns = []
+        for column in old:
+            cells = [row.get(column.name, "") for row in change.added]
+            try:
+                new = parse_column(column.name, column.kind, cells, separator)
+            except CellError as exc:
+                raise UpdateError(f"{change.source}: row {exc.row + 2}: {exc}") from None
+            columns.append(append_rows(column, new))
+        self.set_attributes(columns)
+
+    # ------------------------------------------------------------ a compaction
+    def compacted(self) -> Version:
+        """This version without its withdrawn items, every per-item file re-indexed, the
+        seen lists too, and both indexes rebuilt as the manifest records them."""
+        n = self.n_items
+        keep = np.flatnonzero(~self.withdrawn())
+        arrays = {name: self.array(name)[keep] for name in PER_ITEM if name != Files.WITHDRAWN}
+        arrays.update(
+            reindexed_seen(self.array(Files.SEEN_INDPTR), self.array(Files.SEEN_INDICES), keep, n)
+        )
+        texts = {name: kept(self.rows(name), keep) for name in (Files.ITEMS, Files.ITEM_IDS)}
+        out = Version(self.source, self.manifest, arrays, texts, dropped={Files.WITHDRAWN})
+        columns = self.attributes()
+        if columns is not None:
+            out.set_attributes([keep_rows(column, keep) for column in columns])
+        out.indexes, entries = rebuilt_indexes(self.manifest, arrays)
+        lineage = self.manifest.lineage or Lineage(exported=self.manifest.bundle_id)
+        out.manifest = self.manifest.model_copy(
+            update={
+                "counts": {**self.manifest.counts, "items": len(keep)},
+                "cold_items": int(arrays[Files.COLD_ITEMS].sum()),
+                "indexes": entries,
+                "lineage": Lineage(exported=lineage.exported, updates=0, withdrawn=0),
+            }
+        )
+        return out
 
 
 def update_bundle(
@@ -163,16 +283,16 @@ def update_bundle(
             "re-export it with `walrus export -c CONFIG`"
         )
     progress(f"{len(change.added)} to add, {len(change.withdrawn)} to withdraw")
-    version = changed_version(source, manifest, change, progress)
+    version = changed_version(Version(source, manifest), change, progress)
     lineage = version.manifest.lineage
     if lineage is not None and (
         lineage.updates >= compact_after
-        or lineage.withdrawn > COMPACT_WITHDRAWN_SHARE * version.manifest.counts["items"]
+        or lineage.withdrawn > COMPACT_WITHDRAWN_SHARE * version.n_items
     ):
         progress("compacting")
-        version = compacted_version(source, version)
+        version = version.compacted()
     progress("writing")
-    return publish(bundles_dir, source, version, sign_with)
+    return publish(bundles_dir, version, sign_with)
 
 
 def compact_bundle(
@@ -182,30 +302,27 @@ def compact_bundle(
 ) -> Path:
     """A compacted version of the bundle ``current`` names, made current."""
     source = resolve_bundle(bundles_dir)
-    manifest = read_manifest(source)
-    current = Version(manifest, {}, {}, {})
+    current = Version(source, read_manifest(source))
     progress("compacting")
-    return publish(bundles_dir, source, compacted_version(source, current), sign_with)
-
-
-# ---------------------------------------------------------------- an update
+    return publish(bundles_dir, current.compacted(), sign_with)
 
 
 def changed_version(
-    source: Path, manifest: Manifest, change: CatalogChange, progress: Callable[[str], None]
+    version: Version, change: CatalogChange, progress: Callable[[str], None]
 ) -> Version:
-    ids: list[str] = json.loads((source / Files.ITEM_IDS).read_text())
-    withdrawn = load_mask(source, manifest, len(ids))
+    """``version`` (the source, unchanged) with ``change`` applied."""
+    ids: list[str] = version.rows(Files.ITEM_IDS)
+    withdrawn = version.withdrawn()
     position = {item: i for i, item in enumerate(ids)}
     new_ids = check_change(change, position, withdrawn)
     n_old, n_new = len(ids), len(new_ids)
     for item in change.withdrawn:
         withdrawn[position[item]] = True
-    withdrawn = np.concatenate([withdrawn, np.zeros(n_new, dtype=bool)])
-    version = Version(manifest, {Files.WITHDRAWN: withdrawn}, {}, {})
+    version.arrays[Files.WITHDRAWN] = np.concatenate([withdrawn, np.zeros(n_new, dtype=bool)])
     if n_new:
         progress(f"encoding {n_new} texts")
-        added_rows(source, manifest, change, version, ids + new_ids)
+        version.add_items(change, ids + new_ids)
+    manifest = version.manifest
     lineage = manifest.lineage or Lineage(exported=manifest.bundle_id)
     version.manifest = manifest.model_copy(
         update={
@@ -242,53 +359,6 @@ def check_change(
     return new_ids
 
 
-def added_rows(
-    source: Path, manifest: Manifest, change: CatalogChange, version: Version, ids: list[str]
-) -> None:
-    """The new items' rows appended to every per-item file and both indexes."""
-    rule = manifest.catalog or CatalogText()
-    columns = list(change.added[0])
-    texts = [
-        item_text(row, rule.text_template, text_columns(columns, rule.attributes))
-        for row in change.added
-    ]
-    vectors = encode(source, texts)
-    ridge = RidgeMap(0.0)
-    ridge.coef = np.load(source / Files.COLD_START_COEF)
-    ridge.intercept = np.load(source / Files.COLD_START_INTERCEPT)
-    factors = ridge.predict(vectors)
-    n = len(texts)
-
-    def extended(name: str, rows: np.ndarray) -> np.ndarray:
-        return np.concatenate([np.load(source / name), rows.astype(np.load(source / name).dtype)])
-
-    version.arrays.update(
-        {
-            Files.ITEM_FACTORS: extended(Files.ITEM_FACTORS, factors),
-            # Fold-in solves against these: an added item has no fitted factors, so a
-            # user's events on it count through its mapped ones.
-            Files.WALS_ITEM_FACTORS: extended(Files.WALS_ITEM_FACTORS, factors),
-            Files.ITEM_TEXT_EMBEDDINGS: extended(Files.ITEM_TEXT_EMBEDDINGS, vectors),
-            Files.ITEM_LOG_POPULARITY: extended(Files.ITEM_LOG_POPULARITY, np.zeros(n)),
-            Files.COLD_ITEMS: extended(Files.COLD_ITEMS, np.ones(n, dtype=bool)),
-            # c_j as for an item seen once: a user's events on it then weigh in fold-in.
-            Files.COL_WEIGHTS: extended(Files.COL_WEIGHTS, np.full(n, once_seen(manifest))),
-        }
-    )
-    items = json.loads((source / Files.ITEMS).read_text())
-    items += [
-        {"item_id": row["item_id"], "title": item_title(row), "popularity": 0}
-        for row in change.added
-    ]
-    version.texts[Files.ITEMS] = json.dumps(items)
-    version.texts[Files.ITEM_IDS] = json.dumps(ids)
-    for name, rows in (("wals", factors), ("text", vectors)):
-        index = faiss.read_index(str(source / Files.index(name)))
-        index.add(np.ascontiguousarray(rows, dtype=np.float32))
-        version.indexes[name] = index
-    append_attributes(source, manifest, change, version)
-
-
 def encode(source: Path, texts: list[str]) -> np.ndarray:
     """Texts as the bundle's fp32 encoder embeds them (what the export embedded items with,
     within its parity tolerance), in batches of similar lengths."""
@@ -304,80 +374,14 @@ def encode(source: Path, texts: list[str]) -> np.ndarray:
     return out
 
 
-def append_attributes(
-    source: Path, manifest: Manifest, change: CatalogChange, version: Version
-) -> None:
-    if Files.ATTRIBUTES not in manifest.files:
-        return
-    description = json.loads((source / Files.ATTRIBUTES).read_text())
-    names = array_names(description)
-    arrays = {name: np.load(source / name) for name in names}
-    old = from_arrays(description, arrays, manifest.counts["items"])
-    separator = (manifest.catalog or CatalogText()).tag_separator
-    columns = []
-    for column in old:
-        cells = [row.get(column.name, "") for row in change.added]
-        try:
-            new = parse_column(column.name, column.kind, cells, separator)
-        except CellError as exc:
-            raise UpdateError(f"{change.source}: row {exc.row + 2}: {exc}") from None
-        columns.append(append_rows(column, new))
-    store_attributes(version, columns)
-
-
-def store_attributes(version: Version, columns: list[Any]) -> None:
-    described, arrays = to_arrays(columns)
-    version.texts[Files.ATTRIBUTES] = json.dumps(described)
-    version.arrays.update(arrays)
+def kept(rows: list[Any], keep: np.ndarray) -> str:
+    return json.dumps([rows[i] for i in keep.tolist()])
 
 
 def once_seen(manifest: Manifest) -> float:
     p = manifest.wals
     weights = weights_from_counts(np.ones(1), p.col_weights, p.weight_scale, p.weight_exponent)
     return float(weights[0])
-
-
-def load_mask(source: Path, manifest: Manifest, n: int) -> np.ndarray:
-    if Files.WITHDRAWN in manifest.files:
-        return np.array(np.load(source / Files.WITHDRAWN), dtype=bool)
-    return np.zeros(n, dtype=bool)
-
-
-# ---------------------------------------------------------------- a compaction
-
-
-def compacted_version(source: Path, version: Version) -> Version:
-    """``version`` without its withdrawn items, every per-item file re-indexed, the seen
-    lists too, and both indexes rebuilt from their factory strings."""
-    manifest = version.manifest
-
-    def current(name: str) -> np.ndarray:
-        return version.arrays[name] if name in version.arrays else np.load(source / name)
-
-    n = manifest.counts["items"]
-    withdrawn = version.arrays.get(Files.WITHDRAWN)
-    if withdrawn is None:
-        withdrawn = load_mask(source, manifest, n)
-    keep = np.flatnonzero(~withdrawn)
-    arrays = {name: current(name)[keep] for name in PER_ITEM if name != Files.WITHDRAWN}
-    arrays.update(reindexed_seen(current(Files.SEEN_INDPTR), current(Files.SEEN_INDICES), keep, n))
-    texts = {
-        Files.ITEMS: json_rows(version, source, Files.ITEMS, keep),
-        Files.ITEM_IDS: json_rows(version, source, Files.ITEM_IDS, keep),
-    }
-    out = Version(manifest, arrays, texts, {}, dropped={Files.WITHDRAWN})
-    compact_attributes(source, version, out, keep)
-    out.indexes, entries = rebuilt_indexes(manifest, arrays)
-    lineage = manifest.lineage or Lineage(exported=manifest.bundle_id)
-    out.manifest = manifest.model_copy(
-        update={
-            "counts": {**manifest.counts, "items": len(keep)},
-            "cold_items": int(arrays[Files.COLD_ITEMS].sum()),
-            "indexes": entries,
-            "lineage": Lineage(exported=lineage.exported, updates=0, withdrawn=0),
-        }
-    )
-    return out
 
 
 def reindexed_seen(
@@ -396,45 +400,32 @@ def reindexed_seen(
     }
 
 
-def json_rows(version: Version, source: Path, name: str, keep: np.ndarray) -> str:
-    rows = json.loads(version.texts[name] if name in version.texts else (source / name).read_text())
-    return json.dumps([rows[i] for i in keep.tolist()])
-
-
-def compact_attributes(source: Path, version: Version, out: Version, keep: np.ndarray) -> None:
-    if Files.ATTRIBUTES not in version.manifest.files:
-        return
-    text = version.texts.get(Files.ATTRIBUTES) or (source / Files.ATTRIBUTES).read_text()
-    description = json.loads(text)
-    arrays = {
-        name: version.arrays[name] if name in version.arrays else np.load(source / name)
-        for name in array_names(description)
-    }
-    columns = from_arrays(description, arrays, version.manifest.counts["items"])
-    store_attributes(out, [keep_rows(column, keep) for column in columns])
-
-
 def rebuilt_indexes(
     manifest: Manifest, arrays: dict[str, np.ndarray]
 ) -> tuple[dict[str, Any], dict[str, Any]]:
-    """Both indexes built again as the manifest records them, recall@100 measured again
-    against exact search on a sample of the items."""
+    """Both indexes built again as the manifest records them (factory, search and build
+    parameters), recall@100 measured again against exact search on a sample of the items."""
     indexes, entries = {}, {}
-    ef_construction = IndexConfig().hnsw_ef_construction
     rng = np.random.default_rng(0)
     for name, vectors in (
         ("wals", arrays[Files.ITEM_FACTORS]),
         ("text", arrays[Files.ITEM_TEXT_EMBEDDINGS]),
     ):
         entry = manifest.indexes[name]
-        built = build_from_factory(
-            vectors, entry.kind, entry.factory, entry.search_params, ef_construction
-        )
+        params = entry.build_params
+        if params is None:  # a bundle from before build parameters were recorded
+            params = build_params(entry.kind, IndexConfig())
+        built = build_from_factory(vectors, entry.kind, entry.factory, entry.search_params, params)
         sample = vectors[rng.choice(len(vectors), min(RECALL_QUERIES, len(vectors)), False)]
         recall = ann_recall(built.index, vectors, sample)
         indexes[name] = built.index
         entries[name] = entry.model_copy(
-            update={"size": len(vectors), "recall_at_100": recall, "built_on": built.built_on}
+            update={
+                "size": len(vectors),
+                "recall_at_100": recall,
+                "built_on": built.built_on,
+                "build_params": params,
+            }
         )
     return indexes, entries
 
@@ -442,9 +433,10 @@ def rebuilt_indexes(
 # ---------------------------------------------------------------- publishing
 
 
-def publish(bundles_dir: Path, source: Path, version: Version, sign_with: Path | None) -> Path:
-    """Write the version beside ``source`` (unchanged files hard-linked), check it as the
+def publish(bundles_dir: Path, version: Version, sign_with: Path | None) -> Path:
+    """Write the version beside its source (unchanged files hard-linked), check it as the
     service will, and make it current."""
+    source = version.source
     bundle_id = new_bundle_id()
     final = bundles_dir / bundle_id
     old = version.manifest.files

@@ -15,8 +15,8 @@ import tomli_w
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 from pydantic.dataclasses import dataclass as pydantic_dataclass
 
-from models.core.attributes import Kind as AttributeKind
 from models.core.errors import WalrusError
+from models.core.operators import Kind as AttributeKind
 from models.core.params import InvalidParam, WALSParams
 
 SplitName = Literal["holdout", "users", "cold_items", "queries"]
@@ -146,7 +146,7 @@ class EncoderConfig(_Strict):
 
 
 class HeadConfig(_Strict):
-    """The score head and how its training examples are made (``models.training``)."""
+    """The score head and how its training examples are made (``models.examples``)."""
 
     hidden: int = Field(128, ge=1)
     loss: Literal["softmax", "bpr"] = "softmax"

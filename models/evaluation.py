@@ -26,9 +26,11 @@ from models.core.sparse import csr_row
 from models.data import Dataset
 from models.data.dataset import Catalog
 from models.data.splits import Split
+from models.hybrid import HybridModel
 from models.metrics import ScoreFn, evaluate_scores
 from models.pipeline import binarize, fit_wals, observed
-from models.training import HybridModel, TextResources, prepare_text, train_hybrid
+from models.text import TextResources, prepare_text
+from models.training import train_hybrid
 
 log = logging.getLogger(__name__)
 
@@ -294,10 +296,10 @@ class QueryTest:
 
     @classmethod
     def from_log(cls, dataset: Dataset, test_log: pd.DataFrame) -> QueryTest:
-        item_idx = test_log["item_id"].astype(str).map(dataset.items._index)
+        item_idx = test_log["item_id"].astype(str).map(dataset.items.positions)
         keep = item_idx.notna().to_numpy()
         test_log = test_log[keep]
-        users = test_log["user_id"].astype(str).map(dataset.users._index).to_numpy()
+        users = test_log["user_id"].astype(str).map(dataset.users.positions).to_numpy()
         known = ~np.isnan(users.astype(np.float64))
         return cls(
             np.where(known, users, -1).astype(np.int64),

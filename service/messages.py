@@ -1,59 +1,48 @@
-"""The messages between the HTTP fronts and the engine: one typed definition both sides import.
+"""The messages between the HTTP fronts and the engine: the public request types of
+``service.api`` with what HTTP carries outside the body, and the engine's answer.
 
 A front sends one ``Call`` per request (``Recommend``, ``Similar``, ``Status``, ``Reload``,
 ``Events``, ``Users`` or ``Cancel``), each with the front's own request number; the engine
-answers each with an ``Answer`` carrying that number. On the wire (``service.transport``)
-they are msgpack (``encode`` / ``decode_*``); in inline mode they are passed as they are.
-What the client reads, ``Answer.body``, is the final JSON, serialised once by the engine: a
-front forwards it unread.
+answers each with an ``Answer`` carrying that number: a result, or a typed ``Failure`` that
+the front turns into HTTP (``service.front.errors``). On the wire (``service.transport``)
+they are msgpack; in inline mode they are passed as they are.
 
-msgspec only (no pydantic): decoding a message is a few microseconds, and its fields are
-typed and checked as it is decoded.
+A result crosses as the JSON its public type (``service.api``) encodes to, written once by
+the engine: a front forwards it unread (measured against decoding and re-encoding it in the
+front: docs/benchmarks.md, "One definition of the API").
 """
 
 from __future__ import annotations
 
-from typing import Any
-
 import msgspec
 
-Filter = dict[str, dict[str, Any]]
-"""``{field: {operator: value}}``: shape checked by the front, fields by the engine."""
+from service.api import (
+    EventsRequest,
+    Failure,
+    ItemId,
+    RecommendRequest,
+    SimilarRequest,
+)
 
 
-class Diversity(msgspec.Struct, frozen=True):
-    """At most ``max_per_value`` items per value of ``field``; and/or MMR with ``mmr``."""
-
-    field: str | None = None
-    max_per_value: int = 0
-    mmr: float = 0.0
-
-
-class Recommend(msgspec.Struct, tag=True, frozen=True):
-    """``POST /v1/recommend``, as validated by the front."""
+class Recommend(RecommendRequest, tag=True, frozen=True, kw_only=True):
+    """``POST /v1/recommend``: its body, the user the front resolved (the body's, or the
+    gateway's header)."""
 
     id: int = 0
-    k: int = 10
-    user_id: str | None = None
-    query: str | None = None
-    history: list[str] | None = None
-    exclude: list[str] | None = None
-    exclude_seen: bool = True
-    offset: int = 0
-    filter: Filter | None = None
-    diversity: Diversity | None = None
-    explain: bool = False
 
 
-class Similar(msgspec.Struct, tag=True, frozen=True):
-    """``GET`` or ``POST /v1/items/{item_id}/similar``."""
+class Similar(SimilarRequest, tag=True, frozen=True, kw_only=True):
+    """``GET`` or ``POST /v1/items/{item_id}/similar``: the path's item and the rules."""
 
-    item_id: str
-    k: int = 10
+    item_id: ItemId
     id: int = 0
-    offset: int = 0
-    filter: Filter | None = None
-    diversity: Diversity | None = None
+
+
+class Events(EventsRequest, tag=True, frozen=True, kw_only=True):
+    """``POST /v1/events``: stored in Redis by the engine (``service.engine.events``)."""
+
+    id: int = 0
 
 
 class Status(msgspec.Struct, tag=True, frozen=True):
@@ -66,22 +55,6 @@ class Status(msgspec.Struct, tag=True, frozen=True):
 class Reload(msgspec.Struct, tag=True, frozen=True):
     """``POST /admin/reload`` (authorised by the front): the engine reloads, once."""
 
-    id: int = 0
-
-
-class Event(msgspec.Struct, frozen=True):
-    """One interaction, as the front validated its shape; the engine checks the rest."""
-
-    user_id: str
-    item_id: str
-    weight: float | None = None
-    timestamp: float | None = None
-
-
-class Events(msgspec.Struct, tag=True, frozen=True):
-    """``POST /v1/events``: stored in Redis by the engine (``service.engine.events``)."""
-
-    events: list[Event]
     id: int = 0
 
 
@@ -103,97 +76,13 @@ Call = Recommend | Similar | Status | Reload | Events | Users | Cancel
 
 
 class Answer(msgspec.Struct, frozen=True):
-    """The engine's answer to call ``id``: an HTTP status and the JSON body to send as is.
-    ``retry_after`` (seconds) goes with 503s; ``bundle_id`` is for the front's access log."""
+    """The engine's answer to call ``id``: ``body``, the result's JSON, or ``failure``.
+    ``bundle_id`` is for the front's access log."""
 
     id: int
-    status: int
-    body: bytes
+    body: bytes = b""
+    failure: Failure | None = None
     bundle_id: str | None = None
-    retry_after: int | None = None
-
-
-# ---------------------------------------------------------------- response bodies
-# The JSON the engine writes for the client. tests/service/test_messages.py checks each
-# against the pydantic response model of service.schemas that documents it in OpenAPI.
-
-
-class Contribution(msgspec.Struct, frozen=True):
-    item_id: str
-    title: str
-    score: float
-    share: float
-
-
-class Explanation(msgspec.Struct, frozen=True):
-    head_score: float
-    sources: list[str]
-    wals_score: float | None
-    text_score: float | None
-    because: list[Contribution]
-    other_terms: float | None = None
-    rest: float | None = None
-
-
-class Item(msgspec.Struct, frozen=True, omit_defaults=True):
-    item_id: str
-    title: str
-    score: float
-    sources: list[str]
-    explanation: Explanation | None = None
-
-
-class Recommendations(msgspec.Struct, frozen=True):
-    items: list[Item]
-    user_known: bool
-    bundle_id: str
-    timings_ms: dict[str, float]
-    warnings: list[str]
-
-
-class SimilarItems(msgspec.Struct, frozen=True):
-    item_id: str
-    source: str
-    items: list[Item]
-    bundle_id: str
-    timings_ms: dict[str, float]
-    warnings: list[str] = msgspec.field(default_factory=list)
-
-
-class Readiness(msgspec.Struct, frozen=True):
-    ready: bool
-    reason: str | None = None
-    draining: bool = False
-    bundle_id: str | None = None
-    onnx_providers: list[str] = msgspec.field(default_factory=list)
-    faiss: str | None = None
-    encoder_precision: str | None = None
-    refused: dict[str, str] = msgspec.field(default_factory=dict)
-    attributes: dict[str, str] = msgspec.field(default_factory=dict)
-    events: str = "off"
-    degraded: list[str] = msgspec.field(default_factory=list)
-    counts: dict[str, int] = msgspec.field(default_factory=dict)
-
-
-class RejectedEvent(msgspec.Struct, frozen=True):
-    index: int
-    reason: str
-
-
-class EventsAccepted(msgspec.Struct, frozen=True):
-    accepted: int
-    rejected: list[RejectedEvent]
-
-
-class UserIds(msgspec.Struct, frozen=True):
-    user_ids: list[str]
-    users: int
-
-
-class Reloaded(msgspec.Struct, frozen=True):
-    bundle_id: str | None
-    reloaded: bool
-    reason: str | None = None
 
 
 _call = msgspec.msgpack.Decoder(Call)
@@ -218,6 +107,5 @@ def json_body(value: object) -> bytes:
     return _json.encode(value)
 
 
-def error(call_id: int, status: int, detail: object, retry_after: int | None = None) -> Answer:
-    """An answer with FastAPI's error shape, ``{"detail": ...}``."""
-    return Answer(call_id, status, json_body({"detail": detail}), retry_after=retry_after)
+def failed(call_id: int, failure: Failure) -> Answer:
+    return Answer(call_id, failure=failure)

@@ -12,11 +12,13 @@ from __future__ import annotations
 
 import struct
 
+from models.core.errors import WalrusError
+
 HEADER = struct.Struct("<I")
 MAX_FRAME = 64 << 20  # a frame longer than this is a broken peer, not a message
 
 
-class FrameError(Exception):
+class FrameError(WalrusError):
     """The peer sent something that is not a frame."""
 
 

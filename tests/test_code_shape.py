@@ -81,3 +81,49 @@ def test_imports_inside_functions_only_where_a_reason_is_written():
     assert unexplained == {}, "import at module top, or write down why not in INNER_IMPORTS"
     stale = [p for p in INNER_IMPORTS if not any(f.startswith(p) for f in found)]
     assert stale == [], "no import inside a function any more: drop the reason"
+
+
+SHIPPED = ("walrus", "models", "export", "service")
+
+
+def shipped_modules() -> list[str]:
+    return sorted(
+        ".".join(p.relative_to(REPO).with_suffix("").parts).removesuffix(".__init__")
+        for package in SHIPPED
+        for p in (REPO / package).rglob("*.py")
+        if p.name != "__main__.py"
+    )
+
+
+def test_no_fmt_skip_in_the_product():
+    """The formatter decides the product's layout (tests and bench may align a table)."""
+    found = [
+        f"{p.relative_to(REPO)}:{n}"
+        for package in SHIPPED
+        for p in (REPO / package).rglob("*.py")
+        for n, line in enumerate(p.read_text().splitlines(), 1)
+        if "# fmt: skip" in line
+    ]
+    assert found == []
+
+
+def test_every_error_derives_from_walrus_error():
+    """Each exception class the product defines is a ``WalrusError``: the command line
+    reports those as one line, and anything else is a bug."""
+    import importlib
+    import inspect
+
+    from models.core.errors import WalrusError
+
+    others = []
+    for name in shipped_modules():
+        module = importlib.import_module(name)
+        for value in vars(module).values():
+            if (
+                inspect.isclass(value)
+                and issubclass(value, BaseException)
+                and value.__module__ == name
+                and not issubclass(value, WalrusError)
+            ):
+                others.append(f"{name}.{value.__name__}")
+    assert others == []

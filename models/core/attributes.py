@@ -31,22 +31,13 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 
 from models.core.errors import WalrusError
+from models.core.operators import CAPPABLE, ITEM_ID, LIST_OPERATORS, NEGATIVE, OPERATORS, Kind
 
-Kind = Literal["categorical", "tags", "numeric", "boolean"]
-KINDS: tuple[Kind, ...] = ("categorical", "tags", "numeric", "boolean")
-OPERATORS: dict[str, tuple[str, ...]] = {
-    "categorical": ("eq", "ne", "in", "not_in"),
-    "boolean": ("eq", "ne", "in", "not_in"),
-    "tags": ("any", "all", "none"),
-    "numeric": ("gt", "gte", "lt", "lte"),
-    "item_id": ("in", "not_in"),
-}
-ITEM_ID = "item_id"
 ITEM_PATH = f"filter.{ITEM_ID}"
 BITMAP_VALUES = 4096
 """Columns with more values than this compute each filter from their codes instead: one
@@ -120,7 +111,7 @@ class ItemAttributes:
             if column.kind != "numeric" and n_values <= BITMAP_VALUES:
                 self._bits[column.name] = [pack(self._rows(column, v)) for v in range(n_values)]
 
-    def schema(self) -> dict[str, str]:
+    def schema(self) -> dict[str, Kind]:
         """Field name -> kind: what the OpenAPI document and ``/readyz`` list."""
         return {name: c.kind for name, c in self.columns.items()}
 
@@ -170,8 +161,8 @@ class ItemAttributes:
             raise FilterError(where, f"{column.kind} field {name!r} takes {ops}")
         if column.kind == "numeric":
             return pack(self._compare(column, op, value, where))
-        negative = op in ("ne", "not_in", "none")
-        positive = {"ne": "eq", "not_in": "in", "none": "any"}.get(op, op)
+        negative = op in NEGATIVE
+        positive = NEGATIVE.get(op, op)
         codes = self._codes(column, positive, value, where)
         if positive == "all":
             bits = every.copy()
@@ -185,7 +176,7 @@ class ItemAttributes:
 
     def _codes(self, column: Column, op: str, value: Any, where: str) -> list[int]:
         """The codes an operator's value names (values the catalog lacks name none)."""
-        many = op in ("in", "any", "all")
+        many = op in LIST_OPERATORS
         if many and (not isinstance(value, list) or not value):
             raise FilterError(where, "must be a non-empty list")
         values = value if many else [value]
@@ -227,8 +218,8 @@ class ItemAttributes:
     def diversity_codes(self, name: str, where: str) -> np.ndarray:
         """The per-item codes a ``max_per_value`` cap counts: a categorical or boolean field."""
         column = self.columns.get(name)
-        if column is None or column.kind not in ("categorical", "boolean"):
-            choices = [n for n, c in self.columns.items() if c.kind in ("categorical", "boolean")]
+        if column is None or column.kind not in CAPPABLE:
+            choices = [n for n, c in self.columns.items() if c.kind in CAPPABLE]
             raise FilterError(
                 where, f"must name a categorical or boolean field ({', '.join(choices) or 'none'})"
             )

@@ -9,12 +9,14 @@ import math
 
 import numpy as np
 
-from models.core.attributes import Column, Kind
+from models.core.attributes import Column
+from models.core.errors import WalrusError
+from models.core.operators import Kind
 
 TRUE, FALSE = {"true", "1", "yes", "y", "t"}, {"false", "0", "no", "n", "f"}
 
 
-class CellError(ValueError):
+class CellError(WalrusError, ValueError):
     """A cell that does not fit its column's kind; ``row`` counts from 0."""
 
     def __init__(self, row: int, message: str) -> None:

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
+from types import MappingProxyType
 from typing import overload
 
 import numpy as np
@@ -28,6 +29,11 @@ class IdMap:
     def index(self, key: str) -> int:
         """Index of one id; ``KeyError`` when unknown."""
         return self._index[key]
+
+    @property
+    def positions(self) -> Mapping[str, int]:
+        """id -> index, read-only: for ``pandas.Series.map`` and ``isin`` over a column."""
+        return MappingProxyType(self._index)
 
     def lookup(self, keys: Sequence[str]) -> tuple[np.ndarray, list[str]]:
         """Indices (int64) of the known keys, in order, and the list of unknown keys."""

@@ -12,12 +12,14 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Literal, get_args
 
+from models.core.errors import WalrusError
+
 WeightScheme = Literal["uniform", "linear", "power"]
 Solver = Literal["cg", "cholesky"]
 MAX_DIM = 4096
 
 
-class InvalidParam(ValueError):
+class InvalidParam(WalrusError, ValueError):
     """A value out of its range; ``field`` names the parameter."""
 
     def __init__(self, field: str, message: str) -> None:

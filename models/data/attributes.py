@@ -7,9 +7,10 @@ from collections.abc import Mapping
 
 import pandas as pd
 
-from models.core.attributes import Column, Kind
+from models.core.attributes import Column
 from models.core.columns import FALSE, TRUE, CellError, parse_column, tag_lists
 from models.core.ids import IdMap
+from models.core.operators import Kind
 from models.data.errors import DataError
 
 

@@ -10,9 +10,10 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
-from models.core.attributes import Column, Kind
+from models.core.attributes import Column
 from models.core.catalog import item_text, item_title, text_columns
 from models.core.ids import IdMap
+from models.core.operators import Kind
 from models.data.attributes import catalog_attributes
 from models.data.errors import DataError
 
@@ -103,8 +104,8 @@ def build_dataset(
         catalog, template, catalog.attrs.get("path", "catalog"), attributes, separator
     )
     users = IdMap(interactions["user_id"].drop_duplicates())
-    user_idx = interactions["user_id"].map(users._index).to_numpy()
-    item_idx = interactions["item_id"].map(cat.ids._index)
+    user_idx = interactions["user_id"].map(users.positions).to_numpy()
+    item_idx = interactions["item_id"].map(cat.ids.positions)
     unknown = item_idx.isna().to_numpy()
     if unknown.any():
         first = int(np.flatnonzero(unknown)[0])

@@ -18,6 +18,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Generic, TypeVar
 
+from models.core.errors import WalrusError
+from service.api import Unavailable
+
 T = TypeVar("T")
 R = TypeVar("R")
 
@@ -40,11 +43,14 @@ def _resolve(future: asyncio.Future[R], result: R | BaseException) -> None:
         future.set_result(result)
 
 
-class Overloaded(Exception):
+class Overloaded(Unavailable):
     """The queue in front of the batcher is full: shed the request (503, Retry-After)."""
 
+    def __init__(self, why: str) -> None:
+        super().__init__(f"overloaded ({why}): retry shortly", retry_after=1)
 
-class Stopped(Exception):
+
+class Stopped(WalrusError):
     """``submit`` after ``stop``: the bundle was swapped; the caller submits to the new one."""
 
 

@@ -18,39 +18,40 @@ from typing import Any
 
 import msgspec
 
+from service.api import (
+    ApiError,
+    Disabled,
+    EventsAccepted,
+    Failure,
+    InvalidInput,
+    Readiness,
+    Recommendations,
+    Reloaded,
+    SimilarItems,
+    Unavailable,
+    UserIds,
+    check,
+)
 from service.engine.batcher import Overloaded
 from service.engine.events import EventStore, EventsUnavailable, accept_events
-from service.engine.lifecycle import Bundles, NotReady
-from service.engine.recommender import InputError, UnknownItem
+from service.engine.lifecycle import Bundles
 from service.messages import (
     Answer,
     Call,
     Events,
-    EventsAccepted,
-    Readiness,
     Recommend,
-    Recommendations,
     Reload,
     Similar,
-    SimilarItems,
     Status,
-    UserIds,
     Users,
-    error,
+    failed,
     json_body,
 )
 from service.metrics import Metrics
 from service.settings import Settings
 
 log = logging.getLogger("walrus.service.engine")
-ROUTES: dict[type, str] = {
-    Recommend: "POST /v1/recommend",
-    Similar: "GET /v1/items/{item_id}/similar",
-    Status: "GET /readyz",
-    Reload: "POST /admin/reload",
-    Events: "POST /v1/events",
-    Users: "GET /v1/users",
-}
+Result = Recommendations | SimilarItems | Readiness | EventsAccepted | UserIds | Reloaded
 
 
 class Engine:
@@ -60,11 +61,14 @@ class Engine:
         self.events = event_store(settings)
         self.bundles = Bundles(settings, metrics, self.events)
         self._events_watch: asyncio.Task[None] | None = None
-        self.handlers: dict[type, Callable[[Any], Awaitable[Answer]]] = {
+        # The one dispatch: a call's type to what answers it.
+        self.handlers: dict[type, Callable[[Any], Awaitable[Result]]] = {
             Recommend: self.recommend,
             Similar: self.similar,
             Reload: self.reload,
             Events: self.store_events,
+            Users: self.user_ids,
+            Status: self.status,
         }
         # /similar and reloads each have their own threads: a flood of one cannot starve
         # the other (the batcher has its own too).
@@ -87,41 +91,43 @@ class Engine:
             self.events.close()
 
     async def answer(self, call: Call) -> Answer:
-        """The answer to one call; never raises for a request's own failure."""
+        """The answer to one call: its result's JSON, or the failure that stands for it;
+        never raises for a request's own failure."""
+        handler = self.handlers.get(type(call))
         try:
-            if isinstance(call, Status):
-                return self.status(call)
-            if isinstance(call, Users):
-                return self.user_ids(call)
-            if isinstance(call, Recommend | Similar | Reload | Events):
-                return await self.handlers[type(call)](call)
-            return error(0, 400, f"the engine does not answer {type(call).__name__}")
-        except NotReady as exc:
-            return error(call.id, 503, f"not ready: {exc}", retry_after=1)
-        except Overloaded:
-            self.metrics.shed.inc()
-            return error(call.id, 503, "overloaded: retry shortly", retry_after=1)
-        except InputError as exc:
-            detail = [{"loc": ["body", exc.field], "msg": str(exc), "type": "value_error"}]
-            return error(call.id, 422, detail)
+            if handler is None:
+                raise InvalidInput(f"the engine does not answer {type(call).__name__}")
+            result = await handler(call)
         except asyncio.CancelledError:
             raise
-        except Exception:  # a bug: logged with its traceback, answered as a clean 500
-            log.exception("unhandled error on %s", ROUTES.get(type(call), type(call).__name__))
-            return error(call.id, 500, "internal error")
+        except Exception as exc:
+            return failed(call.id, self.failure(exc, call))
+        if isinstance(result, Recommendations | SimilarItems):
+            result = self.served(result)
+        return Answer(call.id, json_body(result), bundle_id=getattr(result, "bundle_id", None))
 
-    async def recommend(self, call: Recommend) -> Answer:
-        return self.answered(call.id, await self.bundles.recommend(call))
+    def failure(self, exc: Exception, call: Call) -> Failure:
+        """An exception as the typed failure the front answers: the engine's own errors by
+        their kind, anything else a bug (logged with its traceback, a clean 500)."""
+        if isinstance(exc, Overloaded):
+            self.metrics.shed.inc()
+        if isinstance(exc, ApiError):  # a request's own failure, NotReady and Overloaded too
+            return exc.failure()
+        log.exception("unhandled error on %s", type(call).__name__, exc_info=exc)
+        return Failure("internal", "internal error")
 
-    def answered(self, call_id: int, result: Recommendations | SimilarItems) -> Answer:
-        """A served result as its 200 answer: its stages go to /metrics, and its body
-        carries them only with WALRUS_DEBUG_TIMINGS."""
+    async def recommend(self, call: Recommend) -> Recommendations:
+        return await self.bundles.recommend(call)
+
+    def served(self, result: Recommendations | SimilarItems) -> Recommendations | SimilarItems:
+        """A served result as it is answered: its stages go to /metrics, and it carries
+        them only with WALRUS_DEBUG_TIMINGS."""
         self.metrics.observe_stages(result.timings_ms)
         if not self.settings.debug_timings:
             result = msgspec.structs.replace(result, timings_ms={})
-        return Answer(call_id, 200, json_body(result), bundle_id=result.bundle_id)
+        return result
 
-    async def similar(self, call: Similar) -> Answer:
+    async def similar(self, call: Similar) -> SimilarItems:
         """On its own threads (a flood of it cannot stall reloads or the batcher), with the
         batcher's admission rule: past WALRUS_MAX_QUEUE waiting, 503 at once. A caller that
         leaves or passes its deadline cancels its call; if still queued, it is never run."""
@@ -132,19 +138,17 @@ class Engine:
         loop = asyncio.get_running_loop()
         self.similar_waiting += 1
         try:
-            result = await loop.run_in_executor(self.similar_pool, recommender.similar, call)
-        except UnknownItem:
-            return error(call.id, 404, f"unknown item_id {call.item_id!r}")
+            return await loop.run_in_executor(self.similar_pool, recommender.similar, call)
         finally:
             self.similar_waiting -= 1
-        return self.answered(call.id, result)
 
-    async def store_events(self, call: Events) -> Answer:
+    async def store_events(self, call: Events) -> EventsAccepted:
         """Check each event against the serving bundle, store the good ones in Redis in one
-        pipeline: 202 once Redis acknowledged them, 503 (Retry-After) when it did not."""
+        pipeline: accepted once Redis acknowledged them, ``Unavailable`` when it did not."""
         store = self.events
         if store is None:
-            return error(call.id, 404, "events are off: set WALRUS_REDIS_URL")
+            raise Disabled("events are off: set WALRUS_REDIS_URL")
+        check(call, self.settings)
         recommender = self.bundles.recommender()
         accepted, rejected = accept_events(call.events, recommender.offers, time.time())
         if accepted:
@@ -152,22 +156,19 @@ class Engine:
                 await asyncio.to_thread(store.append, accepted)
             except EventsUnavailable as exc:
                 self.metrics.events.labels("unavailable").inc(len(call.events))
-                detail = f"events not stored: {exc}"
-                return error(call.id, 503, detail, retry_after=store.breaker.retry_after())
+                wait = store.breaker.retry_after()
+                raise Unavailable(f"events not stored: {exc}", retry_after=wait) from None
         self.metrics.events.labels("accepted").inc(len(accepted))
         self.metrics.events.labels("rejected").inc(len(rejected))
-        body = json_body(EventsAccepted(len(accepted), rejected))
-        return Answer(call.id, 202, body, bundle_id=recommender.bundle_id)
+        return EventsAccepted(len(accepted), rejected)
 
-    def user_ids(self, call: Users) -> Answer:
+    async def user_ids(self, call: Users) -> UserIds:
         recommender = self.bundles.recommender()
         found = recommender.users.starting_with(call.prefix, call.limit)
-        body = json_body(UserIds(found, len(recommender.users)))
-        return Answer(call.id, 200, body, bundle_id=recommender.bundle_id)
+        return UserIds(found, len(recommender.users))
 
-    def status(self, call: Status) -> Answer:
-        ready = self.readiness()
-        return Answer(call.id, 200 if ready.ready else 503, json_body(ready), ready.bundle_id)
+    async def status(self, _call: Status) -> Readiness:
+        return self.readiness()
 
     def readiness(self) -> Readiness:
         bundles = self.bundles
@@ -198,9 +199,8 @@ class Engine:
             degraded=[f"events: {events}"] if events not in ("off", "ok") else [],
         )
 
-    async def reload(self, call: Reload) -> Answer:
-        result = await self.bundles.reload()
-        return Answer(call.id, 200, json_body(result), bundle_id=result.bundle_id)
+    async def reload(self, _call: Reload) -> Reloaded:
+        return await self.bundles.reload()
 
 
 def event_store(settings: Settings) -> EventStore | None:

@@ -28,13 +28,14 @@ from typing import cast
 import msgspec
 import redis
 
-from service.messages import Event, RejectedEvent
+from models.core.errors import WalrusError
+from service.api import Event, RejectedEvent
 
 log = logging.getLogger("walrus.service.events")
 KEY_PREFIX = "walrus:events:"
 
 
-class EventsUnavailable(Exception):
+class EventsUnavailable(WalrusError):
     """Redis did not answer (down, slow, or the breaker is open); the message says why."""
 
 

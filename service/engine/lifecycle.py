@@ -22,11 +22,12 @@ from pathlib import Path
 
 from export.format import resolve_bundle
 from export.remote import KEEP_LOCAL, BundleStore, is_remote
+from service.api import Recommendations, Reloaded, Unavailable
 from service.engine.batcher import Batcher, Stopped
 from service.engine.cache import QueryCache
 from service.engine.events import EventStore
-from service.engine.recommender import Recommender
-from service.messages import Recommend, Recommendations, Reloaded
+from service.engine.recommender import BatchFn, Recommender, with_fault
+from service.messages import Recommend
 from service.metrics import Metrics
 from service.settings import Settings
 
@@ -113,8 +114,11 @@ class Bundles:
 
     def _serve(self, recommender: Recommender) -> Serving:
         s, m = self.settings, self.metrics
+        serve: BatchFn = recommender.recommend_batch
+        if s.fault_query:
+            serve = with_fault(serve, s.fault_query)
         batcher: Batcher[Recommend, Recommendations] = Batcher(
-            recommender.recommend_batch,
+            serve,
             max_batch=s.max_batch,
             wait_us=s.batch_wait_us,
             workers=recommender.plan.batch_workers,  # one per encoder session it loaded
@@ -239,5 +243,8 @@ def release_freed_memory() -> None:
         ctypes.CDLL("libc.so.6").malloc_trim(0)
 
 
-class NotReady(Exception):
+class NotReady(Unavailable):
     """No bundle serves yet (503 with the reason)."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(f"not ready: {reason}", retry_after=1)

@@ -10,52 +10,65 @@ import logging
 import queue
 import time
 from collections.abc import Callable
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import ParamSpec, TypeVar
+from typing import Literal, ParamSpec, TypeVar, cast
 
 import numpy as np
 
 from export.runtime import LoadOptions, OnnxTextEncoder, ServedIndexes, load_bundle, usable_cpus
 from models.core.attributes import FilterError
+from models.core.errors import WalrusError
 from models.core.features import COLUMN
 from models.core.hybrid import PoolSizes, build_request, eligible_count, recommend_batch
 from models.core.types import Request, no_items
+from service.api import Diversity as DiversitySpec
+from service.api import (
+    Explanation,
+    Filter,
+    InvalidInput,
+    Item,
+    NotFound,
+    Recommendations,
+    SimilarItems,
+    Source,
+    check,
+)
 from service.engine.cache import QueryCache
 from service.engine.events import EventStore, EventsUnavailable
 from service.engine.rules import FilterMasks, diversity, explanations
-from service.messages import Diversity as DiversitySpec
-from service.messages import (
-    Explanation,
-    Filter,
-    Item,
-    Recommend,
-    Recommendations,
-    Similar,
-    SimilarItems,
-)
+from service.messages import Recommend, Similar
 from service.metrics import Metrics
 from service.settings import Settings, process_plan
 
 log = logging.getLogger("walrus.service.recommender")
 P = ParamSpec("P")
 R = TypeVar("R")
+BatchFn = Callable[[list[Recommend]], list[Recommendations | Exception]]
 
 
-class InputError(ValueError):
-    """A request value the service cannot use: answered with 422 naming ``field``."""
-
-    def __init__(self, field: str, message: str) -> None:
-        super().__init__(message)
-        self.field = field
-
-
-class InjectedFault(RuntimeError):
+class InjectedFault(WalrusError, RuntimeError):
     """The fault ``WALRUS_FAULT_QUERY`` asks for: stands for a bug inside a batch."""
 
 
-class UnknownItem(KeyError):
+def with_fault(serve: BatchFn, query: str) -> BatchFn:
+    """``serve`` that raises for a whole batch holding a request whose query is ``query``:
+    the drill ``make chaos`` runs (``WALRUS_FAULT_QUERY``), like Envoy's fault filter. Only
+    installed when that setting is given, so the request path never checks for it."""
+
+    def faulty(reqs: list[Recommend]) -> list[Recommendations | Exception]:
+        if any(req.query == query for req in reqs):
+            raise InjectedFault(f"a fault injected by WALRUS_FAULT_QUERY={query!r}")
+        return serve(reqs)
+
+    return faulty
+
+
+class UnknownItem(NotFound):
     """An item id that is not in the bundle (404)."""
+
+    def __init__(self, item_id: str) -> None:
+        super().__init__(f"unknown item_id {item_id!r}")
 
 
 class Stopwatch:
@@ -73,6 +86,20 @@ class Stopwatch:
                 self.ms[stage] = self.ms.get(stage, 0.0) + (time.perf_counter() - start) * 1e3
 
         return wrapper
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """One request of a batch, resolved: its place in the batch, the core's ``Request``,
+    its own stage times and warnings, the user (None: not in the bundle) and the fresh item
+    indices (history and recent events) it was folded in from."""
+
+    index: int
+    request: Request
+    clock: Stopwatch
+    warnings: list[str]
+    user: int | None
+    history: np.ndarray
 
 
 class TimedSearcher:
@@ -124,7 +151,7 @@ class Recommender:
             candidates.cold_every if settings.cold_every is None else settings.cold_every,
         )
         on_gpu = any(ix.device == "gpu" for ix in self.indexes.indexes.values())
-        self.faiss_device = "gpu" if on_gpu else "cpu"
+        self.faiss_device: Literal["cpu", "gpu"] = "gpu" if on_gpu else "cpu"
         self.query_cache = query_cache if query_cache is not None else QueryCache(0)
         self.events = events
         self.metrics = metrics
@@ -157,25 +184,6 @@ class Recommender:
         row = self.bundle.seen.row(user)
         return row[~np.isin(row, self.withdrawn)] if len(self.withdrawn) else row
 
-    def check(self, req: Recommend) -> None:
-        s = self.settings
-        if req.k > s.max_k:
-            raise InputError("k", f"k must be <= {s.max_k}")
-        if req.query is not None:
-            if len(req.query) > s.max_query_chars:
-                raise InputError("query", f"query must be at most {s.max_query_chars} characters")
-            if not req.query.strip():
-                raise InputError("query", "query must not be blank; leave it out instead")
-        if req.history is not None and len(req.history) > s.max_history:
-            raise InputError("history", f"history holds at most {s.max_history} item ids")
-        if req.exclude is not None and len(req.exclude) > s.max_exclude:
-            raise InputError("exclude", f"exclude holds at most {s.max_exclude} item ids")
-        self.check_page(req.offset)
-
-    def check_page(self, offset: int) -> None:
-        if offset > (limit := self.settings.max_offset):
-            raise InputError("offset", f"offset must be <= {limit} (WALRUS_MAX_OFFSET)")
-
     def _items(
         self,
         ids: np.ndarray,
@@ -185,7 +193,7 @@ class Recommender:
     ) -> list[Item]:
         why: list[Explanation | None] = [None] * len(ids) if explained is None else [*explained]
         return [
-            Item(self.items.ids[i], self.titles[i], float(s), src, e)
+            Item(self.items.ids[i], self.titles[i], float(s), cast("list[Source]", src), e)
             for i, s, src, e in zip(ids.tolist(), scores.tolist(), sources, why, strict=True)
         ]
 
@@ -203,41 +211,39 @@ class Recommender:
         round) and one head call. Each answer equals what the request gets alone; a request
         that fails gets its exception, the others their answers."""
         start = time.perf_counter()
-        fault = self.settings.fault_query
-        if fault and any(req.query == fault for req in reqs):
-            raise InjectedFault(f"a fault injected by WALRUS_FAULT_QUERY={fault!r}")
         results: list[Recommendations | Exception | None] = [None] * len(reqs)
         live = []
         for i, req in enumerate(reqs):
             try:
-                self.check(req)
+                check(req, self.settings)  # the front checked it too: the engine trusts no frame
                 live.append(i)
-            except InputError as exc:
+            except InvalidInput as exc:
                 results[i] = exc
         batch = Stopwatch()
         read = batch.timed("events", self._recent_events) if self.events else self._recent_events
         recent, unused = read([reqs[i] for i in live])
         encoded, encode_ms = self._encode({q for i in live if (q := reqs[i].query) is not None})
-        prepared = []
+        prepared: list[Prepared] = []
         for i in live:
             try:
                 events = recent.get(reqs[i].user_id or "", [])
-                prepared.append((i, *self._prepare(reqs[i], encoded, encode_ms, events, unused)))
+                prepared.append(self._prepare(i, reqs[i], encoded, encode_ms, events, unused))
             except Exception as exc:  # one request's bug must not fail the batch
                 results[i] = exc
         recs = recommend_batch(
             self.tables,
-            [request for _, request, *_ in prepared],
+            [p.request for p in prepared],
             TimedSearcher(self.indexes, batch),
             batch.timed("rerank", self.head.score),
             self.sizes,
         )
-        for (i, request, clock, warnings, user, history), rec in zip(prepared, recs, strict=True):
+        for p, rec in zip(prepared, recs, strict=True):
+            i, user, clock = p.index, p.user, p.clock
             explained = None
             if reqs[i].explain:
                 seen = self.seen(user) if user is not None else no_items()
-                interactions = np.unique(np.concatenate([seen, history]).astype(np.int64))
-                explained = explanations(self.bundle, request, interactions, rec)
+                interactions = np.unique(np.concatenate([seen, p.history]).astype(np.int64))
+                explained = explanations(self.bundle, p.request, interactions, rec)
             clock.ms.update(batch.ms)
             clock.ms["total"] = (time.perf_counter() - start) * 1e3
             results[i] = Recommendations(
@@ -245,7 +251,7 @@ class Recommender:
                 user_known=user is not None,
                 bundle_id=self.bundle_id,
                 timings_ms={k: round(v, 3) for k, v in clock.ms.items()},
-                warnings=warnings,
+                warnings=p.warnings,
             )
         return [r if r is not None else RuntimeError("request not served") for r in results]
 
@@ -287,15 +293,15 @@ class Recommender:
 
     def _prepare(
         self,
+        index: int,
         req: Recommend,
         encoded: dict[str, np.ndarray],
         encode_ms: float,
         events: list[str],
         events_unused: str | None,
-    ) -> tuple[Request, Stopwatch, list[str], int | None, np.ndarray]:
-        """Resolve ids and vectors: the request as ``models.core.hybrid`` takes it; with the
-        user (None: not in the bundle) and the fresh item indices (history and recent
-        events) it was folded in from."""
+    ) -> Prepared:
+        """Resolve ids and vectors: the batch's request ``index`` as ``models.core.hybrid``
+        takes it."""
         clock = Stopwatch()
         warnings: list[str] = []
         user_id = req.user_id
@@ -327,7 +333,7 @@ class Recommender:
             fold_in=clock.timed("fold_in", self.bundle.fold_in),
         )
         request = self.with_rules(request, req.filter, req.diversity, req.offset, warnings)
-        return request, clock, warnings, user, history
+        return Prepared(index, request, clock, warnings, user, history)
 
     def with_rules(
         self,
@@ -345,7 +351,7 @@ class Recommender:
                 request, allowed=allowed, offset=offset, diversity=diversity(self.bundle, spread)
             )
         except FilterError as exc:
-            raise InputError(exc.field, exc.message) from None
+            raise InvalidInput(str(exc), exc.field) from None
         if allowed is not None and (passing := eligible_count(self.tables, request)) < (
             offset + request.k
         ):
@@ -361,13 +367,11 @@ class Recommender:
         as for /v1/recommend."""
         if not self.offers(call.item_id):
             raise UnknownItem(call.item_id)
-        if call.k > self.settings.max_k:
-            raise InputError("k", f"k must be <= {self.settings.max_k}")
-        self.check_page(call.offset)
+        check(call, self.settings)
         start = time.perf_counter()
         item = self.items.index(call.item_id)
         cold = bool(self.tables.item_cold[item])  # the training's own cold rule, exported
-        source = "text" if cold else "wals"
+        source: Literal["wals", "text"] = "text" if cold else "wals"
         vector = self.tables.index(source)[item]
         request = Request(
             call.k,
@@ -413,7 +417,7 @@ class Recommender:
             if isinstance(result, Exception):
                 raise result
         if item is not None:
-            self.similar(Similar(item, 5))
+            self.similar(Similar(item_id=item, k=5))
 
     def example_user(self) -> str | None:
         return self.users.ids[0] if len(self.users) else None

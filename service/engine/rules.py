@@ -9,16 +9,17 @@ import json
 import threading
 from collections import OrderedDict
 from collections.abc import Callable
+from typing import cast
 
 import numpy as np
 
 from export.runtime import LoadedBundle
-from models.core.attributes import FilterError, with_item_indices
+from models.core.attributes import with_item_indices
 from models.core.candidates import usable
 from models.core.fold_in import contributions
 from models.core.types import Diversity, Recommendation, Request
-from service.messages import Contribution, Explanation, Filter
-from service.messages import Diversity as DiversitySpec
+from service.api import Contribution, Explanation, Filter, Source
+from service.api import Diversity as DiversitySpec
 
 FILTER_CACHE = 64
 """Filters whose masks are kept (an item's byte each: 500,000 items, 32 MB in all)."""
@@ -67,9 +68,7 @@ def diversity(bundle: LoadedBundle, spec: DiversitySpec | None) -> Diversity | N
     codes = None
     if spec.field is not None:
         codes = bundle.attributes.diversity_codes(spec.field, "diversity.field")
-    elif spec.max_per_value:
-        raise FilterError("diversity.field", "max_per_value needs the field it caps")
-    return Diversity(codes, spec.max_per_value, spec.mmr)
+    return Diversity(codes, spec.max_per_value or 0, spec.mmr)
 
 
 def explanations(
@@ -120,7 +119,7 @@ def explanations(
         out.append(
             Explanation(
                 head_score=float(rec.scores[row]),
-                sources=list(rec.sources[row]),
+                sources=cast("list[Source]", list(rec.sources[row])),
                 wals_score=wals_score,
                 text_score=float(tables.item_text_embeddings[item] @ text)
                 if text is not None

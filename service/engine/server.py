@@ -25,7 +25,7 @@ import uvloop
 
 from service.engine.engine import Engine
 from service.logs import configure_logging
-from service.messages import Call, Cancel, Status, decode_call, encode
+from service.messages import Call, Cancel, decode_call, encode
 from service.metrics import Metrics
 from service.settings import Settings
 from service.transport import FrameError, FrameReader, frame
@@ -63,8 +63,6 @@ class FrontConnection(asyncio.Protocol):
             task = self.pending.pop(call.id, None)
             if task is not None:
                 task.cancel()  # still queued: the batcher skips it
-        elif isinstance(call, Status):  # answered at once: no task, no wait
-            self._send(encode(self.engine.status(call)))
         else:
             self.pending[call.id] = asyncio.create_task(self._answer(call))
 

@@ -24,9 +24,12 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.utils import get_openapi
 from fastapi.responses import JSONResponse
 
-from service.front.api import admin_router, events_router, router
+from service.api import ApiError
 from service.front.client import EngineClient, EngineLink
+from service.front.document import with_limits
+from service.front.errors import api_error
 from service.front.middleware import Guard
+from service.front.routes import admin_router, events_router, router
 from service.front.state import FailedAttempts, Front
 from service.front.ui import ui_router
 from service.logs import configure_logging
@@ -62,7 +65,7 @@ def build_app(settings: Settings, engine: EngineLink, metrics: Metrics) -> FastA
         version="0.1.0",
         summary="Hybrid recommender: WALS + text encoder + score head.",
         lifespan=lifespan,
-        # service.front.api serves both: the document names the serving bundle's fields.
+        # service.front.routes serves both: the document names the serving bundle's fields.
         openapi_url=None,
         docs_url=None,
         redoc_url=None,
@@ -85,6 +88,7 @@ def build_app(settings: Settings, engine: EngineLink, metrics: Metrics) -> FastA
         larger={"/v1/events": settings.events_max_body_bytes},
     )
     app.add_exception_handler(RequestValidationError, invalid)  # type: ignore[arg-type]
+    app.add_exception_handler(ApiError, api_error)
     app.add_exception_handler(Exception, bug)
     return app
 
@@ -109,9 +113,8 @@ async def bug(request: Request, _exc: Exception) -> JSONResponse:
 
 
 def configured_openapi(app: FastAPI, settings: Settings) -> dict[str, Any]:
-    """FastAPI's OpenAPI document with this deployment's own limits (WALRUS_MAX_K,
-    _MAX_QUERY_CHARS, _MAX_HISTORY, _MAX_EXCLUDE) in place of the schemas' hard caps, so
-    that what the document allows is exactly what the service accepts."""
+    """FastAPI's OpenAPI document of the routes, with the public types as its components
+    and this deployment's own limits in them (``service.front.document``)."""
     if app.openapi_schema is None:
         doc = get_openapi(
             title=app.title,
@@ -120,24 +123,7 @@ def configured_openapi(app: FastAPI, settings: Settings) -> dict[str, Any]:
             description=app.description,
             routes=app.routes,
         )
-        fields = doc["components"]["schemas"]["RecommendRequest"]["properties"]
-        fields["k"]["maximum"] = settings.max_k
-        fields["offset"]["maximum"] = settings.max_offset
-        for name, key, limit in (
-            ("query", "maxLength", settings.max_query_chars),
-            ("history", "maxItems", settings.max_history),
-            ("exclude", "maxItems", settings.max_exclude),
-        ):
-            for branch in fields[name].get("anyOf", [fields[name]]):
-                if key in branch:
-                    branch[key] = limit
-        limits = {"k": settings.max_k, "offset": settings.max_offset}
-        for parameter in doc["paths"]["/v1/items/{item_id}/similar"]["get"]["parameters"]:
-            if parameter["name"] in limits:
-                parameter["schema"]["maximum"] = limits[parameter["name"]]
-        similar = doc["components"]["schemas"]["SimilarRequest"]["properties"]
-        similar["k"]["maximum"], similar["offset"]["maximum"] = settings.max_k, settings.max_offset
-        app.openapi_schema = doc
+        app.openapi_schema = with_limits(doc, settings)
     return app.openapi_schema
 
 

@@ -16,13 +16,15 @@ import logging
 from functools import partial
 from typing import Protocol
 
-from service.messages import Answer, Call, Cancel, decode_answer, encode, error
+from service.api import Failure
+from service.messages import Answer, Call, Cancel, decode_answer, encode, failed
 from service.transport import FrameError, FrameReader, frame
 
 log = logging.getLogger("walrus.service.front")
 
 UNAVAILABLE = "engine unavailable: it is restarting, retry shortly"
 RECONNECT_S = 0.05
+GONE = Failure("unavailable", UNAVAILABLE, retry_after=1)
 
 
 class EngineLink(Protocol):
@@ -89,7 +91,7 @@ class EngineClient(asyncio.Protocol):
         future: asyncio.Future[Answer] = asyncio.get_running_loop().create_future()
         transport = self._open()
         if transport is None:
-            future.set_result(error(call.id, 503, UNAVAILABLE, retry_after=1))
+            future.set_result(failed(call.id, GONE))
             return future
         transport.write(frame(encode(call)))
         self._waiting[call.id] = future
@@ -137,4 +139,4 @@ class EngineClient(asyncio.Protocol):
         waiting, self._waiting = self._waiting, {}
         for call_id, future in waiting.items():
             with contextlib.suppress(asyncio.InvalidStateError):
-                future.set_result(error(call_id, 503, UNAVAILABLE, retry_after=1))
+                future.set_result(failed(call_id, GONE))

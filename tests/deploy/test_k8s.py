@@ -19,7 +19,7 @@ import kubernetes_validate
 import pytest
 import yaml
 
-from service.front.api import router
+from service.front.routes import router
 from service.settings import Settings
 from tests.conftest import REPO, tool_or_skip
 

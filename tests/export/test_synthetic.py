@@ -69,9 +69,20 @@ def test_users_get_items_of_the_topic_they_were_drawn_from(seed_bundle):
 
 
 def test_a_query_finds_its_topic(seed_bundle):
+    """The text half, then the head's rerank. Held to margins that survive the int8
+    encoder's kernels on any x86-64 CPU: "7 of the top 10 are jazz" did not. Two jazz items
+    sharing a title sit 0.005 above four classical ones at places 7-10 (0.0001 with fp32),
+    and on an AVX2 CPU without AVX-512 VNNI (qemu's Haswell model) int8's u8s8 kernels move
+    them below: 6 of 10. Measured on both CPUs: the mean similarity to jazz titles leads the
+    next topic's by 0.059-0.063 (held to 0.03); jazz holds 13 and 14 of the top 20 (held to
+    11); the head's answer is 8 and 6 jazz of 10 (held to the most common topic)."""
     rec = Recommender(seed_bundle, Settings(bundle=seed_bundle))
-    ids, _ = rec.indexes["text"].search(rec.encoder.encode(["jazz piano saxophone"]), 10)
-    assert [topic(rec.titles[i]) for i in ids[0]].count("jazz") >= 7  # the text half
+    ids, scores = rec.indexes["text"].search(rec.encoder.encode(["jazz piano saxophone"]), 600)
+    ranked = [topic(rec.titles[i]) for i in ids[0]]
+    assert ranked[0] == "jazz" and ranked[:20].count("jazz") >= 11, ranked[:20]
+    means = {t: float(np.mean(scores[0][[r == t for r in ranked]])) for t in set(ranked)}
+    (first, best), (_, second) = sorted(means.items(), key=lambda kv: -kv[1])[:2]
+    assert first == "jazz" and best - second >= 0.03, means
     got = rec.recommend(Recommend(query="jazz piano saxophone", k=10))
     topics = Counter(topic(item.title) for item in got.items)
     assert topics.most_common(1)[0][0] == "jazz", topics  # after the head's rerank

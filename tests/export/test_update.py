@@ -9,6 +9,7 @@ import csv
 import json
 from pathlib import Path
 
+import faiss
 import numpy as np
 import pytest
 
@@ -147,7 +148,7 @@ def test_withdrawn_items_leave_every_answer_and_the_rest_is_answered_as_before(
         expected = answer(before, exclude=gone, **kwargs)  # the old bundle, told to skip them
         assert answer(after, **kwargs) == expected, kwargs
     item = popular[5]
-    similar = [i.item_id for i in after.similar(Similar(item, 10)).items]
+    similar = [i.item_id for i in after.similar(Similar(item_id=item, k=10)).items]
     assert not set(similar) & set(gone)
     assert not after.offers(gone[0]) and after.offers(item)
 
@@ -189,6 +190,25 @@ def test_approximate_indexes_take_added_items_too(tiny_pipeline_config, tiny_tra
     update_bundle(root, CatalogChange(NEW, []))
     found = answer(served(root), query="zanzibar quokka submarine")
     assert set(found[:2]) == {"new-1", "new-2"}
+
+
+def test_a_compaction_builds_each_index_with_the_parameters_its_manifest_records(
+    tiny_pipeline_config, tiny_trained, tmp_path
+):
+    """HNSW's efConstruction is no part of its factory string: the export records it in the
+    manifest, and a compaction builds with that, not with today's default."""
+    cfg = load_config(
+        tiny_pipeline_config,
+        ["export.exact_threshold=10", "export.index_type=hnsw", "export.hnsw_ef_construction=23"],
+    )
+    root = tmp_path / "hnsw"
+    bundle = build_bundle(cfg, tiny_trained, root)
+    assert read_manifest(bundle).indexes["wals"].build_params == "efConstruction=23"
+    compacted = compact_bundle(root)
+    for name, entry in read_manifest(compacted).indexes.items():
+        assert entry.kind == "hnsw" and entry.build_params == "efConstruction=23"
+        index = faiss.downcast_index(faiss.read_index(str(compacted / Files.index(name))))
+        assert index.hnsw.efConstruction == 23
 
 
 @pytest.mark.parametrize(

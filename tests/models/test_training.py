@@ -7,7 +7,8 @@ import pandas as pd
 import scipy.sparse as sp
 
 from models.config import load_config
-from models.training import derived_query, example_split, queries_by_item
+from models.examples import example_split
+from models.text import derived_query, queries_by_item
 
 
 def test_queries_by_item_drops_unknown_items_and_blank_queries():
@@ -47,7 +48,7 @@ def test_head_pools_follow_the_configured_request_mix(tiny_pipeline_config, tiny
     without a user carries no user signal at all; every pool holds a positive, no padded
     candidate is one, and pools are the service's: each request's candidates are unique."""
     from models.core.features import COLUMN
-    from models.training import make_head_pools, request_counts
+    from models.examples import make_head_pools, request_counts
 
     cfg = load_config(
         tiny_pipeline_config,
@@ -86,7 +87,7 @@ def test_head_pools_follow_the_configured_request_mix(tiny_pipeline_config, tiny
 
 
 def test_request_counts_keep_the_mix_when_users_run_out(tiny_pipeline_config):
-    from models.training import request_counts
+    from models.examples import request_counts
 
     cfg = load_config(tiny_pipeline_config, ["head.max_requests=1000"])
     mix = cfg.head.request_mix()
@@ -100,8 +101,9 @@ def test_request_counts_keep_the_mix_when_users_run_out(tiny_pipeline_config):
 def test_example_rounds_add_pools_from_other_splits(tiny_pipeline_config, tiny_trained):
     """head.example_rounds = 2: the pools of two different history/positive splits, one
     after the other (the first round's are exactly those of one round)."""
+    from models.examples import head_pools
     from models.head import RankingPools
-    from models.training import TextResources, head_pools
+    from models.text import TextResources
 
     text = TextResources(
         tiny_trained.encoder,

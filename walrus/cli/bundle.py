@@ -84,7 +84,7 @@ def export(
     store = open_store(publish) if publish else None  # a bad URL fails before the build
     from export.bundle import build_bundle
     from models.config import load_config
-    from models.training import TrainedArtifacts
+    from models.trained import TrainedArtifacts
 
     cfg = load_config(config, set_)
     trained = TrainedArtifacts.load(cfg.output_dir / "hybrid")

@@ -35,7 +35,7 @@ def test_the_service_answers_similar_for_exported_cold_items_by_text(tiny_bundle
     cold = np.load(bundle / "cold_items.npy")
     assert not cold[popular]
     warm = Recommender(bundle, Settings(bundle=bundle)).similar(
-        Similar(items[popular]["item_id"], 3)
+        Similar(item_id=items[popular]["item_id"], k=3)
     )
     assert warm.source == "wals"
     cold[popular] = True  # as a larger cold_start.min_interactions would mark it
@@ -44,7 +44,7 @@ def test_the_service_answers_similar_for_exported_cold_items_by_text(tiny_bundle
     manifest["files"] = {k: v.model_dump() for k, v in file_table(bundle).items()}
     (bundle / MANIFEST).write_text(json.dumps(manifest))
     answer = Recommender(bundle, Settings(bundle=bundle)).similar(
-        Similar(items[popular]["item_id"], 3)
+        Similar(item_id=items[popular]["item_id"], k=3)
     )
     assert answer.source == "text"
 

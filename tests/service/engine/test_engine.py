@@ -27,15 +27,18 @@ def test_a_similar_flood_is_shed_past_the_queue_limit(tiny_bundle):
             served = recommender.similar
             recommender.similar = lambda call: (gate.wait(10), served(call))[1]  # type: ignore[method-assign]
             item = recommender.items.ids[0]
-            calls = [asyncio.ensure_future(engine.answer(Similar(item, 3, i))) for i in range(6)]
+            calls = [
+                asyncio.ensure_future(engine.answer(Similar(item_id=item, k=3, id=i)))
+                for i in range(6)
+            ]
             await asyncio.sleep(0)  # every call has been admitted or shed
             shed = [c for c in calls if c.done()]
-            assert len(shed) == 4 and all(c.result().retry_after == 1 for c in shed)
+            assert len(shed) == 4 and all(c.result().failure.retry_after == 1 for c in shed)
             gate.set()
-            return [(await c).status for c in calls]
+            return [(await c).failure is None for c in calls]
         finally:
             await engine.close()
 
     statuses = asyncio.run(main())
-    assert sorted(statuses) == [200, 200, 503, 503, 503, 503]
+    assert sorted(statuses) == [False, False, False, False, True, True]
     assert engine.similar_waiting == 0

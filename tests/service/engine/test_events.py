@@ -10,6 +10,7 @@ import time
 import pytest
 import redis
 
+from service.api import Event
 from service.engine.events import (
     KEY_PREFIX,
     Breaker,
@@ -19,7 +20,6 @@ from service.engine.events import (
     accept_events,
     all_events,
 )
-from service.messages import Event
 from tests.redis_server import RedisServer
 from tests.server import eventually
 

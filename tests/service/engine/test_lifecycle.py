@@ -291,16 +291,16 @@ def test_a_dead_batcher_turns_readyz_red_once_and_is_started_again(tiny_bundle):
                 return served(reqs)
 
             batcher.process = dies_once
-            first = await engine.answer(Recommend(1, 3, query="space"))
-            assert first.status == 500
+            first = await engine.answer(Recommend(id=1, k=3, query="space"))
+            assert first.failure is not None and first.failure.kind == "internal"
             await asyncio.to_thread(batcher._threads[0].join, 5)
             red = await engine.answer(Status(2))
             body = msgspec.json.decode(red.body)
-            assert red.status == 503 and "batcher thread had died" in body["reason"]
+            assert not body["ready"] and "batcher thread had died" in body["reason"]
             green = await engine.answer(Status(3))
-            assert green.status == 200
-            again = await engine.answer(Recommend(4, 3, query="space"))
-            assert again.status == 200 and calls == [1, 1]
+            assert msgspec.json.decode(green.body)["ready"]
+            again = await engine.answer(Recommend(id=4, k=3, query="space"))
+            assert again.failure is None and calls == [1, 1]
         finally:
             await engine.close()
 
@@ -320,12 +320,12 @@ def test_after_close_a_request_is_refused_at_once(tiny_bundle):
 
     async def main() -> None:
         await bundles.start()
-        queued = asyncio.ensure_future(bundles.recommend(Recommend(1, 2, query="space")))
+        queued = asyncio.ensure_future(bundles.recommend(Recommend(id=1, k=2, query="space")))
         await asyncio.sleep(0)
         await bundles.close()
         assert len((await queued).items) == 2  # queued before close: served
         with pytest.raises(NotReady, match="shutting down"):
-            await asyncio.wait_for(bundles.recommend(Recommend(2, 2, query="space")), 5)
+            await asyncio.wait_for(bundles.recommend(Recommend(id=2, k=2, query="space")), 5)
 
     asyncio.run(main())
 

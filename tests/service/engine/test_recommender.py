@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 
 from export.format import writable_copy
-from service.engine.recommender import InputError, Recommender
+from service.api import InvalidInput
+from service.engine.recommender import Recommender
 from service.messages import Recommend
 from service.settings import Settings
 
@@ -75,7 +76,7 @@ def test_a_batch_answers_each_request_as_alone(recommender):
         Recommend(query="x" * 1_000, k=3),  # over WALRUS_MAX_QUERY_CHARS: its own 422
     ]
     together = recommender.recommend_batch(reqs)
-    assert isinstance(together[-1], InputError) and together[-1].field == "query"
+    assert isinstance(together[-1], InvalidInput) and together[-1].field == "query"
     for req, got in zip(reqs[:-1], together[:-1], strict=True):
         alone = recommender.recommend(req)
         assert not isinstance(got, Exception)

@@ -148,7 +148,7 @@ def test_errors_are_shown_in_words(page):
     ask(page)
     expect(page.locator("#error")).to_be_visible()
     expect(page.locator("#error")).to_contain_text("422")
-    expect(page.locator("#error")).to_contain_text("offset: offset must be <= 1000")
+    expect(page.locator("#error")).to_contain_text("offset: at most 1000 (WALRUS_MAX_OFFSET)")
 
 
 def test_it_reads_at_phone_width_and_is_screenshotted(browser, served, tmp_path):

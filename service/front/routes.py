@@ -1,13 +1,13 @@
-"""HTTP routes: thin. Each one turns a validated request into a call, waits for the engine's
-answer within the deadline (or until the client leaves), and sends the answer's body as it
-is: the engine wrote that JSON once, and nothing here parses or validates it again."""
+"""HTTP routes: thin. Each one decodes its body into the public type (``service.api``),
+turns it into a call, waits for the engine's answer within the deadline (or until the
+client leaves), and sends the result's JSON as the engine wrote it, or the failure as
+``service.front.errors`` words it."""
 
 from __future__ import annotations
 
 import asyncio
-import copy
 import secrets
-from typing import Annotated, Any
+from typing import Annotated, Any, TypeVar
 
 import msgspec
 from fastapi import APIRouter, Depends, HTTPException, Path, Query, Request, Response
@@ -15,14 +15,31 @@ from fastapi.openapi.docs import get_swagger_ui_html
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from prometheus_client import CONTENT_TYPE_LATEST
 
+from service.api import (
+    ID_CHARS,
+    ErrorBody,
+    EventsAccepted,
+    EventsRequest,
+    Failure,
+    Health,
+    InvalidInput,
+    Readiness,
+    Recommendations,
+    RecommendRequest,
+    Reloaded,
+    SimilarItems,
+    SimilarRequest,
+    UserIds,
+    check,
+    decode,
+)
+from service.front.document import EXAMPLES, body_doc, result_doc, with_attributes
+from service.front.errors import response
 from service.front.state import Front
 from service.messages import (
     Answer,
     Call,
-    Diversity,
-    Event,
     Events,
-    Readiness,
     Recommend,
     Reload,
     Similar,
@@ -31,21 +48,8 @@ from service.messages import (
     json_body,
 )
 from service.metrics import Metrics
-from service.schemas import (
-    ID_CHARS,
-    CapDiversity,
-    EventsRequest,
-    EventsResponse,
-    Health,
-    RecommendRequest,
-    RecommendResponse,
-    ReloadResponse,
-    Rules,
-    SimilarRequest,
-    SimilarResponse,
-    UsersResponse,
-)
-from service.schemas import Readiness as ReadinessSchema
+
+T = TypeVar("T")
 
 
 # Dependencies are async: a sync one would cost a thread-pool hop per request.
@@ -56,17 +60,41 @@ async def get_front(request: Request) -> Front:
 
 FrontDep = Annotated[Front, Depends(get_front)]
 
+
+async def read(request: Request, kind: type[T]) -> T:
+    """The body as ``kind``, within the deployment's limits: 422 naming the field, 400 for
+    bytes no JSON reader takes (not UTF-8, nested past the reader's depth)."""
+    try:
+        body = decode(await request.body(), kind)
+    except (ValueError, RecursionError):  # InvalidInput is not one: it is no ValueError
+        raise HTTPException(400, "the body cannot be read as JSON text") from None
+    check(body, request.app.state.front.settings)  # type: ignore[arg-type]
+    return body
+
+
+async def recommend_body(request: Request) -> RecommendRequest:
+    return await read(request, RecommendRequest)
+
+
+async def similar_body(request: Request) -> SimilarRequest:
+    return await read(request, SimilarRequest)
+
+
+async def events_body(request: Request) -> EventsRequest:
+    return await read(request, EventsRequest)
+
+
 router = APIRouter()
 admin_router = APIRouter()
 events_router = APIRouter()
 bearer = HTTPBearer(auto_error=False)
-JSON = "application/json"
 STATUS_TIMEOUT_S = 2.0
 
 ERRORS: dict[int | str, dict[str, Any]] = {
     400: {"description": "Body cannot be read as JSON text (undecodable bytes, too deep)."},
     413: {"description": "Body over WALRUS_MAX_BODY_BYTES (refused before parsing)."},
     415: {"description": "Body not application/json."},
+    422: result_doc(ErrorBody, "A field is wrong: `loc` names it."),
     503: {"description": "Not ready, draining, overloaded or the engine restarting (Retry-After)."},
     504: {"description": "Not answered within WALRUS_DEADLINE_MS."},
 }
@@ -80,8 +108,8 @@ async def disconnected(request: Request) -> None:
 
 
 async def ask(front: Front, call: Call, request: Request, timeout_s: float) -> Answer | Response:
-    """The engine's answer, or 504 past ``timeout_s``, or 499 when the client left first;
-    either way the call is cancelled, so queued work is dropped, not served."""
+    """The engine's answer, or a timeout failure past ``timeout_s``, or 499 when the client
+    left first; either way the call is cancelled, so queued work is dropped, not served."""
     work = front.engine.submit(call)
     gone = asyncio.ensure_future(disconnected(request))
     waited: set[asyncio.Future[Any]] = {work, gone}
@@ -97,15 +125,18 @@ async def ask(front: Front, call: Call, request: Request, timeout_s: float) -> A
         front.metrics.disconnects.inc()
         return Response(status_code=499)  # nobody reads it; logged and counted as such
     front.metrics.deadline_misses.inc()
-    raise HTTPException(504, f"not answered within {timeout_s * 1000:.0f} ms")
+    message = f"not answered within {timeout_s * 1000:.0f} ms"
+    return Answer(call.id, failure=Failure("timeout", message))
 
 
-def send(answer: Answer | Response, request: Request) -> Response:
+def send(answer: Answer | Response, request: Request, status: int = 200) -> Response:
+    """The answer as HTTP: the result's JSON with ``status``, or its failure's response."""
     if isinstance(answer, Response):
         return answer
     request.state.bundle_id = answer.bundle_id
-    headers = {"Retry-After": str(answer.retry_after)} if answer.retry_after else None
-    return Response(answer.body, answer.status, headers, media_type=JSON)
+    if answer.failure is not None:
+        return response(answer.failure)
+    return Response(answer.body, status, media_type="application/json")
 
 
 def caller(front: Front, body: RecommendRequest, request: Request) -> str | None:
@@ -118,85 +149,73 @@ def caller(front: Front, body: RecommendRequest, request: Request) -> str | None
         return body.user_id
     if body.user_id is not None:
         detail = f"set by the gateway in the {header} header; leave it out of the body"
-        raise HTTPException(
-            422, [{"loc": ["body", "user_id"], "msg": detail, "type": "value_error"}]
-        )
+        raise InvalidInput(detail, "user_id")
     user = request.headers.get(header)
     if not user or len(user) > ID_CHARS:
         raise HTTPException(401, f"missing {header} header (the gateway sets it)")
     return user
 
 
-@router.post("/v1/recommend", response_model=RecommendResponse, responses=ERRORS)
-async def recommend(body: RecommendRequest, front: FrontDep, request: Request) -> Response:
+@router.post(
+    "/v1/recommend",
+    openapi_extra=body_doc(RecommendRequest, EXAMPLES),
+    responses={200: result_doc(Recommendations), **ERRORS},
+)
+async def recommend(
+    body: Annotated[RecommendRequest, Depends(recommend_body)], front: FrontDep, request: Request
+) -> Response:
     """Recommendations for a user, a query, a history, any mix of them, or nothing (popular).
     Concurrent requests, from every front, are served together by the engine's batcher."""
-    call = Recommend(
-        front.engine.next_id(),
-        body.k,
-        caller(front, body, request),
-        body.query,
-        body.history,
-        body.exclude,
-        body.exclude_seen,
-        body.offset,
-        body.filter_spec(),
-        diversity_of(body),
-        body.explain,
-    )
+    fields = msgspec.structs.asdict(body)
+    fields["user_id"] = caller(front, body, request)
+    call = Recommend(id=front.engine.next_id(), **fields)
     return send(await ask(front, call, request, front.settings.deadline_ms / 1000), request)
 
 
-def diversity_of(body: Rules) -> Diversity | None:
-    d = body.diversity
-    if isinstance(d, CapDiversity):
-        return Diversity(d.field, d.max_per_value, d.mmr)
-    return None if d is None else Diversity(mmr=d.mmr)
+SIMILAR_ERRORS: dict[int | str, dict[str, Any]] = {
+    200: result_doc(SimilarItems),
+    404: {"description": "Unknown item_id."},
+}
+ItemPath = Annotated[str, Path(max_length=ID_CHARS, description="An item of the bundle.")]
 
 
-@router.get(
-    "/v1/items/{item_id}/similar",
-    response_model=SimilarResponse,
-    responses={404: {"description": "Unknown item_id."}, 503: ERRORS[503], 504: ERRORS[504]},
-)
+@router.get("/v1/items/{item_id}/similar", responses={**SIMILAR_ERRORS, **ERRORS})
 async def similar(
-    item_id: Annotated[str, Path(max_length=ID_CHARS, description="An item of the bundle.")],
+    item_id: ItemPath,
     front: FrontDep,
     request: Request,
-    k: Annotated[int, Query(ge=1, le=1000, description="How many items.")] = 10,
-    offset: Annotated[int, Query(ge=0, le=100_000, description="Places skipped.")] = 0,
+    k: Annotated[int, Query(ge=1, description="How many items.")] = 10,
+    offset: Annotated[int, Query(ge=0, description="Places skipped.")] = 0,
 ) -> Response:
     """Items similar to one item: WALS factors, or text for cold items, most similar first.
     POST it for a filter or diversity."""
-    call = Similar(item_id, k, front.engine.next_id(), offset)
+    call = Similar(item_id=item_id, k=k, offset=offset, id=front.engine.next_id())
+    try:
+        check(call, front.settings)
+    except InvalidInput as exc:
+        return response(exc.failure(), "query")
     return send(await ask(front, call, request, front.settings.deadline_ms / 1000), request)
 
 
 @router.post(
     "/v1/items/{item_id}/similar",
-    response_model=SimilarResponse,
-    responses={404: {"description": "Unknown item_id."}, **ERRORS},
+    openapi_extra=body_doc(SimilarRequest),
+    responses={**SIMILAR_ERRORS, **ERRORS},
 )
 async def similar_with_rules(
-    item_id: Annotated[str, Path(max_length=ID_CHARS, description="An item of the bundle.")],
-    body: SimilarRequest,
+    item_id: ItemPath,
+    body: Annotated[SimilarRequest, Depends(similar_body)],
     front: FrontDep,
     request: Request,
 ) -> Response:
     """Items similar to one item, with the same pages, filter and diversity as
     /v1/recommend."""
-    call = Similar(
-        item_id,
-        body.k,
-        front.engine.next_id(),
-        body.offset,
-        body.filter_spec(),
-        diversity_of(body),
-    )
+    fields = msgspec.structs.asdict(body)
+    call = Similar(item_id=item_id, id=front.engine.next_id(), **fields)
     return send(await ask(front, call, request, front.settings.deadline_ms / 1000), request)
 
 
-@router.get("/v1/users", response_model=UsersResponse, responses={503: ERRORS[503]})
+@router.get("/v1/users", responses={200: result_doc(UserIds), 503: ERRORS[503]})
 async def users(
     front: FrontDep,
     request: Request,
@@ -211,31 +230,31 @@ async def users(
 @events_router.post(
     "/v1/events",
     status_code=202,
-    response_model=EventsResponse,
+    openapi_extra=body_doc(EventsRequest),
     responses={
+        202: result_doc(EventsAccepted),
         **ERRORS,
         503: {"description": "Redis did not take the events (down or slow): Retry-After."},
     },
 )
-async def post_events(body: EventsRequest, front: FrontDep, request: Request) -> Response:
+async def post_events(
+    body: Annotated[EventsRequest, Depends(events_body)], front: FrontDep, request: Request
+) -> Response:
     """Store users' interactions: the next answer for each of those users folds them in
     (within a second), on every front and every replica sharing the Redis. 202 with how
     many were stored and why each other one was not. Present with WALRUS_REDIS_URL only."""
-    limit = front.settings.events_max_batch
-    if len(body.events) > limit:
-        detail = f"at most {limit} events per call (WALRUS_EVENTS_MAX_BATCH)"
-        raise HTTPException(
-            422, [{"loc": ["body", "events"], "msg": detail, "type": "value_error"}]
-        )
-    events = [Event(e.user_id, e.item_id, e.weight, e.timestamp) for e in body.events]
-    call = Events(events, front.engine.next_id())
-    return send(await ask(front, call, request, front.settings.deadline_ms / 1000), request)
+    call = Events(events=body.events, id=front.engine.next_id())
+    answer = await ask(front, call, request, front.settings.deadline_ms / 1000)
+    return send(answer, request, 202)
 
 
 @admin_router.post(
     "/admin/reload",
-    response_model=ReloadResponse,
-    responses={401: {"description": "No bearer token"}, 403: {"description": "Wrong token"}},
+    responses={
+        200: result_doc(Reloaded),
+        401: {"description": "No bearer token"},
+        403: {"description": "Wrong token"},
+    },
 )
 async def reload(
     front: FrontDep,
@@ -263,20 +282,23 @@ async def reload(
     return send(await ask(front, Reload(front.engine.next_id()), request, timeout_s), request)
 
 
-@router.get("/healthz", response_model=Health)
+@router.get("/healthz", responses={200: result_doc(Health)})
 async def healthz() -> Response:
     """The process is alive (not necessarily ready)."""
-    return Response(b'{"status":"ok"}', media_type=JSON)
+    return Response(b'{"status":"ok"}', media_type="application/json")
 
 
-@router.get("/readyz", response_model=ReadinessSchema, responses={503: {"model": ReadinessSchema}})
+@router.get("/readyz", responses={200: result_doc(Readiness), 503: result_doc(Readiness)})
 async def readyz(front: FrontDep, request: Request) -> Response:
     """The engine has a bundle loaded, verified and warm, and this front is not shutting
     down; says which bundle and devices serve, and which bundles were refused and why."""
     if front.draining:
         draining = Readiness(ready=False, reason="draining: shutting down", draining=True)
-        return Response(json_body(draining), 503, media_type=JSON)
+        return Response(json_body(draining), 503, media_type="application/json")
     answer = await ask(front, Status(front.engine.next_id()), request, STATUS_TIMEOUT_S)
+    if isinstance(answer, Answer) and answer.failure is None:
+        ready = msgspec.json.decode(answer.body, type=Readiness).ready
+        return send(answer, request, 200 if ready else 503)
     return send(answer, request)
 
 
@@ -297,84 +319,14 @@ async def metrics_endpoint(front: FrontDep) -> Response:
 
 @router.get("/openapi.json", include_in_schema=False)
 async def openapi_document(front: FrontDep, request: Request) -> Response:
-    """The OpenAPI document (``configured_openapi``), with the filterable fields of the
+    """The OpenAPI document (``service.front.document``), with the filterable fields of the
     bundle the engine serves now: a filter naming another field is a 422."""
-    try:
-        answer = await ask(front, Status(front.engine.next_id()), request, STATUS_TIMEOUT_S)
-    except HTTPException:
-        answer = Response(status_code=504)
+    answer = await ask(front, Status(front.engine.next_id()), request, STATUS_TIMEOUT_S)
     attributes: dict[str, str] = {}
-    if isinstance(answer, Answer):
-        attributes = msgspec.json.decode(answer.body, type=Readiness).attributes
+    if isinstance(answer, Answer) and answer.failure is None:
+        attributes = dict(msgspec.json.decode(answer.body, type=Readiness).attributes)
     doc = with_attributes(request.app.openapi(), attributes)
-    return Response(msgspec.json.encode(doc), media_type=JSON)
-
-
-def with_attributes(doc: dict[str, Any], attributes: dict[str, str]) -> dict[str, Any]:
-    """A copy of ``doc`` whose request bodies take exactly this bundle's fields: ``filter``
-    lists each attribute (and ``item_id``) with the operators and value types of its kind,
-    and a diversity cap names only categorical or boolean fields. A request the document
-    allows is then one the engine accepts."""
-    doc = copy.deepcopy(doc)
-    schemas = doc["components"]["schemas"]
-    listed = ", ".join(f"{name} ({kind})" for name, kind in attributes.items()) or "none"
-    fields = {name: condition_schema(kind) for name, kind in attributes.items()}
-    fields["item_id"] = condition_schema("item_id")
-    cappable = [n for n, kind in attributes.items() if kind in ("categorical", "boolean")]
-    for body in ("RecommendRequest", "SimilarRequest"):
-        props = schemas[body]["properties"]
-        props["filter"]["description"] += f" This bundle's fields: {listed}; and item_id."
-        props["filter"]["x-walrus-attributes"] = attributes
-        for branch in props["filter"]["anyOf"]:
-            if branch.get("type") == "object":
-                branch.pop("additionalProperties", None)
-                branch.pop("propertyNames", None)
-                branch.update(properties=fields, additionalProperties=False)
-        if not cappable:  # no field to cap: only MMR
-            props["diversity"]["anyOf"] = [
-                b for b in props["diversity"]["anyOf"] if "CapDiversity" not in b.get("$ref", "")
-            ]
-    schemas["CapDiversity"]["properties"]["field"]["enum"] = cappable
-    return doc
-
-
-OPERATOR_VALUES: dict[str, dict[str, dict[str, Any]]] = {
-    "categorical": {
-        "eq": {"type": "string"},
-        "ne": {"type": "string"},
-        "in": {"type": "array", "items": {"type": "string"}, "minItems": 1},
-        "not_in": {"type": "array", "items": {"type": "string"}, "minItems": 1},
-    },
-    "boolean": {
-        "eq": {"type": "boolean"},
-        "ne": {"type": "boolean"},
-        "in": {"type": "array", "items": {"type": "boolean"}, "minItems": 1},
-        "not_in": {"type": "array", "items": {"type": "boolean"}, "minItems": 1},
-    },
-    "tags": {
-        op: {"type": "array", "items": {"type": "string"}, "minItems": 1}
-        for op in ("any", "all", "none")
-    },
-    "numeric": {op: {"type": "number"} for op in ("gt", "gte", "lt", "lte")},
-    "item_id": {
-        op: {
-            "type": "array",
-            "items": {"type": "string", "minLength": 1, "maxLength": ID_CHARS},
-            "minItems": 1,
-        }
-        for op in ("in", "not_in")
-    },
-}
-
-
-def condition_schema(kind: str) -> dict[str, Any]:
-    """The JSON schema of one field's condition: the operators its kind takes."""
-    return {
-        "type": "object",
-        "properties": OPERATOR_VALUES[kind],
-        "additionalProperties": False,
-        "minProperties": 1,
-    }
+    return Response(msgspec.json.encode(doc), media_type="application/json")
 
 
 @router.get("/docs", include_in_schema=False)
