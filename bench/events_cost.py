@@ -19,10 +19,10 @@ from typing import Any
 import numpy as np
 
 from bench.common import write_results
-from bench.redis_server import RedisServer
 from bench.serve import MIX, mix_bodies, run_bodies, running, walrus_cmd
 from export.format import resolve_bundle
 from service.engine.events import EventStore, StoredEvent
+from tests.support.redis import RedisServer
 
 PER_USER = 20
 
@@ -44,8 +44,7 @@ def fill(url: str, bundle: Path, users: set[str]) -> None:
 def measure(args: argparse.Namespace, work: Path) -> dict[str, Any]:
     bundle = resolve_bundle(args.bundle)
     mix = mix_bodies(bundle, 20_000, MIX)
-    redis = RedisServer(work).start()
-    try:
+    with RedisServer(work).start() as redis:
         fill(redis.url, bundle, {b["user_id"] for b in mix if "user_id" in b})
         runs: dict[str, list[dict[str, Any]]] = {"off": [], "on": []}
         for _ in range(args.rounds):
@@ -57,8 +56,6 @@ def measure(args: argparse.Namespace, work: Path) -> dict[str, Any]:
                     runs[name].append(
                         run_bodies(args.wrk, url, mix, 32, args.seconds, work, f"{name}")
                     )
-    finally:
-        redis.stop()
     median = {n: statistics.median(r["requests_per_s"] for r in rs) for n, rs in runs.items()}
     p99 = {n: statistics.median(r["p99_ms"] for r in rs) for n, rs in runs.items()}
     return {

@@ -572,16 +572,15 @@ def serve_under_wrk(
     at each concurrency; its readiness, a probe and its metrics."""
     import httpx
 
-    from tests.server import Server
+    from tests.support.servers import Server
 
-    server = Server(
+    with Server(
         bundle,
         WALRUS_DEVICE="auto",
         WALRUS_LOG_LEVEL="warning",
         extra_args=["--workers", str(entry["uvicorn_workers"])],
         **entry["env"],
-    )
-    try:
+    ) as server:
         server.wait(timeout=120)
         entry["readyz"] = httpx.get(server.url + "/readyz").json()
         probe = httpx.post(server.url + "/v1/recommend", json={"query": "space robots", "k": 5})
@@ -597,8 +596,6 @@ def serve_under_wrk(
                 wrk, server.url, "/healthz", 128, seconds // 2 or 1, 4, None
             )
         entry["metrics"] = metric_summary(httpx.get(server.url + "/metrics").text)
-    finally:
-        server.stop()
     res.write()
 
 

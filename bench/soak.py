@@ -29,10 +29,10 @@ import httpx
 import numpy as np
 
 from bench.common import write_results
-from bench.redis_server import RedisServer
 from bench.serve import MIX, mix_bodies, resident_bytes, run_bodies, running, walrus_cmd
 from bench.wrk import BODIES_FROM_FILE, run_wrk, write_bodies
 from export.format import MANIFEST, resolve_bundle, switch_current, writable_copy
+from tests.support.redis import RedisServer
 
 TOKEN = "soak-token-at-least-32-characters-long"
 CONNECTIONS = 16

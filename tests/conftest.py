@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import importlib
 import os
-import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -13,18 +11,10 @@ import numpy as np
 import pytest
 import scipy.sparse as sp
 
-from tests.s3_server import S3Server
-from tests.server import Server
-
-REPO = Path(__file__).resolve().parents[1]
-
-
-def auto_precision() -> str:
-    """The encoder precision ``auto`` serves on this machine: fp16 where onnxruntime offers
-    CUDA, int8 on the CPU (the tests run on both)."""
-    import onnxruntime as ort
-
-    return "fp16" if "CUDAExecutionProvider" in ort.get_available_providers() else "int8"
+from tests.support.configs import TINY_TOML
+from tests.support.s3 import S3Server
+from tests.support.servers import Server
+from tests.support.tools import movielens_or_skip
 
 
 @pytest.fixture
@@ -79,75 +69,10 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
             item.add_marker(pytest.mark.slow)
 
 
-def movielens_or_skip(raw: str | None) -> Path:
-    """The MovieLens directory; without it the test skips with a reason, except in CI
-    (``CI=true``), which is meant to have the data: there a missing copy fails the run."""
-    if raw and (Path(raw) / "ratings.csv").is_file():
-        return Path(raw)
-    reason = (
-        f"WALRUS_MOVIELENS_DIR={raw} holds no ratings.csv"
-        if raw
-        else "WALRUS_MOVIELENS_DIR is not set: point it at ml-latest-small to run this"
-    )
-    if os.environ.get("CI", "").lower() == "true":
-        pytest.fail(f"CI must run the MovieLens tests: {reason}", pytrace=False)
-    pytest.skip(reason)
-
-
-def tool_or_skip(name: str, install: str) -> str:
-    """The path of a command-line tool a test needs; without it the test skips naming the
-    install, except in CI (``CI=true``), whose .ci/run installs it: there it fails."""
-    path = shutil.which(name)
-    if path:
-        return path
-    reason = f"{name} is not installed ({install})"
-    if os.environ.get("CI", "").lower() == "true":
-        pytest.fail(f"CI must run this test: {reason}", pytrace=False)
-    pytest.skip(reason)
-
-
-def module_or_skip(name: str, install: str) -> None:
-    """At a test module's top: skip the module without the Python package ``name``, naming
-    the install, except in CI (``CI=true``), which installs every extra: there it fails."""
-    try:
-        importlib.import_module(name)
-    except ImportError:
-        reason = f"{name} is not installed ({install})"
-        if os.environ.get("CI", "").lower() == "true":
-            pytest.fail(f"CI must run these tests: {reason}", pytrace=False)
-        pytest.skip(reason, allow_module_level=True)
-
-
 @pytest.fixture(scope="session")
 def movielens_dir() -> Path:
     """The MovieLens directory from WALRUS_MOVIELENS_DIR."""
     return movielens_or_skip(os.environ.get("WALRUS_MOVIELENS_DIR"))
-
-
-TINY_TOML = """
-output_dir = "{out}"
-[data]
-interactions = "{data}/interactions.csv"
-catalog = "{data}/catalog.csv"
-[data.attributes]
-topic = "categorical"
-year = "numeric"
-price = "numeric"
-in_stock = "boolean"
-[wals]
-dim = 8
-iterations = 6
-regularization = 0.1
-[encoder]
-name = "tiny-roberta"
-max_length = 32
-[head]
-epochs = 4
-max_requests = 400
-[candidates]
-n_wals = 20
-n_text = 20
-"""
 
 
 @pytest.fixture(scope="session")
@@ -192,18 +117,15 @@ def server(tiny_bundle: Path) -> Iterator[Server]:
     """The tiny bundle served by uvicorn; fp32 encoder, so results can be compared with
     PyTorch to 1e-4."""
     # No query cache: the tests that compare batched with unbatched answers must encode.
-    srv = Server(
+    with Server(
         tiny_bundle.parent,
         WALRUS_ENCODER_PRECISION="fp32",
         WALRUS_MAX_HISTORY="50",
         WALRUS_QUERY_CACHE_SIZE="0",
         WALRUS_DEBUG_TIMINGS="true",
-    )
-    try:
+    ) as srv:
         srv.wait()
         yield srv
-    finally:
-        srv.stop()
 
 
 @pytest.fixture
@@ -224,20 +146,16 @@ def served_defaults(tiny_pipeline_config, tiny_trained, tmp_path_factory):
         tiny_pipeline_config, ["export.exact_threshold=10", f"export.bundles_dir={out}"]
     )
     bundle = build_bundle(cfg, tiny_trained, out)
-    srv = Server(out)
-    try:
+    with Server(out) as srv:
         srv.wait()
         yield srv, bundle
-    finally:
-        srv.stop()
 
 
 @pytest.fixture(scope="session")
 def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:
-    """moto's S3 server, one per session (``tests/s3_server.py``)."""
-    server = S3Server(tmp_path_factory.mktemp("s3")).start()
-    yield server
-    server.stop()
+    """moto's S3 server, one per session (``tests/support/s3.py``)."""
+    with S3Server(tmp_path_factory.mktemp("s3")).start() as server:
+        yield server
 
 
 @pytest.fixture

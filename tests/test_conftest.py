@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.conftest import movielens_or_skip, tool_or_skip
+from tests.support.tools import movielens_or_skip, tool_or_skip
 
 
 def test_missing_movielens_skips_outside_ci(monkeypatch, tmp_path):

@@ -24,7 +24,7 @@ def lint(tree: Path) -> subprocess.CompletedProcess[str]:
 
 @pytest.fixture
 def tree(tmp_path: Path) -> Path:
-    for name in ("walrus", "service", "export", "models"):
+    for name in ("walrus", "service", "export", "models", "bench", "tests"):
         shutil.copytree(REPO / name, tmp_path / name, ignore=shutil.ignore_patterns("__pycache__"))
     shutil.copy(REPO / "pyproject.toml", tmp_path)
     return tmp_path
@@ -71,6 +71,9 @@ PLANTED = [
     ("service/messages.py", "import service.engine.engine", "Inside service"),
     ("export/format.py", "import export.runtime.loaded", "then export.format, then models.core"),
     ("models/spark/blocks.py", "import models.wals", "models.core only"),
+    # The harnesses: bench drives entry points; tests share code through tests.support.
+    ("bench/api.py", "import service.engine.batcher", "bench is a harness"),
+    ("tests/service/test_api.py", "import tests.e2e.test_engine", "tests.support only"),
 ]
 
 

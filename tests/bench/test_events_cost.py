@@ -7,9 +7,9 @@ import json
 import pytest
 
 from bench.events_cost import main
-from tests.conftest import tool_or_skip
-from tests.redis_server import RedisServer
-from tests.server import free_port
+from tests.support.redis import redis_or_skip
+from tests.support.servers import free_port
+from tests.support.tools import tool_or_skip
 
 
 @pytest.mark.slow
@@ -17,7 +17,7 @@ def test_a_short_run_measures_both_sides(monkeypatch, tiny_bundle, tmp_path):
     import bench.common
 
     wrk = tool_or_skip("wrk", "apt-get install wrk")
-    RedisServer(tmp_path)  # skips (or fails under CI) without redis-server
+    redis_or_skip(tmp_path)  # skips (or fails under CI) without redis-server
     monkeypatch.setattr(bench.common, "RESULTS", tmp_path)
     args = ["--bundle", str(tiny_bundle), "--seconds", "2", "--rounds", "1"]
     assert main([*args, "--port", str(free_port()), "--wrk", wrk]) == 0

@@ -31,17 +31,14 @@ def test_the_exit_code_says_whether_any_request_failed(server, tiny_bundle, tmp_
     """A real locust run: 0 against a healthy service, 1 when requests fail."""
 
     from bench.loadtest import main
-    from tests.server import Server
+    from tests.support.servers import Server
 
     ok = main(locust_args(server.url, "test-loadtest-ok"))
     assert ok == 0
     broken = tmp_path / "bundle"
     writable_copy(tiny_bundle, broken)
     (broken / "head.onnx").write_bytes(b"not a model")
-    srv = Server(broken)
-    try:
+    with Server(broken) as srv:
         srv.wait(ready=False)
         failing = main(locust_args(srv.url, "test-loadtest-failing"))
-    finally:
-        srv.stop()
     assert failing == 1

@@ -7,7 +7,7 @@ import json
 from collections import Counter
 
 from bench.serve import MIX, main, mix_bodies, report
-from tests.conftest import tool_or_skip
+from tests.support.tools import tool_or_skip
 
 
 def test_the_mix_follows_the_locust_weights_and_repeats_queries(tiny_bundle):

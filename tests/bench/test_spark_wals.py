@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from tests.conftest import module_or_skip
+from tests.support.tools import module_or_skip
 
 module_or_skip("pyspark", "pip install -e '.[spark]'")
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from bench.update import main, table
-from tests.export.test_update import bundles_of
+from tests.support.bundles import bundles_of
 
 REPO = Path(__file__).resolve().parents[2]
 

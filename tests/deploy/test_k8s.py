@@ -21,7 +21,7 @@ import yaml
 
 from service.front.routes import router
 from service.settings import Settings
-from tests.conftest import REPO, tool_or_skip
+from tests.support.tools import REPO, tool_or_skip
 
 K8S = REPO / "deploy" / "k8s"
 KUBERNETES = "1.32.0"  # the oldest release whose API the manifests must fit

@@ -11,17 +11,16 @@ import threading
 import httpx
 import pytest
 
-from tests.export.test_update import NEW, bundles_of
-from tests.server import Server, eventually
-from tests.walrus.cli.test_cli import walrus
+from tests.support.bundles import NEW, bundles_of
+from tests.support.servers import Server, eventually
+from tests.support.tools import walrus
 
 pytestmark = pytest.mark.slow
 
 
 def test_items_added_and_withdrawn_under_load(tiny_bundle, tmp_path):
     root = bundles_of(tiny_bundle, tmp_path)
-    srv = Server(root, WALRUS_RELOAD_INTERVAL_S="0.2")
-    try:
+    with Server(root, WALRUS_RELOAD_INTERVAL_S="0.2") as srv:
         srv.wait()
         client = httpx.Client(base_url=srv.url, timeout=30)
         old_id = client.get("/readyz").json()["bundle_id"]
@@ -69,5 +68,3 @@ def test_items_added_and_withdrawn_under_load(tiny_bundle, tmp_path):
         similar = client.get("/v1/items/new-1/similar", params={"k": 3}).json()
         assert similar["source"] == "text" and similar["items"][0]["item_id"] == "new-2"
         assert client.get(f"/v1/items/{gone[0]}/similar").status_code == 404
-    finally:
-        srv.stop()

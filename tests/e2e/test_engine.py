@@ -19,8 +19,8 @@ import psutil
 import pytest
 
 from export.format import MANIFEST, switch_current, writable_copy
-from tests.e2e.test_service_matches_offline import CASES, offline, request_body
-from tests.server import Server
+from tests.support.offline import CASES, offline, request_body
+from tests.support.servers import Server
 
 pytestmark = pytest.mark.slow
 TOKEN = "engine-test-token-32-characters-long"
@@ -72,11 +72,8 @@ def two_fronts(bundles: Path, **env: str) -> Server:
 def served(tiny_bundle: Path):
     # Batches wait 20 ms for company: with two batcher threads, requests arriving together
     # could otherwise each be taken alone, and the batching under test would not happen.
-    srv = two_fronts(tiny_bundle.parent, WALRUS_BATCH_WAIT_US="20000")
-    try:
+    with two_fronts(tiny_bundle.parent, WALRUS_BATCH_WAIT_US="20000") as srv:
         yield srv
-    finally:
-        srv.stop()
 
 
 def test_one_engine_and_two_fronts_run(served):
@@ -153,8 +150,7 @@ class Load:
 
 
 def test_the_engine_killed_under_load_costs_503s_then_answers_again(tiny_bundle):
-    srv = two_fronts(tiny_bundle.parent, WALRUS_DEADLINE_MS="3000")
-    try:
+    with two_fronts(tiny_bundle.parent, WALRUS_DEADLINE_MS="3000") as srv:
         (engine,), _ = processes(srv)
         with Load(srv.url) as load:
             time.sleep(1.0)
@@ -171,13 +167,10 @@ def test_the_engine_killed_under_load_costs_503s_then_answers_again(tiny_bundle)
         assert statuses[-8:] == [200] * 8  # answering again after the restart
         assert load.errors == []
         assert "exited with -9: starting it again" in srv.output()
-    finally:
-        srv.stop()
 
 
 def test_a_front_killed_is_started_again_and_the_other_goes_on(tiny_bundle):
-    srv = two_fronts(tiny_bundle.parent)
-    try:
+    with two_fronts(tiny_bundle.parent) as srv:
         _, (victim, survivor) = processes(srv)
         with Load(srv.url) as load:
             time.sleep(0.5)
@@ -190,8 +183,6 @@ def test_a_front_killed_is_started_again_and_the_other_goes_on(tiny_bundle):
         # Connections the killed front held fail; the clients' next ones are answered.
         assert len(load.errors) <= 4, load.errors
         assert httpx.get(f"{srv.url}/readyz").status_code == 200
-    finally:
-        srv.stop()
 
 
 def test_a_reload_through_any_front_is_seen_by_every_front(tiny_bundle, tmp_path):
@@ -199,8 +190,7 @@ def test_a_reload_through_any_front_is_seen_by_every_front(tiny_bundle, tmp_path
     bundles.mkdir()
     writable_copy(tiny_bundle, bundles / "v1")
     switch_current(bundles, "v1")
-    srv = two_fronts(bundles, WALRUS_ADMIN_TOKEN=TOKEN, WALRUS_RELOAD_INTERVAL_S="0")
-    try:
+    with two_fronts(bundles, WALRUS_ADMIN_TOKEN=TOKEN, WALRUS_RELOAD_INTERVAL_S="0") as srv:
         first = httpx.get(f"{srv.url}/readyz").json()["bundle_id"]
         writable_copy(tiny_bundle, bundles / "v2")
         manifest = json.loads((bundles / "v2" / MANIFEST).read_text())
@@ -223,8 +213,6 @@ def test_a_reload_through_any_front_is_seen_by_every_front(tiny_bundle, tmp_path
         assert first != "v2-id" and seen == {"v2-id"}
         again = httpx.post(f"{srv.url}/admin/reload", headers=auth, timeout=120).json()
         assert again["reloaded"] is False and again["reason"] == "already serving it"
-    finally:
-        srv.stop()
 
 
 def test_the_engine_stops_with_its_supervisor(tiny_bundle):

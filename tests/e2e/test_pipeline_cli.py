@@ -8,8 +8,9 @@ import sys
 
 import httpx
 
-from tests.conftest import TINY_TOML, auto_precision
-from tests.server import Server
+from tests.support.configs import TINY_TOML
+from tests.support.servers import Server
+from tests.support.tools import auto_precision
 
 
 def walrus(*args: str) -> subprocess.CompletedProcess[str]:
@@ -34,8 +35,7 @@ def test_cli_pipeline_end_to_end(tmp_path):
     assert (bundles / "current").is_symlink()
     run = walrus("export", "--verify", str(bundles))
     assert run.returncode == 0, run.stderr
-    srv = Server(bundles)
-    try:
+    with Server(bundles) as srv:
         srv.wait()
         r = httpx.post(
             f"{srv.url}/v1/recommend", json={"user_id": "u0", "query": "anything", "k": 3}
@@ -48,8 +48,6 @@ def test_cli_pipeline_end_to_end(tmp_path):
             ready["bundle_id"]
             == json.loads((bundles / "current" / "manifest.json").read_text())["bundle_id"]
         )
-    finally:
-        srv.stop()
 
 
 def test_serve_rejects_bad_settings(tmp_path):

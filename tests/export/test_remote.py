@@ -15,7 +15,7 @@ from export.format import CURRENT, MANIFEST, Files, read_manifest, resolve_bundl
 from export.remote import BundleStore, StorageError, prune
 from export.signing import SignatureError, generate_keypair, sign_bundle
 from export.update import CatalogChange, update_bundle
-from tests.export.test_update import bundles_of
+from tests.support.bundles import bundles_of
 
 
 def s3(prefix: str) -> fsspec.AbstractFileSystem:

@@ -114,7 +114,7 @@ def test_the_service_refuses_unsigned_and_tampered_bundles(tiny_bundle, tmp_path
     import httpx
 
     from export.format import switch_current
-    from tests.server import Server
+    from tests.support.servers import Server
 
     private, public = generate_keypair(tmp_path / "keys")
     bundles = tmp_path / "bundles"
@@ -128,13 +128,12 @@ def test_the_service_refuses_unsigned_and_tampered_bundles(tiny_bundle, tmp_path
     (bundles / "tampered/manifest.json").write_text(json.dumps(manifest))
     switch_current(bundles, "good")
     token = "t" * 32
-    srv = Server(
+    with Server(
         bundles,
         WALRUS_TRUSTED_KEYS=str(public),
         WALRUS_ADMIN_TOKEN=token,
         WALRUS_RELOAD_INTERVAL_S="0",
-    )
-    try:
+    ) as srv:
         srv.wait()
         auth = {"Authorization": f"Bearer {token}"}
         for name, reason in (("unsigned", "unsigned"), ("tampered", "verifies with none")):
@@ -149,5 +148,3 @@ def test_the_service_refuses_unsigned_and_tampered_bundles(tiny_bundle, tmp_path
             'walrus_bundle_loads_total{result="refused"} 2.0'
             in httpx.get(f"{srv.url}/metrics").text
         )
-    finally:
-        srv.stop()

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from export.bundle import build_bundle
-from export.format import Files, read_manifest, resolve_bundle, switch_current, writable_copy
+from export.format import Files, read_manifest, resolve_bundle
 from export.runtime import load_bundle, verify_bundle
 from export.update import CatalogChange, UpdateError, compact_bundle, update_bundle
 from models.cold_start import RidgeMap
@@ -23,39 +23,8 @@ from models.core.catalog import item_text, text_columns
 from service.engine.recommender import Recommender
 from service.messages import Recommend, Similar
 from service.settings import Settings
-from tests.walrus.cli.test_cli import walrus
-
-NEW = [
-    {
-        "item_id": "new-1",
-        "title": "Zanzibar quokka submarine",
-        "description": "A zanzibar quokka submarine voyage.",
-        "tags": "quokka",
-        "topic": "space",
-        "year": "2031",
-        "price": "9.5",
-        "in_stock": "true",
-    },
-    {
-        "item_id": "new-2",
-        "title": "Zanzibar quokka submarine, vol. 2",
-        "description": "A zanzibar quokka submarine voyage.",
-        "tags": "quokka",
-        "topic": "brand new topic",
-        "year": "",
-        "price": "3",
-        "in_stock": "no",
-    },
-]
-
-
-def bundles_of(bundle: Path, tmp_path: Path) -> Path:
-    """A bundles folder of its own whose current is a copy of ``bundle``."""
-    root = tmp_path / "bundles"
-    root.mkdir()
-    writable_copy(bundle, root / bundle.name)
-    switch_current(root, bundle.name)
-    return root
+from tests.support.bundles import NEW, bundles_of
+from tests.support.tools import walrus
 
 
 def served(bundles: Path) -> Recommender:

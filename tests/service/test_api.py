@@ -14,7 +14,7 @@ import pytest
 
 from export.format import FORMAT_VERSION, writable_copy
 from export.runtime import faiss_gpu_count
-from tests.server import Server, eventually, metric
+from tests.support.servers import Server, eventually, metric
 
 
 def bundle_users(bundle):
@@ -257,8 +257,7 @@ def test_a_bad_bundle_is_refused_at_start(tiny_bundle, tmp_path, break_it, env, 
     copy = tmp_path / "bundle"
     writable_copy(tiny_bundle, copy)
     break_it(copy)
-    srv = Server(copy, **env)
-    try:
+    with Server(copy, **env) as srv:
         srv.wait(ready=False)
         ready = httpx.get(f"{srv.url}/readyz")
         assert ready.status_code == 503
@@ -266,8 +265,6 @@ def test_a_bad_bundle_is_refused_at_start(tiny_bundle, tmp_path, break_it, env, 
         assert httpx.get(f"{srv.url}/healthz").status_code == 200
         r = httpx.post(f"{srv.url}/v1/recommend", json={"k": 1})
         assert r.status_code == 503 and "not ready" in r.json()["detail"]
-    finally:
-        srv.stop()
 
 
 def _seen_item_out_of_range(bundle):
@@ -286,16 +283,13 @@ def test_files_that_disagree_in_size_are_refused_at_load(tiny_bundle, tmp_path):
     factors = np.load(copy / "user_factors.npy")
     np.save(copy / "user_factors.npy", factors[:-1])
     _rewrite_manifest(copy, lambda m: None)
-    srv = Server(copy)
-    try:
+    with Server(copy) as srv:
         srv.wait(ready=False)
         expected = f"user factor rows is {len(factors) - 1}, expected {len(factors)}"
         eventually(
             lambda: expected in httpx.get(f"{srv.url}/readyz").json().get("reason", ""),
             what=expected,
         )
-    finally:
-        srv.stop()
 
 
 def test_a_bug_at_request_time_is_a_clean_500_with_its_traceback_logged(tiny_bundle):
@@ -303,8 +297,7 @@ def test_a_bug_at_request_time_is_a_clean_500_with_its_traceback_logged(tiny_bun
     500, the log gets the traceback, /metrics counts it, and the rest is served, also the
     requests that shared its batch."""
     fault = "raise a bug"
-    srv = Server(tiny_bundle, WALRUS_FAULT_QUERY=fault, WALRUS_BATCH_WAIT_US="200000")
-    try:
+    with Server(tiny_bundle, WALRUS_FAULT_QUERY=fault, WALRUS_BATCH_WAIT_US="200000") as srv:
         srv.wait()
         with concurrent.futures.ThreadPoolExecutor(
             4
@@ -322,8 +315,6 @@ def test_a_bug_at_request_time_is_a_clean_500_with_its_traceback_logged(tiny_bun
         metrics = httpx.get(f"{srv.url}/metrics").text
         assert 'walrus_requests_total{endpoint="/v1/recommend",status="500"} 1.0' in metrics
         assert metric(metrics, "walrus_failed_batches_total") >= 1
-    finally:
-        srv.stop()
 
 
 def test_a_bundle_whose_parts_disagree_is_refused_at_load(tiny_bundle, tmp_path):
@@ -364,13 +355,10 @@ def test_a_bundle_that_fails_its_warm_up_never_serves(tiny_bundle, tmp_path):
     }
     export_head(head, copy / "head.onnx")
     _rewrite_manifest(copy, lambda m: None)
-    srv = Server(copy)
-    try:
+    with Server(copy) as srv:
         srv.wait(ready=False)
         reason = httpx.get(f"{srv.url}/readyz").json()["reason"]
         assert "retrying in" in reason and "head input width is 3, expected" in reason
-    finally:
-        srv.stop()
 
 
 def loaded_after(code: str, modules: tuple[str, ...]) -> list[str]:
@@ -426,22 +414,18 @@ def test_a_body_that_is_not_json_is_415(client, kind):
 def test_deadline_and_load_shedding(tiny_bundle):
     """A request past WALRUS_DEADLINE_MS is a 504; past WALRUS_MAX_QUEUE waiting requests a
     503 with Retry-After; both counted; nothing else fails."""
-    srv = Server(tiny_bundle.parent, WALRUS_DEADLINE_MS="1")
-    try:
+    with Server(tiny_bundle.parent, WALRUS_DEADLINE_MS="1") as srv:
         srv.wait()
         r = httpx.post(f"{srv.url}/v1/recommend", json={"query": "slow robots", "k": 3})
         assert r.status_code == 504 and "1 ms" in r.json()["detail"]
         assert "walrus_deadline_misses_total 1.0" in httpx.get(f"{srv.url}/metrics").text
-    finally:
-        srv.stop()
-    srv = Server(
+    with Server(
         tiny_bundle.parent,
         WALRUS_MAX_QUEUE="1",
         WALRUS_MAX_BATCH="1",
         WALRUS_BATCH_WORKERS="1",
         WALRUS_QUERY_CACHE_SIZE="0",
-    )
-    try:
+    ) as srv:
         srv.wait()
 
         def call(i: int) -> httpx.Response:
@@ -463,8 +447,6 @@ def test_deadline_and_load_shedding(tiny_bundle):
             )
         )
         assert shed == sum(a.status_code == 503 for a in answers)
-    finally:
-        srv.stop()
 
 
 def test_the_port_opens_at_once_and_a_failed_load_is_retried(tiny_bundle, tmp_path):
@@ -472,8 +454,7 @@ def test_the_port_opens_at_once_and_a_failed_load_is_retried(tiny_bundle, tmp_pa
     copied in, the same process becomes ready without a restart."""
     bundles = tmp_path / "bundles"
     bundles.mkdir()
-    srv = Server(bundles, WALRUS_LOAD_RETRY_MAX_S="1")
-    try:
+    with Server(bundles, WALRUS_LOAD_RETRY_MAX_S="1") as srv:
         srv.wait(ready=False)
         ready = httpx.get(f"{srv.url}/readyz")
         assert ready.status_code == 503 and "retrying in" in ready.json()["reason"]
@@ -483,22 +464,19 @@ def test_the_port_opens_at_once_and_a_failed_load_is_retried(tiny_bundle, tmp_pa
         srv.wait(ready=True, timeout=60)
         r = httpx.post(f"{srv.url}/v1/recommend", json={"query": "space robots", "k": 3})
         assert r.status_code == 200 and r.json()["bundle_id"] == tiny_bundle.name
-    finally:
-        srv.stop()
 
 
 def test_several_workers_report_one_sum_in_metrics(tiny_bundle, tmp_path):
     """`walrus serve --workers 2`: each scrape, whichever front answers it, counts the
     requests of both fronts and shows the engine's series (prometheus-client's
     multiprocess mode), and the start line names the plan."""
-    srv = Server(
+    with Server(
         tiny_bundle,
         ["--workers", "2"],
         cli=True,
         WALRUS_LOG_LEVEL="warning",
         PROMETHEUS_MULTIPROC_DIR=str(tmp_path),
-    )
-    try:
+    ) as srv:
         srv.wait()
         with httpx.Client(base_url=srv.url, timeout=30) as http:
             ok = 0
@@ -519,15 +497,12 @@ def test_several_workers_report_one_sum_in_metrics(tiny_bundle, tmp_path):
                 batches = [x for x in text.splitlines() if x.startswith("walrus_batch_size_sum")]
                 assert float(batches[0].rsplit(" ", 1)[1]) == ok  # the engine's: one engine
         assert "and 2 front(s)" in srv.output()
-    finally:
-        srv.stop()
 
 
 def test_timings_stay_out_of_answers_unless_debugging(tiny_bundle):
     """By default an answer's timings_ms is empty (a cached query's 0 ms encode would tell
     any caller what others asked recently); /metrics still has the stages."""
-    srv = Server(tiny_bundle)
-    try:
+    with Server(tiny_bundle) as srv:
         srv.wait()
         for _ in range(2):  # the second one is a cache hit
             r = httpx.post(f"{srv.url}/v1/recommend", json={"query": "space robots", "k": 2})
@@ -542,16 +517,13 @@ def test_timings_stay_out_of_answers_unless_debugging(tiny_bundle):
 
         metrics = eventually(with_stages, what="the encode stage in /metrics")
         assert 'stage="rerank"' in metrics
-    finally:
-        srv.stop()
 
 
 def test_behind_a_gateway_the_user_comes_from_its_header_only(tiny_bundle):
     """With WALRUS_USER_HEADER the body cannot name a user (nobody can ask for another's
     recommendations, or learn their history through exclude_seen)."""
     users = json.loads((tiny_bundle / "user_ids.json").read_text())
-    srv = Server(tiny_bundle, WALRUS_USER_HEADER="X-User-Id")
-    try:
+    with Server(tiny_bundle, WALRUS_USER_HEADER="X-User-Id") as srv:
         srv.wait()
         url = f"{srv.url}/v1/recommend"
         named = httpx.post(url, json={"user_id": users[0], "k": 2}, headers={"X-User-Id": users[0]})
@@ -562,5 +534,3 @@ def test_behind_a_gateway_the_user_comes_from_its_header_only(tiny_bundle):
         assert ok.status_code == 200 and ok.json()["user_known"] is True
         stranger = httpx.post(url, json={"k": 2}, headers={"X-User-Id": "nobody-here"})
         assert stranger.status_code == 200 and stranger.json()["user_known"] is False
-    finally:
-        srv.stop()

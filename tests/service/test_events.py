@@ -11,8 +11,8 @@ import httpx
 import pytest
 
 from export.runtime import LoadOptions, load_bundle
-from tests.redis_server import RedisServer
-from tests.server import Server, eventually
+from tests.support.redis import redis_or_skip
+from tests.support.servers import Server, eventually
 
 pytestmark = pytest.mark.slow
 UNUSED = "recent events were not used"
@@ -20,11 +20,8 @@ UNUSED = "recent events were not used"
 
 @pytest.fixture(scope="module")
 def redis_server(tmp_path_factory):
-    server = RedisServer(tmp_path_factory.mktemp("redis")).start()
-    try:
+    with redis_or_skip(tmp_path_factory.mktemp("redis")).start() as server:
         yield server
-    finally:
-        server.stop()
 
 
 def events_on(bundle, redis_server, cli=False, **env):
@@ -40,12 +37,9 @@ def events_on(bundle, redis_server, cli=False, **env):
 
 @pytest.fixture(scope="module")
 def served(tiny_bundle, redis_server):
-    srv = events_on(tiny_bundle, redis_server)
-    try:
+    with events_on(tiny_bundle, redis_server) as srv:
         srv.wait()
         yield srv, load_bundle(tiny_bundle, LoadOptions("cpu"))
-    finally:
-        srv.stop()
 
 
 def post(srv, path, body):
@@ -162,8 +156,7 @@ def test_redis_stopped_under_load_costs_events_not_answers(served, redis_server)
 def test_every_replica_sees_the_events_posted_through_any(served, tiny_bundle, redis_server):
     """A second service (`walrus serve`: two fronts, its own engine) on the same Redis."""
     srv, bundle = served
-    other = events_on(tiny_bundle, redis_server, cli=True, WALRUS_WORKERS="2")
-    try:
+    with events_on(tiny_bundle, redis_server, cli=True, WALRUS_WORKERS="2") as other:
         other.wait()
         _, five = one_topic(bundle)
         user = "user-seen-everywhere"
@@ -173,8 +166,6 @@ def test_every_replica_sees_the_events_posted_through_any(served, tiny_bundle, r
         assert ids(ranked(srv, user_id=user)) == expected
         for _ in range(4):  # whichever front answers
             assert ids(ranked(other, user_id=user)) == expected
-    finally:
-        other.stop()
 
 
 def test_without_redis_there_is_no_events_route(client):

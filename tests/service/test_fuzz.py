@@ -11,7 +11,7 @@ import schemathesis
 from hypothesis import HealthCheck, given, settings
 from schemathesis import GenerationMode
 
-from tests.server import Server
+from tests.support.servers import Server
 
 pytestmark = pytest.mark.slow
 TAKE_INPUT = (
@@ -24,12 +24,9 @@ CASES_PER_OPERATION = 300  # per mode; /healthz, /readyz and /metrics take no in
 
 @pytest.fixture(scope="module")
 def fuzzed(tiny_bundle):
-    srv = Server(tiny_bundle, WALRUS_LOG_LEVEL="warning", WALRUS_QUERY_CACHE_SIZE="100")
-    try:
+    with Server(tiny_bundle, WALRUS_LOG_LEVEL="warning", WALRUS_QUERY_CACHE_SIZE="100") as srv:
         srv.wait()
         yield srv
-    finally:
-        srv.stop()
 
 
 def test_no_input_gets_a_5xx_and_every_answer_matches_the_schema(fuzzed):

@@ -12,19 +12,16 @@ import numpy as np
 import pytest
 
 from export.runtime import LoadOptions, load_bundle
-from tests.server import Server
+from tests.support.servers import Server
 
 pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
 def served(tiny_bundle):
-    srv = Server(tiny_bundle)
-    try:
+    with Server(tiny_bundle) as srv:
         srv.wait()
         yield srv, load_bundle(tiny_bundle, LoadOptions("cpu"))
-    finally:
-        srv.stop()
 
 
 def post(srv, body, path="/v1/recommend"):

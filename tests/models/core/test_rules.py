@@ -16,13 +16,7 @@ from models.core.fold_in import contributions, fold_in_user
 from models.core.hybrid import PoolSizes, recommend_batch
 from models.core.params import WALSParams
 from models.core.types import Diversity, ItemTables, Request, SearchBatch
-from tests.models.core.test_candidates import (
-    OverFetching,
-    exact,
-    oracle,
-    random_requests,
-    tables,
-)
+from tests.support.candidates import OverFetching, exact, oracle, random_requests, tables
 
 
 class LossyFilter:

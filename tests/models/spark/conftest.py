@@ -7,7 +7,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.conftest import module_or_skip
+from tests.support.tools import module_or_skip
 
 module_or_skip("pyspark", "pip install -e '.[spark]'")
 

@@ -16,8 +16,7 @@ import scipy.sparse as sp
 from models.core.params import WALSParams
 from models.spark.wals import SparkWALSError, check_master, fit
 from models.wals import WALS
-from tests.conftest import tool_or_skip
-from tests.walrus.cli.test_cli import walrus
+from tests.support.tools import tool_or_skip, walrus
 
 
 @pytest.fixture(autouse=True)

@@ -20,8 +20,8 @@ from service.engine.events import (
     accept_events,
     all_events,
 )
-from tests.redis_server import RedisServer
-from tests.server import eventually
+from tests.support.redis import RedisServer, redis_or_skip
+from tests.support.servers import eventually
 
 
 class Clock:
@@ -87,11 +87,8 @@ def test_each_bad_event_is_rejected_with_its_index_and_why():
 
 @pytest.fixture
 def redis_server(tmp_path):
-    server = RedisServer(tmp_path).start()
-    try:
+    with redis_or_skip(tmp_path).start() as server:
         yield server
-    finally:
-        server.stop()
 
 
 def store(server: RedisServer, per_user: int = 3, ttl_s: int = 60) -> EventStore:

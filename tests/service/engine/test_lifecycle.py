@@ -15,7 +15,7 @@ import httpx
 import pytest
 
 from export.format import switch_current, writable_copy
-from tests.server import Server, eventually, metric
+from tests.support.servers import Server, eventually, metric
 
 pytestmark = pytest.mark.slow
 TOKEN = "s3cret-token-of-thirty-two-chars!"
@@ -49,22 +49,18 @@ def bundles(tiny_bundle, tmp_path) -> Path:
 
 
 def test_the_admin_route_exists_only_with_a_token_and_checks_it(bundles):
-    without = Server(bundles, WALRUS_RELOAD_INTERVAL_S="0")
-    try:
+    with Server(bundles, WALRUS_RELOAD_INTERVAL_S="0") as without:
         without.wait()
         assert httpx.post(f"{without.url}/admin/reload").status_code == 404
         assert "/admin/reload" not in httpx.get(f"{without.url}/openapi.json").text
-    finally:
-        without.stop()
     token_file = bundles.parent / "admin-token"
     token_file.write_text(TOKEN + "\n")  # a mounted secret ends with a newline
-    srv = Server(
+    with Server(
         bundles,
         WALRUS_ADMIN_TOKEN_FILE=str(token_file),
         WALRUS_ADMIN_MAX_FAILURES="2",
         WALRUS_RELOAD_INTERVAL_S="0",
-    )
-    try:
+    ) as srv:
         srv.wait()
         url = f"{srv.url}/admin/reload"
         missing = httpx.post(url)
@@ -79,8 +75,6 @@ def test_the_admin_route_exists_only_with_a_token_and_checks_it(bundles):
         assert httpx.post(url, headers={"Authorization": "Bearer guess"}).status_code == 403
         blocked = httpx.post(url, headers={"Authorization": f"Bearer {TOKEN}"})
         assert blocked.status_code == 429 and 0 < int(blocked.headers["retry-after"]) <= 60
-    finally:
-        srv.stop()
 
 
 def test_five_reloads_under_load_drop_no_request(tiny_bundle, bundles):
@@ -164,15 +158,14 @@ def test_five_reloads_under_load_drop_no_request(tiny_bundle, bundles):
 def test_sigterm_drains_then_exits_zero(tiny_bundle):
     """SIGTERM: /readyz turns 503 at once, requests are still answered during the drain,
     the one in flight finishes, and the process exits with status 0."""
-    srv = Server(
+    with Server(
         tiny_bundle,
         ["--workers", "1"],
         cli=True,
         WALRUS_DRAIN_S="4",
         WALRUS_BATCH_WAIT_US="1000000",  # the most allowed
         WALRUS_MAX_BATCH="64",
-    )
-    try:
+    ) as srv:
         srv.wait()
         results: list[int] = []
 
@@ -194,15 +187,12 @@ def test_sigterm_drains_then_exits_zero(tiny_bundle):
         slow.join()
         assert results == [200]
         assert srv.process.wait(30) == 0
-    finally:
-        srv.stop()
 
 
 def test_a_client_that_leaves_has_its_queued_work_dropped(tiny_bundle):
     """The batch waits 1 s (the most allowed) for company; a client that disconnects meanwhile is dropped from
     it: no batch is served for it, and /metrics counts the disconnect."""
-    srv = Server(tiny_bundle, WALRUS_BATCH_WAIT_US="1000000")
-    try:
+    with Server(tiny_bundle, WALRUS_BATCH_WAIT_US="1000000") as srv:
         srv.wait()
         before = httpx.get(f"{srv.url}/metrics").text
         body = json.dumps({"query": "leaving early", "k": 2}).encode()
@@ -225,8 +215,6 @@ def test_a_client_that_leaves_has_its_queued_work_dropped(tiny_bundle):
         after = httpx.get(f"{srv.url}/metrics").text
         batches = "walrus_batch_size_count"
         assert metric(after, batches) == metric(before, batches)
-    finally:
-        srv.stop()
 
 
 def test_the_start_and_watch_loops_outlive_an_unexpected_error(tiny_bundle, monkeypatch):

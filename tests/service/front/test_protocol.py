@@ -9,7 +9,7 @@ import time
 import httpx
 import pytest
 
-from tests.server import Server
+from tests.support.servers import Server
 
 pytestmark = pytest.mark.slow
 
@@ -56,12 +56,9 @@ def test_trickling_clients_get_408_and_normal_ones_are_served(tiny_bundle):
 
 
 def test_an_oversized_header_block_gets_431(tiny_bundle):
-    srv = Server(tiny_bundle, WALRUS_MAX_HEADER_BYTES="2048")
-    try:
+    with Server(tiny_bundle, WALRUS_MAX_HEADER_BYTES="2048") as srv:
         srv.wait()
         with socket.create_connection(("127.0.0.1", srv.port)) as sock:
             sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * 4096 + b"\r\n\r\n")
             assert read_all(sock, 10).startswith(b"HTTP/1.1 431")
         assert httpx.get(f"{srv.url}/healthz").status_code == 200
-    finally:
-        srv.stop()

@@ -11,8 +11,8 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.conftest import module_or_skip, tool_or_skip
-from tests.server import Server
+from tests.support.servers import Server
+from tests.support.tools import module_or_skip, tool_or_skip
 
 module_or_skip("playwright", "pip install -e '.[dev]'")
 from playwright.sync_api import Browser, Page, expect, sync_playwright  # noqa: E402
@@ -33,12 +33,9 @@ CHROMIUM_ARGS = [
 @pytest.fixture(scope="module")
 def served(tiny_bundle) -> Iterator[Server]:
     """The tiny bundle; WALRUS_UI_BUNDLE names another (`make ui-screenshot`: the demo's)."""
-    srv = Server(Path(os.environ.get("WALRUS_UI_BUNDLE") or tiny_bundle))
-    try:
+    with Server(Path(os.environ.get("WALRUS_UI_BUNDLE") or tiny_bundle)) as srv:
         srv.wait()
         yield srv
-    finally:
-        srv.stop()
 
 
 @pytest.fixture(scope="module")

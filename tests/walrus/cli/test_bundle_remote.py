@@ -8,7 +8,7 @@ import pytest
 
 from export.format import CURRENT, read_manifest, resolve_bundle
 from export.remote import BundleStore
-from tests.walrus.cli.test_cli import walrus
+from tests.support.tools import walrus
 
 pytestmark = pytest.mark.slow
 

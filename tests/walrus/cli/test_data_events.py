@@ -6,13 +6,12 @@ import pandas as pd
 
 from models.data.io import read_interactions
 from service.engine.events import EventStore, StoredEvent
-from tests.redis_server import RedisServer
-from tests.walrus.cli.test_cli import walrus
+from tests.support.redis import redis_or_skip
+from tests.support.tools import walrus
 
 
 def test_events_export_as_interactions_alone_and_after_a_base_file(tmp_path):
-    server = RedisServer(tmp_path).start()
-    try:
+    with redis_or_skip(tmp_path).start() as server:
         store = EventStore(server.url, 10, 60, timeout_s=1, breaker_s=1)
         store.append(
             [
@@ -37,8 +36,6 @@ def test_events_export_as_interactions_alone_and_after_a_base_file(tmp_path):
         merged = pd.read_csv(merged_path)
         assert list(merged.columns) == ["user_id", "item_id"] and len(merged) == 4
         assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
-    finally:
-        server.stop()
     run = walrus("data", "events", "--redis-url", server.url, "--out", str(tmp_path / "x.csv"))
     assert run.returncode == 2 and len(run.stderr.strip().splitlines()) == 1
     assert "--redis-url" in run.stderr and not (tmp_path / "x.csv").exists()

@@ -1,24 +1,20 @@
 """A real ``redis-server`` (Debian's package) on a loopback port with its append-only file in
 a folder of the caller's: stopped and started again, it keeps what it acknowledged. The
-events tests (``tests/redis_server.py``) and ``make soak`` run it."""
+events tests run it (``redis_or_skip``: skipped naming the install, or failed under CI=true), and
+so do the benchmarks that need a Redis (``make soak``, ``make bench-events``)."""
 
 from __future__ import annotations
 
 import shutil
-import socket
 import subprocess
 import time
 from pathlib import Path
 
 import redis
 
+from tests.support.servers import free_port
+
 INSTALL = "apt-get install redis-server"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 class RedisServer:
@@ -65,8 +61,23 @@ class RedisServer:
     def client(self) -> redis.Redis:
         return redis.Redis.from_url(self.url, socket_timeout=2)
 
+    def __enter__(self) -> RedisServer:
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self.stop()
+
     def stop(self) -> None:
         if self.process is not None and self.process.poll() is None:
             self.process.terminate()  # SIGTERM: redis flushes the append-only file and exits
             self.process.wait(20)
         self.process = None
+
+
+def redis_or_skip(folder: Path) -> RedisServer:
+    """A Redis for a test: without ``redis-server`` the test skips naming the install, except
+    under CI=true, where it fails (``tool_or_skip``)."""
+    # Here, not at the top: the benchmarks use this module without pytest.
+    from tests.support.tools import tool_or_skip
+
+    return RedisServer(folder, binary=tool_or_skip("redis-server", INSTALL))

@@ -1,4 +1,4 @@
-"""A real uvicorn process on a free loopback port (used by tests/service and tests/e2e)."""
+"""A real uvicorn process on a free loopback port, and the helpers that wait on servers."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
+from types import TracebackType
 from typing import TypeVar
 
 import httpx
@@ -67,6 +68,17 @@ class Server:
             stderr=subprocess.STDOUT,
         )
 
+    def __enter__(self) -> Server:
+        return self
+
+    def __exit__(
+        self,
+        kind: type[BaseException] | None,
+        error: BaseException | None,
+        trace: TracebackType | None,
+    ) -> None:
+        self.stop()
+
     def wait(self, ready: bool = True, timeout: float = 90.0) -> None:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
@@ -87,12 +99,16 @@ class Server:
         return self.log.read()
 
     def stop(self) -> None:
-        self.process.terminate()
-        try:
-            self.process.wait(10)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-        self.log.close()
+        """Terminate it (killed past 10 s); stopping twice is stopping once."""
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        if not self.log.closed:
+            self.log.close()
 
 
 def eventually(check: Callable[[], T | None], timeout: float = 30.0, what: str = "") -> T:

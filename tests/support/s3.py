@@ -13,7 +13,7 @@ from pathlib import Path
 
 import httpx
 
-from tests.server import free_port
+from tests.support.servers import free_port
 
 
 class S3Server:
@@ -58,6 +58,12 @@ class S3Server:
         name = f"walrus-{uuid.uuid4().hex[:12]}"
         httpx.put(f"{self.endpoint}/{name}", timeout=10).raise_for_status()
         return name
+
+    def __enter__(self) -> S3Server:
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self.stop()
 
     def stop(self) -> None:
         if self.process is not None and self.process.poll() is None:
