@@ -12,7 +12,7 @@ WALRUS_URL ?= http://127.0.0.1:8000
 LOADTEST_USERS ?= 8
 LOADTEST_DURATION ?= 30s
 
-.PHONY: install demo demo-answers chaos lock data train export serve test lint format bench bench-quality ui-screenshot bench-filters bench-events bench-update bench-quantization bench-serve soak seed-bundle gpu-check loadtest docker-test clean
+.PHONY: install demo demo-answers chaos lock data train export serve test lint format results bench bench-quality ui-screenshot bench-filters bench-events bench-update bench-quantization bench-serve soak seed-bundle gpu-check loadtest docker-test clean
 
 # Re-install only when pyproject.toml changes.
 $(STAMP): pyproject.toml
@@ -50,6 +50,13 @@ lint: install
 format: install
 	$(BIN)/ruff format walrus models export service bench tests
 	$(BIN)/ruff check --fix walrus models export service bench tests
+
+# Re-run the benchmarks whose tables bench/results.py prints (the API's costs, filters and a
+# live catalog at the seed's item scale, events: about 20 minutes on 2 cores), keep their
+# results in docs/results and rewrite the docs' tables from them. The others keep their own
+# targets (bench-serve, chaos, soak, bench-quality, ...).
+results: export
+	$(BIN)/python -m bench.results --run
 
 # WALS vs implicit, then WALS on Spark vs MLlib ALS on local[2] (about 15 minutes on 2 cores).
 bench: install

@@ -28,7 +28,7 @@ from typing import Any
 
 import msgspec
 
-from bench.common import median_ms, print_table, write_results
+from bench.common import Benchmark, median_ms
 from service.api import Item, Recommendations, RecommendRequest, decode
 from service.messages import Answer, decode_answer, encode, json_body
 
@@ -143,34 +143,23 @@ def table(r: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+def arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--pydantic-schemas", type=Path, help="the old service/schemas.py")
     parser.add_argument("--repeat", type=int, default=REPEAT, help="timed calls per cell")
-    args = parser.parse_args(argv)
-    old = load(args.pydantic_schemas) if args.pydantic_schemas else None
-    decoded, answered = decoding(old, args.repeat), answering(args.repeat)
-    columns = ["body", "bytes", "msgspec_us"]
-    if old is not None:
-        columns += ["pydantic_us", "pydantic_over_msgspec"]
-    print_table("Decoding a request body (µs, median)", decoded, columns)
-    print_table(
-        "The front's work per answer (µs, median)",
-        answered,
-        ["k", "forward_us", "decode_and_write_us", "ratio"],
-    )
-    path = write_results(
-        "api",
-        {
-            "repeat": args.repeat,
-            "pydantic_schemas": str(args.pydantic_schemas) if old is not None else None,
-            "decoding": decoded,
-            "answering": answered,
-        },
-    )
-    print(f"written: {path}")
-    return 0
 
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    old = load(args.pydantic_schemas) if args.pydantic_schemas else None
+    return {
+        "repeat": args.repeat,
+        "pydantic_schemas": str(args.pydantic_schemas) if old is not None else None,
+        "decoding": decoding(old, args.repeat),
+        "answering": answering(args.repeat),
+    }
+
+
+BENCHMARK = Benchmark("api", __doc__ or "", arguments, run, table)
+main = BENCHMARK.main
 
 if __name__ == "__main__":
     raise SystemExit(main())

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import hashlib
 import json
 import os
@@ -10,6 +11,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -115,3 +117,35 @@ def _fmt(value: Any) -> str:
     if isinstance(value, float):
         return f"{value:.4f}" if abs(value) < 100 else f"{value:.1f}"
     return "" if value is None else str(value)
+
+
+@dataclass(frozen=True)
+class Benchmark:
+    """One benchmark's command line, the same for each: its own arguments and ``--report``
+    (print the docs' table of a kept JSON and stop); otherwise run, keep the result
+    (``write_results``, with its provenance), draw its plot, print its table. The exit
+    status says whether the result met its targets (``passed``)."""
+
+    name: str
+    description: str
+    arguments: Callable[[argparse.ArgumentParser], None]
+    run: Callable[[argparse.Namespace], dict[str, Any]]
+    table: Callable[[dict[str, Any]], str]
+    passed: Callable[[dict[str, Any]], bool] = lambda _result: True
+    plot: Callable[[dict[str, Any], Path], None] | None = None
+
+    def main(self, argv: list[str] | None = None) -> int:
+        parser = argparse.ArgumentParser(description=self.description.split("\n")[0])
+        self.arguments(parser)
+        parser.add_argument("--report", type=Path, help="only print the table of a JSON result")
+        args = parser.parse_args(argv)
+        if args.report:
+            print(self.table(json.loads(args.report.read_text())))
+            return 0
+        result = self.run(args)
+        path = write_results(self.name, result)
+        if self.plot is not None:
+            self.plot(result, RESULTS / f"{self.name}.png")
+        print(self.table(result))
+        print(f"wrote {path}")
+        return 0 if self.passed(result) else 1

@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from bench.common import write_results
+from bench.common import Benchmark
 from bench.serve import MIX, mix_bodies, run_bodies, running, walrus_cmd
 from export.format import resolve_bundle
 from service.engine.events import EventStore, StoredEvent
@@ -84,28 +84,24 @@ def table(r: dict[str, Any]) -> str:
     )
 
 
-def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+def arguments(ap: argparse.ArgumentParser) -> None:
     ap.add_argument("--bundle", type=Path, default=Path("artifacts/demo/bundles"))
     ap.add_argument("--seconds", type=int, default=15)
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--port", type=int, default=8750)
     ap.add_argument("--wrk", default=shutil.which("wrk"))
-    ap.add_argument("--report", type=Path, help="only print the table of a JSON result")
-    args = ap.parse_args(argv)
-    if args.report:
-        print(table(json.loads(args.report.read_text())))
-        return 0
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
     if args.wrk is None:
         print("error: wrk not found: install it (apt install wrk) or pass --wrk PATH")
-        return 2
+        raise SystemExit(2)
     with tempfile.TemporaryDirectory(prefix="walrus-events-") as tmp:
-        result = measure(args, Path(tmp))
-    path = write_results("events_cost", result)
-    print(table(result))
-    print(f"wrote {path}")
-    return 0
+        return measure(args, Path(tmp))
 
+
+BENCHMARK = Benchmark("events_cost", __doc__ or "", arguments, run, table)
+main = BENCHMARK.main
 
 if __name__ == "__main__":
     raise SystemExit(main())

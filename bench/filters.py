@@ -23,7 +23,6 @@ fits a 2-core machine's memory; the HTTP front's cost is the same with or withou
 from __future__ import annotations
 
 import argparse
-import json
 import time
 from pathlib import Path
 from typing import Any
@@ -32,7 +31,7 @@ import faiss
 import numpy as np
 from matplotlib.figure import Figure
 
-from bench.common import RESULTS, median_ms, print_table, write_results
+from bench.common import Benchmark, median_ms
 from export.faiss_index import build_index, tune_search
 from export.runtime.index import ServedIndex, ServedIndexes
 from models.config import ExportConfig
@@ -194,18 +193,6 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     }
 
 
-COLUMNS = [
-    "filter",
-    "passing",
-    "bitmap_ms",
-    "pool_ms_per_request",
-    "pool_recall",
-    "only_passing",
-    "requests_per_s",
-    "throughput_ratio",
-]
-
-
 def table(r: dict[str, Any]) -> str:
     """The docs table (docs/benchmarks.md prints this, tested against the kept run)."""
     lines = [
@@ -242,27 +229,21 @@ def plot(r: dict[str, Any], path: Path) -> None:
     fig.savefig(path, dpi=110)
 
 
-def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+def arguments(ap: argparse.ArgumentParser) -> None:
     ap.add_argument("--items", type=int, default=500_000)
     ap.add_argument("--dim", type=int, default=64)
     ap.add_argument("--rounds", type=int, default=20)
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--report", type=Path, help="only print the table of a JSON result")
-    args = ap.parse_args(argv)
-    if args.report:
-        print(table(json.loads(args.report.read_text())))
-        return 0
-    result = run(args)
-    path = write_results("filters", result)
-    plot(result, RESULTS / "filters.png")
-    print_table("filters", result["rows"], COLUMNS)
-    print(table(result))
-    print(f"wrote {path}")
-    slow = [row for row in result["rows"] if row["bitmap_ms"] > result["target_bitmap_ms"]]
-    unclean = [row for row in result["rows"] if not row["only_passing"]]
-    return 1 if slow or unclean else 0
 
+
+def passed(result: dict[str, Any]) -> bool:
+    """Every bitmap built within its target, and every pool held only passing items."""
+    slow = [row for row in result["rows"] if row["bitmap_ms"] > result["target_bitmap_ms"]]
+    return not slow and all(row["only_passing"] for row in result["rows"])
+
+
+BENCHMARK = Benchmark("filters", __doc__ or "", arguments, run, table, passed, plot)
+main = BENCHMARK.main
 
 if __name__ == "__main__":
     raise SystemExit(main())

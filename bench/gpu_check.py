@@ -33,7 +33,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from bench.common import median_ms
-from bench.wrk import DISTINCT_QUERIES, WORDS, metric_summary, run_wrk
+from bench.wrk import DISTINCT_QUERIES, WORDS, distinct_queries, metric_summary, run_wrk
 from export.format import writable_copy
 
 
@@ -98,14 +98,6 @@ def clustered_vectors(n: int, dim: int, clusters: int, seed: int) -> np.ndarray:
     centers = rng.normal(size=(clusters, dim)).astype(np.float32)
     labels = rng.integers(0, clusters, size=n)
     return (centers[labels] + 0.3 * rng.normal(size=(n, dim)).astype(np.float32)).astype(np.float32)
-
-
-def distinct_queries(n: int, seed: int) -> list[str]:
-    rng = np.random.default_rng(seed)
-    picks = rng.integers(0, len(WORDS), size=(n, 4))
-    return [
-        f"{WORDS[a]} {WORDS[b]} {WORDS[c]} {WORDS[d]} {i}" for i, (a, b, c, d) in enumerate(picks)
-    ]
 
 
 # ---------------------------------------------------------------------------------- sections
@@ -351,14 +343,14 @@ class OnnxRun:
             for batch in self.batches:
                 if where == "cpu" and batch > 32:
                     continue
-                qs = distinct_queries(batch, 4)
+                qs = distinct_queries(batch, 4, words=4)
                 ms = median_ms(
                     lambda qs=qs, enc=enc: enc.encode(qs), repeat=10 if batch > 1 else 30, warmup=2
                 )
                 item[f"batch{batch}_ms"] = ms
                 item[f"batch{batch}_queries_per_s"] = batch / ms * 1e3
             # Tokenisation alone, single thread: the HTTP path's CPU cost per query.
-            qs = distinct_queries(256, 5)
+            qs = distinct_queries(256, 5, words=4)
             item["tokenize_256_ms"] = median_ms(
                 lambda qs=qs, enc=enc: enc.tokenize(qs), repeat=10, warmup=2
             )
@@ -372,7 +364,9 @@ def onnx_section(out: dict[str, Any], res: Results, smoke: bool, bundle: Path, w
     the head on CUDA; a roberta-base-sized encoder."""
     import onnxruntime as ort
 
-    texts = json.loads((bundle / "parity" / "texts.json").read_text()) + distinct_queries(32, 3)
+    texts = json.loads((bundle / "parity" / "texts.json").read_text()) + distinct_queries(
+        32, 3, words=4
+    )
     cuda = "CUDAExecutionProvider" in ort.get_available_providers()
     run = OnnxRun(res, texts, (1, 32) if smoke else (1, 32, 256), cuda)
     out["demo_encoder"] = demo_encoder_parity(run, bundle)

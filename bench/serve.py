@@ -43,7 +43,7 @@ from bench.common import machine, write_results
 from bench.wrk import (
     BODIES_FROM_FILE,
     DISTINCT_QUERIES,
-    WORDS,
+    distinct_queries,
     metric_summary,
     run_wrk,
     write_bodies,
@@ -55,12 +55,6 @@ ROOT = Path(__file__).resolve().parent.parent
 CONCURRENCY = (1, 8, 32, 64)
 BATCHES = (1, 8, 16, 32, 64, 128)
 MIX = {"user": 40, "query": 25, "user+query": 20, "history": 15}  # bench/locustfile.py
-
-
-def distinct_queries(n: int, seed: int = 0) -> list[str]:
-    rng = np.random.default_rng(seed)
-    picks = rng.integers(len(WORDS), size=(n, 3))
-    return [f"{WORDS[a]} {WORDS[b]} {WORDS[c]} {i}" for i, (a, b, c) in enumerate(picks)]
 
 
 def encoder_limit(bundle: Path, precision: str, seconds: float = 3.0) -> dict[str, Any]:

@@ -34,7 +34,7 @@ from typing import Any
 import numpy as np
 from matplotlib.figure import Figure
 
-from bench.common import RESULTS, print_table, write_results
+from bench.common import Benchmark
 from export.format import MANIFEST, resolve_bundle, switch_current
 from export.runtime import LoadOptions, load_bundle
 from export.synthetic import make_titles
@@ -202,30 +202,25 @@ def plot(r: dict[str, Any], path: Path) -> None:
     fig.savefig(path, dpi=110)
 
 
-def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+def arguments(ap: argparse.ArgumentParser) -> None:
     ap.add_argument("--seed-bundles", type=Path, default=SEED)
     ap.add_argument("--work", type=Path, default=Path("artifacts/bench-update"))
     ap.add_argument("--add", type=int, default=1000)
     ap.add_argument("--remove", type=int, default=1000)
-    ap.add_argument("--report", type=Path, help="only print the table of a JSON result")
-    args = ap.parse_args(argv)
-    if args.report:
-        print(table(json.loads(args.report.read_text())))
-        return 0
-    result = run(args)
-    path = write_results("update", result)
-    plot(result, RESULTS / "update.png")
-    print_table("update", [result], ["items", "added", "withdrawn", "update_s", "compact_s"])
-    print(table(result))
-    print(f"wrote {path}")
-    ok = (
+
+
+def passed(result: dict[str, Any]) -> bool:
+    """Within the time target, the new version's own bytes no more than its changed files,
+    and no withdrawn item in any answer."""
+    return (
         result["update_s"] <= TARGET_S
         and result["own_bytes"] <= result["changed_files_bytes"]
         and result["withdrawn_in_answers"] == 0
     )
-    return 0 if ok else 1
 
+
+BENCHMARK = Benchmark("update", __doc__ or "", arguments, run, table, passed, plot)
+main = BENCHMARK.main
 
 if __name__ == "__main__":
     raise SystemExit(main())

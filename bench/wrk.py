@@ -15,6 +15,8 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 WORDS = [
     "space",
     "robot",
@@ -66,6 +68,15 @@ done = function(summary, latency, requests)
     latency:percentile(50) / 1000, latency:percentile(95) / 1000, latency:percentile(99) / 1000))
 end
 """
+
+
+def distinct_queries(n: int, seed: int = 0, words: int = 3) -> list[str]:
+    """``n`` queries that never repeat (each ends in its own number), of ``words`` random
+    words from ``WORDS``: what the benchmarks encode when no cache may help."""
+    rng = np.random.default_rng(seed)
+    picks = rng.integers(len(WORDS), size=(n, words))
+    return [" ".join(WORDS[j] for j in row) + f" {i}" for i, row in enumerate(picks.tolist())]
+
 
 DISTINCT_QUERIES = (
     "local words = {"

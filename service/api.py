@@ -24,7 +24,7 @@ from typing import Annotated, Any, ClassVar, Literal, TypeVar
 import msgspec
 
 from models.core.errors import WalrusError
-from models.core.operators import Kind
+from models.core.operators import ITEM_ID, OPERATORS, Kind
 from service.settings import Settings
 
 Source = Literal["wals", "text", "popular"]
@@ -117,6 +117,17 @@ def _check_texts(fields: dict[str, object]) -> None:
             raise ValueError(f"{name}: must be valid Unicode text (it holds a lone surrogate)")
 
 
+def _item_ids(op: str, value: object) -> bool:
+    """An ``item_id`` condition's value: a non-empty list of ids, under ``in`` or ``not_in``
+    (the core looks them up as the bundle's ids; anything else is no id at all)."""
+    return (
+        op in OPERATORS[ITEM_ID]
+        and isinstance(value, list)
+        and bool(value)
+        and all(isinstance(v, str) and 0 < len(v) <= ID_CHARS for v in value)
+    )
+
+
 class Diversity(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     """Spread the answer: at most ``max_per_value`` items sharing a value of ``field`` (a
     categorical or boolean attribute), and/or maximal marginal relevance over the text
@@ -173,6 +184,9 @@ class Rules(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=Tru
                     raise ValueError(f"{where}.{op}: give a value (null is not one)")
                 if isinstance(value, list) and len(value) > LIST_ITEMS:
                     raise ValueError(f"{where}.{op}: at most {LIST_ITEMS} values")
+                if name == ITEM_ID and not _item_ids(op, value):
+                    ops = " or ".join(OPERATORS[ITEM_ID])
+                    raise ValueError(f"{where}.{op}: give {ops}, a list of item ids")
                 _check_texts({where: name, f"{where}.{op}": value})
 
 

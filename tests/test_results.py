@@ -51,3 +51,21 @@ def test_the_record_names_what_ran_and_sees_a_change(tmp_path, monkeypatch):
     record["provenance"]["sources"]["service/gone.py"] = "0" * 16
     assert "service/gone.py" in stale(record)
     assert bench.common.stale_note(record).startswith("measured at commit ")
+
+
+@pytest.mark.parametrize("page", PAGES, ids=lambda p: p.name)
+def test_the_docs_tables_are_printed_from_their_kept_results(page):
+    """Every region between ``<!-- kept: ... -->`` markers is what ``bench.results`` prints
+    for that kept result now (``python -m bench.results --write`` rewrites them)."""
+    from bench.results import rendered
+
+    text = page.read_text()
+    assert rendered(text) == text, f"{page.name}: run python -m bench.results --write"
+
+
+def test_a_registered_result_is_printed_somewhere():
+    from bench.results import RUNS, TABLES, regions
+
+    printed = {path for page in PAGES for path in regions(page)}
+    assert set(TABLES) <= printed
+    assert {kept for _, kept, _ in RUNS.values()} <= set(TABLES)

@@ -18,7 +18,6 @@ def test_a_short_run_keeps_every_pool_to_its_filter(monkeypatch, tmp_path):
     import bench.common
 
     monkeypatch.setattr(bench.common, "RESULTS", tmp_path)
-    monkeypatch.setattr("bench.filters.RESULTS", tmp_path)
     assert main(["--items", "100000", "--rounds", "2"]) == 0
     result = json.loads((tmp_path / "filters.json").read_text())
     rows = {row["filter"]: row for row in result["rows"]}

@@ -19,7 +19,6 @@ def test_a_short_run_costs_the_changed_files_only(monkeypatch, tiny_bundle, tmp_
     import bench.common
 
     monkeypatch.setattr(bench.common, "RESULTS", tmp_path)
-    monkeypatch.setattr("bench.update.RESULTS", tmp_path)
     (tmp_path / "seed").mkdir()
     seed = bundles_of(tiny_bundle, tmp_path / "seed")
     args = ["--seed-bundles", str(seed), "--work", str(tmp_path / "work")]

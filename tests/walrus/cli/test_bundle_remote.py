@@ -55,10 +55,12 @@ def test_what_an_operator_gets_wrong_is_one_line(tiny_bundle, s3_prefix, tmp_pat
 
 
 def test_export_publishes_what_it_built(tiny_pipeline_config, tiny_trained, s3_prefix, tmp_path):
-    run = walrus("export", "-c", str(tiny_pipeline_config), "--publish", s3_prefix)
+    # Its own bundles folder: the shared tiny bundle's current must not move under other tests.
+    own = ["--set", f"export.bundles_dir={tmp_path / 'bundles'}"]
+    run = walrus("export", "-c", str(tiny_pipeline_config), *own, "--publish", s3_prefix)
     assert run.returncode == 0, run.stderr
     assert f"published bundle {BundleStore(s3_prefix).current()}" in said(run)
     line = one_error_line(
-        walrus("export", "-c", str(tiny_pipeline_config), "--publish", str(tmp_path))
+        walrus("export", "-c", str(tiny_pipeline_config), *own, "--publish", str(tmp_path))
     )
     assert "not an object-storage URL" in line
