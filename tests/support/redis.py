@@ -7,17 +7,16 @@ from __future__ import annotations
 
 import shutil
 import subprocess
-import time
 from pathlib import Path
 
 import redis
 
-from tests.support.servers import free_port
+from tests.support.servers import Background, free_port
 
 INSTALL = "apt-get install redis-server"
 
 
-class RedisServer:
+class RedisServer(Background):
     """``port`` None: a free one, so that runs side by side (or a port left taken) never meet."""
 
     def __init__(self, folder: Path, port: int | None = None, binary: str | None = None) -> None:
@@ -27,7 +26,7 @@ class RedisServer:
         port = free_port() if port is None else port
         self.binary, self.folder, self.port = found, folder, port
         self.url = f"redis://127.0.0.1:{port}/0"
-        self.process: subprocess.Popen[bytes] | None = None
+        self.name = f"redis-server on port {port}"
 
     def start(self, timeout_s: float = 20.0) -> RedisServer:
         command = [
@@ -41,15 +40,10 @@ class RedisServer:
             "--appendfsync", "always",
             "--enable-debug-command", "local",  # DEBUG SLEEP: a slow Redis on demand
         ]  # fmt: skip
-        log = (self.folder / "redis.log").open("ab")
-        self.process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
-        deadline = time.monotonic() + timeout_s
-        while not self.answers():
-            if self.process.poll() is not None:  # e.g. the port was taken
-                raise RuntimeError(f"redis-server exited: see {self.folder / 'redis.log'}")
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"redis-server on port {self.port} never answered PING")
-            time.sleep(0.05)
+        log = self.folder / "redis.log"
+        with log.open("ab") as out:
+            self.process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT)
+        self.until_answering(timeout_s, log)
         return self
 
     def answers(self) -> bool:
@@ -60,18 +54,6 @@ class RedisServer:
 
     def client(self) -> redis.Redis:
         return redis.Redis.from_url(self.url, socket_timeout=2)
-
-    def __enter__(self) -> RedisServer:
-        return self
-
-    def __exit__(self, *_exc: object) -> None:
-        self.stop()
-
-    def stop(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.terminate()  # SIGTERM: redis flushes the append-only file and exits
-            self.process.wait(20)
-        self.process = None
 
 
 def redis_or_skip(folder: Path) -> RedisServer:

@@ -7,21 +7,20 @@ from __future__ import annotations
 
 import subprocess
 import sys
-import time
 import uuid
 from pathlib import Path
 
 import httpx
 
-from tests.support.servers import free_port
+from tests.support.servers import Background, free_port
 
 
-class S3Server:
+class S3Server(Background):
     def __init__(self, folder: Path) -> None:
         self.port = free_port()
         self.endpoint = f"http://127.0.0.1:{self.port}"
         self.log = folder / "moto.log"
-        self.process: subprocess.Popen[bytes] | None = None
+        self.name = f"moto's server on port {self.port}"
 
     def env(self) -> dict[str, str]:
         return {
@@ -38,13 +37,7 @@ class S3Server:
                 stdout=log,
                 stderr=subprocess.STDOUT,
             )
-        deadline = time.monotonic() + timeout_s
-        while not self.answers():
-            if self.process.poll() is not None:
-                raise RuntimeError(f"moto's server exited: see {self.log}")
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"moto's server on port {self.port} never answered")
-            time.sleep(0.1)
+        self.until_answering(timeout_s, self.log)
         return self
 
     def answers(self) -> bool:
@@ -58,15 +51,3 @@ class S3Server:
         name = f"walrus-{uuid.uuid4().hex[:12]}"
         httpx.put(f"{self.endpoint}/{name}", timeout=10).raise_for_status()
         return name
-
-    def __enter__(self) -> S3Server:
-        return self
-
-    def __exit__(self, *_exc: object) -> None:
-        self.stop()
-
-    def stop(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.terminate()
-            self.process.wait(20)
-        self.process = None

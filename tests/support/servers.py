@@ -10,7 +10,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 from types import TracebackType
-from typing import TypeVar
+from typing import Self, TypeVar
 
 import httpx
 
@@ -21,6 +21,39 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+class Background:
+    """A server process of a test's own (``process``, started by the subclass's ``start``):
+    waited for until it ``answers``, and a context manager that stops it."""
+
+    name = "server"
+    process: subprocess.Popen[bytes] | None = None
+
+    def answers(self) -> bool:
+        raise NotImplementedError
+
+    def until_answering(self, timeout_s: float, log: Path) -> None:
+        deadline = time.monotonic() + timeout_s
+        while not self.answers():
+            if self.process is not None and self.process.poll() is not None:
+                raise RuntimeError(f"{self.name} exited (the port taken?): see {log}")
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{self.name} never answered: see {log}")
+            time.sleep(0.05)
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self.stop()
+
+    def stop(self) -> None:
+        """SIGTERM (Redis flushes its append-only file), then wait for the exit."""
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()
+            self.process.wait(20)
+        self.process = None
 
 
 class Server:
