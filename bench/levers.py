@@ -11,12 +11,12 @@ and shared. No test pair is involved: this chooses what to keep, it does not rep
 
 from __future__ import annotations
 
-import json
+import argparse
 import time
 from typing import Any
 
-from bench.common import write_results
-from bench.validation import config_or_report, validation_data
+from bench.common import Benchmark
+from bench.validation import config_argument, validation_data
 from models.config import PipelineConfig
 from models.evaluation import EvalContext, ModelFactory, Shared, hybrid_model, wals_model
 from models.metrics import evaluate_scores
@@ -49,10 +49,8 @@ def variant(cfg: PipelineConfig, changes: dict[str, dict[str, Any]]) -> Pipeline
     return PipelineConfig.model_validate(tree)
 
 
-def main(argv: list[str] | None = None) -> int:
-    config = config_or_report(argv, __doc__, report)
-    if config is None:
-        return 0
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    config = args.config
     cfg, dataset, split = validation_data(config)
     shared = Shared(cfg, dataset, load_query_log(cfg.data.queries))
 
@@ -70,11 +68,7 @@ def main(argv: list[str] | None = None) -> int:
     for name, changes in VARIANTS.items():
         rows[name] = score(variant(cfg, changes), hybrid_model) | {"changes": changes}
         print(name, rows[name], flush=True)
-    path = write_results("levers", {"config": str(config), "rows": rows})
-    result = json.loads(path.read_text())
-    print(report(result))
-    print(f"wrote {path}")
-    return 0
+    return {"config": str(config), "rows": rows}
 
 
 def report(result: dict[str, Any]) -> str:
@@ -89,6 +83,10 @@ def report(result: dict[str, Any]) -> str:
         ),
     ]
     return "\n".join(lines)
+
+
+BENCHMARK = Benchmark("levers", __doc__ or "", config_argument, run, report)
+main = BENCHMARK.main
 
 
 if __name__ == "__main__":

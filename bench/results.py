@@ -27,7 +27,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from bench import api, events_cost, filters, update
+from bench import api, events_cost, filters, signals, update
 from bench.common import REPO, RESULTS, Benchmark, stale, stale_note
 
 Table = Callable[[dict[str, Any]], str]
@@ -36,6 +36,7 @@ TABLES: dict[str, Table] = {
     "docs/results/filters-2cpu/filters.json": filters.table,
     "docs/results/update-2cpu/update.json": update.table,
     "docs/results/events-2cpu/events_cost.json": events_cost.table,
+    "docs/results/signals/signals.json": signals.report,
 }
 """Each kept result printed by a table function, by its path in the repository."""
 COMPARED_SCHEMAS = "1ec135e"

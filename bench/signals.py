@@ -23,15 +23,15 @@ check to pass before a signal is carried through the bundle, the engine and the 
 
 from __future__ import annotations
 
-import json
+import argparse
 from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 import scipy.sparse as sp
 
-from bench.common import write_results
-from bench.validation import config_or_report, validation_data
+from bench.common import Benchmark
+from bench.validation import config_argument, validation_data
 from models.config import PipelineConfig
 from models.core.features import standardized
 from models.data.dataset import Dataset
@@ -143,10 +143,8 @@ def blend_test(
     }
 
 
-def main(argv: list[str] | None = None) -> int:
-    config = config_or_report(argv, __doc__, report)
-    if config is None:
-        return 0
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    config = args.config
     cfg, dataset, split = validation_data(config)
     model = fit_wals(cfg, split.train, dataset.weights is not None)
     scores = model.user_factors @ model.item_factors.T
@@ -167,10 +165,7 @@ def main(argv: list[str] | None = None) -> int:
         values = np.stack([signal(int(u), p) for u, p in zip(users, pool, strict=True)])
         rows[name] = blend_test(wals, values, split, users, pool)
         print(name, rows[name], flush=True)
-    path = write_results("signals", {"config": str(config), "users": len(users), "rows": rows})
-    print(report(json.loads(path.read_text())))
-    print(f"wrote {path}")
-    return 0
+    return {"config": str(config), "users": len(users), "rows": rows}
 
 
 def row(name: str, result: dict[str, Any]) -> str:
@@ -190,6 +185,10 @@ def report(result: dict[str, Any]) -> str:
         *(row(name, r) for name, r in result["rows"].items()),
     ]
     return "\n".join(lines)
+
+
+BENCHMARK = Benchmark("signals", __doc__ or "", config_argument, run, report)
+main = BENCHMARK.main
 
 
 if __name__ == "__main__":

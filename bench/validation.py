@@ -5,10 +5,7 @@ benchmark imports, because the data half loads the training stack (torch)."""
 from __future__ import annotations
 
 import argparse
-import json
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 from models.config import PipelineConfig, load_config
 from models.data.dataset import Dataset
@@ -17,19 +14,9 @@ from models.pipeline import load_dataset, observed
 from models.tuning import validation_split
 
 
-def config_or_report(
-    argv: list[str] | None, doc: str, report: Callable[[dict[str, Any]], str]
-) -> Path | None:
-    """The ``--config`` a benchmark on `walrus tune`'s validation split runs with, or
-    ``None`` once ``--report`` has printed a kept result's table instead."""
-    ap = argparse.ArgumentParser(description=doc.split("\n")[0])
+def config_argument(ap: argparse.ArgumentParser) -> None:
+    """The ``--config`` a benchmark on `walrus tune`'s validation split runs with."""
     ap.add_argument("--config", type=Path, default=Path("configs/movielens.toml"))
-    ap.add_argument("--report", type=Path, help="only print the table of a JSON result")
-    args = ap.parse_args(argv)
-    if args.report:
-        print(report(json.loads(args.report.read_text())))
-        return None
-    return Path(args.config)
 
 
 def validation_data(config: Path) -> tuple[PipelineConfig, Dataset, Split]:
