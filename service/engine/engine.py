@@ -104,7 +104,12 @@ class Engine:
             return failed(call.id, self.failure(exc, call))
         if isinstance(result, Recommendations | SimilarItems):
             result = self.served(result)
-        return Answer(call.id, json_body(result), bundle_id=getattr(result, "bundle_id", None))
+        # The access log names the serving bundle for every answer, not only those that
+        # carry its id (events, user ids).
+        bundle_id = getattr(result, "bundle_id", None)
+        if bundle_id is None and (serving := self.bundles.serving) is not None:
+            bundle_id = serving.recommender.bundle_id
+        return Answer(call.id, json_body(result), bundle_id=bundle_id)
 
     def failure(self, exc: Exception, call: Call) -> Failure:
         """An exception as the typed failure the front answers: the engine's own errors by

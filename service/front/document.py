@@ -7,11 +7,12 @@ kinds (``models.core.operators``, the table the core's filters apply)."""
 from __future__ import annotations
 
 import copy
-from typing import Any, get_args
+from typing import Any
 
 import msgspec
 
 from models.core.operators import CAPPABLE, ITEM_ID, LIST_OPERATORS, OPERATORS
+from service import api
 from service.api import BODIES, ID_CHARS, LIMITS, Diversity
 from service.settings import Settings
 
@@ -61,30 +62,9 @@ def components() -> dict[str, Any]:
     """The public types' JSON schemas; a type's own ``json_schema`` (a rule across its
     fields that its ``__post_init__`` checks) joins its component."""
     _, schemas = msgspec.json.schema_components(BODIES, ref_template=REF)
-    kinds = {kind.__name__: kind for kind in _nested(BODIES)}
-    for name, schema in schemas.items():
-        schema.update(getattr(kinds.get(name), "json_schema", {}))
+    for name, schema in schemas.items():  # every component is a type of service.api
+        schema.update(getattr(getattr(api, name, None), "json_schema", {}))
     return schemas
-
-
-def _nested(kinds: tuple[type, ...]) -> set[type]:
-    """Every struct type reachable from ``kinds`` through their fields."""
-    found: set[type] = set()
-    todo = list(kinds)
-    while todo:
-        kind = todo.pop()
-        if kind in found or not isinstance(kind, type) or not issubclass(kind, msgspec.Struct):
-            continue
-        found.add(kind)
-        for field in msgspec.structs.fields(kind):
-            todo.extend(_types_in(field.type))
-    return found
-
-
-def _types_in(annotation: Any) -> list[Any]:
-    """``annotation`` and every type inside it (unions, lists, dicts, ``Annotated``)."""
-    inner = [t for arg in get_args(annotation) for t in _types_in(arg)]
-    return [annotation, *inner]
 
 
 def with_limits(doc: dict[str, Any], settings: Settings) -> dict[str, Any]:

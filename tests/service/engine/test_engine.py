@@ -6,7 +6,7 @@ import asyncio
 import threading
 
 from service.engine.engine import Engine
-from service.messages import Similar
+from service.messages import Similar, Users
 from service.metrics import Metrics
 from service.settings import Settings
 
@@ -42,3 +42,20 @@ def test_a_similar_flood_is_shed_past_the_queue_limit(tiny_bundle):
     statuses = asyncio.run(main())
     assert sorted(statuses) == [False, False, False, False, True, True]
     assert engine.similar_waiting == 0
+
+
+def test_every_answer_names_the_serving_bundle_for_the_access_log(tiny_bundle):
+    """User ids carry no bundle id in their body; their answer names the bundle all the same
+    (the front's access log reads it)."""
+    engine = Engine(Settings(bundle=tiny_bundle, reload_interval_s=0), Metrics())
+
+    async def main() -> tuple[str | None, str]:
+        await engine.start()
+        try:
+            answer = await engine.answer(Users("", 3, 1))
+            return answer.bundle_id, engine.bundles.recommender().bundle_id
+        finally:
+            await engine.close()
+
+    named, serving = asyncio.run(main())
+    assert named == serving
