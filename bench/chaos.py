@@ -3,7 +3,7 @@ engine, signed bundles required) under a steady load of clients while faults com
 
 1. ``slow clients``: hundreds of connections that trickle their headers or their body;
 2. ``similar flood``: many threads asking ``/v1/items/{id}/similar`` as fast as they can;
-3. ``batch failures``: requests carrying the fault query (``WALRUS_FAULT_QUERY``) among the
+3. ``batch failures``: requests carrying the fault query (``WALRUS_ENGINE__FAULT_QUERY``) among the
    load, each making its batch raise; only they may fail (500), the load's requests that
    shared their batches are served again alone;
 4. ``engine killed``: SIGKILL to the engine process (the supervisor starts it again);
@@ -233,12 +233,12 @@ def run(args: argparse.Namespace, work: Path) -> dict[str, Any]:
     cmd, env = walrus_cmd(
         bundles,
         PORT,
-        WALRUS_WORKERS="2",
-        WALRUS_ADMIN_TOKEN=TOKEN,
+        WALRUS_FRONT__WORKERS="2",
+        WALRUS_FRONT__ADMIN_TOKEN=TOKEN,
         WALRUS_TRUSTED_KEYS=str(public),
-        WALRUS_READ_TIMEOUT_S="2",
-        WALRUS_RELOAD_INTERVAL_S="0",
-        WALRUS_FAULT_QUERY=FAULT,
+        WALRUS_FRONT__READ_TIMEOUT_S="2",
+        WALRUS_ENGINE__RELOAD_INTERVAL_S="0",
+        WALRUS_ENGINE__FAULT_QUERY=FAULT,
     )
     url, s = f"http://127.0.0.1:{PORT}", args.phase_s
     faults: dict[str, Callable[[int], dict[str, Any]]] = {

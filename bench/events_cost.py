@@ -49,7 +49,7 @@ def measure(args: argparse.Namespace, work: Path) -> dict[str, Any]:
         runs: dict[str, list[dict[str, Any]]] = {"off": [], "on": []}
         for _ in range(args.rounds):
             for name in runs:
-                extra = {"WALRUS_REDIS_URL": redis.url} if name == "on" else {}
+                extra = {"WALRUS_EVENTS__REDIS_URL": redis.url} if name == "on" else {}
                 cmd, env = walrus_cmd(bundle, args.port, **extra)
                 url = f"http://127.0.0.1:{args.port}"
                 with running(cmd, env, url, {"query": "warm up", "k": 10}):

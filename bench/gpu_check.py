@@ -538,7 +538,7 @@ def serving_section(
     bundles = [("demo", bundle)]
     rb_dir = build_roberta_base_onnx(work, smoke)
     bundles.append(("roberta_base", roberta_bundle(bundle, rb_dir, work)))
-    env = {"WALRUS_MAX_BATCH": "256", "WALRUS_BATCH_WORKERS": "2"}
+    env = {"WALRUS_ENGINE__MAX_BATCH": "256", "WALRUS_ENGINE__SESSIONS": "2"}
     configs = [(f"workers{w}", env, w) for w in workers_list]
     for name, path in bundles:
         for label, env, workers in configs:

@@ -288,7 +288,7 @@ def healthz_section(wrk: str, bundle: Path, seconds: int) -> dict[str, Any]:
     before any work. With the access log (INFO, the default) and without (WARNING)."""
     out: dict[str, Any] = {}
     for label, level in (("front", "info"), ("front_no_access_log", "warning")):
-        cmd, env = walrus_cmd(bundle, 8703, WALRUS_WORKERS="1", WALRUS_LOG_LEVEL=level)
+        cmd, env = walrus_cmd(bundle, 8703, WALRUS_FRONT__WORKERS="1", WALRUS_LOG_LEVEL=level)
         url = "http://127.0.0.1:8703"
         with running(cmd, env, url, {"query": "warm up", "k": 10}):
             out[label] = run_wrk(wrk, url, "/healthz", 32, seconds, 2, None)
@@ -322,7 +322,7 @@ def seed_section(wrk: str, bundle: Path, seconds: int, work: Path) -> dict[str, 
     """The seed-scale bundle with two fronts: start, memory (all processes) against the
     bundle's arrays, latency per request kind; then with three fronts, what one more adds."""
     port = 8702
-    cmd, env = walrus_cmd(bundle, port, WALRUS_WORKERS="2")
+    cmd, env = walrus_cmd(bundle, port, WALRUS_FRONT__WORKERS="2")
     url = f"http://127.0.0.1:{port}"
     manifest = read_manifest(resolve_bundle(bundle))
     out: dict[str, Any] = {
@@ -416,7 +416,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def run_sections(args: argparse.Namespace, out: dict[str, Any], work: Path) -> None:
     """Each section not skipped, the results written after each."""
-    precision = "int8"  # what WALRUS_ENCODER_PRECISION=auto serves on the CPU
+    precision = "int8"  # what WALRUS_ENGINE__ENCODER_PRECISION=auto serves on the CPU
     if "demo" not in args.skip:
         out["limit"] = encoder_limit(args.bundle, precision)
         write_results("serve", out)
@@ -424,7 +424,7 @@ def run_sections(args: argparse.Namespace, out: dict[str, Any], work: Path) -> N
         write_results("serve", out)
     if "inline" not in args.skip:
         out["walrus_inline"] = serve_section(
-            args.wrk, args.bundle, args.seconds, work, mix=False, WALRUS_ENGINE="inline"
+            args.wrk, args.bundle, args.seconds, work, mix=False, WALRUS_MODE="inline"
         )
         write_results("serve", out)
     if "front" not in args.skip:

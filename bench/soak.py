@@ -195,7 +195,11 @@ def run_soak(args: argparse.Namespace, work: Path, out: dict[str, Any]) -> Soak:
     bodies = write_bodies(work / "mix.jsonl", mix)
     cmd, env = walrus_cmd(bundles, 8740)
     redis = RedisServer(work).start()
-    env.update(WALRUS_ADMIN_TOKEN=TOKEN, WALRUS_RELOAD_INTERVAL_S="0", WALRUS_REDIS_URL=redis.url)
+    env.update(
+        WALRUS_FRONT__ADMIN_TOKEN=TOKEN,
+        WALRUS_ENGINE__RELOAD_INTERVAL_S="0",
+        WALRUS_EVENTS__REDIS_URL=redis.url,
+    )
     soak = Soak(args.wrk, "http://127.0.0.1:8740", source, bundles)
     try:
         return measured(args, work, out, soak, (cmd, env, mix, bodies))

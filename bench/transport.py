@@ -67,7 +67,7 @@ def measure(bundle: Path, calls: int = 5000) -> dict[str, Any]:
     """Median and p99 of ``calls`` Status round trips through the socket and in process."""
     with tempfile.TemporaryDirectory(prefix="walrus-transport-") as tmp:
         address = str(Path(tmp) / "engine.sock")
-        env = {**os.environ, "WALRUS_BUNDLE": str(bundle), "WALRUS_ENGINE_ADDRESS": address}
+        env = {**os.environ, "WALRUS_BUNDLE": str(bundle), "WALRUS_ENGINE__ADDRESS": address}
         engine = subprocess.Popen([sys.executable, "-m", "service.engine"], env=env)
         try:
             socket = summary(asyncio.run(through_the_socket(address, calls)))

@@ -165,7 +165,7 @@ echo "$HARDENING"
 PORT=$("$VENV/bin/python" -c "import socket; s = socket.socket(); s.bind(('127.0.0.1', 0)); print(s.getsockname()[1])")
 # shellcheck disable=SC2086 # one flag per word
 docker run -d --name "$NAME" --network host -e WALRUS_HOST=127.0.0.1 -e WALRUS_PORT="$PORT" \
-  -e WALRUS_REDIS_URL="redis://127.0.0.1:$RPORT/0" \
+  -e WALRUS_EVENTS__REDIS_URL="redis://127.0.0.1:$RPORT/0" \
   $HARDENING -v "$WORK/pulled:/bundles:ro" "$IMAGE" >/dev/null
 for _ in $(seq 1 90); do
   status=$(docker inspect -f '{{.State.Health.Status}}' "$NAME")

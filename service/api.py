@@ -25,7 +25,7 @@ import msgspec
 
 from models.core.errors import WalrusError
 from models.core.operators import ITEM_ID, OPERATORS, Kind
-from service.settings import Settings
+from service.settings import Settings, variable
 
 Source = Literal["wals", "text", "popular"]
 FailureKind = Literal["invalid", "not_found", "unavailable", "disabled", "timeout", "internal"]
@@ -324,7 +324,9 @@ class Item(msgspec.Struct, frozen=True, omit_defaults=True):
 
 Timings = Annotated[
     dict[str, float],
-    msgspec.Meta(description="Milliseconds per stage with WALRUS_DEBUG_TIMINGS on; else {}."),
+    msgspec.Meta(
+        description="Milliseconds per stage with WALRUS_ENGINE__DEBUG_TIMINGS on; else {}."
+    ),
 ]
 Warnings = Annotated[
     list[str], msgspec.Meta(description="Such as unknown ids, or how many items a filter passed.")
@@ -372,7 +374,10 @@ class Readiness(msgspec.Struct, frozen=True):
         msgspec.Meta(description="The bundle's filterable fields and their kinds."),
     ] = msgspec.field(default_factory=dict)
     events: Annotated[
-        str, msgspec.Meta(description="off (no WALRUS_REDIS_URL), ok, or why Redis is not used.")
+        str,
+        msgspec.Meta(
+            description="off (no WALRUS_EVENTS__REDIS_URL), ok, or why Redis is not used."
+        ),
     ] = "off"
     degraded: Annotated[
         list[str],
@@ -442,10 +447,11 @@ class Limit:
 
     field: str
     keyword: Literal["maximum", "maxLength", "maxItems"]
-    setting: str
+    setting: tuple[str, str]  # (group, field) in Settings
 
     def of(self, settings: Settings) -> int:
-        limit: int = getattr(settings, self.setting)
+        group, name = self.setting
+        limit: int = getattr(getattr(settings, group), name)
         return limit
 
     def exceeded(self, value: object, limit: int) -> bool:
@@ -456,16 +462,16 @@ class Limit:
 
     def message(self, limit: int) -> str:
         what = {"maximum": "", "maxLength": " characters", "maxItems": " entries"}[self.keyword]
-        return f"at most {limit}{what} (WALRUS_{self.setting.upper()})"
+        return f"at most {limit}{what} ({variable(*self.setting)})"
 
 
 LIMITS = (
-    Limit("k", "maximum", "max_k"),
-    Limit("offset", "maximum", "max_offset"),
-    Limit("query", "maxLength", "max_query_chars"),
-    Limit("history", "maxItems", "max_history"),
-    Limit("exclude", "maxItems", "max_exclude"),
-    Limit("events", "maxItems", "events_max_batch"),
+    Limit("k", "maximum", ("limits", "k")),
+    Limit("offset", "maximum", ("limits", "offset")),
+    Limit("query", "maxLength", ("limits", "query_chars")),
+    Limit("history", "maxItems", ("limits", "history")),
+    Limit("exclude", "maxItems", ("limits", "exclude")),
+    Limit("events", "maxItems", ("events", "max_batch")),
 )
 
 

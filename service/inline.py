@@ -1,4 +1,4 @@
-"""Inline mode: a front with the engine inside its own process (``WALRUS_ENGINE=inline``).
+"""Inline mode: a front with the engine inside its own process (``WALRUS_MODE=inline``).
 
 For tests and the smallest machines: one process holds everything, as ``uvicorn
 service.inline:create_app --factory`` starts it. With several uvicorn workers each holds its

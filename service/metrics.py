@@ -75,7 +75,7 @@ class Metrics:
         )
         self.deadline_misses = Counter(
             "walrus_deadline_misses",
-            "Requests answered 504 because WALRUS_DEADLINE_MS passed.",
+            "Requests answered 504 because WALRUS_FRONT__DEADLINE_MS passed.",
             registry=r,
         )
         self.failed_batches = Counter(

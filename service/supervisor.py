@@ -24,7 +24,7 @@ from pathlib import Path
 import uvicorn
 from prometheus_client import multiprocess
 
-from service.settings import ProcessPlan, Settings
+from service.settings import ProcessPlan, Settings, plan_environment, variable
 
 log = logging.getLogger("walrus.service.supervisor")
 FRONT_APP = "service.front.app:create_app"
@@ -93,11 +93,9 @@ def serve(settings: Settings, plan: ProcessPlan) -> None:
     # Every process reads its settings from the environment: the fronts from uvicorn's.
     limit_native_threads(plan.threads)
     os.environ.update(
-        WALRUS_ENGINE_ADDRESS=address,
         PROMETHEUS_MULTIPROC_DIR=metrics_dir,
-        WALRUS_WORKERS=str(plan.workers),
-        WALRUS_THREADS=str(plan.threads),
-        WALRUS_BATCH_WORKERS=str(plan.batch_workers),
+        **plan_environment(plan),
+        **{variable("engine", "address"): address},
     )
     engine = EngineProcess(dict(os.environ), metrics_dir)
     engine.start()
@@ -112,7 +110,7 @@ def serve_inline(settings: Settings, plan: ProcessPlan) -> None:
     """Inline mode: ``plan.workers`` uvicorn workers, each holding the bundle."""
     # Every worker process sizes itself from the same resolved plan.
     limit_native_threads(plan.threads)
-    os.environ.update(WALRUS_WORKERS=str(plan.workers), WALRUS_THREADS=str(plan.threads))
+    os.environ.update(plan_environment(plan))
     if plan.workers > 1 and not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
         # Set before the workers import prometheus_client: /metrics then sums all of them.
         os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="walrus-metrics-")
@@ -142,12 +140,12 @@ def run_uvicorn(app: str, settings: Settings, workers: int) -> None:
         access_log=False,  # the fronts log each request themselves, as JSON with its id
         timeout_graceful_shutdown=graceful_timeout(settings),
         http="service.front.protocol:DeadlineProtocol",  # read deadline, header size limit
-        limit_concurrency=settings.limit_concurrency or None,
-        backlog=settings.backlog,
+        limit_concurrency=settings.front.limit_concurrency or None,
+        backlog=settings.front.backlog,
     )
 
 
 def graceful_timeout(settings: Settings) -> int:
     """Whole seconds for uvicorn, rounded up; 0 is no wait. Never None, which uvicorn reads
     as "wait forever" (``int(0.5) or None`` was exactly that)."""
-    return math.ceil(settings.graceful_timeout_s)
+    return math.ceil(settings.front.graceful_timeout_s)

@@ -119,10 +119,10 @@ def server(tiny_bundle: Path) -> Iterator[Server]:
     # No query cache: the tests that compare batched with unbatched answers must encode.
     with Server(
         tiny_bundle.parent,
-        WALRUS_ENCODER_PRECISION="fp32",
-        WALRUS_MAX_HISTORY="50",
-        WALRUS_QUERY_CACHE_SIZE="0",
-        WALRUS_DEBUG_TIMINGS="true",
+        WALRUS_ENGINE__ENCODER_PRECISION="fp32",
+        WALRUS_LIMITS__HISTORY="50",
+        WALRUS_ENGINE__QUERY_CACHE_SIZE="0",
+        WALRUS_ENGINE__DEBUG_TIMINGS="true",
     ) as srv:
         srv.wait()
         yield srv

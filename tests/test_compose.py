@@ -33,5 +33,5 @@ def test_redis_keeps_every_acknowledged_event_on_a_volume_and_both_apis_use_it()
     assert '"--appendonly", "yes", "--appendfsync", "always"' in stage
     for name in ("api", "api-gpu"):
         service = services[name]
-        assert service["environment"]["WALRUS_REDIS_URL"].endswith("redis://redis:6379/0}")
+        assert service["environment"]["WALRUS_EVENTS__REDIS_URL"].endswith("redis://redis:6379/0}")
         assert service["depends_on"]["redis"]["condition"] == "service_healthy"

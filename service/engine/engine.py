@@ -18,6 +18,7 @@ from typing import Any
 
 import msgspec
 
+from export.runtime import usable_cpus
 from service.api import (
     ApiError,
     Disabled,
@@ -48,7 +49,7 @@ from service.messages import (
     json_body,
 )
 from service.metrics import Metrics
-from service.settings import Settings
+from service.settings import Settings, process_plan
 
 log = logging.getLogger("walrus.service.engine")
 Result = Recommendations | SimilarItems | Readiness | EventsAccepted | UserIds | Reloaded
@@ -72,7 +73,9 @@ class Engine:
         }
         # /similar and reloads each have their own threads: a flood of one cannot starve
         # the other (the batcher has its own too).
-        self.similar_pool = ThreadPoolExecutor(settings.worker_threads, "walrus-similar")
+        self.similar_pool = ThreadPoolExecutor(
+            process_plan(settings, usable_cpus()).sessions, "walrus-similar"
+        )
         self.similar_waiting = 0  # /similar calls queued or running
 
     async def start(self) -> None:
@@ -126,18 +129,18 @@ class Engine:
 
     def served(self, result: Recommendations | SimilarItems) -> Recommendations | SimilarItems:
         """A served result as it is answered: its stages go to /metrics, and it carries
-        them only with WALRUS_DEBUG_TIMINGS."""
+        them only with WALRUS_ENGINE__DEBUG_TIMINGS."""
         self.metrics.observe_stages(result.timings_ms)
-        if not self.settings.debug_timings:
+        if not self.settings.engine.debug_timings:
             result = msgspec.structs.replace(result, timings_ms={})
         return result
 
     async def similar(self, call: Similar) -> SimilarItems:
         """On its own threads (a flood of it cannot stall reloads or the batcher), with the
-        batcher's admission rule: past WALRUS_MAX_QUEUE waiting, 503 at once. A caller that
+        batcher's admission rule: past WALRUS_ENGINE__MAX_QUEUE waiting, 503 at once. A caller that
         leaves or passes its deadline cancels its call; if still queued, it is never run."""
         recommender = self.bundles.recommender()
-        limit = self.settings.max_queue
+        limit = self.settings.engine.max_queue
         if limit and self.similar_waiting >= limit:
             raise Overloaded(f"{self.similar_waiting} /similar calls are waiting")
         loop = asyncio.get_running_loop()
@@ -152,7 +155,7 @@ class Engine:
         pipeline: accepted once Redis acknowledged them, ``Unavailable`` when it did not."""
         store = self.events
         if store is None:
-            raise Disabled("events are off: set WALRUS_REDIS_URL")
+            raise Disabled("events are off: set WALRUS_EVENTS__REDIS_URL")
         check(call, self.settings)
         recommender = self.bundles.recommender()
         accepted, rejected = accept_events(call.events, recommender.offers, time.time())
@@ -209,13 +212,14 @@ class Engine:
 
 
 def event_store(settings: Settings) -> EventStore | None:
-    """The Redis events WALRUS_REDIS_URL names; None when it is empty (events off)."""
-    if not settings.redis_url:
+    """The Redis events WALRUS_EVENTS__REDIS_URL names; None when it is empty (events off)."""
+    events = settings.events
+    if not events.redis_url:
         return None
     return EventStore(
-        settings.redis_url,
-        settings.events_per_user,
-        settings.events_ttl_s,
-        settings.redis_timeout_ms / 1000,
-        settings.redis_breaker_s,
+        events.redis_url,
+        events.per_user,
+        events.ttl_s,
+        events.redis_timeout_ms / 1000,
+        events.redis_breaker_s,
     )

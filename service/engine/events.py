@@ -2,14 +2,14 @@
 
 Every engine of every replica reads and writes the same Redis, so an event posted through
 any front is in the next answer of any of them. One list per user (``walrus:events:<user>``),
-newest first, capped at ``WALRUS_EVENTS_PER_USER`` and expiring ``WALRUS_EVENTS_TTL_S`` after
+newest first, capped at ``WALRUS_EVENTS__PER_USER`` and expiring ``WALRUS_EVENTS__TTL_S`` after
 the user's last event; each batch is written in one pipeline (one round trip) inside
 MULTI/EXEC, so a batch Redis acknowledged is in it whole. A request reads the users of its
 batch in one pipeline too.
 
 Redis is never allowed to fail a recommendation: every call has a short timeout
-(``WALRUS_REDIS_TIMEOUT_MS``), and after ``Breaker.FAILURES`` failures in a row the breaker
-opens: for ``WALRUS_REDIS_BREAKER_S`` no call is tried (answers come from the bundle alone,
+(``WALRUS_EVENTS__REDIS_TIMEOUT_MS``), and after ``Breaker.FAILURES`` failures in a row the breaker
+opens: for ``WALRUS_EVENTS__REDIS_BREAKER_S`` no call is tried (answers come from the bundle alone,
 with a warning) and then one call tests the water. ``watch`` pings while it is open, so the
 breaker closes when Redis is back even with no traffic.
 """
@@ -105,7 +105,8 @@ _decode = msgspec.json.Decoder(tuple[str, float, float]).decode
 
 
 class EventStore:
-    """The events of ``WALRUS_REDIS_URL``: ``append`` a batch, ``recent`` item ids per user."""
+    """The events of ``WALRUS_EVENTS__REDIS_URL``: ``append`` a batch, ``recent`` item ids
+    per user."""
 
     def __init__(
         self, url: str, per_user: int, ttl_s: int, timeout_s: float, breaker_s: float

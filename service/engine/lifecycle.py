@@ -1,11 +1,11 @@
 """Which bundle serves, and how another replaces it without dropping a request.
 
 ``Bundles`` loads the bundle ``WALRUS_BUNDLE`` names at start (retrying with backoff), and
-later when its ``current`` link moves (polled every ``WALRUS_RELOAD_INTERVAL_S``) or when told
-(``POST /admin/reload``). A new bundle is loaded next to the serving one and must pass every
-check before it serves: the manifest (format, file list, sha256 of every file), sizes cross-
-checked between files, and a warm-up with real requests. Then one assignment swaps it in;
-the old batcher stops taking requests, serves what it already queued, and is dropped, so a
+later when its ``current`` link moves (polled every ``WALRUS_ENGINE__RELOAD_INTERVAL_S``) or
+when told (``POST /admin/reload``). A new bundle is loaded next to the serving one and must
+pass every check before it serves: the manifest (format, file list, sha256 of every file),
+sizes cross-checked between files, and a warm-up with real requests. Then one assignment swaps
+it in; the old batcher stops taking requests, serves what it already queued, and is dropped, so a
 request in flight finishes on the bundle it started with. A bundle that fails a check is
 refused with its reason (in ``/readyz`` and ``/metrics``) and the old one keeps serving.
 """
@@ -53,7 +53,7 @@ class Bundles:
         self.settings = settings
         self.metrics = metrics
         self.events = events
-        self.cache = QueryCache(settings.query_cache_size, metrics.count_cache_lookup)
+        self.cache = QueryCache(settings.engine.query_cache_size, metrics.count_cache_lookup)
         self.serving: Serving | None = None
         self.reason: str | None = "loading the bundle"
         self.refused: dict[str, str] = {}  # bundle path -> why it was refused
@@ -113,7 +113,7 @@ class Bundles:
         return recommender
 
     def _serve(self, recommender: Recommender) -> Serving:
-        s, m = self.settings, self.metrics
+        s, m = self.settings.engine, self.metrics
         serve: BatchFn = recommender.recommend_batch
         if s.fault_query:
             serve = with_fault(serve, s.fault_query)
@@ -121,7 +121,7 @@ class Bundles:
             serve,
             max_batch=s.max_batch,
             wait_us=s.batch_wait_us,
-            workers=recommender.plan.batch_workers,  # one per encoder session it loaded
+            workers=recommender.plan.sessions,  # one per encoder session it loaded
             max_queue=s.max_queue,
             on_batch=m.batch_size.observe,
             on_depth=m.queue_depth.set,
@@ -143,7 +143,7 @@ class Bundles:
                 self.reason = f"{result.reason} (retrying in {delay:.0f} s)"
                 log.error("not ready: %s", self.reason)
                 await asyncio.sleep(delay)
-                delay = min(2 * delay, self.settings.load_retry_max_s)
+                delay = min(2 * delay, self.settings.engine.load_retry_max_s)
         log.info(
             "ready: curl -s http://%s:%d/v1/recommend -H 'content-type: application/json' "
             '-d \'{"user_id": "%s", "query": "something to watch", "k": 5}\'',
@@ -202,7 +202,7 @@ class Bundles:
     async def watch(self) -> None:
         """Poll ``WALRUS_BUNDLE`` for a moved ``current`` link (or object); load what it
         names."""
-        interval = self.settings.reload_interval_s
+        interval = self.settings.engine.reload_interval_s
         while interval > 0:
             await asyncio.sleep(interval)
             if self.serving is None:  # start() is still retrying

@@ -48,17 +48,17 @@ BatchFn = Callable[[list[Recommend]], list[Recommendations | Exception]]
 
 
 class InjectedFault(WalrusError, RuntimeError):
-    """The fault ``WALRUS_FAULT_QUERY`` asks for: stands for a bug inside a batch."""
+    """The fault ``WALRUS_ENGINE__FAULT_QUERY`` asks for: stands for a bug inside a batch."""
 
 
 def with_fault(serve: BatchFn, query: str) -> BatchFn:
     """``serve`` that raises for a whole batch holding a request whose query is ``query``:
-    the drill ``make chaos`` runs (``WALRUS_FAULT_QUERY``), like Envoy's fault filter. Only
+    the drill ``make chaos`` runs (``WALRUS_ENGINE__FAULT_QUERY``), like Envoy's fault filter. Only
     installed when that setting is given, so the request path never checks for it."""
 
     def faulty(reqs: list[Recommend]) -> list[Recommendations | Exception]:
         if any(req.query == query for req in reqs):
-            raise InjectedFault(f"a fault injected by WALRUS_FAULT_QUERY={query!r}")
+            raise InjectedFault(f"a fault injected by WALRUS_ENGINE__FAULT_QUERY={query!r}")
         return serve(reqs)
 
     return faulty
@@ -126,10 +126,10 @@ class Recommender:
             bundle,
             LoadOptions(
                 settings.device,
-                settings.encoder_precision,
+                settings.engine.encoder_precision,
                 plan.threads,
-                settings.verify_parity,
-                encoder_sessions=plan.batch_workers,
+                settings.engine.verify_parity,
+                encoder_sessions=plan.sessions,
                 trusted_keys=settings.trusted_keys,
             ),
         )
@@ -146,9 +146,11 @@ class Recommender:
         self.filter_masks = FilterMasks(loaded)
         candidates = loaded.manifest.candidates
         self.sizes = PoolSizes(
-            settings.n_wals or candidates.n_wals,
-            settings.n_text or candidates.n_text,
-            candidates.cold_every if settings.cold_every is None else settings.cold_every,
+            settings.engine.n_wals or candidates.n_wals,
+            settings.engine.n_text or candidates.n_text,
+            candidates.cold_every
+            if settings.engine.cold_every is None
+            else settings.engine.cold_every,
         )
         on_gpu = any(ix.device == "gpu" for ix in self.indexes.indexes.values())
         self.faiss_device: Literal["cpu", "gpu"] = "gpu" if on_gpu else "cpu"

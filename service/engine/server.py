@@ -1,7 +1,7 @@
 """The engine process: ``python -m service.engine``, started and restarted by ``walrus serve``.
 
 One per machine (per device): the only process that holds the bundle. It listens on a Unix
-domain socket (``WALRUS_ENGINE_ADDRESS``, a path); every front keeps one connection to it.
+domain socket (``WALRUS_ENGINE__ADDRESS``, a path); every front keeps one connection to it.
 A call is one frame (``service.transport``, ``service.messages``), answered by one; each call
 runs as a task on this process's event loop, and the batcher serves the tasks of all fronts
 together.
@@ -123,10 +123,10 @@ async def run(settings: Settings, address: str) -> None:
 
 def main() -> None:
     """The engine process: its settings from the WALRUS_* environment (as the supervisor
-    passes it), its socket at WALRUS_ENGINE_ADDRESS."""
+    passes it), its socket at WALRUS_ENGINE__ADDRESS."""
     settings = Settings()
     configure_logging(settings.log_level)
-    if not settings.engine_address:
-        raise SystemExit("error: WALRUS_ENGINE_ADDRESS: the engine's socket path is not set")
+    if not settings.engine.address:
+        raise SystemExit("error: WALRUS_ENGINE__ADDRESS: the engine's socket path is not set")
     uvloop.install()  # the serve extra's event loop, as uvicorn's fronts use
-    asyncio.run(run(settings, settings.engine_address))
+    asyncio.run(run(settings, settings.engine.address))

@@ -4,7 +4,7 @@ ONNX session and no FAISS index (import-linter keeps onnxruntime and faiss out o
 ``service.front``).
 
 ``create_app`` is the front of ``walrus serve``'s process mode, linked to the engine process
-at ``WALRUS_ENGINE_ADDRESS``; ``service.inline.create_app`` composes the same front with an
+at ``WALRUS_ENGINE__ADDRESS``; ``service.inline.create_app`` composes the same front with an
 engine inside it. Run: ``walrus serve``, or ``uvicorn service.inline:create_app --factory``.
 """
 
@@ -40,18 +40,18 @@ log = logging.getLogger("walrus.service")
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
-    """A front of process mode: the engine is another process, at WALRUS_ENGINE_ADDRESS."""
+    """A front of process mode: the engine is another process, at WALRUS_ENGINE__ADDRESS."""
     settings = settings or Settings()
-    if not settings.engine_address:
-        raise RuntimeError("a front needs WALRUS_ENGINE_ADDRESS: start it with `walrus serve`")
-    return build_app(settings, EngineClient(settings.engine_address), Metrics())
+    if not settings.engine.address:
+        raise RuntimeError("a front needs WALRUS_ENGINE__ADDRESS: start it with `walrus serve`")
+    return build_app(settings, EngineClient(settings.engine.address), Metrics())
 
 
 def build_app(settings: Settings, engine: EngineLink, metrics: Metrics) -> FastAPI:
     """The app: routes, middleware and handlers around ``engine``; the lifespan starts and
     stops the link (never at import)."""
     configure_logging(settings.log_level)
-    front = Front(settings, engine, metrics, FailedAttempts(settings.admin_max_failures))
+    front = Front(settings, engine, metrics, FailedAttempts(settings.front.admin_max_failures))
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -73,19 +73,19 @@ def build_app(settings: Settings, engine: EngineLink, metrics: Metrics) -> FastA
     app.state.front = front
     app.include_router(router)
     app.openapi = lambda: configured_openapi(app, settings)  # type: ignore[method-assign]
-    if settings.admin_token is not None:
+    if settings.front.admin_token is not None:
         app.include_router(admin_router)  # no token configured: the route does not exist
-    if settings.redis_url:
+    if settings.events.redis_url:
         app.include_router(events_router)  # no Redis: no events
-    if settings.ui:
+    if settings.front.ui:
         app.include_router(ui_router())
     # Outermost of the app's own layers: limits apply before any parsing, and the 500s that
     # the error handler below answers are counted too.
     app.add_middleware(
         Guard,
         metrics=metrics,
-        max_body_bytes=settings.max_body_bytes,
-        larger={"/v1/events": settings.events_max_body_bytes},
+        max_body_bytes=settings.front.max_body_bytes,
+        larger={"/v1/events": settings.events.max_body_bytes},
     )
     app.add_exception_handler(RequestValidationError, invalid)  # type: ignore[arg-type]
     app.add_exception_handler(ApiError, api_error)
@@ -141,7 +141,7 @@ def drain_on_sigterm(front: Front) -> None:
     uvicorn_handler = signal.getsignal(signal.SIGTERM)
     server = getattr(uvicorn_handler, "__self__", None)
     loop = asyncio.get_running_loop()
-    drain_s = front.settings.drain_s
+    drain_s = front.settings.front.drain_s
 
     def stop() -> None:
         if server is not None and hasattr(server, "should_exit"):

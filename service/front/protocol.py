@@ -3,9 +3,9 @@
 uvicorn times out idle keep-alive connections, but not a client that sends its headers or
 its body slowly: such a client holds a connection, and its buffers, for as long as it likes
 (slowloris). Here each request must arrive whole, headers and body, within
-``WALRUS_READ_TIMEOUT_S`` of its first byte (or of the connection, for the first request);
+``WALRUS_FRONT__READ_TIMEOUT_S`` of its first byte (or of the connection, for the first request);
 otherwise it gets 408 and the connection is closed. Headers larger than
-``WALRUS_MAX_HEADER_BYTES`` get 431 at once. Started as ``--http
+``WALRUS_FRONT__MAX_HEADER_BYTES`` get 431 at once. Started as ``--http
 service.front.protocol:DeadlineProtocol`` (``walrus serve`` does it).
 """
 
@@ -25,7 +25,7 @@ def limits() -> tuple[float, int]:
     """(read timeout in seconds, largest header block in bytes), read once per process from
     the environment the supervisor gave it."""
     settings = Settings()
-    return settings.read_timeout_s, settings.max_header_bytes
+    return settings.front.read_timeout_s, settings.front.max_header_bytes
 
 
 class DeadlineProtocol(HttpToolsProtocol):
@@ -64,7 +64,7 @@ class DeadlineProtocol(HttpToolsProtocol):
         self._header_bytes += n
         if self._header_bytes > limits()[1]:
             self._too_large = True
-            raise ValueError("header block over WALRUS_MAX_HEADER_BYTES")
+            raise ValueError("header block over WALRUS_FRONT__MAX_HEADER_BYTES")
 
     def send_400_response(self, msg: str) -> None:
         if self._too_large:
@@ -83,7 +83,7 @@ class DeadlineProtocol(HttpToolsProtocol):
         super().on_headers_complete()
 
     def on_message_complete(self) -> None:
-        self._disarm()  # received whole: what the app does now has WALRUS_DEADLINE_MS
+        self._disarm()  # received whole: what the app does now has WALRUS_FRONT__DEADLINE_MS
         super().on_message_complete()
 
     def _arm(self) -> None:

@@ -92,11 +92,11 @@ STATUS_TIMEOUT_S = 2.0
 
 ERRORS: dict[int | str, dict[str, Any]] = {
     400: {"description": "Body cannot be read as JSON text (undecodable bytes, too deep)."},
-    413: {"description": "Body over WALRUS_MAX_BODY_BYTES (refused before parsing)."},
+    413: {"description": "Body over WALRUS_FRONT__MAX_BODY_BYTES (refused before parsing)."},
     415: {"description": "Body not application/json."},
     422: result_doc(ErrorBody, "A field is wrong: `loc` names it."),
     503: {"description": "Not ready, draining, overloaded or the engine restarting (Retry-After)."},
-    504: {"description": "Not answered within WALRUS_DEADLINE_MS."},
+    504: {"description": "Not answered within WALRUS_FRONT__DEADLINE_MS."},
 }
 
 
@@ -141,10 +141,10 @@ def send(answer: Answer | Response, request: Request, status: int = 200) -> Resp
 
 def caller(front: Front, body: RecommendRequest, request: Request) -> str | None:
     """The user to recommend for: the body's ``user_id``, or, behind a gateway that
-    authenticates users (``WALRUS_USER_HEADER``), that header's, and never the body's: a
+    authenticates users (``WALRUS_FRONT__USER_HEADER``), that header's, and never the body's: a
     caller could otherwise ask for anyone's recommendations and, with ``exclude_seen``,
     learn their history."""
-    header = front.settings.user_header
+    header = front.settings.front.user_header
     if not header:
         return body.user_id
     if body.user_id is not None:
@@ -169,7 +169,7 @@ async def recommend(
     fields = msgspec.structs.asdict(body)
     fields["user_id"] = caller(front, body, request)
     call = Recommend(id=front.engine.next_id(), **fields)
-    return send(await ask(front, call, request, front.settings.deadline_ms / 1000), request)
+    return send(await ask(front, call, request, front.settings.front.deadline_ms / 1000), request)
 
 
 SIMILAR_ERRORS: dict[int | str, dict[str, Any]] = {
@@ -194,7 +194,7 @@ async def similar(
         check(call, front.settings)
     except InvalidInput as exc:
         return response(exc.failure(), "query")
-    return send(await ask(front, call, request, front.settings.deadline_ms / 1000), request)
+    return send(await ask(front, call, request, front.settings.front.deadline_ms / 1000), request)
 
 
 @router.post(
@@ -212,7 +212,7 @@ async def similar_with_rules(
     /v1/recommend."""
     fields = msgspec.structs.asdict(body)
     call = Similar(item_id=item_id, id=front.engine.next_id(), **fields)
-    return send(await ask(front, call, request, front.settings.deadline_ms / 1000), request)
+    return send(await ask(front, call, request, front.settings.front.deadline_ms / 1000), request)
 
 
 @router.get("/v1/users", responses={200: result_doc(UserIds), 503: ERRORS[503]})
@@ -242,9 +242,9 @@ async def post_events(
 ) -> Response:
     """Store users' interactions: the next answer for each of those users folds them in
     (within a second), on every front and every replica sharing the Redis. 202 with how
-    many were stored and why each other one was not. Present with WALRUS_REDIS_URL only."""
+    many were stored and why each other one was not. Present with WALRUS_EVENTS__REDIS_URL only."""
     call = Events(events=body.events, id=front.engine.next_id())
-    answer = await ask(front, call, request, front.settings.deadline_ms / 1000)
+    answer = await ask(front, call, request, front.settings.front.deadline_ms / 1000)
     return send(answer, request, 202)
 
 
@@ -263,8 +263,8 @@ async def reload(
 ) -> Response:
     """The engine loads what WALRUS_BUNDLE names now (verified and warmed before it serves),
     once for the whole machine; the old bundle serves until then, and on if the new one is
-    refused. Needs ``Authorization: Bearer $WALRUS_ADMIN_TOKEN``."""
-    token = front.settings.admin_token
+    refused. Needs ``Authorization: Bearer $WALRUS_FRONT__ADMIN_TOKEN``."""
+    token = front.settings.front.admin_token
     client = request.client.host if request.client else "?"
     wait = front.admin_failures.retry_after(client)
     if wait:
@@ -278,7 +278,7 @@ async def reload(
     ):
         front.admin_failures.failed(client)
         raise HTTPException(403, "wrong admin token")
-    timeout_s = max(front.settings.deadline_ms / 1000, 600.0)  # a load takes what it takes
+    timeout_s = max(front.settings.front.deadline_ms / 1000, 600.0)  # a load takes what it takes
     return send(await ask(front, Reload(front.engine.next_id()), request, timeout_s), request)
 
 

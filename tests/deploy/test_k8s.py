@@ -20,7 +20,7 @@ import pytest
 import yaml
 
 from service.front.routes import router
-from service.settings import Settings
+from service.settings import Settings, fields
 from tests.support.tools import REPO, tool_or_skip
 
 K8S = REPO / "deploy" / "k8s"
@@ -234,7 +234,7 @@ def test_shutdown_fits_the_grace_period_and_the_bundle_is_pulled_first(overlay):
     serving = spec["containers"][0]
     env = env_of(docs, serving)
     pause = int(serving["lifecycle"]["preStop"]["exec"]["command"][-1])
-    drain = float(env["WALRUS_DRAIN_S"]) + float(env["WALRUS_GRACEFUL_TIMEOUT_S"])
+    drain = float(env["WALRUS_FRONT__DRAIN_S"]) + float(env["WALRUS_FRONT__GRACEFUL_TIMEOUT_S"])
     assert spec["terminationGracePeriodSeconds"] > pause + drain
     pull = spec["initContainers"][0]
     assert pull["command"][:3] == ["walrus", "bundle", "pull"] and pull["image"] == serving["image"]
@@ -251,9 +251,13 @@ def test_shutdown_fits_the_grace_period_and_the_bundle_is_pulled_first(overlay):
         if "valueFrom" in e
     ]
     assert refs and set(refs) <= names and spec["serviceAccountName"] in names
-    # The settings the pod gets are settings the service accepts (a typo fails here).
-    walrus_env = {k[len("WALRUS_") :].lower(): v for k, v in env.items() if k.startswith("WALRUS_")}
-    Settings(**walrus_env)
+    # The settings the pod gets are settings the service has (a typo fails here) and accepts.
+    walrus_env = {k: str(v) for k, v in env.items() if k.startswith("WALRUS_")}
+    assert set(walrus_env) <= {name for name, _ in fields()}
+    with pytest.MonkeyPatch.context() as patch:
+        for name, value in walrus_env.items():
+            patch.setenv(name, value)
+        Settings()
 
 
 def test_the_gpu_overlay_asks_for_one_gpu_and_the_gpu_image(overlay):

@@ -20,7 +20,7 @@ pytestmark = pytest.mark.slow
 
 def test_items_added_and_withdrawn_under_load(tiny_bundle, tmp_path):
     root = bundles_of(tiny_bundle, tmp_path)
-    with Server(root, WALRUS_RELOAD_INTERVAL_S="0.2") as srv:
+    with Server(root, WALRUS_ENGINE__RELOAD_INTERVAL_S="0.2") as srv:
         srv.wait()
         client = httpx.Client(base_url=srv.url, timeout=30)
         old_id = client.get("/readyz").json()["bundle_id"]

@@ -52,10 +52,10 @@ def two_fronts(bundles: Path, **env: str) -> Server:
         bundles,
         ["--workers", "2"],
         cli=True,
-        WALRUS_ENGINE="process",
-        WALRUS_ENCODER_PRECISION="fp32",
-        WALRUS_QUERY_CACHE_SIZE="0",
-        WALRUS_MAX_HISTORY="50",
+        WALRUS_MODE="process",
+        WALRUS_ENGINE__ENCODER_PRECISION="fp32",
+        WALRUS_ENGINE__QUERY_CACHE_SIZE="0",
+        WALRUS_LIMITS__HISTORY="50",
         WALRUS_LOG_LEVEL="warning",
         **env,
     )
@@ -72,7 +72,7 @@ def two_fronts(bundles: Path, **env: str) -> Server:
 def served(tiny_bundle: Path):
     # Batches wait 20 ms for company: with two batcher threads, requests arriving together
     # could otherwise each be taken alone, and the batching under test would not happen.
-    with two_fronts(tiny_bundle.parent, WALRUS_BATCH_WAIT_US="20000") as srv:
+    with two_fronts(tiny_bundle.parent, WALRUS_ENGINE__BATCH_WAIT_US="20000") as srv:
         yield srv
 
 
@@ -150,7 +150,7 @@ class Load:
 
 
 def test_the_engine_killed_under_load_costs_503s_then_answers_again(tiny_bundle):
-    with two_fronts(tiny_bundle.parent, WALRUS_DEADLINE_MS="3000") as srv:
+    with two_fronts(tiny_bundle.parent, WALRUS_FRONT__DEADLINE_MS="3000") as srv:
         (engine,), _ = processes(srv)
         with Load(srv.url) as load:
             time.sleep(1.0)
@@ -190,7 +190,9 @@ def test_a_reload_through_any_front_is_seen_by_every_front(tiny_bundle, tmp_path
     bundles.mkdir()
     writable_copy(tiny_bundle, bundles / "v1")
     switch_current(bundles, "v1")
-    with two_fronts(bundles, WALRUS_ADMIN_TOKEN=TOKEN, WALRUS_RELOAD_INTERVAL_S="0") as srv:
+    with two_fronts(
+        bundles, WALRUS_FRONT__ADMIN_TOKEN=TOKEN, WALRUS_ENGINE__RELOAD_INTERVAL_S="0"
+    ) as srv:
         first = httpx.get(f"{srv.url}/readyz").json()["bundle_id"]
         writable_copy(tiny_bundle, bundles / "v2")
         manifest = json.loads((bundles / "v2" / MANIFEST).read_text())

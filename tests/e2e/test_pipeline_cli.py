@@ -53,9 +53,13 @@ def test_cli_pipeline_end_to_end(tmp_path):
 def test_serve_rejects_bad_settings(tmp_path):
     run = subprocess.run(
         [sys.executable, "-m", "walrus.cli", "serve"],
-        env={"WALRUS_THREADS": "-3", "PATH": "/usr/bin:/bin"},
+        env={"WALRUS_ENGINE__THREADS": "-3", "PATH": "/usr/bin:/bin"},
         capture_output=True,
         text=True,
         timeout=60,
     )
-    assert run.returncode == 2 and "WALRUS_THREADS" in run.stderr and "Traceback" not in run.stderr
+    assert (
+        run.returncode == 2
+        and "WALRUS_ENGINE__THREADS" in run.stderr
+        and "Traceback" not in run.stderr
+    )

@@ -131,8 +131,8 @@ def test_the_service_refuses_unsigned_and_tampered_bundles(tiny_bundle, tmp_path
     with Server(
         bundles,
         WALRUS_TRUSTED_KEYS=str(public),
-        WALRUS_ADMIN_TOKEN=token,
-        WALRUS_RELOAD_INTERVAL_S="0",
+        WALRUS_FRONT__ADMIN_TOKEN=token,
+        WALRUS_ENGINE__RELOAD_INTERVAL_S="0",
     ) as srv:
         srv.wait()
         auth = {"Authorization": f"Bearer {token}"}

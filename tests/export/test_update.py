@@ -28,7 +28,9 @@ from tests.support.tools import walrus
 
 
 def served(bundles: Path) -> Recommender:
-    return Recommender(resolve_bundle(bundles), Settings(bundle=bundles, encoder_precision="fp32"))
+    return Recommender(
+        resolve_bundle(bundles), Settings(bundle=bundles, engine={"encoder_precision": "fp32"})
+    )
 
 
 def answer(r: Recommender, **kwargs) -> list[str]:

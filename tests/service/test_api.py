@@ -249,7 +249,7 @@ def _drifted_parity(bundle):
             {},
             f"format version 1, this walrus reads {FORMAT_VERSION}; rebuild it with `walrus export",
         ),
-        (_drifted_parity, {"WALRUS_VERIFY_PARITY": "true"}, "encoder fp32 max abs diff"),
+        (_drifted_parity, {"WALRUS_ENGINE__VERIFY_PARITY": "true"}, "encoder fp32 max abs diff"),
     ],
     ids=["corrupt", "missing", "old-format", "verify-parity"],
 )
@@ -293,11 +293,13 @@ def test_files_that_disagree_in_size_are_refused_at_load(tiny_bundle, tmp_path):
 
 
 def test_a_bug_at_request_time_is_a_clean_500_with_its_traceback_logged(tiny_bundle):
-    """A fault injected deep in the batch (WALRUS_FAULT_QUERY): the client gets a one-line
+    """A fault injected deep in the batch (WALRUS_ENGINE__FAULT_QUERY): the client gets a one-line
     500, the log gets the traceback, /metrics counts it, and the rest is served, also the
     requests that shared its batch."""
     fault = "raise a bug"
-    with Server(tiny_bundle, WALRUS_FAULT_QUERY=fault, WALRUS_BATCH_WAIT_US="200000") as srv:
+    with Server(
+        tiny_bundle, WALRUS_ENGINE__FAULT_QUERY=fault, WALRUS_ENGINE__BATCH_WAIT_US="200000"
+    ) as srv:
         srv.wait()
         with concurrent.futures.ThreadPoolExecutor(
             4
@@ -311,7 +313,7 @@ def test_a_bug_at_request_time_is_a_clean_500_with_its_traceback_logged(tiny_bun
         assert "Traceback" not in bad.text
         assert [r.status_code for r in fine] == [200, 200, 200]
         eventually(lambda: "unhandled error on Recommend" in srv.output(), 10)
-        assert "Traceback" in srv.output() and "WALRUS_FAULT_QUERY" in srv.output()
+        assert "Traceback" in srv.output() and "WALRUS_ENGINE__FAULT_QUERY" in srv.output()
         metrics = httpx.get(f"{srv.url}/metrics").text
         assert 'walrus_requests_total{endpoint="/v1/recommend",status="500"} 1.0' in metrics
         assert metric(metrics, "walrus_failed_batches_total") >= 1
@@ -381,7 +383,7 @@ def test_a_front_loads_no_engine_modules():
     hold a bundle are even imported (they would cost every front their memory)."""
     code = (
         "from service.front.app import create_app; from service.settings import Settings;"
-        "create_app(Settings(engine_address='/tmp/x'))"
+        "create_app(Settings(engine={'address': '/tmp/x'}))"
     )
     heavy = ("onnxruntime", "faiss", "tokenizers", "numpy", "export", "service.engine")
     assert loaded_after(code, heavy) == []
@@ -412,19 +414,19 @@ def test_a_body_that_is_not_json_is_415(client, kind):
 
 
 def test_deadline_and_load_shedding(tiny_bundle):
-    """A request past WALRUS_DEADLINE_MS is a 504; past WALRUS_MAX_QUEUE waiting requests a
+    """A request past WALRUS_FRONT__DEADLINE_MS is a 504; past WALRUS_ENGINE__MAX_QUEUE waiting requests a
     503 with Retry-After; both counted; nothing else fails."""
-    with Server(tiny_bundle.parent, WALRUS_DEADLINE_MS="1") as srv:
+    with Server(tiny_bundle.parent, WALRUS_FRONT__DEADLINE_MS="1") as srv:
         srv.wait()
         r = httpx.post(f"{srv.url}/v1/recommend", json={"query": "slow robots", "k": 3})
         assert r.status_code == 504 and "1 ms" in r.json()["detail"]
         assert "walrus_deadline_misses_total 1.0" in httpx.get(f"{srv.url}/metrics").text
     with Server(
         tiny_bundle.parent,
-        WALRUS_MAX_QUEUE="1",
-        WALRUS_MAX_BATCH="1",
-        WALRUS_BATCH_WORKERS="1",
-        WALRUS_QUERY_CACHE_SIZE="0",
+        WALRUS_ENGINE__MAX_QUEUE="1",
+        WALRUS_ENGINE__MAX_BATCH="1",
+        WALRUS_ENGINE__SESSIONS="1",
+        WALRUS_ENGINE__QUERY_CACHE_SIZE="0",
     ) as srv:
         srv.wait()
 
@@ -454,7 +456,7 @@ def test_the_port_opens_at_once_and_a_failed_load_is_retried(tiny_bundle, tmp_pa
     copied in, the same process becomes ready without a restart."""
     bundles = tmp_path / "bundles"
     bundles.mkdir()
-    with Server(bundles, WALRUS_LOAD_RETRY_MAX_S="1") as srv:
+    with Server(bundles, WALRUS_ENGINE__LOAD_RETRY_MAX_S="1") as srv:
         srv.wait(ready=False)
         ready = httpx.get(f"{srv.url}/readyz")
         assert ready.status_code == 503 and "retrying in" in ready.json()["reason"]
@@ -520,10 +522,10 @@ def test_timings_stay_out_of_answers_unless_debugging(tiny_bundle):
 
 
 def test_behind_a_gateway_the_user_comes_from_its_header_only(tiny_bundle):
-    """With WALRUS_USER_HEADER the body cannot name a user (nobody can ask for another's
+    """With WALRUS_FRONT__USER_HEADER the body cannot name a user (nobody can ask for another's
     recommendations, or learn their history through exclude_seen)."""
     users = json.loads((tiny_bundle / "user_ids.json").read_text())
-    with Server(tiny_bundle, WALRUS_USER_HEADER="X-User-Id") as srv:
+    with Server(tiny_bundle, WALRUS_FRONT__USER_HEADER="X-User-Id") as srv:
         srv.wait()
         url = f"{srv.url}/v1/recommend"
         named = httpx.post(url, json={"user_id": users[0], "k": 2}, headers={"X-User-Id": users[0]})

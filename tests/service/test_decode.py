@@ -64,7 +64,7 @@ def test_bytes_no_json_reader_takes_are_not_a_field_s_fault(raw):
 
 
 def test_the_deployment_s_limits_are_checked_after_decoding():
-    settings = Settings(max_k=12, max_offset=10)
+    settings = Settings(limits={"k": 12, "offset": 10})
     check(decode(b'{"k": 12, "offset": 10}', SimilarRequest), settings)
     for raw, field in ((b'{"k": 13}', "k"), (b'{"offset": 11}', "offset")):
         with pytest.raises(InvalidInput) as refused:

@@ -28,9 +28,9 @@ def events_on(bundle, redis_server, cli=False, **env):
     return Server(
         bundle,
         cli=cli,
-        WALRUS_REDIS_URL=redis_server.url,
-        WALRUS_REDIS_BREAKER_S="0.5",
-        WALRUS_EVENTS_MAX_BATCH="50",
+        WALRUS_EVENTS__REDIS_URL=redis_server.url,
+        WALRUS_EVENTS__REDIS_BREAKER_S="0.5",
+        WALRUS_EVENTS__MAX_BATCH="50",
         **env,
     )
 
@@ -108,7 +108,10 @@ def test_bad_events_are_rejected_one_by_one_and_bad_batches_are_422(served):
         (2, "weight"),
     ]
     for body, field in (
-        ({"events": [{"user_id": "u", "item_id": item}] * 51}, "events"),  # WALRUS_EVENTS_MAX_BATCH
+        (
+            {"events": [{"user_id": "u", "item_id": item}] * 51},
+            "events",
+        ),  # WALRUS_EVENTS__MAX_BATCH
         ({"events": []}, "events"),
         ({"events": [{"user_id": "u", "item_id": item, "weight": "heavy"}]}, "weight"),
         ({"events": [{"user_id": "", "item_id": item}]}, "user_id"),
@@ -156,7 +159,7 @@ def test_redis_stopped_under_load_costs_events_not_answers(served, redis_server)
 def test_every_replica_sees_the_events_posted_through_any(served, tiny_bundle, redis_server):
     """A second service (`walrus serve`: two fronts, its own engine) on the same Redis."""
     srv, bundle = served
-    with events_on(tiny_bundle, redis_server, cli=True, WALRUS_WORKERS="2") as other:
+    with events_on(tiny_bundle, redis_server, cli=True, WALRUS_FRONT__WORKERS="2") as other:
         other.wait()
         _, five = one_topic(bundle)
         user = "user-seen-everywhere"

@@ -24,7 +24,9 @@ CASES_PER_OPERATION = 300  # per mode; /healthz, /readyz and /metrics take no in
 
 @pytest.fixture(scope="module")
 def fuzzed(tiny_bundle):
-    with Server(tiny_bundle, WALRUS_LOG_LEVEL="warning", WALRUS_QUERY_CACHE_SIZE="100") as srv:
+    with Server(
+        tiny_bundle, WALRUS_LOG_LEVEL="warning", WALRUS_ENGINE__QUERY_CACHE_SIZE="100"
+    ) as srv:
         srv.wait()
         yield srv
 

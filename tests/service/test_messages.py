@@ -158,7 +158,7 @@ def start_engine(bundle: Path, address: str, **settings: str) -> subprocess.Pope
     env = {
         **os.environ,
         "WALRUS_BUNDLE": str(bundle),
-        "WALRUS_ENGINE_ADDRESS": address,
+        "WALRUS_ENGINE__ADDRESS": address,
         **settings,
     }
     return subprocess.Popen([sys.executable, "-m", "service.engine"], env=env)
@@ -184,7 +184,7 @@ def test_a_real_engine_answers_and_its_death_is_heard_at_once(tiny_bundle, tmp_p
         gone = await client.submit(Status(client.next_id()))  # nothing listens yet
         assert gone.failure == Failure("unavailable", UNAVAILABLE, retry_after=1)
         # Every batch waits 0.9 s for company: a call is surely waiting when the engine dies.
-        engine = start_engine(tiny_bundle, address, WALRUS_BATCH_WAIT_US="900000")
+        engine = start_engine(tiny_bundle, address, WALRUS_ENGINE__BATCH_WAIT_US="900000")
         try:
             ready = msgspec.json.decode((await until_ready(client)).body, type=Readiness)
             call = Recommend(id=client.next_id(), k=3, query="space robots")

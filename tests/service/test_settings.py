@@ -7,7 +7,7 @@ import os
 import pytest
 
 from export.runtime import usable_cpus
-from service.settings import Settings, process_plan
+from service.settings import FrontSettings, Settings, process_plan
 from service.supervisor import graceful_timeout
 
 
@@ -48,11 +48,11 @@ def test_no_quota_leaves_the_affinity(tmp_path, files):
 
 def test_the_inline_plan_never_oversubscribes_unless_asked():
     for cpus in (1, 2, 3, 8, 16):
-        plan = process_plan(Settings(engine="inline"), cpus)
+        plan = process_plan(Settings(mode="inline"), cpus)
         assert plan.workers >= 1 and plan.threads >= 1
         assert plan.workers * plan.threads <= cpus
-    assert process_plan(Settings(engine="inline", workers=3), 8)[1:] == (3, 2, 2)
-    inline = Settings(engine="inline", workers=2, threads=8)
+    assert process_plan(Settings(mode="inline", front={"workers": 3}), 8)[1:] == (3, 2, 2)
+    inline = Settings(mode="inline", front={"workers": 2}, engine={"threads": 8})
     assert process_plan(inline, 4)[1:] == (2, 8, 2)  # the operator's call
 
 
@@ -62,29 +62,31 @@ def test_the_process_plan_gives_the_engine_one_thread_per_call_and_fronts_a_shar
     for cpus in (1, 2, 3, 8, 16):
         plan = process_plan(Settings(), cpus)
         assert 1 <= plan.workers <= cpus and plan.threads == 1
-        assert plan.batch_workers == max(2, cpus - plan.workers)  # the CPUs the fronts leave
-    assert process_plan(Settings(workers=3, threads=2, batch_workers=4), 8)[1:] == (3, 2, 4)
+        assert plan.sessions == max(2, cpus - plan.workers)  # the CPUs the fronts leave
+    assert process_plan(Settings(front={"workers": 3}, engine={"threads": 2, "sessions": 4}), 8)[
+        1:
+    ] == (3, 2, 4)
 
 
 @pytest.mark.parametrize(("seconds", "whole"), [(0.5, 1), (0.0, 0), (20.0, 20), (2.1, 3)])
 def test_the_graceful_timeout_is_rounded_up_and_never_forever(seconds, whole):
-    assert graceful_timeout(Settings(graceful_timeout_s=seconds)) == whole
+    assert graceful_timeout(Settings(front={"graceful_timeout_s": seconds})) == whole
 
 
 def test_the_admin_token_is_long_and_may_come_from_a_file(tmp_path):
     from pydantic import ValidationError
 
     with pytest.raises(ValidationError, match="at least 32 characters"):
-        Settings(admin_token="short")
+        FrontSettings(admin_token="short")
     secret = tmp_path / "token"
     secret.write_text("x" * 40 + "\n")
-    token = Settings(admin_token_file=secret).admin_token
+    token = FrontSettings(admin_token_file=secret).admin_token
     assert token is not None and token.get_secret_value() == "x" * 40
     with pytest.raises(ValidationError, match="not both"):
-        Settings(admin_token="y" * 40, admin_token_file=secret)
+        FrontSettings(admin_token="y" * 40, admin_token_file=secret)
     with pytest.raises(ValidationError, match="cannot read it"):
-        Settings(admin_token_file=tmp_path / "missing")
-    assert Settings(admin_token="", admin_token_file="").admin_token is None
+        FrontSettings(admin_token_file=tmp_path / "missing")
+    assert FrontSettings(admin_token="", admin_token_file="").admin_token is None
 
 
 def test_failed_admin_attempts_block_an_address_for_the_rest_of_its_minute(monkeypatch):
@@ -101,3 +103,58 @@ def test_failed_admin_attempts_block_an_address_for_the_rest_of_its_minute(monke
     assert attempts.retry_after("a") == 1
     now[0] += 1
     assert attempts.retry_after("a") == 0  # a new window
+
+
+def test_each_process_reads_its_group_from_the_environment(monkeypatch):
+    monkeypatch.setenv("WALRUS_ENGINE__MAX_BATCH", "7")
+    monkeypatch.setenv("WALRUS_FRONT__WORKERS", "3")
+    monkeypatch.setenv("WALRUS_LIMITS__K", "12")
+    settings = Settings()
+    assert (settings.engine.max_batch, settings.front.workers, settings.limits.k) == (7, 3, 12)
+    assert settings.engine.sessions == 0 and settings.front.deadline_ms == 10_000
+
+
+def test_a_misspelt_group_field_is_refused_not_ignored(monkeypatch):
+    from pydantic import ValidationError
+
+    monkeypatch.setenv("WALRUS_ENGINE__MAX_BACTH", "7")
+    with pytest.raises(ValidationError, match="max_bacth"):
+        Settings()
+
+
+@pytest.mark.parametrize(
+    ("old", "new"),
+    [
+        ("WALRUS_MAX_BATCH", "WALRUS_ENGINE__MAX_BATCH"),
+        ("WALRUS_ENGINE", "WALRUS_MODE"),
+        ("WALRUS_WORKERS", "WALRUS_FRONT__WORKERS"),
+        ("WALRUS_MAX_K", "WALRUS_LIMITS__K"),
+    ],
+)
+def test_a_flat_name_from_before_the_groups_stops_with_its_new_name(monkeypatch, old, new):
+    """Silently running on the default would be worse than not starting."""
+    from pydantic import ValidationError
+
+    monkeypatch.setenv(old, "1")
+    with pytest.raises(ValidationError, match=f"{old} is now {new}"):
+        Settings()
+
+
+def test_every_renamed_name_points_at_a_setting():
+    from service.settings import RENAMED, fields
+
+    names = {name for name, _ in fields()}
+    assert {f"WALRUS_{new}" for new in RENAMED.values()} <= names
+    assert not {f"WALRUS_{old}" for old in RENAMED} & names
+
+
+def test_the_docs_table_is_printed_from_the_settings():
+    from service.settings import reference
+    from tests.support.tools import REPO
+
+    text = (REPO / "docs/deployment.md").read_text()
+    block = text.split("<!-- settings: python -m service.settings -->\n")[1]
+    assert block.split("\n<!-- /settings -->")[0] == reference(), (
+        "docs/deployment.md's settings table differs from service/settings.py: paste the "
+        "output of `python -m service.settings` between its markers"
+    )

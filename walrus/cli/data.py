@@ -66,7 +66,7 @@ def data_movielens(
 @app.command("events")
 @user_errors
 def data_events(
-    redis_url: Annotated[str, typer.Option(help="The service's WALRUS_REDIS_URL.")],
+    redis_url: Annotated[str, typer.Option(help="The service's WALRUS_EVENTS__REDIS_URL.")],
     out: Annotated[Path, typer.Option(help="The interactions CSV to write.")],
     merge_with: Annotated[
         Path | None,

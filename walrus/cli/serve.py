@@ -21,11 +21,11 @@ def serve(
     port: Annotated[int | None, typer.Option(help="Else WALRUS_PORT (8000).")] = None,
     workers: Annotated[
         int | None,
-        typer.Option(help="Fronts, or inline workers (else WALRUS_WORKERS; 0: auto)."),
+        typer.Option(help="Fronts, or inline workers (else WALRUS_FRONT__WORKERS; 0: auto)."),
     ] = None,
-    engine: Annotated[
+    mode: Annotated[
         str | None,
-        typer.Option(help="process (one engine, several fronts) or inline (else WALRUS_ENGINE)."),
+        typer.Option(help="process (one engine, several fronts) or inline (else WALRUS_MODE)."),
     ] = None,
 ) -> None:
     """Start the HTTP service with the WALRUS_* settings: one engine process that holds the
@@ -34,18 +34,19 @@ def serve(
 
     from pydantic import ValidationError
 
-    given = (("BUNDLE", bundle), ("HOST", host), ("PORT", port), ("WORKERS", workers))
-    for name, value in (*given, ("ENGINE", engine)):
-        if value is not None:
-            os.environ[f"WALRUS_{name}"] = str(value)  # every process builds its own Settings
-    try:
-        from service.settings import Settings, process_plan
+    from service.settings import Settings, process_plan, variable
 
+    given: dict[tuple[str, ...], object] = {("bundle",): bundle, ("host",): host}
+    given |= {("port",): port, ("mode",): mode, ("front", "workers"): workers}
+    for path, value in given.items():
+        if value is not None:
+            os.environ[variable(*path)] = str(value)  # every process builds its own Settings
+    try:
         settings = Settings()
     except ValidationError as exc:
         err = exc.errors()[0]
-        field = "WALRUS_" + ".".join(str(p) for p in err["loc"]).upper()
-        console.print(f"[red]error:[/red] {field}: {err['msg']}", highlight=False)
+        where = f"{variable(*map(str, err['loc']))}: " if err["loc"] else ""
+        console.print(f"[red]error:[/red] {where}{err['msg']}", highlight=False)
         raise typer.Exit(2) from None
     from export.runtime import usable_cpus
     from service import supervisor
@@ -53,15 +54,15 @@ def serve(
     plan = process_plan(settings, usable_cpus())
     logging.getLogger("walrus").setLevel(settings.log_level.upper())
     shape = (
-        f"one engine ({plan.batch_workers} x {plan.threads} thread(s)) and {plan.workers} front(s)"
-        if settings.engine == "process"
+        f"one engine ({plan.sessions} x {plan.threads} thread(s)) and {plan.workers} front(s)"
+        if settings.mode == "process"
         else f"{plan.workers} inline worker(s) x {plan.threads} thread(s)"
     )
     console.print(
         f"walrus serve: {shape} for the {plan.cpus} CPU(s) this process may use",
         highlight=False,
     )
-    if settings.engine == "process":
+    if settings.mode == "process":
         supervisor.serve(settings, plan)
     else:
         supervisor.serve_inline(settings, plan)

@@ -12,10 +12,12 @@ from service.settings import Settings
 
 
 def test_a_similar_flood_is_shed_past_the_queue_limit(tiny_bundle):
-    """One /similar thread, held; WALRUS_MAX_QUEUE=2: two calls wait, the rest get 503 at
+    """One /similar thread, held; WALRUS_ENGINE__MAX_QUEUE=2: two calls wait, the rest get 503 at
     once (with Retry-After), and the two are answered once the thread is free."""
     engine = Engine(
-        Settings(bundle=tiny_bundle, reload_interval_s=0, worker_threads=1, max_queue=2),
+        Settings(
+            bundle=tiny_bundle, engine={"reload_interval_s": 0, "sessions": 1, "max_queue": 2}
+        ),
         Metrics(),
     )
     gate = threading.Event()
@@ -47,7 +49,7 @@ def test_a_similar_flood_is_shed_past_the_queue_limit(tiny_bundle):
 def test_every_answer_names_the_serving_bundle_for_the_access_log(tiny_bundle):
     """User ids carry no bundle id in their body; their answer names the bundle all the same
     (the front's access log reads it)."""
-    engine = Engine(Settings(bundle=tiny_bundle, reload_interval_s=0), Metrics())
+    engine = Engine(Settings(bundle=tiny_bundle, engine={"reload_interval_s": 0}), Metrics())
 
     async def main() -> tuple[str | None, str]:
         await engine.start()

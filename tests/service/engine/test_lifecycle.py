@@ -49,7 +49,7 @@ def bundles(tiny_bundle, tmp_path) -> Path:
 
 
 def test_the_admin_route_exists_only_with_a_token_and_checks_it(bundles):
-    with Server(bundles, WALRUS_RELOAD_INTERVAL_S="0") as without:
+    with Server(bundles, WALRUS_ENGINE__RELOAD_INTERVAL_S="0") as without:
         without.wait()
         assert httpx.post(f"{without.url}/admin/reload").status_code == 404
         assert "/admin/reload" not in httpx.get(f"{without.url}/openapi.json").text
@@ -57,9 +57,9 @@ def test_the_admin_route_exists_only_with_a_token_and_checks_it(bundles):
     token_file.write_text(TOKEN + "\n")  # a mounted secret ends with a newline
     with Server(
         bundles,
-        WALRUS_ADMIN_TOKEN_FILE=str(token_file),
-        WALRUS_ADMIN_MAX_FAILURES="2",
-        WALRUS_RELOAD_INTERVAL_S="0",
+        WALRUS_FRONT__ADMIN_TOKEN_FILE=str(token_file),
+        WALRUS_FRONT__ADMIN_MAX_FAILURES="2",
+        WALRUS_ENGINE__RELOAD_INTERVAL_S="0",
     ) as srv:
         srv.wait()
         url = f"{srv.url}/admin/reload"
@@ -70,7 +70,7 @@ def test_the_admin_route_exists_only_with_a_token_and_checks_it(bundles):
         same = httpx.post(url, headers={"Authorization": f"Bearer {TOKEN}"})
         assert same.status_code == 200
         assert same.json() == {"bundle_id": "v1", "reloaded": False, "reason": "already serving it"}
-        # Wrong guesses cost time: past WALRUS_ADMIN_MAX_FAILURES (2 here, 1 used) a
+        # Wrong guesses cost time: past WALRUS_FRONT__ADMIN_MAX_FAILURES (2 here, 1 used) a
         # minute, the address gets 429, even with the right token.
         assert httpx.post(url, headers={"Authorization": "Bearer guess"}).status_code == 403
         blocked = httpx.post(url, headers={"Authorization": f"Bearer {TOKEN}"})
@@ -82,7 +82,7 @@ def test_five_reloads_under_load_drop_no_request(tiny_bundle, bundles):
     a corrupt one (one flipped byte), a dangling `current`, and back to a good one. No
     request fails, every answer names a good bundle, the bad ones are refused with their
     reason, and the last good one serves."""
-    srv = Server(bundles, WALRUS_ADMIN_TOKEN=TOKEN, WALRUS_RELOAD_INTERVAL_S="0.2")
+    srv = Server(bundles, WALRUS_FRONT__ADMIN_TOKEN=TOKEN, WALRUS_ENGINE__RELOAD_INTERVAL_S="0.2")
     auth = {"Authorization": f"Bearer {TOKEN}"}
     failures: list[str] = []
     served: dict[str, int] = {}
@@ -162,9 +162,9 @@ def test_sigterm_drains_then_exits_zero(tiny_bundle):
         tiny_bundle,
         ["--workers", "1"],
         cli=True,
-        WALRUS_DRAIN_S="4",
-        WALRUS_BATCH_WAIT_US="1000000",  # the most allowed
-        WALRUS_MAX_BATCH="64",
+        WALRUS_FRONT__DRAIN_S="4",
+        WALRUS_ENGINE__BATCH_WAIT_US="1000000",  # the most allowed
+        WALRUS_ENGINE__MAX_BATCH="64",
     ) as srv:
         srv.wait()
         results: list[int] = []
@@ -192,7 +192,7 @@ def test_sigterm_drains_then_exits_zero(tiny_bundle):
 def test_a_client_that_leaves_has_its_queued_work_dropped(tiny_bundle):
     """The batch waits 1 s (the most allowed) for company; a client that disconnects meanwhile is dropped from
     it: no batch is served for it, and /metrics counts the disconnect."""
-    with Server(tiny_bundle, WALRUS_BATCH_WAIT_US="1000000") as srv:
+    with Server(tiny_bundle, WALRUS_ENGINE__BATCH_WAIT_US="1000000") as srv:
         srv.wait()
         before = httpx.get(f"{srv.url}/metrics").text
         body = json.dumps({"query": "leaving early", "k": 2}).encode()
@@ -234,7 +234,9 @@ def test_the_start_and_watch_loops_outlive_an_unexpected_error(tiny_bundle, monk
         return await original(self, retry_refused)
 
     monkeypatch.setattr(Bundles, "reload", flaky)
-    settings = Settings(bundle=tiny_bundle, reload_interval_s=0.05, load_retry_max_s=0.1)
+    settings = Settings(
+        bundle=tiny_bundle, engine={"reload_interval_s": 0.05, "load_retry_max_s": 0.1}
+    )
     bundles = Bundles(settings, Metrics())
 
     async def main() -> None:
@@ -263,7 +265,9 @@ def test_a_dead_batcher_turns_readyz_red_once_and_is_started_again(tiny_bundle):
     from service.settings import Settings
 
     metrics = Metrics()
-    engine = Engine(Settings(bundle=tiny_bundle, reload_interval_s=0, batch_workers=1), metrics)
+    engine = Engine(
+        Settings(bundle=tiny_bundle, engine={"reload_interval_s": 0, "sessions": 1}), metrics
+    )
 
     async def main() -> None:
         await engine.start()
@@ -304,7 +308,7 @@ def test_after_close_a_request_is_refused_at_once(tiny_bundle):
     from service.metrics import Metrics
     from service.settings import Settings
 
-    bundles = Bundles(Settings(bundle=tiny_bundle, reload_interval_s=0), Metrics())
+    bundles = Bundles(Settings(bundle=tiny_bundle, engine={"reload_interval_s": 0}), Metrics())
 
     async def main() -> None:
         await bundles.start()
@@ -332,8 +336,8 @@ def test_the_service_follows_a_bundle_prefix_in_object_storage(bundles, s3_prefi
         cli=True,
         log_dir=tmp_path,
         WALRUS_BUNDLE_CACHE=str(cache),
-        WALRUS_RELOAD_INTERVAL_S="0.3",
-        WALRUS_WORKERS="1",
+        WALRUS_ENGINE__RELOAD_INTERVAL_S="0.3",
+        WALRUS_FRONT__WORKERS="1",
     )
 
     def readiness() -> dict:

@@ -28,9 +28,13 @@ def test_auto_precision_is_int8_on_the_cpu_and_fp16_is_in_the_bundle(recommender
 
 
 def test_fp16_precision_serves_the_fp16_file(tiny_bundle):
-    rec = Recommender(tiny_bundle, Settings(bundle=tiny_bundle, encoder_precision="fp16"))
+    rec = Recommender(
+        tiny_bundle, Settings(bundle=tiny_bundle, engine={"encoder_precision": "fp16"})
+    )
     assert rec.encoder_precision == "fp16"
-    fp32 = Recommender(tiny_bundle, Settings(bundle=tiny_bundle, encoder_precision="fp32"))
+    fp32 = Recommender(
+        tiny_bundle, Settings(bundle=tiny_bundle, engine={"encoder_precision": "fp32"})
+    )
     texts = ["space robots", "a quiet family drama"]
     cos = (rec.encoder.encode(texts) * fp32.encoder.encode(texts)).sum(1)
     assert cos.min() > 0.999
@@ -55,7 +59,7 @@ def test_an_explicit_precision_the_bundle_lacks_is_refused(tiny_bundle, tmp_path
 
     copy = _without(tiny_bundle, tmp_path, "encoder.fp16.onnx")
     with pytest.raises(BundleError, match=r"no encoder\.fp16\.onnx"):
-        Recommender(copy, Settings(bundle=copy, encoder_precision="fp16"))
+        Recommender(copy, Settings(bundle=copy, engine={"encoder_precision": "fp16"}))
 
 
 def test_auto_without_its_precision_chooses_fp32_and_says_so(tiny_bundle, tmp_path, caplog):
@@ -73,7 +77,7 @@ def test_a_batch_answers_each_request_as_alone(recommender):
         Recommend(user_id=users[1], query="space robots", k=6, exclude=["i1"]),
         Recommend(history=["i2", "i3"], k=5, exclude_seen=False),
         Recommend(k=3),
-        Recommend(query="x" * 1_000, k=3),  # over WALRUS_MAX_QUERY_CHARS: its own 422
+        Recommend(query="x" * 1_000, k=3),  # over WALRUS_LIMITS__QUERY_CHARS: its own 422
     ]
     together = recommender.recommend_batch(reqs)
     assert isinstance(together[-1], InvalidInput) and together[-1].field == "query"
@@ -87,12 +91,14 @@ def test_a_batch_answers_each_request_as_alone(recommender):
 
 
 def test_n_wals_setting_limits_the_pool(tiny_bundle):
-    """WALRUS_N_WALS=1 and N_TEXT=1: a user-only request for one item can only get the WALS
+    """WALRUS_ENGINE__N_WALS=1 and N_TEXT=1: a user-only request for one item can only get the WALS
     index's top item or the text index's top item for the user's profile, whatever the head
     thinks of the others."""
     from models.core.features import text_profile
 
-    narrow = Recommender(tiny_bundle, Settings(bundle=tiny_bundle, n_wals=1, n_text=1))
+    narrow = Recommender(
+        tiny_bundle, Settings(bundle=tiny_bundle, engine={"n_wals": 1, "n_text": 1})
+    )
     wide = Recommender(tiny_bundle, Settings(bundle=tiny_bundle))
     assert (narrow.sizes.n_wals, narrow.sizes.n_text) == (1, 1) and wide.sizes.n_wals > 1
     differs = 0
@@ -109,10 +115,10 @@ def test_n_wals_setting_limits_the_pool(tiny_bundle):
 
 
 def test_cold_every_comes_from_the_bundle_unless_set(tiny_bundle):
-    """The bundle's ``candidates.cold_every`` (0 here) unless WALRUS_COLD_EVERY says
+    """The bundle's ``candidates.cold_every`` (0 here) unless WALRUS_ENGINE__COLD_EVERY says
     otherwise; what it does to a ranking is tested in tests/models/test_head.py."""
     plain = Recommender(tiny_bundle, Settings(bundle=tiny_bundle))
-    every = Recommender(tiny_bundle, Settings(bundle=tiny_bundle, cold_every=2))
+    every = Recommender(tiny_bundle, Settings(bundle=tiny_bundle, engine={"cold_every": 2}))
     assert plain.bundle.manifest.candidates.cold_every == plain.sizes.cold_every == 0
     assert every.sizes.cold_every == 2
 
@@ -120,7 +126,7 @@ def test_cold_every_comes_from_the_bundle_unless_set(tiny_bundle):
 def test_exclusions_are_dropped_inside_faiss_with_the_same_answer(tiny_bundle):
     """A request excluding more items than its pool holds is searched with an IDSelector for
     just the pool's size; its answer equals the over-fetching path's (the GPU copy's)."""
-    settings = Settings(bundle=tiny_bundle, n_wals=3, n_text=3)
+    settings = Settings(bundle=tiny_bundle, engine={"n_wals": 3, "n_text": 3})
     filtered, overfetched = Recommender(tiny_bundle, settings), Recommender(tiny_bundle, settings)
     overfetched.indexes.filtering = frozenset()
     assert filtered.indexes.filtering == {"wals", "text"}

@@ -52,7 +52,7 @@ def value_for_any(op: str) -> object:
 
 
 def test_the_document_s_limits_are_the_ones_enforced():
-    settings = Settings(max_k=12, max_offset=30, max_query_chars=9, max_history=4)
+    settings = Settings(limits={"k": 12, "offset": 30, "query_chars": 9, "history": 4})
     doc = with_limits({"paths": {}}, settings)
     props = doc["components"]["schemas"]["RecommendRequest"]["properties"]
     assert props["k"]["maximum"] == 12 and props["offset"]["maximum"] == 30

@@ -1,5 +1,5 @@
-"""Slow and greedy clients: each request must arrive whole within WALRUS_READ_TIMEOUT_S,
-headers stay under WALRUS_MAX_HEADER_BYTES, and none of it slows a normal client."""
+"""Slow and greedy clients: each request must arrive whole within WALRUS_FRONT__READ_TIMEOUT_S,
+headers stay under WALRUS_FRONT__MAX_HEADER_BYTES, and none of it slows a normal client."""
 
 from __future__ import annotations
 
@@ -26,7 +26,7 @@ def read_all(sock: socket.socket, timeout: float) -> bytes:
 
 
 def test_trickling_clients_get_408_and_normal_ones_are_served(tiny_bundle):
-    srv = Server(tiny_bundle, WALRUS_READ_TIMEOUT_S="1.5")
+    srv = Server(tiny_bundle, WALRUS_FRONT__READ_TIMEOUT_S="1.5")
     socks: list[socket.socket] = []
     try:
         srv.wait()
@@ -56,7 +56,7 @@ def test_trickling_clients_get_408_and_normal_ones_are_served(tiny_bundle):
 
 
 def test_an_oversized_header_block_gets_431(tiny_bundle):
-    with Server(tiny_bundle, WALRUS_MAX_HEADER_BYTES="2048") as srv:
+    with Server(tiny_bundle, WALRUS_FRONT__MAX_HEADER_BYTES="2048") as srv:
         srv.wait()
         with socket.create_connection(("127.0.0.1", srv.port)) as sock:
             sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * 4096 + b"\r\n\r\n")

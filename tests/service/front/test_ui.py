@@ -141,11 +141,11 @@ def test_a_card_s_similar_items_and_a_new_user_s_history(page, served):
 
 def test_errors_are_shown_in_words(page):
     page.locator("#rules summary").click()
-    page.locator("#offset").fill("5000")  # past WALRUS_MAX_OFFSET: the engine's 422
+    page.locator("#offset").fill("5000")  # past WALRUS_LIMITS__OFFSET: the engine's 422
     ask(page)
     expect(page.locator("#error")).to_be_visible()
     expect(page.locator("#error")).to_contain_text("422")
-    expect(page.locator("#error")).to_contain_text("offset: at most 1000 (WALRUS_MAX_OFFSET)")
+    expect(page.locator("#error")).to_contain_text("offset: at most 1000 (WALRUS_LIMITS__OFFSET)")
 
 
 def test_it_reads_at_phone_width_and_is_screenshotted(browser, served, tmp_path):
