@@ -12,7 +12,7 @@ WALRUS_URL ?= http://127.0.0.1:8000
 LOADTEST_USERS ?= 8
 LOADTEST_DURATION ?= 30s
 
-.PHONY: install demo demo-answers chaos lock data train export serve test lint format results bench bench-quality ui-screenshot bench-filters bench-events bench-update bench-quantization bench-serve soak seed-bundle gpu-check loadtest docker-test clean
+.PHONY: install demo demo-answers chaos lock data train export serve test lint format results bench bench-quality ui-screenshot bench-filters bench-events bench-update bench-retrain bench-loop bench-quantization bench-serve soak seed-bundle gpu-check loadtest docker-test clean
 
 # Re-install only when pyproject.toml changes.
 $(STAMP): pyproject.toml
@@ -87,10 +87,20 @@ ui-screenshot: install
 	WALRUS_UI_BUNDLE=artifacts/demo/bundles WALRUS_UI_SCREENSHOT=$(abspath docs/ui.png) \
 		$(BIN)/python -m pytest -q tests/service/front/test_ui.py
 
-# What users' events cost the request path: events off and on (a real redis-server), side
-# by side (about 3 minutes; needs wrk, redis-server and the demo bundle).
+# What users' events and attribution cost the request path: no Redis, events, events and
+# attribution (a real redis-server), side by side (about 5 minutes; needs wrk, redis-server
+# and the demo bundle).
 bench-events: install
 	$(BIN)/python -m bench.events_cost --bundle artifacts/demo/bundles
+
+# The learning loop in a simulated world: serve, click, retrain, experiment, restart,
+# sabotage (about 10 minutes on 2 cores; needs redis-server).
+bench-loop: install
+	$(BIN)/python -m bench.loop
+
+# `walrus retrain` on the demo's data, warm start against cold (about 5 minutes on 2 cores).
+bench-retrain: install
+	$(BIN)/python -m bench.retrain --size small
 
 # A live catalog at the seed's item scale: +1,000 / -1,000 items on 500,000 (builds a
 # 100,000-user synthetic bundle once, about 5 minutes; then about 4 minutes on 2 cores).

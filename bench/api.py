@@ -49,7 +49,8 @@ REPEAT = 20_000
 
 def result(k: int) -> Recommendations:
     items = [Item(f"i{i}", f"A title {i}", 1.0 / (i + 1), ["wals", "text"]) for i in range(k)]
-    return Recommendations(items, True, "20261207-000000-abcdef", {}, [])
+    rec_id = "0193a1b2-c3d4-7e5f-8a6b-7c8d9e0f1a2b"
+    return Recommendations(items, True, "20261207-000000-abcdef", rec_id, "control", {}, [])
 
 
 def load(path: Path) -> ModuleType:

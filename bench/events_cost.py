@@ -1,7 +1,9 @@
-"""What users' events cost the request path (``make bench-events``): the service as ``make
-demo`` starts it, the realistic mix with wrk, with events off and with a real redis-server
-holding 20 recent events for every user of the mix (so each user request reads and folds
-them in), side by side, alternating, three rounds each; the ratio of the medians.
+"""What users' events and attribution cost the request path (``make bench-events``): the
+service as ``make demo`` starts it, the realistic mix with wrk, side by side, alternating,
+three rounds each, in three settings: no Redis (answers still carry their ids); events on,
+with a real redis-server holding 20 recent events for every user of the mix (each user
+request reads and folds them in), attribution off; and both on (every answer also recorded
+in Redis). The ratios of the medians, and Redis's memory per answer record.
 
     python -m bench.events_cost --bundle artifacts/demo/bundles
 """
@@ -41,21 +43,31 @@ def fill(url: str, bundle: Path, users: set[str]) -> None:
         store.append(events[start : start + 10_000])
 
 
+SETTINGS = {
+    "off": {},
+    "events": {"WALRUS_EVENTS__ATTRIBUTION": "false"},
+    "attribution": {},
+}
+
+
 def measure(args: argparse.Namespace, work: Path) -> dict[str, Any]:
     bundle = resolve_bundle(args.bundle)
     mix = mix_bodies(bundle, 20_000, MIX)
     with RedisServer(work).start() as redis:
         fill(redis.url, bundle, {b["user_id"] for b in mix if "user_id" in b})
-        runs: dict[str, list[dict[str, Any]]] = {"off": [], "on": []}
+        client = redis.client()
+        before = int(client.info("memory")["used_memory"])
+        runs: dict[str, list[dict[str, Any]]] = {name: [] for name in SETTINGS}
         for _ in range(args.rounds):
-            for name in runs:
-                extra = {"WALRUS_EVENTS__REDIS_URL": redis.url} if name == "on" else {}
+            for name, extra in SETTINGS.items():
+                if name != "off":
+                    extra = {"WALRUS_EVENTS__REDIS_URL": redis.url, **extra}
                 cmd, env = walrus_cmd(bundle, args.port, **extra)
                 url = f"http://127.0.0.1:{args.port}"
                 with running(cmd, env, url, {"query": "warm up", "k": 10}):
-                    runs[name].append(
-                        run_bodies(args.wrk, url, mix, 32, args.seconds, work, f"{name}")
-                    )
+                    runs[name].append(run_bodies(args.wrk, url, mix, 32, args.seconds, work, name))
+        records = sum(int(client.hlen(k)) for k in client.scan_iter(match="walrus:answers:*"))
+        after = int(client.info("memory")["used_memory"])
     median = {n: statistics.median(r["requests_per_s"] for r in rs) for n, rs in runs.items()}
     p99 = {n: statistics.median(r["p99_ms"] for r in rs) for n, rs in runs.items()}
     return {
@@ -65,21 +77,28 @@ def measure(args: argparse.Namespace, work: Path) -> dict[str, Any]:
         "rounds": args.rounds,
         "requests_per_s": median,
         "p99_ms": p99,
-        "ratio": median["on"] / median["off"],
+        "ratio": median["events"] / median["off"],
+        "attribution_ratio": median["attribution"] / median["events"],
+        "answer_records": records,
+        "redis_bytes_per_record": (after - before) / records if records else None,
         "runs": runs,
     }
 
 
 def table(r: dict[str, Any]) -> str:
     """The docs table (docs/benchmarks.md prints this, tested against the kept run)."""
+    rps, p99 = r["requests_per_s"], r["p99_ms"]
     return "\n".join(
         [
-            "| events | requests/s | p99 ms |",
-            "|---|---|---|",
-            f"| off | {r['requests_per_s']['off']:.0f} | {r['p99_ms']['off']:.1f} |",
-            f"| on, {r['events_per_user']} per user | {r['requests_per_s']['on']:.0f} "
-            f"| {r['p99_ms']['on']:.1f} |",
-            f"| ratio | {r['ratio']:.2f} | |",
+            "| Redis | requests/s | p99 ms | ratio |",
+            "|---|---|---|---|",
+            f"| off (answers carry their ids) | {rps['off']:.0f} | {p99['off']:.1f} | 1 |",
+            f"| events, {r['events_per_user']} per user | {rps['events']:.0f} "
+            f"| {p99['events']:.1f} | {r['ratio']:.2f} (to off) |",
+            f"| events and attribution | {rps['attribution']:.0f} | {p99['attribution']:.1f} "
+            f"| {r['attribution_ratio']:.2f} (to events) |",
+            f"| Redis memory per answer record | {r['redis_bytes_per_record']:.0f} bytes "
+            f"| ({r['answer_records']} records) | |",
         ]
     )
 

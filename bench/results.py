@@ -27,7 +27,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from bench import api, events_cost, filters, signals, update
+from bench import api, events_cost, filters, loop, retrain, signals, update
 from bench.common import REPO, RESULTS, Benchmark, stale, stale_note
 
 Table = Callable[[dict[str, Any]], str]
@@ -37,6 +37,8 @@ TABLES: dict[str, Table] = {
     "docs/results/update-2cpu/update.json": update.table,
     "docs/results/events-2cpu/events_cost.json": events_cost.table,
     "docs/results/signals/signals.json": signals.report,
+    "docs/results/retrain-2cpu/retrain.json": retrain.table,
+    "docs/results/loop/loop.json": loop.table,
 }
 """Each kept result printed by a table function, by its path in the repository."""
 COMPARED_SCHEMAS = "1ec135e"
@@ -65,6 +67,8 @@ RUNS: dict[str, tuple[Benchmark, str, Callable[[Path], list[str]]]] = {
         "docs/results/events-2cpu/events_cost.json",
         lambda _w: ["--bundle", str(REPO / "artifacts/demo/bundles")],
     ),
+    "retrain": (retrain.BENCHMARK, "docs/results/retrain-2cpu/retrain.json", lambda _w: []),
+    "loop": (loop.BENCHMARK, "docs/results/loop/loop.json", lambda _w: []),
 }
 """What ``make results`` runs, in order: each benchmark, where its result is kept, and the
 arguments it needs (the rest are its defaults, which are the docs' settings)."""

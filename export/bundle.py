@@ -175,6 +175,7 @@ def build_bundle(
                 attributes=[c.name for c in trained.attributes],
                 tag_separator=cfg.data.tag_separator,
             ),
+            event_types=dict(cfg.events.types),
         )
         finish(tmp, manifest, sign_with)
     switch_current(bundles_dir, bundle_id)

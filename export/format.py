@@ -201,6 +201,8 @@ class Manifest(_Model):
     files: dict[str, FileEntry]
     catalog: CatalogText | None = None  # None: made before bundle updates existed
     lineage: Lineage | None = None  # None: a full export, never updated
+    # The config's [events.types]; None: made before typed events (the defaults apply).
+    event_types: dict[str, float] | None = None
 
     @field_validator("indexes")
     @classmethod

@@ -12,10 +12,18 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import tomli_w
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic.dataclasses import dataclass as pydantic_dataclass
 
 from models.core.errors import WalrusError
+from models.core.events import DEFAULT_EVENT_TYPES, check_types
 from models.core.operators import Kind as AttributeKind
 from models.core.params import InvalidParam, WALSParams
 
@@ -211,6 +219,60 @@ class ColdStartConfig(_Strict):
     ridge_alpha: float = Field(1.0, ge=0)
 
 
+class EventsConfig(_Strict):
+    """The event types ``POST /v1/events`` takes, each with its weight (the export writes
+    them into the bundle: serving and training weigh events alike; ``models.core.events``)."""
+
+    types: dict[str, float] = Field(
+        default_factory=lambda: dict(DEFAULT_EVENT_TYPES),
+        description="name = weight; 0 marks an exposure (counted online, never trained on).",
+    )
+
+    @field_validator("types")
+    @classmethod
+    def _types(cls, value: dict[str, float]) -> dict[str, float]:
+        return check_types(value)
+
+
+class RetrainConfig(_Strict):
+    """``walrus retrain``: the events since the last training merged in, the newest slice
+    held out, a candidate trained, and published only if it is not worse than serving."""
+
+    holdout_fraction: float = Field(
+        0.1,
+        gt=0,
+        lt=1,
+        description="The newest share of timestamped interactions (by time) held out: the "
+        "candidate and the serving bundle are both evaluated on it.",
+    )
+    half_life_days: float = Field(
+        0.0,
+        ge=0,
+        description="Time decay: an event's weight halves every this many days before the "
+        "newest event; 0: off.",
+    )
+    tolerance: float = Field(
+        0.02,
+        ge=0,
+        lt=1,
+        description="Publish only when Recall@k and NDCG@k are both at least (1 - tolerance) "
+        "x the serving bundle's on the held-out slice.",
+    )
+    k: int = Field(20, ge=1, le=1000, description="The cut-off of the gate's metrics.")
+    warm_start: bool = Field(
+        True, description="Start WALS from the serving bundle's user factors where ids allow."
+    )
+    warm_iterations: int = Field(
+        5, ge=1, description="WALS iterations from a warm start (a cold one runs [wals]'s)."
+    )
+    share: float = Field(
+        0.1, gt=0, le=1, description="The experiment share a published candidate starts with."
+    )
+    promote: bool = Field(
+        False, description="Point `current` at a published candidate at once (no experiment)."
+    )
+
+
 class CandidatesConfig(_Strict):
     """How many candidates each index contributes before reranking."""
 
@@ -343,6 +405,8 @@ class PipelineConfig(_Strict):
     head: HeadConfig = Field(default_factory=HeadConfig)
     cold_start: ColdStartConfig = Field(default_factory=ColdStartConfig)
     candidates: CandidatesConfig = Field(default_factory=CandidatesConfig)
+    events: EventsConfig = Field(default_factory=EventsConfig)
+    retrain: RetrainConfig = Field(default_factory=RetrainConfig)
     export: ExportConfig = Field(default_factory=ExportConfig)
     tuned_on: TunedOn | None = Field(
         None, description="Where `walrus tune` chose [wals] and [head] (absent: not tuned)."

@@ -47,17 +47,48 @@ def evaluate_scores(
         truth = test[batch]
         for b in range(len(batch)):
             relevant = csr_row(truth, b)
-            hits = np.isin(top[b], relevant)
-            n_rel = len(relevant)
-            for k in ks:
-                kk = min(k, kmax)
-                n_ideal = min(k, n_rel)
-                sums[f"recall@{k}"] += hits[:kk].sum() / n_ideal
-                sums[f"ndcg@{k}"] += (hits[:kk] * discounts[:kk]).sum() / discounts[:n_ideal].sum()
-    n = max(len(rows), 1)
-    out = {key: value / n for key, value in sums.items()}
-    out["users"] = float(len(rows))
+            add_user(sums, np.isin(top[b], relevant), len(relevant), ks, discounts)
+    return means(sums, len(rows))
+
+
+def add_user(
+    sums: dict[str, float],
+    hits: np.ndarray,
+    n_relevant: int,
+    ks: Sequence[int],
+    discounts: np.ndarray,
+) -> None:
+    """Add one user's Recall@K and NDCG@K: ``hits`` marks which of its ranked items are
+    relevant, best first."""
+    for k in ks:
+        kk = min(k, len(hits))
+        n_ideal = min(k, n_relevant)
+        sums[f"recall@{k}"] += hits[:kk].sum() / n_ideal
+        sums[f"ndcg@{k}"] += (hits[:kk] * discounts[:kk]).sum() / discounts[:n_ideal].sum()
+
+
+def means(sums: dict[str, float], users: int) -> dict[str, float]:
+    out = {key: value / max(users, 1) for key, value in sums.items()}
+    out["users"] = float(users)
     return out
+
+
+def ranked_metrics(
+    ranked: Sequence[Sequence[str]], relevant: Sequence[set[str]], ks: Sequence[int] = (20,)
+) -> dict[str, float]:
+    """Mean Recall@K and NDCG@K of ranked lists (what a service answered), against each
+    user's relevant set; users with nothing relevant do not count."""
+    ks = sorted(set(int(k) for k in ks))
+    sums = {f"{m}@{k}": 0.0 for k in ks for m in ("recall", "ndcg")}
+    discounts = 1.0 / np.log2(np.arange(2, max(ks) + 2))
+    users = 0
+    for items, truth in zip(ranked, relevant, strict=True):
+        if truth:
+            users += 1
+            add_user(
+                sums, np.array([i in truth for i in items[: max(ks)]]), len(truth), ks, discounts
+            )
+    return means(sums, users)
 
 
 def ranking_metrics(

@@ -74,15 +74,19 @@ def fit_wals(
     validation: sp.csr_matrix | None = None,
     callback: Callable[[int, float, float | None], None] | None = None,
     parquet: ParquetOutput | None = None,
+    initial_user_factors: np.ndarray | None = None,
 ) -> WALS:
     """Fit WALS on ``train`` (targets 1.0; its values are weights when ``has_weights``), on
     the engine ``wals.engine`` names: the one place that chooses it. The Spark engine also
-    writes the factors as Parquet when given ``parquet``."""
+    writes the factors as Parquet when given ``parquet``. ``initial_user_factors``: a warm
+    start (``WALS.fit``; the local engine only)."""
     if cfg.wals.engine == "spark":
         if validation is not None or cfg.wals.early_stopping_patience:
             raise WalrusError(
                 "wals.engine = 'spark' has no validation or early stopping: use the local engine"
             )
+        if initial_user_factors is not None:
+            raise WalrusError("wals.engine = 'spark' has no warm start: use the local engine")
         return fit_wals_spark(cfg, train, has_weights, callback, parquet)
     return local_wals(cfg).fit(
         binarize(train),
@@ -90,6 +94,7 @@ def fit_wals(
         validation=validation,
         early_stopping_patience=cfg.wals.early_stopping_patience,
         callback=callback,
+        initial_user_factors=initial_user_factors,
     )
 
 

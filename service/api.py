@@ -28,7 +28,9 @@ from models.core.operators import ITEM_ID, OPERATORS, Kind
 from service.settings import Settings, variable
 
 Source = Literal["wals", "text", "popular"]
-FailureKind = Literal["invalid", "not_found", "unavailable", "disabled", "timeout", "internal"]
+FailureKind = Literal[
+    "invalid", "not_found", "conflict", "unavailable", "disabled", "timeout", "internal"
+]
 ID_CHARS = 256
 LIST_ITEMS = 10_000
 FILTER_FIELDS = 64
@@ -76,6 +78,12 @@ class NotFound(ApiError):
     """The thing asked about does not exist (an unknown item)."""
 
     kind = "not_found"
+
+
+class Conflict(ApiError):
+    """Not in this state: ramping, promoting or stopping with no experiment running."""
+
+    kind = "conflict"
 
 
 class Unavailable(ApiError):
@@ -196,6 +204,16 @@ class RecommendRequest(Rules, frozen=True, kw_only=True, forbid_unknown_fields=T
     user_id: Annotated[ItemId, msgspec.Meta(description="A user of the bundle, or unknown.")] | (
         None
     ) = None
+    assignment_key: (
+        Annotated[
+            ItemId,
+            msgspec.Meta(
+                description="Without a user_id: what assigns the request to an experiment "
+                "arm (a session or device id), stable across calls; neither: control."
+            ),
+        ]
+        | None
+    ) = None
     query: (
         Annotated[
             str,
@@ -250,6 +268,27 @@ class SimilarRequest(Rules, frozen=True, kw_only=True, forbid_unknown_fields=Tru
         self._check_filter()
 
 
+EventType = Annotated[
+    str,
+    msgspec.Meta(
+        pattern=r"^[a-z][a-z0-9_]{0,31}$",
+        description="impression, click, purchase, or a type the bundle's config declares "
+        "([events.types], listed in /readyz); it gives the event its weight. Absent: an "
+        "interaction of weight 1 (or the given weight).",
+    ),
+]
+RecommendationId = Annotated[
+    str,
+    msgspec.Meta(
+        min_length=1,
+        max_length=64,
+        description="The recommendation_id of the answer that showed the item: the event "
+        "is attributed to that answer's bundle and arm (an unknown or expired id is accepted "
+        "and counted as unattributed).",
+    ),
+]
+
+
 class Event(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     """One interaction: ``user_id`` did something with ``item_id``."""
 
@@ -261,15 +300,25 @@ class Event(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
         Annotated[
             float,
             msgspec.Meta(
-                description="The interaction's strength, > 0 and <= 1000 (default 1.0): kept "
-                "for the next training run (`walrus data events`); online, each event counts "
-                "as one interaction, as `history` does."
+                description="The interaction's strength, >= 0 and <= 1000; default: its "
+                "type's weight. Kept for the next training run (`walrus data events`); an "
+                "event of weight 0 (an impression) is counted online but neither folded in "
+                "nor trained on."
             ),
         ]
         | None
     ) = None
     timestamp: (
         Annotated[float, msgspec.Meta(description="Unix seconds; default: when received.")] | None
+    ) = None
+    type: EventType | None = None
+    recommendation_id: RecommendationId | None = None
+    position: (
+        Annotated[
+            int,
+            msgspec.Meta(ge=1, description="The item's place in that answer, from 1."),
+        ]
+        | None
     ) = None
 
     def __post_init__(self) -> None:
@@ -337,6 +386,15 @@ class Recommendations(msgspec.Struct, frozen=True):
     items: list[Item]
     user_known: Annotated[bool, msgspec.Meta(description="Whether user_id is in the bundle.")]
     bundle_id: str
+    recommendation_id: Annotated[
+        str,
+        msgspec.Meta(
+            description="This answer's id (a UUIDv7): send it with the events it leads to."
+        ),
+    ]
+    arm: Annotated[
+        str, msgspec.Meta(description="The experiment arm that answered: control without one.")
+    ]
     timings_ms: Timings
     warnings: Warnings
 
@@ -348,6 +406,15 @@ class SimilarItems(msgspec.Struct, frozen=True):
     ]
     items: list[Item]
     bundle_id: str
+    recommendation_id: Annotated[
+        str,
+        msgspec.Meta(
+            description="This answer's id (a UUIDv7): send it with the events it leads to."
+        ),
+    ]
+    arm: Annotated[
+        str, msgspec.Meta(description="The experiment arm that answered: control without one.")
+    ]
     timings_ms: Timings
     warnings: Warnings = msgspec.field(default_factory=list)
 
@@ -379,6 +446,16 @@ class Readiness(msgspec.Struct, frozen=True):
             description="off (no WALRUS_EVENTS__REDIS_URL), ok, or why Redis is not used."
         ),
     ] = "off"
+    attribution: Annotated[
+        str,
+        msgspec.Meta(
+            description="Whether answers are recorded for attribution: off (no Redis), ok, "
+            "or why not now (answers still carry their ids)."
+        ),
+    ] = "off"
+    event_types: Annotated[
+        dict[str, float], msgspec.Meta(description="The event types taken, and their weights.")
+    ] = msgspec.field(default_factory=dict)
     degraded: Annotated[
         list[str],
         msgspec.Meta(description="What works less well now, though answers still come."),
@@ -395,6 +472,9 @@ class RejectedEvent(msgspec.Struct, frozen=True):
 
 class EventsAccepted(msgspec.Struct, frozen=True):
     accepted: Annotated[int, msgspec.Meta(description="Events stored (acknowledged by Redis).")]
+    attributed: Annotated[
+        int, msgspec.Meta(description="Accepted events joined to the answer they name.")
+    ]
     rejected: Annotated[list[RejectedEvent], msgspec.Meta(description="The others, each with why.")]
 
 
@@ -409,6 +489,79 @@ class Reloaded(msgspec.Struct, frozen=True):
     bundle_id: Annotated[str | None, msgspec.Meta(description="The bundle serving after it.")]
     reloaded: bool
     reason: Annotated[str | None, msgspec.Meta(description="Why nothing was swapped in.")] = None
+
+
+ExperimentAction = Literal["start", "ramp", "promote", "stop"]
+
+
+class ExperimentRequest(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """``POST /admin/experiment``: start one (a candidate bundle, a share), ramp its share,
+    promote the candidate to ``current``, or stop it."""
+
+    action: Annotated[
+        ExperimentAction,
+        msgspec.Meta(description="start (needs candidate), ramp (needs share), promote, stop."),
+    ] = "start"
+    candidate: (
+        Annotated[
+            ItemId,
+            msgspec.Meta(description="A bundle id in the bundles directory, not current's."),
+        ]
+        | None
+    ) = None
+    share: (
+        Annotated[
+            float,
+            msgspec.Meta(
+                gt=0,
+                le=1,
+                description="The candidate's share of users (0, 1]; start's default 0.1. A "
+                "ramp keeps every user already on the candidate there.",
+            ),
+        ]
+        | None
+    ) = None
+
+    def __post_init__(self) -> None:
+        if self.action == "start" and self.candidate is None:
+            raise ValueError("candidate: required to start an experiment")
+        if self.action == "ramp" and self.share is None:
+            raise ValueError("share: required to ramp an experiment")
+
+
+class Interval(msgspec.Struct, frozen=True):
+    value: float | None
+    low: float | None
+    high: float | None
+
+
+class ArmReport(msgspec.Struct, frozen=True):
+    """One arm's online counts (joined by recommendation id) and rates."""
+
+    bundle_id: str | None
+    answers: int
+    events: Annotated[dict[str, int], msgspec.Meta(description="Attributed events by type.")]
+    ctr: Annotated[
+        Interval,
+        msgspec.Meta(description="clicks / impressions, with its 95% (Wilson) interval."),
+    ]
+
+
+class ExperimentReport(msgspec.Struct, frozen=True):
+    """``GET /v1/experiments`` and every ``POST /admin/experiment``: the experiment as the
+    engine serves it, and each arm's online figures."""
+
+    running: bool
+    candidate: str | None
+    share: float
+    started_at: str | None
+    stopped: Annotated[str | None, msgspec.Meta(description="Why it stopped, if it did.")]
+    arms: dict[str, ArmReport]
+    ctr_difference: Annotated[
+        Interval,
+        msgspec.Meta(description="candidate's CTR - control's, with its 95% interval."),
+    ]
+    attribution: Annotated[str, msgspec.Meta(description="As in /readyz: off, ok, or why not.")]
 
 
 class ErrorDetail(msgspec.Struct, frozen=True):
@@ -434,6 +587,8 @@ BODIES: tuple[type, ...] = (
     EventsAccepted,
     UserIds,
     Reloaded,
+    ExperimentRequest,
+    ExperimentReport,
     ErrorBody,
 )
 """Every public shape, in the OpenAPI document's components."""

@@ -18,6 +18,7 @@ import msgspec
 
 from service.api import (
     EventsRequest,
+    ExperimentRequest,
     Failure,
     ItemId,
     RecommendRequest,
@@ -66,13 +67,25 @@ class Users(msgspec.Struct, tag=True, frozen=True):
     id: int = 0
 
 
+class Experiment(ExperimentRequest, tag=True, frozen=True, kw_only=True):
+    """``POST /admin/experiment`` (authorised by the front)."""
+
+    id: int = 0
+
+
+class Experiments(msgspec.Struct, tag=True, frozen=True):
+    """``GET /v1/experiments`` (authorised by the front)."""
+
+    id: int = 0
+
+
 class Cancel(msgspec.Struct, tag=True, frozen=True):
     """The front gave up on call ``id`` (deadline, client gone): drop it if still queued."""
 
     id: int
 
 
-Call = Recommend | Similar | Status | Reload | Events | Users | Cancel
+Call = Recommend | Similar | Status | Reload | Events | Users | Experiment | Experiments | Cancel
 
 
 class Answer(msgspec.Struct, frozen=True):

@@ -116,6 +116,11 @@ class Metrics:
             registry=r,
             multiprocess_mode="livemax",
         )
+        self.experiment_stops = Counter(
+            "walrus_experiment_guardrail_stops",
+            "Experiments whose candidate the guardrail stopped.",
+            registry=r,
+        )
         self.reloads = Counter(
             "walrus_bundle_loads",
             "Bundle loads by result: loaded or refused.",
@@ -134,6 +139,27 @@ class Metrics:
         self.events_unused = Counter(
             "walrus_events_unused",
             "Answers served from the bundle alone because Redis did not answer in time.",
+            registry=r,
+        )
+        self.attribution_records = Counter(
+            "walrus_attribution_records",
+            "Answer records for attribution, by outcome: stored, over_budget (the minute's "
+            "share of WALRUS_EVENTS__ATTRIBUTION_MAX_RECORDS was used up), lost (Redis down "
+            "or too slow).",
+            ["outcome"],
+            registry=r,
+        )
+        self.online_answers = Counter(
+            "walrus_online_answers",
+            "Answers served, by bundle and experiment arm.",
+            ["bundle_id", "arm"],
+            registry=r,
+        )
+        self.online_events = Counter(
+            "walrus_online_events",
+            "Accepted events by type, joined to the bundle and arm of the answer they name; "
+            "bundle_id and arm are empty for an event naming no answer Redis still keeps.",
+            ["bundle_id", "arm", "type"],
             registry=r,
         )
 

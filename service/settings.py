@@ -92,8 +92,9 @@ class FrontSettings(Group):
     )
     admin_token: SecretStr | None = Field(
         None,
-        description="bearer token for `POST /admin/reload`, at least 32 characters (`openssl "
-        "rand -hex 32`); unset (and no `admin_token_file`): the route does not exist",
+        description="bearer token for `POST /admin/reload`, `POST /admin/experiment` and "
+        "`GET /v1/experiments`, at least 32 characters (`openssl rand -hex 32`); unset (and "
+        "no `admin_token_file`): those routes do not exist",
     )
     admin_token_file: Path | None = Field(
         None,
@@ -215,6 +216,27 @@ class EngineSettings(Group):
         "requests are served again one by one and only that one fails (500). Leave it unset "
         "in production",
     )
+    guardrail_factor: float = Field(
+        2.0,
+        gt=1,
+        le=100,
+        description="an experiment's candidate is stopped (on every replica) when its "
+        "recent error rate or p99 latency passes control's by this factor, or its "
+        "click-through rate falls below control's divided by it",
+    )
+    guardrail_min_answers: int = Field(
+        200,
+        ge=10,
+        description="answers each arm must have served before the guardrail judges errors "
+        "and latency",
+    )
+    guardrail_min_impressions: int = Field(
+        1000,
+        ge=100,
+        description="attributed impressions each arm must have before the guardrail judges "
+        "click-through: the candidate is stopped when its CTR falls below control's / "
+        "`guardrail_factor` and the 95% interval of the difference is below 0",
+    )
     address: str = Field(
         "", description="the engine's Unix socket, for the fronts (set by `walrus serve`)"
     )
@@ -270,6 +292,25 @@ class EventSettings(Group):
         description="after 3 failed Redis calls in a row, no call for this long (answers "
         "without events, with a warning; `/v1/events` 503), then one trial",
     )
+    attribution: bool = Field(
+        True,
+        description="record every answer in Redis for the events that will name its "
+        "`recommendation_id` (answers carry their ids either way)",
+    )
+    attribution_ttl_s: int = Field(
+        3600,
+        ge=60,
+        le=90 * 86_400,
+        description="how long an answer's record is kept for the events that name its "
+        "`recommendation_id` (later ones count as unattributed)",
+    )
+    attribution_max_records: int = Field(
+        1_000_000,
+        ge=1000,
+        description="answer records Redis may hold, across every engine: each minute of "
+        "`attribution_ttl_s` gets its share, and a record past it is counted "
+        '(`walrus_attribution_records_total{outcome="over_budget"}`), not kept',
+    )
 
 
 # The flat names before the groups: a deployment still setting one stops with its new name
@@ -301,7 +342,7 @@ RENAMED = {
     **{
         name.upper(): f"ENGINE__{name.upper()}"
         for name in EngineSettings.model_fields
-        if name not in ("sessions", "threads", "address")
+        if name not in ("sessions", "threads", "address") and not name.startswith("guardrail_")
     },
 }
 

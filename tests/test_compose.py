@@ -35,3 +35,17 @@ def test_redis_keeps_every_acknowledged_event_on_a_volume_and_both_apis_use_it()
         service = services[name]
         assert service["environment"]["WALRUS_EVENTS__REDIS_URL"].endswith("redis://redis:6379/0}")
         assert service["depends_on"]["redis"]["condition"] == "service_healthy"
+
+
+def test_the_retrain_job_writes_where_the_api_reads_with_the_api_s_redis():
+    """`--profile retrain`: the pipeline image on the same artifacts volume (its candidate
+    and experiment plan land beside the bundle the api serves) and the same Redis."""
+    services = yaml.safe_load((REPO / "docker-compose.yml").read_text())["services"]
+    retrain, api, pipeline = services["retrain"], services["api"], services["pipeline"]
+    assert retrain["profiles"] == ["retrain"] and retrain["image"] == pipeline["image"]
+    assert retrain["command"][0] == "retrain"
+    volume = {v.split(":")[0] for v in retrain["volumes"]}
+    assert volume == {v.split(":")[0] for v in api["volumes"]} == {"artifacts"}
+    url = "WALRUS_EVENTS__REDIS_URL"
+    assert retrain["environment"][url] == api["environment"][url]
+    assert retrain["depends_on"]["redis"]["condition"] == "service_healthy"

@@ -95,6 +95,10 @@ class CompactIds:
         """Index of one id, -1 when unknown."""
         return int(self._find([key])[0])
 
+    def find_all(self, keys: Sequence[str]) -> np.ndarray:
+        """Index (int64) of each key, -1 where unknown."""
+        return self._find(keys)
+
     def lookup(self, keys: Sequence[str]) -> tuple[np.ndarray, list[str]]:
         """Indices (int64) of the known keys, in order, and the list of unknown keys."""
         found = self._find(keys)

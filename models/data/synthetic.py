@@ -93,8 +93,25 @@ def _words(rng: np.random.Generator, n: int) -> list[str]:
     return out
 
 
+@dataclass(frozen=True)
+class Tastes:
+    """What the generator drew the interactions from, and a simulated user acts on
+    (``bench/loop.py``): each user's topic mixture (rows sum to 1), each item's topic, and
+    each item's popularity weight (1 / rank ** exponent)."""
+
+    affinity: np.ndarray  # (n_users, n_topics)
+    item_topic: np.ndarray  # (n_items,)
+    popularity: np.ndarray  # (n_items,)
+
+
 def generate(spec: SyntheticSpec, seed: int = 0) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Return ``(interactions, catalog)`` frames.
+    """``(interactions, catalog)``: ``generate_world`` without the hidden tastes."""
+    interactions, catalog, _ = generate_world(spec, seed)
+    return interactions, catalog
+
+
+def generate_world(spec: SyntheticSpec, seed: int = 0) -> tuple[pd.DataFrame, pd.DataFrame, Tastes]:
+    """Return ``(interactions, catalog, tastes)``.
 
     interactions: ``user_id, item_id``; catalog: ``item_id, title, description, tags`` and
     the attributes ``topic, year, price, in_stock``.
@@ -152,7 +169,7 @@ def generate(spec: SyntheticSpec, seed: int = 0) -> tuple[pd.DataFrame, pd.DataF
             "item_id": [f"i{j}" for j in pairs % spec.n_items],
         }
     )
-    return interactions, catalog
+    return interactions, catalog, Tastes(affinity, item_topic, popularity)
 
 
 def draw_attributes(rng: np.random.Generator, n: int) -> dict[str, np.ndarray]:

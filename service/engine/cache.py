@@ -51,10 +51,10 @@ class QueryCache:
             while len(self._items) > self.size:
                 self._items.popitem(last=False)
 
-    def keep_only(self, bundle_id: str) -> None:
+    def keep_only(self, *bundle_ids: str) -> None:
         """Drop the vectors of every other bundle (after a swap they can never hit again)."""
         with self._lock:
-            for key in [k for k in self._items if k[0] != bundle_id]:
+            for key in [k for k in self._items if k[0] not in bundle_ids]:
                 del self._items[key]
 
     def __len__(self) -> int:

@@ -29,6 +29,7 @@ import msgspec
 import redis
 
 from models.core.errors import WalrusError
+from models.core.events import MAX_WEIGHT, event_weight
 from service.api import Event, RejectedEvent
 
 log = logging.getLogger("walrus.service.events")
@@ -41,12 +42,26 @@ class EventsUnavailable(WalrusError):
 
 @dataclass(frozen=True)
 class StoredEvent:
-    """One accepted event as Redis keeps it: ``[item_id, weight, timestamp]`` in JSON."""
+    """One accepted event as Redis keeps it: ``[item_id, weight, timestamp, type,
+    recommendation_id]`` in JSON (``type`` "" for an untyped event, ``recommendation_id`` ""
+    for an organic one, that no answer led to; lists written before them have three
+    entries). Retraining judges a candidate on organic events: the serving bundle caused
+    the others."""
 
     user_id: str
     item_id: str
     weight: float
     timestamp: float
+    type: str = ""
+    recommendation_id: str = ""
+
+
+class _Stored(msgspec.Struct, array_like=True, frozen=True):
+    item_id: str
+    weight: float
+    timestamp: float
+    type: str = ""
+    recommendation_id: str = ""
 
 
 class Breaker:
@@ -101,7 +116,7 @@ class Breaker:
 
 
 _encode = msgspec.json.Encoder().encode
-_decode = msgspec.json.Decoder(tuple[str, float, float]).decode
+_decode = msgspec.json.Decoder(_Stored).decode
 
 
 class EventStore:
@@ -146,7 +161,8 @@ class EventStore:
         once Redis acknowledged the whole batch; ``EventsUnavailable`` otherwise."""
         by_user: dict[str, list[bytes]] = {}
         for e in sorted(events, key=lambda e: e.timestamp):
-            by_user.setdefault(e.user_id, []).append(_encode((e.item_id, e.weight, e.timestamp)))
+            stored = _Stored(e.item_id, e.weight, e.timestamp, e.type, e.recommendation_id)
+            by_user.setdefault(e.user_id, []).append(_encode(stored))
 
         def work(pipe: redis.client.Pipeline) -> None:
             for user, values in by_user.items():
@@ -158,7 +174,8 @@ class EventStore:
         self._call(work)
 
     def recent(self, user_ids: list[str]) -> dict[str, list[str]]:
-        """Each user's recent item ids, newest first (users without events left out)."""
+        """Each user's recent item ids, newest first (users without events left out); an
+        exposure (weight 0: an impression) is no interaction and is left out."""
         users = sorted(set(user_ids))
         if not users:
             return {}
@@ -168,11 +185,11 @@ class EventStore:
                 pipe.lrange(KEY_PREFIX + user, 0, self.per_user - 1)
 
         replies = cast(list[list[bytes]], self._call(work))
-        return {
-            user: [_decode(raw)[0] for raw in reply]
+        recent = {
+            user: [e.item_id for e in map(_decode, reply) if e.weight > 0]
             for user, reply in zip(users, replies, strict=True)
-            if reply
         }
+        return {user: items for user, items in recent.items() if items}
 
     async def watch(self, interval_s: float = 1.0) -> None:
         """While the breaker is open, ping Redis at each trial time: it closes as soon as
@@ -200,34 +217,46 @@ def all_events(client: redis.Redis, batch: int = 500) -> Iterator[StoredEvent]:
     for key in client.scan_iter(match=KEY_PREFIX + "*", count=batch):
         user = key.decode()[len(KEY_PREFIX) :]
         for raw in reversed(client.lrange(key, 0, -1)):
-            item, weight, timestamp = _decode(raw)
-            yield StoredEvent(user, item, weight, timestamp)
+            e = _decode(raw)
+            yield StoredEvent(user, e.item_id, e.weight, e.timestamp, e.type, e.recommendation_id)
 
 
-MAX_WEIGHT = 1000.0
 FUTURE_S = 86_400.0  # clocks disagree; a day ahead is a bug, not skew
 
 
 def accept_events(
-    events: list[Event], offered: Callable[[str], bool], now: float
+    events: list[Event], offered: Callable[[str], bool], types: dict[str, float], now: float
 ) -> tuple[list[StoredEvent], list[RejectedEvent]]:
     """The events to store, and each other one's index and why: an item the bundle does not
-    offer (never had, or withdrew), a weight outside (0, MAX_WEIGHT], a timestamp before
-    1970 or over a day ahead. A missing weight is 1.0; a missing timestamp, ``now``.
-    Unknown users are welcome."""
+    offer (never had, or withdrew), a type ``types`` does not declare, a weight outside
+    [0, MAX_WEIGHT], a timestamp before 1970 or over a day ahead. A missing weight is the
+    type's (``models.core.events.event_weight``); a missing timestamp, ``now``. Unknown users
+    are welcome."""
     accepted, rejected = [], []
     for index, event in enumerate(events):
-        weight = 1.0 if event.weight is None else event.weight
-        timestamp = now if event.timestamp is None else event.timestamp
-        reason = None
-        if not offered(event.item_id):
-            reason = f"unknown item_id {event.item_id!r}"
-        elif not (math.isfinite(weight) and 0 < weight <= MAX_WEIGHT):
-            reason = f"weight must be > 0 and <= {MAX_WEIGHT:g}, got {weight!r}"
-        elif not (math.isfinite(timestamp) and 0 <= timestamp <= now + FUTURE_S):
-            reason = f"timestamp must be Unix seconds, not in the future, got {timestamp!r}"
+        reason = _refusal(event, offered, types, now)
         if reason is None:
-            accepted.append(StoredEvent(event.user_id, event.item_id, weight, timestamp))
+            weight = event_weight(event.type, event.weight, types)
+            timestamp = now if event.timestamp is None else event.timestamp
+            kind, rec = event.type or "", event.recommendation_id or ""
+            accepted.append(StoredEvent(event.user_id, event.item_id, weight, timestamp, kind, rec))
         else:
             rejected.append(RejectedEvent(index, reason))
     return accepted, rejected
+
+
+def _refusal(
+    event: Event, offered: Callable[[str], bool], types: dict[str, float], now: float
+) -> str | None:
+    timestamp = now if event.timestamp is None else event.timestamp
+    if not offered(event.item_id):
+        return f"unknown item_id {event.item_id!r}"
+    if event.type is not None and event.type not in types:
+        return f"unknown type {event.type!r}: the bundle takes {', '.join(sorted(types))}"
+    if event.weight is not None and not (
+        math.isfinite(event.weight) and 0 <= event.weight <= MAX_WEIGHT
+    ):
+        return f"weight must be >= 0 and <= {MAX_WEIGHT:g}, got {event.weight!r}"
+    if not (math.isfinite(timestamp) and 0 <= timestamp <= now + FUTURE_S):
+        return f"timestamp must be Unix seconds, not in the future, got {timestamp!r}"
+    return None

@@ -17,15 +17,37 @@ import contextlib
 import ctypes
 import gc
 import logging
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from export.format import resolve_bundle
+import msgspec
+
+from export.format import CURRENT, resolve_bundle, switch_current, utc_now
 from export.remote import KEEP_LOCAL, BundleStore, is_remote
-from service.api import Recommendations, Reloaded, Unavailable
+from service.api import (
+    ApiError,
+    Conflict,
+    Disabled,
+    ExperimentRequest,
+    InvalidInput,
+    Recommendations,
+    Reloaded,
+    Unavailable,
+)
 from service.engine.batcher import Batcher, Stopped
 from service.engine.cache import QueryCache
 from service.engine.events import EventStore
+from service.engine.experiments import (
+    PLAN_FILE,
+    ExperimentError,
+    ExperimentPlan,
+    Guardrail,
+    arm_of,
+    new_salt,
+    read_plan,
+    write_plan,
+)
 from service.engine.recommender import BatchFn, Recommender, with_fault
 from service.messages import Recommend
 from service.metrics import Metrics
@@ -55,6 +77,15 @@ class Bundles:
         self.events = events
         self.cache = QueryCache(settings.engine.query_cache_size, metrics.count_cache_lookup)
         self.serving: Serving | None = None
+        self.candidate: Serving | None = None  # an experiment's second bundle
+        self.plan: ExperimentPlan | None = None
+        engine = settings.engine
+        self.guardrail = Guardrail(
+            engine.guardrail_factor,
+            engine.guardrail_min_answers,
+            min_impressions=engine.guardrail_min_impressions,
+        )
+        self._stopping: asyncio.Future[None] | None = None  # a guardrail stop's clean-up
         self.reason: str | None = "loading the bundle"
         self.refused: dict[str, str] = {}  # bundle path -> why it was refused
         source = settings.bundle
@@ -70,20 +101,80 @@ class Bundles:
         return serving.recommender
 
     async def recommend(self, request: Recommend) -> Recommendations:
-        """Hand the request to the serving bundle's batcher. Reading ``serving`` and queueing
-        happen with no await between them, on the event loop, where the swap happens too: a
-        request is never queued behind a stopped batcher's last batch."""
+        """Hand the request to its arm's batcher: control's (the bundle at ``current``), or
+        an experiment's candidate for the users the plan gives it. Reading the slot and
+        queueing happen with no await between them, on the event loop, where swaps happen
+        too: a request is never queued behind a stopped batcher's last batch."""
+        key = request.user_id or request.assignment_key
+        arm = arm_of(key, self.plan) if self.candidate is not None else "control"
+        start = time.perf_counter()
+        try:
+            result = await self._submit(arm, request)
+        except Exception as exc:
+            if not isinstance(exc, ApiError):  # a bug's 500, not the request's own fault
+                self._observe(arm, False, start)
+            raise
+        self._observe(arm, True, start)
+        return result
+
+    async def _submit(self, arm: str, request: Recommend) -> Recommendations:
         while True:
-            serving = self.serving
+            serving = self.candidate if arm == "candidate" else self.serving
             if serving is None:
+                if arm == "candidate":  # stopped between the choice and here
+                    arm = "control"
+                    continue
                 raise NotReady(self.reason or "not ready")
             self.revive(serving)
             try:
                 return await serving.batcher.submit(request)
             except Stopped:
-                if self.serving is serving:  # closed, not swapped: nothing will serve it
+                if arm == "control" and self.serving is serving:  # closed, not swapped
                     raise NotReady("shutting down") from None
-                continue  # swapped between the dependency and here: the new one serves
+                continue  # swapped between the choice and here: the new one serves
+
+    def _observe(self, arm: str, ok: bool, start: float) -> None:
+        if self.candidate is None:
+            return
+        verdict = self.guardrail.observe(arm, ok, (time.perf_counter() - start) * 1e3)
+        if verdict is not None:
+            self.stop_candidate(verdict)
+
+    def observe_events(self, bundle_id: str, arm: str, impressions: int, clicks: int) -> None:
+        """Attributed events of the running experiment's arms, for the guardrail's CTR."""
+        slot = self.candidate if arm == "candidate" else self.serving
+        if self.candidate is None or slot is None or slot.recommender.bundle_id != bundle_id:
+            return
+        verdict = self.guardrail.observe_events(arm, impressions, clicks)
+        if verdict is not None:
+            self.stop_candidate(verdict)
+
+    def stop_candidate(self, verdict: str) -> None:
+        """The guardrail's stop: no answer from the candidate from now on, on every replica
+        once the plan is rewritten."""
+        if self.candidate is not None:
+            log.error("experiment stopped: %s", verdict)
+            self.metrics.experiment_stops.inc()
+            candidate, self.candidate = self.candidate, None  # no answer from it from now on
+            # Refused until started again: a poll reading the plan before it is rewritten
+            # must not load it back.
+            self.refused[str(candidate.recommender.path)] = verdict
+            if self.plan is not None:
+                self.plan = msgspec.structs.replace(self.plan, stopped=verdict)
+            self._stopping = asyncio.ensure_future(self._retire(candidate, self.plan))
+
+    async def _retire(self, candidate: Serving | None, plan: ExperimentPlan | None) -> None:
+        """Stop a candidate's batcher once it served what it queued; tell every replica
+        (the plan on disk says why it stopped)."""
+        if candidate is not None:
+            candidate.batcher.stop()
+            await asyncio.to_thread(candidate.batcher.join)
+        folder = self.bundles_dir()
+        if plan is not None and folder is not None:
+            try:
+                await asyncio.to_thread(write_plan, folder, plan)
+            except ExperimentError as exc:
+                log.error("the stopped experiment was not written: %s", exc)
 
     def revive(self, serving: Serving) -> int:
         """Start again the batcher threads that died; counted in /metrics."""
@@ -100,6 +191,116 @@ class Bundles:
         if self.store is None:
             return resolve_bundle(self.settings.bundle)
         return self.settings.bundle_cache.resolve() / self.store.current()
+
+    def bundles_dir(self) -> Path | None:
+        """The local bundles directory holding ``current`` (and an experiment's plan);
+        None for a single bundle or object storage."""
+        folder = Path(self.settings.bundle)
+        if self.store is not None or not (folder / CURRENT).is_symlink():
+            return None
+        return folder
+
+    async def sync_experiment(self) -> None:
+        """Serve what the plan beside ``current`` says: load its candidate (checked and
+        warmed as any bundle), or drop the candidate of a plan that stopped or is gone."""
+        folder = self.bundles_dir()
+        if folder is None or self.serving is None:
+            return
+        try:
+            plan = await asyncio.to_thread(read_plan, folder)
+        except ExperimentError as exc:
+            self._refuse(str(folder / PLAN_FILE), str(exc))
+            return
+        async with self._lock:
+            await self._follow(folder, plan)
+
+    async def _follow(self, folder: Path, plan: ExperimentPlan | None) -> None:
+        current = self.candidate
+        wanted = plan.candidate if plan is not None and plan.running else None
+        if current is not None and current.recommender.bundle_id != wanted:
+            self.candidate = None
+            await self._retire(current, None)
+        self.plan = plan
+        if plan is None or wanted is None or self.candidate is not None:
+            return
+        path = folder / plan.candidate
+        if str(path) in self.refused:
+            return
+        try:
+            recommender = await asyncio.to_thread(self._load, path)
+        except Exception as exc:  # refused: every request stays on control
+            self._refuse(str(path), one_line(exc))
+            return
+        recommender.arm = "candidate"
+        self.guardrail.reset()
+        self.candidate = self._serve(recommender)
+        log.info(
+            "experiment: candidate %s serves %.0f%% of users", plan.candidate, 100 * plan.share
+        )
+
+    async def steer(self, request: ExperimentRequest) -> None:
+        """Start, ramp, promote or stop the experiment: the plan is written beside
+        ``current`` (every replica follows it at its next poll) and followed here at once."""
+        folder = self.bundles_dir()
+        if folder is None:
+            raise Disabled(
+                "experiments need WALRUS_BUNDLE to name a local bundles directory with a "
+                "`current` link (the plan is written beside it)"
+            )
+        serving = self.recommender()
+        plan = self.plan if self.plan is not None and self.plan.running else None
+        if request.action == "start":
+            plan = self._new_plan(folder, request, serving.bundle_id)
+        elif plan is None:
+            raise Conflict(f"no experiment is running to {request.action}")
+        elif request.action == "ramp":
+            plan = msgspec.structs.replace(plan, share=request.share or plan.share)
+        elif request.action == "stop":
+            plan = msgspec.structs.replace(plan, stopped="stopped by an operator")
+        else:
+            await self._promote(folder, plan)
+            return
+        await self._write(folder, plan)
+        async with self._lock:
+            await self._follow(folder, plan)
+        if request.action == "start" and self.candidate is None:
+            reason = self.refused.get(str(folder / plan.candidate), "it was refused")
+            await self._write(folder, None)
+            async with self._lock:
+                await self._follow(folder, None)
+            raise InvalidInput(f"candidate: {reason}", "candidate")
+
+    def _new_plan(self, folder: Path, request: ExperimentRequest, control: str) -> ExperimentPlan:
+        candidate = request.candidate or ""
+        if candidate == control:
+            raise InvalidInput("candidate: it is the bundle at current already", "candidate")
+        if "/" in candidate or candidate.startswith(".") or not (folder / candidate).is_dir():
+            raise InvalidInput(f"candidate: no bundle {candidate!r} in {folder}", "candidate")
+        self.refused.pop(str(folder / candidate), None)  # asked again: tried again
+        share = 0.1 if request.share is None else request.share
+        return ExperimentPlan(candidate, share, new_salt(), utc_now())
+
+    async def _write(self, folder: Path, plan: ExperimentPlan | None) -> None:
+        try:
+            await asyncio.to_thread(write_plan, folder, plan)
+        except ExperimentError as exc:
+            raise Unavailable(str(exc)) from None
+
+    async def _promote(self, folder: Path, plan: ExperimentPlan) -> None:
+        """The candidate becomes ``current`` and serves everyone: swapped in as loaded (no
+        second load), the old control retired once it served what it queued."""
+        async with self._lock:
+            candidate, old = self.candidate, self.serving
+            if candidate is None:
+                raise Conflict("the candidate is not loaded (refused or stopped): not promoted")
+            await asyncio.to_thread(switch_current, folder, plan.candidate)
+            candidate.recommender.arm = "control"
+            self.serving, self.candidate, self.plan = candidate, None, None
+            previous = old.recommender.bundle_id if old is not None else None
+            self.metrics.bundle_served(candidate.recommender.bundle_id, previous)
+            log.info("experiment: candidate %s promoted to current", plan.candidate)
+        await self._write(folder, None)
+        await self._retire(old, None)
 
     def _load(self, path: Path) -> Recommender:
         """Blocking: pull (from object storage), load, check and warm one bundle (off the
@@ -184,7 +385,8 @@ class Bundles:
             old.batcher.stop()  # on the event loop: nothing can queue behind it now
             await asyncio.to_thread(old.batcher.join)
             del old
-            self.cache.keep_only(recommender.bundle_id)
+            kept = [] if self.candidate is None else [self.candidate.recommender.bundle_id]
+            self.cache.keep_only(recommender.bundle_id, *kept)
         await asyncio.to_thread(collect_and_freeze)  # the new bundle frozen, the old freed
         return Reloaded(recommender.bundle_id, reloaded=True)
 
@@ -210,6 +412,7 @@ class Bundles:
             self.revive(self.serving)
             try:
                 await self.reload(retry_refused=False)
+                await self.sync_experiment()
             except Exception:  # a bug: logged; the poll goes on, the old bundle serves
                 log.exception("the reload poll failed unexpectedly")
 
@@ -217,10 +420,12 @@ class Bundles:
         """Serve what is queued, then nothing: a later request is NotReady (503), never
         queued behind a stopped batcher."""
         serving, self.serving = self.serving, None
+        candidate, self.candidate = self.candidate, None
         self.reason = "shutting down"
-        if serving is not None:
-            serving.batcher.stop()
-            await asyncio.to_thread(serving.batcher.join)
+        for slot in (serving, candidate):
+            if slot is not None:
+                slot.batcher.stop()
+                await asyncio.to_thread(slot.batcher.join)
 
 
 def collect_and_freeze() -> None:

@@ -19,6 +19,7 @@ import numpy as np
 from export.runtime import LoadOptions, OnnxTextEncoder, ServedIndexes, load_bundle, usable_cpus
 from models.core.attributes import FilterError
 from models.core.errors import WalrusError
+from models.core.events import DEFAULT_EVENT_TYPES
 from models.core.features import COLUMN
 from models.core.hybrid import PoolSizes, build_request, eligible_count, recommend_batch
 from models.core.types import Request, no_items
@@ -34,6 +35,7 @@ from service.api import (
     Source,
     check,
 )
+from service.engine.attribution import recommendation_id
 from service.engine.cache import QueryCache
 from service.engine.events import EventStore, EventsUnavailable
 from service.engine.rules import FilterMasks, diversity, explanations
@@ -142,6 +144,8 @@ class Recommender:
             self.encoders.put(encoder)
         self.head, self.encoder_precision = loaded.head, loaded.encoder_precision
         self.withdrawn = loaded.withdrawn
+        self.event_types = loaded.manifest.event_types or dict(DEFAULT_EVENT_TYPES)
+        self.arm = "control"  # the experiment arm this bundle answers for
         self._withdrawn = frozenset(self.withdrawn.tolist())
         self.filter_masks = FilterMasks(loaded)
         candidates = loaded.manifest.candidates
@@ -252,6 +256,8 @@ class Recommender:
                 items=self._items(rec.items, rec.scores, rec.sources, explained),
                 user_known=user is not None,
                 bundle_id=self.bundle_id,
+                recommendation_id=recommendation_id(),
+                arm=self.arm,
                 timings_ms={k: round(v, 3) for k, v in clock.ms.items()},
                 warnings=p.warnings,
             )
@@ -398,6 +404,8 @@ class Recommender:
             source=source,
             items=self._items(rec.items, rec.scores, rec.sources),
             bundle_id=self.bundle_id,
+            recommendation_id=recommendation_id(),
+            arm=self.arm,
             timings_ms={k: round(v, 3) for k, v in clock.ms.items()},
             warnings=warnings,
         )

@@ -12,6 +12,7 @@ from service.messages import json_body
 STATUS = {
     "invalid": 422,
     "not_found": 404,
+    "conflict": 409,
     "disabled": 404,
     "unavailable": 503,
     "timeout": 504,

@@ -20,6 +20,8 @@ from service.api import (
     ErrorBody,
     EventsAccepted,
     EventsRequest,
+    ExperimentReport,
+    ExperimentRequest,
     Failure,
     Health,
     InvalidInput,
@@ -40,6 +42,8 @@ from service.messages import (
     Answer,
     Call,
     Events,
+    Experiment,
+    Experiments,
     Recommend,
     Reload,
     Similar,
@@ -248,22 +252,13 @@ async def post_events(
     return send(answer, request, 202)
 
 
-@admin_router.post(
-    "/admin/reload",
-    responses={
-        200: result_doc(Reloaded),
-        401: {"description": "No bearer token"},
-        403: {"description": "Wrong token"},
-    },
-)
-async def reload(
+async def admin(
     front: FrontDep,
     request: Request,
     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)],
-) -> Response:
-    """The engine loads what WALRUS_BUNDLE names now (verified and warmed before it serves),
-    once for the whole machine; the old bundle serves until then, and on if the new one is
-    refused. Needs ``Authorization: Bearer $WALRUS_FRONT__ADMIN_TOKEN``."""
+) -> None:
+    """The admin token, or 401 (none sent), 403 (wrong) or 429 (too many wrong ones from
+    this address this minute)."""
     token = front.settings.front.admin_token
     client = request.client.host if request.client else "?"
     wait = front.admin_failures.retry_after(client)
@@ -278,8 +273,62 @@ async def reload(
     ):
         front.admin_failures.failed(client)
         raise HTTPException(403, "wrong admin token")
+
+
+AdminDep = Annotated[None, Depends(admin)]
+ADMIN_ERRORS: dict[int | str, dict[str, Any]] = {
+    401: {"description": "No bearer token"},
+    403: {"description": "Wrong token"},
+    429: {"description": "Too many wrong tokens from this address (Retry-After)."},
+}
+
+
+async def experiment_body(request: Request) -> ExperimentRequest:
+    return await read(request, ExperimentRequest)
+
+
+@admin_router.post("/admin/reload", responses={200: result_doc(Reloaded), **ADMIN_ERRORS})
+async def reload(_admin: AdminDep, front: FrontDep, request: Request) -> Response:
+    """The engine loads what WALRUS_BUNDLE names now (verified and warmed before it serves),
+    once for the whole machine; the old bundle serves until then, and on if the new one is
+    refused. Needs ``Authorization: Bearer $WALRUS_FRONT__ADMIN_TOKEN``."""
     timeout_s = max(front.settings.front.deadline_ms / 1000, 600.0)  # a load takes what it takes
     return send(await ask(front, Reload(front.engine.next_id()), request, timeout_s), request)
+
+
+@admin_router.post(
+    "/admin/experiment",
+    openapi_extra=body_doc(ExperimentRequest),
+    responses={
+        200: result_doc(ExperimentReport),
+        **ADMIN_ERRORS,
+        404: {"description": "Experiments are off: WALRUS_BUNDLE is no local bundles folder."},
+        409: {"description": "No experiment running (ramp, promote, stop)."},
+        422: result_doc(ErrorBody, "A field is wrong (an unknown or refused candidate)."),
+    },
+)
+async def experiment(
+    _admin: AdminDep,
+    body: Annotated[ExperimentRequest, Depends(experiment_body)],
+    front: FrontDep,
+    request: Request,
+) -> Response:
+    """Start an experiment (a candidate bundle serves ``share`` of users, assigned by a
+    salted hash of their id), ramp its share, promote the candidate to ``current``, or stop
+    it. The plan is written beside ``current``: every replica follows it. Answers the
+    experiment as it then serves. Needs the admin token."""
+    call = Experiment(id=front.engine.next_id(), **msgspec.structs.asdict(body))
+    timeout_s = max(front.settings.front.deadline_ms / 1000, 600.0)  # a start loads a bundle
+    return send(await ask(front, call, request, timeout_s), request)
+
+
+@admin_router.get("/v1/experiments", responses={200: result_doc(ExperimentReport), **ADMIN_ERRORS})
+async def experiments(_admin: AdminDep, front: FrontDep, request: Request) -> Response:
+    """The running experiment and each arm's online figures: answers, attributed events by
+    type, CTR with its 95% interval, and the difference between arms with its interval.
+    Needs the admin token."""
+    call = Experiments(front.engine.next_id())
+    return send(await ask(front, call, request, STATUS_TIMEOUT_S), request)
 
 
 @router.get("/healthz", responses={200: result_doc(Health)})

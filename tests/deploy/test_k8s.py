@@ -19,6 +19,7 @@ import kubernetes_validate
 import pytest
 import yaml
 
+from models.config import load_config
 from service.front.routes import router
 from service.settings import Settings, fields
 from tests.support.tools import REPO, tool_or_skip
@@ -271,9 +272,10 @@ def test_the_gpu_overlay_asks_for_one_gpu_and_the_gpu_image(overlay):
         assert gpus is None and "walrus-serve:" in serving["image"]
 
 
-def test_the_servicemonitor_component_scrapes_the_services_metrics(tmp_path):
-    # the cpu overlay with its commented `components:` turned on, copied to tmp_path: kustomize
-    # takes folders by relative path and files only from below the kustomization
+def with_component(name: str, tmp_path: Path) -> list[Doc]:
+    """The cpu overlay with a component turned on (as its comment shows), copied to
+    tmp_path: kustomize takes folders by relative path and files only from below the
+    kustomization."""
     cpu = K8S / "overlays" / "cpu"
     shutil.copytree(cpu, tmp_path, dirs_exist_ok=True)
     overlay = yaml.safe_load((cpu / "kustomization.yaml").read_text())
@@ -281,9 +283,13 @@ def test_the_servicemonitor_component_scrapes_the_services_metrics(tmp_path):
         os.path.relpath(cpu / r, tmp_path) if (cpu / r).is_dir() else r
         for r in overlay["resources"]
     ]
-    overlay["components"] = [os.path.relpath(K8S / "components" / "prometheus", tmp_path)]
+    overlay["components"] = [os.path.relpath(K8S / "components" / name, tmp_path)]
     (tmp_path / "kustomization.yaml").write_text(yaml.safe_dump(overlay))
-    docs = render(tmp_path)
+    return render(tmp_path)
+
+
+def test_the_servicemonitor_component_scrapes_the_services_metrics(tmp_path):
+    docs = with_component("prometheus", tmp_path)
     monitor = one(docs, "ServiceMonitor")
     service = one(docs, "Service")
     assert ("monitoring.coreos.com/v1", "ServiceMonitor") in CRDS
@@ -294,3 +300,30 @@ def test_the_servicemonitor_component_scrapes_the_services_metrics(tmp_path):
     assert [(e["port"] in ports, e["path"]) for e in monitor["spec"]["endpoints"]] == [
         (True, "/metrics")
     ]
+
+
+def test_the_retrain_component_is_a_valid_hardened_nightly_job(tmp_path):
+    """The cpu overlay with `components: [../../components/retrain]`: a CronJob that pulls
+    the serving bundle, retrains with the serving pods' settings (their Redis, their store)
+    and publishes back to where they pull from."""
+    docs = with_component("retrain", tmp_path)
+    for doc in docs:
+        kubernetes_validate.validate(doc, KUBERNETES, strict=True)
+    job = one(docs, "CronJob")
+    assert job["spec"]["concurrencyPolicy"] == "Forbid"
+    spec = job["spec"]["jobTemplate"]["spec"]["template"]["spec"]
+    assert spec["securityContext"]["runAsNonRoot"] is True
+    serving = pod_spec(docs)["containers"][0]
+    for container in spec["initContainers"] + spec["containers"]:
+        context = container["securityContext"]
+        assert context["readOnlyRootFilesystem"] and context["capabilities"]["drop"] == ["ALL"]
+        assert container["envFrom"] == serving["envFrom"]  # the pods' Redis and store
+        assert container["image"].startswith("registry.example.com/walrus/walrus-pipeline:")
+    command = spec["containers"][0]["command"]
+    assert command[:2] == ["walrus", "retrain"]
+    assert command[command.index("--publish-to") + 1] == "$(WALRUS_BUNDLE)"
+    assert command[command.index("--serving") + 1] == spec["initContainers"][0]["command"][4]
+    [config] = [d for d in docs if d["metadata"]["name"].startswith("walrus-retrain-config")]
+    toml = tmp_path / "pipeline.toml"
+    toml.write_text(config["data"]["pipeline.toml"])
+    assert load_config(toml).retrain.promote  # object storage takes a promotion only

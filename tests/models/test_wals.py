@@ -373,3 +373,22 @@ def test_without_training_loss_only_the_final_loss_is_computed(tiny_matrix):
     assert np.isnan(seen).all() and len(seen) == 4
     assert quiet.history.loss == [pytest.approx(loud.history.loss[-1], rel=1e-6)]
     np.testing.assert_array_equal(quiet.user_factors, loud.user_factors)
+
+
+def test_a_warm_start_begins_where_a_fitted_model_ended(tiny_matrix):
+    """One iteration from a converged model's user factors lands at its loss; one from a
+    random start does not. NaN rows (new users) start at random; a wrong shape is refused."""
+    fitted = WALS(dim=4, iterations=30, regularization=0.1, calculate_training_loss=True)
+    fitted.fit(tiny_matrix)
+    warm = WALS(dim=4, iterations=1, regularization=0.1, calculate_training_loss=True)
+    warm.fit(tiny_matrix, initial_user_factors=fitted.user_factors)
+    cold = WALS(dim=4, iterations=1, regularization=0.1, calculate_training_loss=True)
+    cold.fit(tiny_matrix)
+    assert warm.history.loss[-1] == pytest.approx(fitted.history.loss[-1], rel=1e-3)
+    assert cold.history.loss[-1] > 1.01 * fitted.history.loss[-1]
+    partial = fitted.user_factors.copy()
+    partial[0] = np.nan
+    started = WALS(dim=4, iterations=1).fit(tiny_matrix, initial_user_factors=partial)
+    assert np.isfinite(started.user_factors).all()
+    with pytest.raises(ValueError, match="initial factors"):
+        WALS(dim=4, iterations=1).fit(tiny_matrix, initial_user_factors=partial[:, :2])

@@ -12,7 +12,7 @@ import pytest
 
 from export.runtime import LoadOptions, load_bundle
 from tests.support.redis import redis_or_skip
-from tests.support.servers import Server, eventually
+from tests.support.servers import Server, eventually, metric
 
 pytestmark = pytest.mark.slow
 UNUSED = "recent events were not used"
@@ -72,7 +72,8 @@ def test_a_new_user_s_five_events_give_them_that_topic(served):
     assert any("unknown" in w for w in before["warnings"])
     events = [{"user_id": user, "item_id": item} for item in five]
     r = post(srv, "/v1/events", {"events": events})
-    assert r.status_code == 202 and r.json() == {"accepted": 5, "rejected": []}
+    assert r.status_code == 202
+    assert r.json() == {"accepted": 5, "attributed": 0, "rejected": []}
     after = ranked(srv, user_id=user)  # the very next answer: no wait
     assert after["warnings"] == [] and after["user_known"] is False
     assert ids(after) == ids(ranked(srv, history=five))  # events are history not sent
@@ -98,7 +99,8 @@ def test_bad_events_are_rejected_one_by_one_and_bad_batches_are_422(served):
     batch = [
         {"user_id": "u-bad", "item_id": item, "weight": 2.0, "timestamp": 1_700_000_000},
         {"user_id": "u-bad", "item_id": "no-such-item"},
-        {"user_id": "u-bad", "item_id": item, "weight": 0},
+        {"user_id": "u-bad", "item_id": item, "weight": -1},
+        {"user_id": "u-bad", "item_id": item, "type": "like"},
     ]
     r = post(srv, "/v1/events", {"events": batch})
     assert r.status_code == 202
@@ -106,6 +108,7 @@ def test_bad_events_are_rejected_one_by_one_and_bad_batches_are_422(served):
     assert [(x["index"], x["reason"].split()[0]) for x in r.json()["rejected"]] == [
         (1, "unknown"),
         (2, "weight"),
+        (3, "unknown"),  # a type the bundle does not declare
     ]
     for body, field in (
         (
@@ -115,9 +118,55 @@ def test_bad_events_are_rejected_one_by_one_and_bad_batches_are_422(served):
         ({"events": []}, "events"),
         ({"events": [{"user_id": "u", "item_id": item, "weight": "heavy"}]}, "weight"),
         ({"events": [{"user_id": "", "item_id": item}]}, "user_id"),
+        ({"events": [{"user_id": "u", "item_id": item, "type": "Click!"}]}, "type"),
+        ({"events": [{"user_id": "u", "item_id": item, "position": 0}]}, "position"),
+        ({"events": [{"user_id": "u", "item_id": item, "recommendation_id": ""}]}, "rec"),
     ):
         r = post(srv, "/v1/events", body)
         assert r.status_code == 422 and field in str(r.json()["detail"][0]["loc"]), r.text
+
+
+def test_events_naming_an_answer_are_attributed_to_its_bundle_and_arm(served):
+    srv, bundle = served
+    user = "user-who-clicks"
+    answer = ranked(srv, user_id=user)
+    rec_id, shown = answer["recommendation_id"], ids(answer)
+    assert answer["arm"] == "control" and answer["bundle_id"] == bundle.bundle_id
+    similar = httpx.get(f"{srv.url}/v1/items/{shown[0]}/similar", timeout=30).json()
+    assert similar["recommendation_id"] != rec_id and similar["arm"] == "control"
+    ready = httpx.get(f"{srv.url}/readyz", timeout=30).json()
+    assert ready["attribution"] == "ok" and ready["event_types"]["impression"] == 0.0
+    before = httpx.get(f"{srv.url}/metrics", timeout=30).text
+    label = f'arm="control",bundle_id="{bundle.bundle_id}"'  # the exposition sorts labels
+    clicks = metric(before, f'walrus_online_events_total{{{label},type="click"}}')
+    unshown = next(i for i in bundle.items.ids if i not in ids(similar) + shown[:3])
+    events = [
+        *({"user_id": user, "item_id": i, "type": "impression", "recommendation_id": rec_id,
+           "position": p} for p, i in enumerate(shown[:3], 1)),
+        {"user_id": user, "item_id": shown[1], "type": "click", "recommendation_id": rec_id},
+        # Not in that answer, an id never issued, none: accepted, unattributed.
+        {"user_id": user, "item_id": unshown, "type": "click",
+         "recommendation_id": similar["recommendation_id"]},
+        {"user_id": user, "item_id": shown[2], "type": "click",
+         "recommendation_id": "0193a1b2-c3d4-7e5f-8a6b-7c8d9e0f1a2b"},
+        {"user_id": user, "item_id": shown[2], "type": "purchase"},
+    ]  # fmt: skip
+    r = post(srv, "/v1/events", {"events": events})
+    assert r.status_code == 202 and r.json()["accepted"] == 7
+    assert r.json()["attributed"] == 4  # three impressions and one click
+
+    def counted() -> bool:  # a front rebuilds /metrics at most once a second
+        text = httpx.get(f"{srv.url}/metrics", timeout=30).text
+        return (
+            metric(text, f'walrus_online_events_total{{{label},type="click"}}') == clicks + 1
+            and metric(text, 'walrus_online_events_total{arm="",bundle_id="",type="click"}') >= 2
+        )
+
+    eventually(counted, 5, "the attributed click in /metrics")
+    # Impressions are exposures, not interactions: the user's next answer folds in the
+    # clicks and the purchase only.
+    interactions = [shown[1], unshown, shown[2], shown[2]]
+    assert ids(ranked(srv, user_id=user)) == ids(ranked(srv, history=interactions))
 
 
 def test_redis_stopped_under_load_costs_events_not_answers(served, redis_server):
@@ -148,8 +197,8 @@ def test_redis_stopped_under_load_costs_events_not_answers(served, redis_server)
         assert ready.status_code == 200
         assert ready.json()["events"].startswith("unavailable")
         assert ready.json()["degraded"]
-        metrics = client.get("/metrics").text
-        assert 'walrus_events_total{outcome="unavailable"}' in metrics
+        unavailable = 'walrus_events_total{outcome="unavailable"}'
+        eventually(lambda: unavailable in client.get("/metrics").text, 5, "counted in /metrics")
         redis_server.start()
         eventually(lambda: client.get("/readyz").json()["events"] == "ok", 10, "breaker closes")
         again = ranked(srv, user_id=user)

@@ -115,6 +115,7 @@ def test_a_frame_is_checked_as_the_body_is():
         decode_call(bad)
 
 
+REC_ID = "0193a1b2-c3d4-7e5f-8a6b-7c8d9e0f1a2b"
 ITEM = Item("i1", "A title", 0.5, ["wals", "text"])
 EXPLAINED = Item(
     "i2",
@@ -124,13 +125,13 @@ EXPLAINED = Item(
     Explanation(0.25, ["wals"], 1.5, None, [Contribution("i7", "Seen", 0.9, 0.6)]),
 )
 RESULTS = [
-    Recommendations([ITEM, EXPLAINED], True, "b1", {"encode": 1.0, "total": 2.5}, []),
-    SimilarItems("i1", "wals", [ITEM], "b1", {"ann": 0.1}),
+    Recommendations([ITEM, EXPLAINED], True, "b1", REC_ID, "control", {"encode": 1.0}, []),
+    SimilarItems("i1", "wals", [ITEM], "b1", REC_ID, "candidate", {"ann": 0.1}),
     Readiness(ready=True, bundle_id="b1", onnx_providers=["CPU"], faiss="cpu"),
     Readiness(ready=False, reason="loading", refused={"/b": "bad"}),
     Reloaded("b1", True),
     Readiness(ready=True, bundle_id="b1", events="unavailable: x", degraded=["events: x"]),
-    EventsAccepted(2, [RejectedEvent(1, "unknown item_id 'x'")]),
+    EventsAccepted(2, 1, [RejectedEvent(1, "unknown item_id 'x'")]),
     UserIds(["u1", "u10"], 60),
     Readiness(ready=True, counts={"users": 2, "items": 3}, attributes={"year": "numeric"}),
 ]

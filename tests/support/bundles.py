@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from export.format import switch_current, writable_copy
+from export.update import CatalogChange, update_bundle
 
 NEW = [
     {
@@ -37,3 +38,12 @@ def bundles_of(bundle: Path, tmp_path: Path) -> Path:
     writable_copy(bundle, root / bundle.name)
     switch_current(root, bundle.name)
     return root
+
+
+def two_versions(bundle: Path, tmp_path: Path) -> tuple[Path, str]:
+    """A bundles folder whose current is a copy of ``bundle``, and the id of a second
+    version beside it (``bundle`` plus the ``NEW`` rows): an experiment's candidate."""
+    root = bundles_of(bundle, tmp_path)
+    candidate = update_bundle(root, CatalogChange(NEW, []))
+    switch_current(root, bundle.name)
+    return root, candidate.name

@@ -11,7 +11,7 @@ from typing import Annotated
 
 import typer
 
-from walrus.cli import bundle, data, evaluate, serve, train, tune
+from walrus.cli import bundle, data, evaluate, retrain, serve, train, tune
 from walrus.cli.common import configure_logging
 
 app = typer.Typer(help="walrus: hybrid WALS + text recommender.", no_args_is_help=True)
@@ -22,6 +22,7 @@ app.command("export")(bundle.export)
 app.command("serve")(serve.serve)
 app.command("eval")(evaluate.eval_)
 app.command("tune")(tune.tune_cmd)
+app.command("retrain")(retrain.retrain_cmd)
 
 
 @app.callback()

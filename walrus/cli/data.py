@@ -82,10 +82,13 @@ def data_events(
     from service.engine.events import all_events
 
     try:
-        rows = [vars(e) for e in all_events(redis.Redis.from_url(redis_url, socket_timeout=10))]
+        client = redis.Redis.from_url(redis_url, socket_timeout=10)
+        # An exposure (weight 0: an impression) is no interaction: never trained on.
+        rows = [vars(e) for e in all_events(client) if e.weight > 0]
     except (redis.RedisError, ValueError) as exc:
         raise WalrusError(f"--redis-url {redis_url}: {exc}") from None
-    events = pd.DataFrame(rows, columns=["user_id", "item_id", "weight", "timestamp"])
+    columns = ["user_id", "item_id", "weight", "timestamp", "type", "recommendation_id"]
+    events = pd.DataFrame(rows, columns=columns)
     frame = events
     if merge_with is not None:
         base = pd.read_csv(merge_with, dtype={"user_id": str, "item_id": str})

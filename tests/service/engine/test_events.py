@@ -10,6 +10,7 @@ import time
 import pytest
 import redis
 
+from models.core.events import DEFAULT_EVENT_TYPES
 from service.api import Event
 from service.engine.events import (
     KEY_PREFIX,
@@ -66,23 +67,45 @@ def test_each_bad_event_is_rejected_with_its_index_and_why():
     events = [
         Event("u1", "i1"),
         Event("u1", "nope"),
-        Event("u2", "i2", weight=0.0),
+        Event("u2", "i2", weight=0.0),  # an exposure: kept, counted, never folded in
         Event("u2", "i2", weight=-1.0),
         Event("u2", "i2", weight=math.inf),
         Event("u2", "i2", weight=1001.0),
         Event("u3", "i1", weight=2.5, timestamp=1_700_000_000.0),
         Event("u3", "i1", timestamp=2e9 + 2 * 86_400),
         Event("u3", "i1", timestamp=-1.0),
+        Event("u3", "i1", type="like"),
     ]
-    accepted, rejected = accept_events(events, {"i1", "i2"}.__contains__, now=2e9)
+    types = dict(DEFAULT_EVENT_TYPES)
+    accepted, rejected = accept_events(events, {"i1", "i2"}.__contains__, types, now=2e9)
     assert accepted == [
         StoredEvent("u1", "i1", 1.0, 2e9),
+        StoredEvent("u2", "i2", 0.0, 2e9),
         StoredEvent("u3", "i1", 2.5, 1_700_000_000.0),
     ]
-    assert [r.index for r in rejected] == [1, 2, 3, 4, 5, 7, 8]
+    assert [r.index for r in rejected] == [1, 3, 4, 5, 7, 8, 9]
     assert "unknown item_id 'nope'" in rejected[0].reason
-    assert all("weight" in r.reason for r in rejected[1:5])
-    assert all("timestamp" in r.reason for r in rejected[5:])
+    assert all("weight" in r.reason for r in rejected[1:4])
+    assert all("timestamp" in r.reason for r in rejected[4:6])
+    assert "unknown type 'like': the bundle takes click, impression, purchase" in rejected[6].reason
+
+
+def test_a_typed_event_weighs_what_its_type_declares_unless_it_says_otherwise():
+    types = {"impression": 0.0, "click": 1.0, "purchase": 4.0, "like": 2.5}
+    events = [
+        Event("u", "i", type="purchase"),
+        Event("u", "i", type="impression"),
+        Event("u", "i", type="like"),
+        Event("u", "i", type="purchase", weight=9.0),
+    ]
+    accepted, rejected = accept_events(events, {"i"}.__contains__, types, now=2e9)
+    assert not rejected
+    assert [(e.type, e.weight) for e in accepted] == [
+        ("purchase", 4.0),
+        ("impression", 0.0),
+        ("like", 2.5),
+        ("purchase", 9.0),
+    ]
 
 
 @pytest.fixture
