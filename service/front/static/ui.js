@@ -1,5 +1,6 @@
 // The walrus page: plain JavaScript calling the public API (/readyz, /v1/users,
-// /v1/recommend, /v1/items/{id}/similar). Text goes into the page as text nodes only.
+// /v1/recommend, /v1/items/{id}/similar, /v1/experiments with the admin token). Text goes
+// into the page as text nodes only.
 "use strict";
 
 const $ = (id) => document.getElementById(id);
@@ -18,13 +19,13 @@ function element(tag, props = {}, ...children) {
   return node;
 }
 
-async function call(method, path, body) {
+async function call(method, path, body, headers = {}) {
   const started = performance.now();
   let response;
   try {
     response = await fetch(path, {
       method,
-      headers: body ? { "content-type": "application/json" } : {},
+      headers: body ? { "content-type": "application/json", ...headers } : headers,
       body: body ? JSON.stringify(body) : undefined,
     });
   } catch (err) {
@@ -47,6 +48,9 @@ function explain(response, data) {
     return `The service cannot answer now (503: ${detail || "not ready"}); retry in ${wait} s.`;
   }
   if (response.status === 404) return `Not found (404): ${detail}`;
+  if (response.status === 401 || response.status === 403) {
+    return `The admin token was refused (${response.status}): ${detail}`;
+  }
   if (response.status === 504) return "The service did not answer in time (504); try again.";
   return `The service answered ${response.status}: ${typeof detail === "string" ? detail : "an error"}`;
 }
@@ -193,6 +197,7 @@ async function recommend(event) {
     render($("results"), data.items, true);
     showWarnings(data.warnings);
     $("bundle").textContent = data.bundle_id;
+    $("arm").textContent = data.arm;
   } catch (err) {
     showError(err.message);
   }
@@ -248,8 +253,41 @@ function page(step) {
   recommend();
 }
 
+function percent(interval) {
+  if (interval.value === null) return "no impressions yet";
+  const p = (x) => `${(100 * x).toFixed(2)}%`;
+  return `${p(interval.value)} (${p(interval.low)} to ${p(interval.high)})`;
+}
+
+// The running experiment's arms: GET /v1/experiments with the token typed in (kept in
+// the page only, never stored).
+async function showExperiment(event) {
+  event.preventDefault();
+  try {
+    const token = $("admin-token").value;
+    const report = await call("GET", "/v1/experiments", undefined, { authorization: `Bearer ${token}` });
+    const body = $("experiment-arms").tBodies[0];
+    body.replaceChildren();
+    for (const [arm, r] of Object.entries(report.arms)) {
+      const cells = [arm, r.bundle_id ?? "none", r.answers, r.events.impression ?? 0,
+        r.events.click ?? 0, percent(r.ctr)];
+      body.append(element("tr", {}, ...cells.map((c) => element("td", { textContent: String(c) }))));
+    }
+    $("experiment-arms").hidden = false;
+    const share = `${(100 * report.share).toFixed(0)}% of users on ${report.candidate}`;
+    $("experiment-status").textContent = report.running
+      ? `Running: ${share}; candidate - control CTR ${percent(report.ctr_difference)}.`
+      : report.stopped ? `Stopped: ${report.stopped}` : "No experiment runs: every user gets control.";
+    showError("");
+  } catch (err) {
+    showError(err.message);
+  }
+  answered();
+}
+
 async function start() {
   $("ask").addEventListener("submit", recommend);
+  $("experiment-form").addEventListener("submit", showExperiment);
   $("prev").addEventListener("click", () => page(-1));
   $("next").addEventListener("click", () => page(1));
   $("user").addEventListener("input", suggestUsers);

@@ -18,6 +18,7 @@ module_or_skip("playwright", "pip install -e '.[dev]'")
 from playwright.sync_api import Browser, Page, expect, sync_playwright  # noqa: E402
 
 pytestmark = pytest.mark.slow
+TOKEN = "u" * 40
 # As the machine notes start it: no sandbox as root, no background connections to Google.
 CHROMIUM_ARGS = [
     "--no-sandbox",
@@ -33,7 +34,8 @@ CHROMIUM_ARGS = [
 @pytest.fixture(scope="module")
 def served(tiny_bundle) -> Iterator[Server]:
     """The tiny bundle; WALRUS_UI_BUNDLE names another (`make ui-screenshot`: the demo's)."""
-    with Server(Path(os.environ.get("WALRUS_UI_BUNDLE") or tiny_bundle)) as srv:
+    bundle = Path(os.environ.get("WALRUS_UI_BUNDLE") or tiny_bundle)
+    with Server(bundle, WALRUS_FRONT__ADMIN_TOKEN=TOKEN) as srv:
         srv.wait()
         yield srv
 
@@ -58,8 +60,9 @@ def page(browser: Browser, served: Server) -> Iterator[Page]:
     expect(opened.locator("body")).to_have_attribute("data-ready", "true")
     yield opened
     context.close()
-    # Failed requests the test asked for (422) are logged by the browser; nothing else may be.
-    assert [p for p in problems if "422" not in p and "404" not in p] == []
+    # Failed requests the test asked for (422, 404, a wrong token's 403) are logged by the
+    # browser; nothing else may be.
+    assert [p for p in problems if not any(code in p for code in ("422", "404", "403"))] == []
 
 
 def api(served: Server, body: dict[str, Any]) -> list[str]:
@@ -171,3 +174,26 @@ def test_it_reads_at_phone_width_and_is_screenshotted(browser, served, tmp_path)
     shot.screenshot(path=str(path), full_page=True)
     assert path.stat().st_size > 10_000
     desktop.close()
+
+
+def test_the_experiment_panel_shows_the_arms_with_the_admin_token(page: Page, served: Server):
+    page.locator("#experiment summary").click()
+    page.fill("#admin-token", "wrong" * 8)
+    page.click("#experiment-show")
+    expect(page.locator("#error")).to_contain_text("The admin token was refused (403)")
+    page.fill("#admin-token", TOKEN)
+    page.click("#experiment-show")
+    expect(page.locator("#experiment-status")).to_have_text(
+        "No experiment runs: every user gets control."
+    )
+    report = httpx.get(
+        f"{served.url}/v1/experiments", headers={"Authorization": f"Bearer {TOKEN}"}
+    ).json()
+    rows = page.locator("#experiment-arms tbody tr")
+    expect(rows).to_have_count(2)
+    control = rows.nth(0).locator("td")
+    expect(control.nth(0)).to_have_text("control")
+    expect(control.nth(1)).to_have_text(report["arms"]["control"]["bundle_id"])
+    expect(control.nth(5)).to_have_text("no impressions yet")  # no Redis: nothing attributed
+    page.click("#go")
+    expect(page.locator("#arm")).to_have_text("control")
