@@ -4,6 +4,10 @@ every bad request a 4xx naming its field."""
 
 from __future__ import annotations
 
+import os
+import signal
+import subprocess
+
 import httpx
 import pytest
 
@@ -11,7 +15,7 @@ from export.format import resolve_bundle
 from service.engine.experiments import arm_of, read_plan
 from tests.support.bundles import two_versions
 from tests.support.redis import redis_or_skip
-from tests.support.servers import Server
+from tests.support.servers import Server, eventually
 
 pytestmark = pytest.mark.slow
 TOKEN = "t" * 40
@@ -35,7 +39,7 @@ def setup(tiny_bundle, tmp_path_factory):
         with server as srv:
             srv.wait()
             with httpx.Client(base_url=srv.url, timeout=60) as client:
-                yield client, root, candidate, tiny_bundle.name
+                yield client, root, candidate, tiny_bundle.name, srv
 
 
 def steer(client, **body):
@@ -49,7 +53,7 @@ def answer(client, user):
 
 
 def test_bad_experiment_requests_are_4xx_naming_the_field(setup):
-    client, _root, candidate, control = setup
+    client, _root, candidate, control, _srv = setup
     for body, status, field in (
         ({"candidate": candidate, "share": 0}, 422, "share"),
         ({"candidate": candidate, "share": 1.5}, 422, "share"),
@@ -69,7 +73,7 @@ def test_bad_experiment_requests_are_4xx_naming_the_field(setup):
 
 
 def test_an_experiment_splits_users_stably_and_counts_each_arm_exactly(setup):
-    client, root, candidate, control = setup
+    client, root, candidate, control, srv = setup
     r = steer(client, candidate=candidate, share=0.5)
     assert r.status_code == 200, r.text
     assert r.json()["running"] and r.json()["candidate"] == candidate
@@ -104,10 +108,30 @@ def test_an_experiment_splits_users_stably_and_counts_each_arm_exactly(setup):
         assert got["ctr"]["value"] == pytest.approx(1 / 3)
         assert got["ctr"]["low"] < 1 / 3 < got["ctr"]["high"]
     assert report["ctr_difference"]["value"] == pytest.approx(0.0, abs=1e-12)
+    # The engine restarted (SIGTERM; the supervisor starts a new one): the same arms.
+    engine = subprocess.run(
+        ["pgrep", "-P", str(srv.process.pid), "-f", "service.engine"],
+        capture_output=True,
+        text=True,
+    ).stdout.split()
+    assert len(engine) == 1
+    os.kill(int(engine[0]), signal.SIGTERM)
+    eventually(
+        lambda: (
+            engine[0]
+            not in subprocess.run(
+                ["pgrep", "-f", "service.engine"], capture_output=True, text=True
+            ).stdout.split()
+        ),
+        30,
+    )
+    eventually(lambda: client.get("/readyz").status_code == 200, 60, "the new engine is ready")
+    eventually(lambda: client.get("/v1/experiments", headers=ADMIN).json()["running"], 30)
+    assert {u: answer(client, u)["arm"] for u in users} == {u: a["arm"] for u, a in arms.items()}
 
 
 def test_a_ramp_keeps_the_candidate_s_users_and_stop_and_promote_end_it(setup):
-    client, root, candidate, _control = setup
+    client, root, candidate, _control, _srv = setup
     if not client.get("/v1/experiments", headers=ADMIN).json()["running"]:
         assert steer(client, candidate=candidate, share=0.5).status_code == 200
     users = [f"ramp-user-{i}" for i in range(40)]
