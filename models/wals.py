@@ -151,9 +151,8 @@ class WALS:
             early_stopping_patience: with ``validation``, stop after this many iterations
                 without a better recall and keep the best factors (0: never stop early).
             callback: called as ``callback(iteration, loss, validation_recall)``.
-            initial_user_factors: a warm start, (n_users, dim): each row not NaN replaces
-                that user's random start (the first half-step solves the items from it, so
-                a model retrained on a little more data converges in fewer iterations).
+            initial_user_factors: a warm start, (n_users, dim): rows not NaN replace those
+                users' random start (the first half-step solves the items from them).
         """
         matrix = _check_csr(matrix, "matrix")
         weights_csr = self._observed_weights(matrix, weights)
@@ -164,9 +163,7 @@ class WALS:
         solver = Solver(self.params, self.chunk_bytes, self.block_bytes)
         users_side, items_side = solver.sides(matrix, weights_csr, dev)
         n_users, n_items = matrix.shape
-        seed, dim = self.params.seed, self.params.dim
-        user_f = torch.from_numpy(warm(glorot(seed, n_users, dim), initial_user_factors)).to(dev)
-        item_f = torch.from_numpy(glorot(seed, n_items, dim, skip=n_users * dim)).to(dev)
+        user_f, item_f = self._start(n_users, n_items, initial_user_factors, dev)
         self.history = FitHistory()
         best = _Best(early_stopping_patience, validation_k)
         for it in range(self.params.iterations):
@@ -192,6 +189,15 @@ class WALS:
             self.user_factors, self.item_factors = best.factors
         self.set_item_factors(self.item_factors)
         return self
+
+    def _start(
+        self, n_users: int, n_items: int, initial: np.ndarray | None, dev: torch.device
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Glorot factors (users first, then items, from one seed), with ``initial``'s rows."""
+        seed, dim = self.params.seed, self.params.dim
+        users = warm(glorot(seed, n_users, dim), initial)
+        items = glorot(seed, n_items, dim, skip=n_users * dim)
+        return torch.from_numpy(users).to(dev), torch.from_numpy(items).to(dev)
 
     def _measure(
         self,

@@ -24,6 +24,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import redis
 
 from export.bundle import build_bundle
 from export.format import resolve_bundle, switch_current
@@ -35,6 +36,7 @@ from models.data import Dataset, build_dataset, read_catalog, read_interactions
 from models.metrics import ranked_metrics
 from models.retrain import merge_events, time_split, warm_factors
 from models.training import WarmStart, train_all
+from service.engine.events import all_events
 from service.engine.experiments import ExperimentPlan, new_salt, write_plan
 from service.engine.recommender import Recommender
 from service.messages import Recommend
@@ -81,10 +83,6 @@ def read_events(source: str) -> pd.DataFrame:
     """Events as ``user_id, item_id, weight, timestamp``: from Redis (``redis://``) or a CSV
     or Parquet file of those columns."""
     if source.startswith(("redis://", "rediss://", "unix://")):
-        import redis
-
-        from service.engine.events import all_events
-
         try:
             client = redis.Redis.from_url(source, socket_timeout=10)
             rows = [vars(e) for e in all_events(client)]
@@ -103,6 +101,17 @@ def read_events(source: str) -> pd.DataFrame:
         frame["recommendation_id"] = ""
     frame["recommendation_id"] = frame["recommendation_id"].fillna("").astype(str)
     return frame.astype({"user_id": str, "item_id": str})
+
+
+def sources(
+    events: str | None, served: str | None, redis_url: str | None
+) -> tuple[str, str | None]:
+    """(what to train on, what serving folds in when that is not it): ``--events``, else
+    the service's Redis; serving folds in its Redis, unless told otherwise."""
+    source = events or redis_url
+    if not source:
+        raise WalrusError("no events: give --events (a redis:// URL or a file)")
+    return source, served or (redis_url if events and redis_url != events else None)
 
 
 def last_event(output_dir: Path) -> float | None:

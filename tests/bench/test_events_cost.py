@@ -1,4 +1,5 @@
-"""The events benchmark, short, on the tiny bundle: both sides served, the ratio theirs."""
+"""The events benchmark, short, on the tiny bundle: the three settings served, the ratios
+theirs, the records counted and measured."""
 
 from __future__ import annotations
 
@@ -22,5 +23,12 @@ def test_a_short_run_measures_both_sides(monkeypatch, tiny_bundle, tmp_path):
     args = ["--bundle", str(tiny_bundle), "--seconds", "2", "--rounds", "1"]
     assert main([*args, "--port", str(free_port()), "--wrk", wrk]) == 0
     result = json.loads((tmp_path / "events_cost.json").read_text())
-    on, off = result["requests_per_s"]["on"], result["requests_per_s"]["off"]
-    assert on > 0 and off > 0 and result["ratio"] == pytest.approx(on / off)
+    rps = result["requests_per_s"]
+    assert min(rps.values()) > 0 and set(rps) == {"off", "events", "attribution"}
+    assert result["ratio"] == pytest.approx(rps["events"] / rps["off"])
+    assert result["attribution_ratio"] == pytest.approx(rps["attribution"] / rps["events"])
+    # Only the attribution run records answers: about one per request wrk counted (plus
+    # the warm-up's and those still in flight when wrk stopped counting).
+    served = result["runs"]["attribution"][0]["requests"]
+    assert 0.9 * served < result["answer_records"] < 1.1 * served + 50
+    assert 50 < result["redis_bytes_per_record"] < 2000

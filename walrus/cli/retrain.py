@@ -56,15 +56,10 @@ def retrain_cmd(
     by more than retrain.tolerance: then an experiment at retrain.share, or `current` moved
     with retrain.promote. Exit 0 either way; the report under OUTPUT_DIR/retrain says why."""
     from models.config import load_config
-    from models.core.errors import WalrusError
-    from walrus.retraining import retrain
+    from walrus.retraining import retrain, sources
 
     cfg = load_config(config, set_)
-    redis_url = os.environ.get("WALRUS_EVENTS__REDIS_URL")
-    source = events or redis_url
-    if not source:
-        raise WalrusError("no events: give --events (a redis:// URL or a file)")
-    folded = served_events or (redis_url if events and redis_url != events else None)
+    source, folded = sources(events, served_events, os.environ.get("WALRUS_EVENTS__REDIS_URL"))
     report = with_progress(
         "retrain",
         lambda say: retrain(
